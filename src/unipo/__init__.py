@@ -1,0 +1,1 @@
+"""unipo: DPO and its variants as one composable objective."""

@@ -1,0 +1,5 @@
+import sys
+
+from unipo.cli import main
+
+sys.exit(main())

