@@ -1,0 +1,50 @@
+"""f-DPO links (part 4 of the unifying view): Wang et al., ICLR 2024, "Beyond Reverse KL", Thm. 1.
+
+The loss is −log σ(β f′(u_w) − β f′(u_l)) with log u = the sequence log-ratio s. Every link is written as
+a function of s, stably. Exponentials of sequence log-ratios overflow: their exponent is clamped at
+``EXP_CLAMP`` (80, safe in float32 and bfloat16; the objective computes in float32), so for a log-ratio
+beyond ±80/α the gradient of the forward-KL and α links vanishes on that side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from unipo.objective.registry import register
+
+EXP_CLAMP = 80.0
+
+
+def capped_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(min(x, 80)): finite in float32 and bfloat16."""
+    return torch.exp(x.clamp(max=EXP_CLAMP))
+
+
+@register("link", "reverse_kl", formula="f′(u) = log u + 1  →  s", source="DPO = f-DPO with reverse KL")
+def reverse_kl(s: torch.Tensor, params: dict) -> torch.Tensor:
+    """Reverse KL: the identity on the log-ratio (the constant +1 cancels between the sides)."""
+    return s
+
+
+@register("link", "forward_kl", formula="f′(u) = −1/u  →  −exp(−s)", source="f-DPO, Table 1")
+def forward_kl(s: torch.Tensor, params: dict) -> torch.Tensor:
+    """Forward KL. (TRL writes 1 − exp(−s); the constant cancels.)"""
+    return -capped_exp(-s)
+
+
+@register("link", "js", formula="f′(u) = log(2u/(1+u))  →  log 2 − softplus(−s)", source="f-DPO, Table 1")
+def jensen_shannon(s: torch.Tensor, params: dict) -> torch.Tensor:
+    """Jensen–Shannon divergence, computed as log 2 + log σ(s) without overflow."""
+    return math.log(2.0) - F.softplus(-s)
+
+
+@register("link", "alpha", params={"f_alpha": 0.5},
+          formula="f′(u) = (1 − u^(−α))/α  →  (1 − exp(−α s))/α, 0 < α < 1", source="f-DPO, Table 1")
+def alpha_divergence(s: torch.Tensor, params: dict) -> torch.Tensor:
+    """α-divergence with the PAPER's α. TRL's ``f_alpha_divergence_coef`` equals 1 − α (they agree only
+    at α = 0.5)."""
+    alpha = float(params["f_alpha"])
+    return (1.0 - capped_exp(-alpha * s)) / alpha

@@ -1,0 +1,151 @@
+"""Pair loss shapes (part 8 of the unifying view).
+
+Every loss receives :class:`PairTerms`: the combined logit ``z = β(h_w − h_l − D) − γ − α_len(|y_w| − |y_l|)``
+and, for the losses that treat the sides separately, the per-side scores. All are stable for |z| in the
+tens of thousands (log-sigmoids via softplus, exponentials capped).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from unipo.objective.links import capped_exp
+from unipo.objective.registry import register
+
+
+@dataclass
+class PairTerms:
+    logits: torch.Tensor  # z, [batch]
+    beta: float
+    chosen: torch.Tensor  # h_w: linked, transformed sequence score of the chosen side
+    rejected: torch.Tensor  # h_l
+    policy_chosen: torch.Tensor  # aggregated policy log-probs only (AOT)
+    policy_rejected: torch.Tensor
+    prior_chosen: torch.Tensor  # aggregated prior log-probs only (AOT); zeros for a constant prior
+    prior_rejected: torch.Tensor
+
+
+def nls(z: torch.Tensor) -> torch.Tensor:
+    """−log σ(z), computed as softplus(−z)."""
+    return F.softplus(-z)
+
+
+@register("pair_loss", "sigmoid", formula="−log σ(z)", source="DPO (Rafailov et al. 2023) Eq. 7")
+def sigmoid_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """The Bradley–Terry log-sigmoid loss."""
+    return nls(t.logits)
+
+
+@register("pair_loss", "cdpo", params={"label_smoothing": 0.1},
+          formula="−(1−ε) log σ(z) − ε log σ(−z)", source="conservative DPO (Mitchell 2023)")
+def conservative_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Label smoothing: the preference label is flipped with probability ε."""
+    eps = float(params["label_smoothing"])
+    return (1 - eps) * nls(t.logits) + eps * nls(-t.logits)
+
+
+@register("pair_loss", "robust", params={"label_smoothing": 0.1},
+          formula="[−(1−ε) log σ(z) + ε log σ(−z)] / (1 − 2ε)", source="rDPO (Chowdhury et al. 2024) Eq. 8")
+def robust_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Unbiased loss under label noise of rate ε ∈ [0, 0.5)."""
+    eps = float(params["label_smoothing"])
+    return ((1 - eps) * nls(t.logits) - eps * nls(-t.logits)) / (1 - 2 * eps)
+
+
+@register("pair_loss", "hinge", formula="max(0, 1 − z)", source="SLiC (Zhao et al. 2023) Eq. 2")
+def hinge_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """The hinge loss on the scaled log-ratio difference."""
+    return torch.relu(1.0 - t.logits)
+
+
+@register("pair_loss", "ipo", formula="(z/β − 1/(2β))²", source="IPO (Azar et al. 2023) Eq. 17")
+def ipo_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """IPO's squared loss with τ = β; with the ``ipo`` preset's mean aggregation z/β is the difference of
+    length-normalised log-ratios, as agreed with the authors (and as TRL does)."""
+    return (t.logits / t.beta - 1.0 / (2.0 * t.beta)) ** 2
+
+
+@register("pair_loss", "exo_pair", params={"label_smoothing": 1e-3},
+          formula="σ(z)(log σ(z) − log(1−ε)) + σ(−z)(log σ(−z) − log ε)",
+          source="EXO (Ji et al. 2024) Eq. 16, pairwise")
+def exo_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Reverse KL between the model's pairwise preference distribution and the smoothed label [1−ε, ε]."""
+    eps = float(params["label_smoothing"])
+    z = t.logits
+    return (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
+            + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
+
+
+@register("pair_loss", "nca_pair", formula="−log σ(βh_w) − ½ log σ(−βh_w) − ½ log σ(−βh_l)",
+          source="NCA (Chen et al. 2024) Eq. 11, pairwise", uses_logit=False)
+def nca_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Noise-contrastive alignment: absolute rewards per side rather than their difference."""
+    rw, rl = t.beta * t.chosen, t.beta * t.rejected
+    return nls(rw) + 0.5 * nls(-rw) + 0.5 * nls(-rl)
+
+
+@register("pair_loss", "bco_pair", formula="−log σ(βh_w) − log σ(−βh_l)",
+          source="BCO (Jung et al. 2024), pairwise form as in TRL (no running reward shift)", uses_logit=False)
+def bco_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Binary classifier optimisation on the pair: chosen classified as good, rejected as bad."""
+    return nls(t.beta * t.chosen) + nls(-t.beta * t.rejected)
+
+
+@register("pair_loss", "sppo_hard", formula="(h_w − 1/(2β))² + (h_l + 1/(2β))²",
+          source="SPPO (Wu et al. 2024) Eq. 4.7 with hard probabilities", uses_logit=False)
+def sppo_hard_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """SPPO with P = 1 for the winner and 0 for the loser."""
+    return (t.chosen - 0.5 / t.beta) ** 2 + (t.rejected + 0.5 / t.beta) ** 2
+
+
+@register("pair_loss", "aot", params={"label_smoothing": 0.0},
+          formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(π_w − π_l) − sort(ζ_w − ζ_l) over the batch",
+          source="AOT (Melnyk et al. 2024), paired", uses_logit=False)
+def aot_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Alignment via optimal transport: compares the SORTED batch distributions of the policy's and the
+    prior's log-probability differences (a batch-level loss: examples interact)."""
+    eps = float(params["label_smoothing"])
+    pol, _ = torch.sort(t.policy_chosen - t.policy_rejected, dim=0)
+    ref, _ = torch.sort(t.prior_chosen - t.prior_rejected, dim=0)
+    z = t.beta * (pol - ref)
+    return (1 - eps) * nls(z) + eps * nls(-z)
+
+
+@register("pair_loss", "aot_pair", params={"label_smoothing": 0.0},
+          formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(h_w) − sort(h_l) over the batch",
+          source="AOT (Melnyk et al. 2024), unpaired", uses_logit=False)
+def aot_unpaired_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """AOT on the sorted chosen and rejected log-ratios separately (TRL's ``aot_unpaired``)."""
+    eps = float(params["label_smoothing"])
+    w, _ = torch.sort(t.chosen, dim=0)
+    l, _ = torch.sort(t.rejected, dim=0)
+    z = t.beta * (w - l)
+    return (1 - eps) * nls(z) + eps * nls(-z)
+
+
+@register("pair_loss", "apo_zero", formula="1 − σ(βh_w) + σ(βh_l)",
+          source="APO (D'Oosterlinck et al. 2024) Eq. 7", uses_logit=False)
+def apo_zero_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """Anchored preference optimisation: raise the chosen, lower the rejected likelihood."""
+    return 1 - torch.sigmoid(t.beta * t.chosen) + torch.sigmoid(t.beta * t.rejected)
+
+
+@register("pair_loss", "apo_down", formula="σ(βh_w) + 1 − σ(β(h_w − h_l))",
+          source="APO (D'Oosterlinck et al. 2024) Eq. 8", uses_logit=False)
+def apo_down_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """APO-down: lower the chosen likelihood, and the rejected one more."""
+    return torch.sigmoid(t.beta * t.chosen) + 1 - torch.sigmoid(t.beta * (t.chosen - t.rejected))
+
+
+@register("pair_loss", "discopop", params={"discopop_tau": 0.05},
+          formula="(1 − σ(z/τ))·(−log σ(z)) + σ(z/τ)·exp(−z)", source="DiscoPOP (Chan Lu et al. 2024) Eq. 5")
+def discopop_loss(t: PairTerms, params: dict) -> torch.Tensor:
+    """The discovered log-ratio-modulated loss: logistic for negative, exponential for positive logits.
+    exp(−z) is capped at exp(80) so that very negative logits stay finite."""
+    z = t.logits
+    mod = torch.sigmoid(z / float(params["discopop_tau"]))
+    return nls(z) * (1 - mod) + capped_exp(-z) * mod

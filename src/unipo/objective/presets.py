@@ -1,0 +1,117 @@
+"""Every named variant as a preset: a configuration of the objective's parts.
+
+A preset only lists what differs from :data:`DEFAULT_PARTS` / the global parameter defaults. The
+formulas are the ones of ``shared/variants.md`` (and of the cited papers); the tests check each preset
+against its formula written out independently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the plain DPO configuration that every preset starts from
+DEFAULT_PARTS: dict[str, str] = {
+    "prior": "reference",
+    "weights": "none",
+    "aggregation": "sum",
+    "link": "reverse_kl",
+    "chosen_transform": "none",
+    "rejected_transform": "none",
+    "kl": "none",
+    "pair_loss": "sigmoid",
+}
+
+#: parameters every objective has (margins and auxiliary terms; 0 disables a term)
+GLOBAL_PARAMS: dict[str, Any] = {
+    "beta": 0.1,
+    "gamma": 0.0,  # SimPO's target margin, ABSOLUTE: z = β·Δ − γ (TRL's simpo_gamma convention)
+    "gamma_beta_ratio": None,  # SimPO authors' convention: γ = ratio·β (their code's gamma_beta_ratio)
+    "length_alpha": 0.0,  # R-DPO: z = β·Δ − α(|y_w| − |y_l|)
+    "nll_weight": 0.0,  # RPO / CPO add-on: + λ·NLL(y_w), mean over chosen tokens
+    "l1_weight": 0.0,  # SparsePO: + λ·mean |m| over response tokens of both sides (token and KL masks)
+    "prior_reg_weight": 0.0,  # learned prior: + λ·mean g² (keeps the prior near the reference)
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    parts: dict[str, str] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    formula: str = ""
+    source: str = ""
+    note: str = ""
+
+
+def _p(name: str, formula: str, source: str, note: str = "", **config: Any) -> Preset:
+    parts = {k: v for k, v in config.items() if k in DEFAULT_PARTS}
+    params = {k: v for k, v in config.items() if k not in DEFAULT_PARTS}
+    return Preset(name, parts, params, formula, source, note)
+
+
+_PRESETS = [
+    _p("dpo", "−log σ(βΔ)", "Rafailov et al. 2023, Eq. 7"),
+    _p("reference_free", "−log σ(β(Σa(y_w) − Σa(y_l)))", "DPO paper's released code", prior="none"),
+    _p("cdpo", "−(1−ε) log σ(βΔ) − ε log σ(−βΔ)", "Mitchell 2023 (conservative DPO)", pair_loss="cdpo"),
+    _p("robust", "[−(1−ε) log σ(βΔ) + ε log σ(−βΔ)] / (1 − 2ε)", "Chowdhury et al. 2024 (rDPO)",
+       pair_loss="robust"),
+    _p("hinge", "max(0, 1 − βΔ)", "Zhao et al. 2023 (SLiC)", pair_loss="hinge"),
+    _p("ipo", "(ρ̄(y_w) − ρ̄(y_l) − 1/(2β))²", "Azar et al. 2023, Eq. 17",
+       "length-normalised log-ratios, as agreed with the authors (TRL does the same)",
+       pair_loss="ipo", aggregation="mean"),
+    _p("ln_dpo", "−log σ(β(ρ̄(y_w) − ρ̄(y_l)))", "length-normalised DPO (TRL's sigmoid_norm)",
+       aggregation="mean"),
+    _p("simpo", "−log σ(β(ā(y_w) − ā(y_l)) − γ)", "Meng et al. 2024, Eq. 6",
+       "γ is absolute (TRL's simpo_gamma); the authors' gamma_beta_ratio is accepted too (γ = ratio·β)",
+       prior="none", aggregation="mean", beta=2.0, gamma=0.5),
+    _p("rdpo", "−log σ(βΔ − α(|y_w| − |y_l|))", "Park et al. 2024 (R-DPO), Eq. 9", length_alpha=0.05),
+    _p("dpop", "−log σ(β(Δ − λ·max(0, −ρ(y_w))))", "Pal et al. 2024 (DPO-Positive), Eq. 3",
+       chosen_transform="dpop"),
+    _p("minordpo", "−log σ(β(ρ(y_w) − max(0, ρ(y_l))))", "Xie et al. 2024, arXiv 2408.09834",
+       rejected_transform="minor"),
+    _p("rpo", "−log σ(βΔ) + λ·NLL(y_w)", "Pang et al. 2024 (RPO) / CPO's NLL term", nll_weight=1.0),
+    _p("fdpo_reverse_kl", "−log σ(β log u_w − β log u_l)  (= DPO)", "Wang et al., ICLR 2024, Table 1"),
+    _p("fdpo_forward_kl", "−log σ(−β/u_w + β/u_l)", "Wang et al., ICLR 2024, Table 1", link="forward_kl"),
+    _p("fdpo_js", "−log σ(β log(2u_w/(1+u_w)) − β log(2u_l/(1+u_l)))", "Wang et al., ICLR 2024, Table 1",
+       link="js"),
+    _p("fdpo_alpha", "−log σ(β(1 − u_w^(−α))/α − β(1 − u_l^(−α))/α),  α = 0.5",
+       "Wang et al., ICLR 2024, Table 1", "the paper's α; TRL's f_alpha_divergence_coef = 1 − α",
+       link="alpha"),
+    _p("tdpo1", "−log σ(β(Δ − (K(y_l) − K(y_w))))", "Zeng et al., ICML 2024, Eq. 17", kl="tdpo"),
+    _p("tdpo2", "−log σ(β(Δ − α(K(y_l) − sg(K(y_w)))))", "Zeng et al., ICML 2024, Eq. 19",
+       kl="tdpo", kl_alpha=0.5, kl_stopgrad_chosen=True),
+    _p("sparsepo", "−log σ(β(Σm^u ρ(y_w) − Σm^u ρ(y_l) − (Σm^d KLr(y_l) − Σm^d KLr(y_w)))) + L1",
+       "Christopoulou et al. 2024, arXiv 2410.05102, Eq. 6",
+       "masks come in as chosen/rejected_weights (m^u) and chosen/rejected_kl_weights (m^d; m^u if absent)",
+       weights="given", kl="tdpo", kl_masks=True),
+    _p("bmc", "−log σ(β(Σλρ(ỹ_w) − Σλρ(y_l))),  λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens",
+       "Jiang et al., ICLR 2025, Eq. 9", "β 0.01–0.05 and δ 1.5–3.5 in the paper", weights="bmc",
+       beta=0.05, bmc_delta=2.0),
+    _p("tisdpo", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)) − ηβ(ΣwKLp(y_w) − ΣwKLp(y_l)))",
+       "Liu et al., ICLR 2025, Eq. 12", weights="given", kl="tisdpo"),
+    _p("tisdpo_nokl", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)))", "Liu et al., ICLR 2025 (ablation without KL)",
+       weights="given"),
+    _p("learned_prior", "−log σ(β(Σ(a − r − g)(y_w) − Σ(a − r − g)(y_l))) + λ·mean g²",
+       "open question of Tutnov et al. 2025; unipo's own construction",
+       "g is a per-token log-prior offset from a small head over the reference's hidden states",
+       prior="learned", prior_reg_weight=0.1),
+    _p("exo_pair", "σ(z)(log σ(z) − log(1−ε)) + σ(−z)(log σ(−z) − log ε)", "Ji et al. 2024 (EXO)",
+       pair_loss="exo_pair"),
+    _p("nca_pair", "−log σ(βρ_w) − ½ log σ(−βρ_w) − ½ log σ(−βρ_l)", "Chen et al. 2024 (NCA)",
+       pair_loss="nca_pair"),
+    _p("bco_pair", "−log σ(βρ_w) − log σ(−βρ_l)", "Jung et al. 2024 (BCO), TRL's pair form",
+       pair_loss="bco_pair"),
+    _p("sppo_hard", "(ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²", "Wu et al. 2024 (SPPO)", pair_loss="sppo_hard"),
+    _p("aot", "sorted-batch DPO on policy vs reference log-ratio differences", "Melnyk et al. 2024 (AOT)",
+       pair_loss="aot"),
+    _p("aot_pair", "sorted-batch DPO on chosen vs rejected log-ratios", "Melnyk et al. 2024 (AOT)",
+       pair_loss="aot_pair"),
+    _p("apo_zero", "1 − σ(βρ_w) + σ(βρ_l)", "D'Oosterlinck et al. 2024 (APO), Eq. 7", pair_loss="apo_zero"),
+    _p("apo_down", "σ(βρ_w) + 1 − σ(β(ρ_w − ρ_l))", "D'Oosterlinck et al. 2024 (APO), Eq. 8",
+       pair_loss="apo_down"),
+    _p("discopop", "(1 − σ(βΔ/τ))(−log σ(βΔ)) + σ(βΔ/τ) exp(−βΔ)", "Chan Lu et al. 2024, Eq. 5",
+       pair_loss="discopop"),
+]
+
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
