@@ -353,3 +353,19 @@ def test_objective_module_does_not_import_transformers():
     code = "import sys, unipo; unipo.variants(); unipo.resolve('tdpo2'); print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("variant", ["tdpo1", "tdpo2", "sparsepo", "tisdpo", "tisdpo_nokl", "bmc", "dpo", "simpo"])
+@pytest.mark.parametrize("junk", [float("nan"), float("-inf")])
+def test_junk_in_padding_never_reaches_loss_or_gradient(variant, junk):
+    d = make_batch()
+    clean = run(variant, d).losses.detach()
+    for k in ("w_w", "w_l", "k_w", "k_l", "r_w", "r_l"):
+        m = d["m_w"] if k.endswith("w") else d["m_l"]
+        d[k] = torch.where(m.bool(), d[k], torch.full_like(d[k], junk))
+    with torch.no_grad():
+        d["a_w"].copy_(torch.where(d["m_w"].bool(), d["a_w"], torch.full_like(d["a_w"], junk)))
+    out = run(variant, d)
+    torch.testing.assert_close(out.losses.detach(), clean)
+    g = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"]])
+    assert all(torch.isfinite(x).all() for x in g)

@@ -85,6 +85,8 @@ class Objective:
             bad = torch.nonzero(lengths == 0).flatten().tolist()
             raise UnipoError(f"{name} response has zero tokens at batch index {bad}: every response needs at "
                              f"least one token (check truncation / max_length)")
+        # padding may hold -inf or NaN: zero every input there ONCE, with `where`, so that neither values
+        # nor gradients downstream can pick it up (0 * NaN would poison the gradient)
         fields = {}
         for pattern, attr in SIDE_INPUTS.items():
             value = extra.get(pattern.format(name))
@@ -92,9 +94,9 @@ class Objective:
                 if value.shape != logps.shape:
                     raise UnipoError(f"{pattern.format(name)} has shape {tuple(value.shape)}, expected "
                                      f"{tuple(logps.shape)} like {name} logps")
-                value = value if value.dtype == torch.bool else _upcast(value)
+                value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
             fields[attr] = value
-        side = Side(name, _upcast(logps), mask, **fields)
+        side = Side(name, _masked(_upcast(logps), mask), mask, **fields)
         for part in self.parts.values():
             for attr in part.inputs:
                 if getattr(side, attr) is None:

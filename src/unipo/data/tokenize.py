@@ -1,0 +1,468 @@
+"""Tokenising preference pairs: prompt / response token ids, truncation, per-token extras and a summary.
+
+The ids follow TRL's ``DPOTrainer`` conventions (von Werra et al., TRL) so results are comparable:
+
+- conversational pairs: ``prompt_ids`` are the chat template applied to the prompt messages with
+  ``add_generation_prompt=True``; the response ids are what the template adds for the response messages,
+  ending at the end-of-turn token (a newline the template writes after it is removed);
+- standard text pairs: the prompt is tokenised without special tokens (plus the tokenizer's BOS if it adds
+  one by default), the response is the tokenisation of ``prompt + response`` after the prompt's tokens,
+  and EOS is appended.
+
+Per-token TIS-DPO weights (Liu et al., ICLR 2025) are read from row columns and checked against the
+response length; BMC difference masks (Jiang et al., ICLR 2025) are computed here, once per pair.
+See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from unipo.data.bmc_align import StopTokens, diff_masks
+from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row
+from unipo.errors import ConfigError, DataError
+
+__all__ = [
+    "DROP_REASONS",
+    "PrepSummary",
+    "TemplateError",
+    "TokenizedPair",
+    "prepare_pairs",
+    "tokenize_pair",
+    "tokenizer_fingerprint",
+]
+
+#: Why a row can be dropped (the keys of :attr:`PrepSummary.dropped`) and what that means.
+DROP_REASONS: dict[str, str] = {
+    "prompt_too_long": "the prompt alone fills max_length, leaving no room for a response",
+    "too_long": "longer than max_length / max_prompt_length (on_too_long='drop')",
+    "empty_response": "a response has no tokens left",
+    "invalid": "the row failed validation (on_invalid='skip')",
+}
+_TRUNCATION_MODES = ("keep_end", "keep_start")
+_ON_TOO_LONG = ("truncate", "drop", "error")
+_ON_INVALID = ("error", "skip")
+FINGERPRINT_COLUMN = "tokenizer"
+
+
+@dataclass
+class TokenizedPair:
+    """One tokenised pair, ready for the collator.
+
+    ``chosen_ids`` / ``rejected_ids`` are the response tokens only (they end with the EOS / end-of-turn
+    token unless truncated); the sequence a model sees is ``prompt_ids + chosen_ids``. The optional lists
+    are aligned one-to-one with the response ids.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    row: int
+    chosen_weights: list[float] | None = None
+    rejected_weights: list[float] | None = None
+    chosen_diff_mask: list[int] | None = None
+    rejected_diff_mask: list[int] | None = None
+
+    def to_dict(self) -> dict:
+        """The pair as a dict (the collator's input: ``prompt_ids``, ``chosen_ids``, ... and ``row``)."""
+        return asdict(self)
+
+
+@dataclass
+class PrepSummary:
+    """What :func:`prepare_pairs` did: rows read and kept, truncations, drops with their reasons."""
+
+    source: str = ""
+    rows_read: int = 0
+    pairs_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated_prompt: int = 0
+    truncated_response: int = 0
+    conversational: int = 0
+    text: int = 0
+    max_length: int = 0
+    max_prompt_length: int | None = None
+    truncation_mode: str = "keep_end"
+    prompt_tokens_max: int = 0
+    response_tokens_max: int = 0
+    prompt_tokens_total: int = 0
+    response_tokens_total: int = 0
+    #: the first few row numbers dropped for each reason, and the first validation messages
+    dropped_rows: dict[str, list[int]] = field(default_factory=dict)
+    invalid_messages: list[str] = field(default_factory=list)
+
+    @property
+    def rows_dropped(self) -> int:
+        """Total rows dropped, all reasons together."""
+        return sum(self.dropped.values())
+
+    def _drop(self, reason: str, row: int) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        rows = self.dropped_rows.setdefault(reason, [])
+        if len(rows) < 5:
+            rows.append(row)
+
+    def to_dict(self) -> dict:
+        """The summary as a JSON-serialisable dict (for run logs)."""
+        d = asdict(self)
+        d["rows_dropped"] = self.rows_dropped
+        return d
+
+    def format(self) -> str:
+        """A short human-readable report, one fact per line."""
+        kinds = []
+        if self.conversational:
+            kinds.append(f"{self.conversational} conversational")
+        if self.text:
+            kinds.append(f"{self.text} text")
+        prompt_rule = (f"to max_prompt_length {self.max_prompt_length}, {self.truncation_mode}"
+                       if self.max_prompt_length is not None else "no max_prompt_length")
+        lines = [
+            f"data: {self.source}",
+            f"  rows read:  {self.rows_read}",
+            f"  pairs kept: {self.pairs_kept}" + (f" ({', '.join(kinds)})" if kinds else ""),
+            f"  truncated:  {self.truncated_prompt} prompts ({prompt_rule}), {self.truncated_response} "
+            f"pairs' responses (to fit max_length {self.max_length})",
+            f"  dropped:    {self.rows_dropped}",
+        ]
+        for reason, n in sorted(self.dropped.items()):
+            rows = ", ".join(map(str, self.dropped_rows.get(reason, [])))
+            more = ", ..." if n > len(self.dropped_rows.get(reason, [])) else ""
+            lines.append(f"    {reason}: {n} ({DROP_REASONS.get(reason, reason)}; rows {rows}{more})")
+        for msg in self.invalid_messages:
+            lines.append(f"      {msg}")
+        n = self.pairs_kept + self.dropped.get("prompt_too_long", 0) + self.dropped.get("too_long", 0) \
+            + self.dropped.get("empty_response", 0)
+        if n:
+            lines.append(
+                f"  lengths before truncation (tokens): prompt mean {self.prompt_tokens_total / n:.0f}, "
+                f"max {self.prompt_tokens_max}; response mean {self.response_tokens_total / (2 * n):.0f}, "
+                f"max {self.response_tokens_max}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash (16 hex digits) identifying how ``tokenizer`` turns text into ids.
+
+    It covers the vocabulary (with added tokens), the special tokens, the chat template and the ids of a
+    fixed probe text (which catches normalisation and BOS/EOS post-processing). Files of per-token values
+    (TIS-DPO weights) store it in a ``tokenizer`` column so that a later run can refuse weights computed
+    with another tokenizer.
+    """
+    h = hashlib.sha256()
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    h.update(json.dumps(vocab, ensure_ascii=False).encode())
+    specials = {name: str(getattr(tokenizer, name, None)) for name in
+                ("bos_token", "eos_token", "pad_token", "unk_token")}
+    specials["all"] = sorted(map(str, getattr(tokenizer, "all_special_tokens", [])))
+    h.update(json.dumps(specials, sort_keys=True).encode())
+    h.update(json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True).encode())
+    probe = tokenizer("Hello world! 12 + 35 = 47.\n  Ünïcode", add_special_tokens=True)["input_ids"]
+    h.update(json.dumps(list(probe)).encode())
+    return h.hexdigest()[:16]
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer prepends BOS by default (Llama-style); ChatML tokenizers usually don't."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    return bool(with_special) and with_special[0] == bos and with_special != _ids(tokenizer, "a")
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for tid, tok in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).items():
+        if getattr(tok, "special", False):
+            ids.add(int(tid))
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class _Tok:
+    """Per-tokenizer facts computed once for a whole dataset."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.adds_bos = _adds_bos(tokenizer)
+        self.bos = getattr(tokenizer, "bos_token_id", None)
+        self.eos = getattr(tokenizer, "eos_token_id", None)
+        self.specials = _special_ids(tokenizer)
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+
+class TemplateError(DataError):
+    """The tokenizer or its chat template cannot serve conversational data (not a problem of one row)."""
+
+
+def _render(tok: _Tok, messages: list[dict], generation_prompt: bool, file: str, row: int, name: str) -> str:
+    try:
+        text = tok.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=generation_prompt)
+    except Exception as exc:  # jinja2 errors, raise_exception() in templates
+        raise DataError(f"the chat template cannot render this conversation: {exc}", file=file, row=row,
+                        field=name) from None
+    if not isinstance(text, str):  # some versions return a list for batched input
+        text = text[0]
+    return text
+
+
+def _strip_after_end_of_turn(ids: list[int], tok: _Tok) -> list[int]:
+    """Cut whitespace-only tokens a template writes after the end-of-turn token (ChatML's final "\\n")."""
+    for k in range(len(ids) - 1, -1, -1):
+        if ids[k] in tok.specials:
+            tail = ids[k + 1:]
+            if tail and not tok.tokenizer.decode(tail).strip():
+                return ids[:k + 1]
+            return ids
+    return ids
+
+
+def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) -> tuple[list, list, list]:
+    if not tok.has_template:
+        raise TemplateError("this row is conversational (lists of messages) but the tokenizer has no chat "
+                        "template: use a tokenizer with a chat template (e.g. an instruct model's), or give "
+                        "the data as text rows (prompt/chosen/rejected strings)", file=file, row=row,
+                        field="prompt")
+    assert isinstance(pair.prompt, list)
+    prompt_text = _render(tok, pair.prompt, True, file, row, "prompt")
+    prompt_ids = _ids(tok.tokenizer, prompt_text)
+    responses = []
+    for name, msgs in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+        assert isinstance(msgs, list)
+        full_text = _render(tok, pair.prompt + msgs, False, file, row, name)
+        if not full_text.startswith(prompt_text):
+            raise TemplateError(
+                "the chat template is not prefix-consistent: the prompt rendered with "
+                "add_generation_prompt=True is not the beginning of the prompt + response rendering, so the "
+                "response tokens cannot be separated from the prompt (does the template rewrite earlier "
+                "turns, e.g. drop reasoning, or lack an add_generation_prompt branch?)",
+                file=file, row=row, field=name)
+        full_ids = _ids(tok.tokenizer, full_text)
+        if full_ids[:len(prompt_ids)] == prompt_ids:
+            resp = full_ids[len(prompt_ids):]
+        else:  # a BPE merge across the boundary: tokenise the response text on its own
+            resp = _ids(tok.tokenizer, full_text[len(prompt_text):])
+        resp = _strip_after_end_of_turn(resp, tok)
+        if resp and resp[-1] not in tok.specials and tok.eos is not None:
+            resp.append(tok.eos)  # a template without an end-of-turn token: end with EOS
+        responses.append(resp)
+    return prompt_ids, responses[0], responses[1]
+
+
+def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list, list]:
+    assert isinstance(pair.prompt, str)
+    plain = _ids(tok.tokenizer, pair.prompt) if pair.prompt else []
+    prompt_ids = ([tok.bos] if tok.adds_bos else []) + plain
+    if not prompt_ids:
+        # No prompt at all (an implicit prompt with nothing shared): the first response token still needs
+        # a position to be predicted from, so the prompt is one BOS (or EOS when there is no BOS).
+        start = tok.bos if tok.bos is not None else tok.eos
+        prompt_ids = [start] if start is not None else []
+    responses = []
+    for resp_text in (pair.chosen, pair.rejected):
+        assert isinstance(resp_text, str)
+        full = _ids(tok.tokenizer, pair.prompt + resp_text)
+        if full[:len(plain)] == plain:
+            resp = full[len(plain):]
+        else:  # the prompt's last token merged with the response's first: tokenise the response alone
+            resp = _ids(tok.tokenizer, resp_text)
+        if tok.eos is not None and (not resp or resp[-1] != tok.eos):
+            resp.append(tok.eos)
+        responses.append(resp)
+    return prompt_ids, responses[0], responses[1]
+
+
+def tokenize_pair(pair: PreferencePair, tokenizer: Any, *, file: str = "<rows>",
+                  row: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` of one normalised pair, before any truncation.
+
+    See the module docstring for the conventions; ``file`` / ``row`` only label errors.
+    """
+    tok = tokenizer if isinstance(tokenizer, _Tok) else _Tok(tokenizer)
+    if pair.conversational:
+        return _conversational_ids(pair, tok, file, row)
+    return _text_ids(pair, tok)
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+def _read_weights(value: Any, name: str, n_tokens: int, file: str, row: int) -> list[float]:
+    if value is None:
+        raise DataError("missing per-token weights (compute them first, e.g. with the TIS-DPO weights "
+                        "step)", file=file, row=row, field=name)
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError("weights are a string that is not a JSON list of numbers", file=file, row=row,
+                            field=name) from None
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"expected a list of numbers, got {type(value).__name__}", file=file, row=row,
+                        field=name)
+    try:
+        weights = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise DataError("weights must all be numbers", file=file, row=row, field=name) from None
+    if not all(math.isfinite(w) for w in weights):
+        raise DataError("weights contain NaN or infinity", file=file, row=row, field=name)
+    if len(weights) != n_tokens:
+        raise DataError(
+            f"{len(weights)} weights for {n_tokens} response tokens: the weights were computed for a "
+            "different tokenisation (another tokenizer or chat template); recompute them with this "
+            "tokenizer", file=file, row=row, field=name)
+    return weights
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+
+def _source_rows(source: str | os.PathLike | Sequence[dict] | Iterable[dict],
+                 split: str) -> tuple[str, Iterator[SourceRow]]:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source), iter_rows(source, split=split)
+    return "<rows>", (SourceRow("<rows>", i, r) for i, r in enumerate(source, start=1))
+
+
+def _truncate(ids: list[int], n: int, mode: str) -> list[int]:
+    return ids[-n:] if mode == "keep_end" else ids[:n]
+
+
+def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, *, max_length: int = 512,
+                  max_prompt_length: int | None = 256, truncation_mode: str = "keep_end",
+                  bmc_masks: bool = False, weights_columns: tuple[str, str] | None = None,
+                  limit: int | None = None, on_too_long: str = "truncate", on_invalid: str = "error",
+                  split: str = "train") -> tuple[list[TokenizedPair], PrepSummary]:
+    """Read, normalise, tokenise and truncate preference pairs; return them with a :class:`PrepSummary`.
+
+    - ``source``: a path / Hub name (see :func:`unipo.data.formats.iter_rows`) or a list of row dicts.
+    - Truncation: a prompt longer than ``max_prompt_length`` keeps its end (``truncation_mode="keep_end"``)
+      or its start (``"keep_start"``); then each response keeps its start so that prompt + response ≤
+      ``max_length``. Rows whose prompt alone is ≥ ``max_length`` are dropped (reason
+      ``prompt_too_long``).
+    - ``on_too_long``: ``"truncate"`` (the above), ``"error"`` (as above, but a row with no room for a
+      response raises :class:`DataError` naming it), or ``"drop"`` (drop every row that would need any
+      truncation, reason ``too_long``).
+    - ``on_invalid``: ``"error"`` raises the first validation error (file, row, field); ``"skip"`` drops
+      such rows under reason ``invalid`` and lists the first messages in the summary. Problems that are
+      not about one row (no chat template, a template that is not prefix-consistent, weights for another
+      tokenisation) always raise.
+    - ``weights_columns``: the row columns holding per-token weights for the chosen and rejected
+      responses (TIS-DPO); their lengths must equal the response token counts before truncation, and
+      they are truncated alongside. A ``tokenizer`` column, if present, must equal
+      :func:`tokenizer_fingerprint` of ``tokenizer``.
+    - ``bmc_masks``: compute the BMC difference masks (:func:`unipo.data.bmc_align.diff_masks`) on the
+      full responses, then truncate them alongside.
+    - ``limit``: read at most this many rows.
+    """
+    if truncation_mode not in _TRUNCATION_MODES:
+        raise ConfigError(f"truncation_mode must be one of {', '.join(_TRUNCATION_MODES)}, "
+                          f"not {truncation_mode!r}")
+    if on_too_long not in _ON_TOO_LONG:
+        raise ConfigError(f"on_too_long must be one of {', '.join(_ON_TOO_LONG)}, not {on_too_long!r}")
+    if on_invalid not in _ON_INVALID:
+        raise ConfigError(f"on_invalid must be one of {', '.join(_ON_INVALID)}, not {on_invalid!r}")
+    if max_length < 2:
+        raise ConfigError(f"max_length must be at least 2, not {max_length}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise ConfigError(f"max_prompt_length must be positive (or None), not {max_prompt_length}")
+    if weights_columns is not None and (isinstance(weights_columns, str) or len(weights_columns) != 2):
+        raise ConfigError(f"weights_columns must be two column names (chosen, rejected), not {weights_columns!r}")
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be non-negative (or None), not {limit}")
+
+    name, rows = _source_rows(source, split)
+    summary = PrepSummary(source=name, max_length=max_length, max_prompt_length=max_prompt_length,
+                          truncation_mode=truncation_mode)
+    tok = _Tok(tokenizer)
+    stops = StopTokens(tokenizer) if bmc_masks else None
+    fingerprint: str | None = None
+    pairs: list[TokenizedPair] = []
+
+    for rec in rows:
+        if limit is not None and summary.rows_read >= limit:
+            break
+        summary.rows_read += 1
+        file, rown = rec.file, rec.row
+        try:
+            pair = normalize_row(rec.data, file=file, row_number=rown)
+            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(pair, tok, file=file, row=rown)
+        except TemplateError:
+            raise
+        except DataError as exc:
+            if on_invalid == "error":
+                raise
+            summary._drop("invalid", rown)
+            if len(summary.invalid_messages) < 5:
+                summary.invalid_messages.append(str(exc))
+            continue
+        summary.conversational += pair.conversational
+        summary.text += not pair.conversational
+
+        weights: list[list[float] | None] = [None, None]
+        if weights_columns is not None:
+            fp_value = pair.extras.get(FINGERPRINT_COLUMN)
+            if isinstance(fp_value, str) and fp_value:
+                fingerprint = fingerprint or tokenizer_fingerprint(tokenizer)
+                if fp_value != fingerprint:
+                    raise DataError(
+                        f"the weights were computed with another tokenizer (fingerprint {fp_value}, this "
+                        f"tokenizer's is {fingerprint}); recompute them with this tokenizer", file=file,
+                        row=rown, field=FINGERPRINT_COLUMN)
+            weights = [_read_weights(pair.extras.get(col), col, len(ids), file, rown)
+                       for col, ids in zip(weights_columns, (chosen_ids, rejected_ids), strict=True)]
+
+        summary.prompt_tokens_total += len(prompt_ids)
+        summary.response_tokens_total += len(chosen_ids) + len(rejected_ids)
+        summary.prompt_tokens_max = max(summary.prompt_tokens_max, len(prompt_ids))
+        summary.response_tokens_max = max(summary.response_tokens_max, len(chosen_ids), len(rejected_ids))
+
+        # Truncation.
+        prompt_cut = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+        if prompt_cut:
+            prompt_ids = _truncate(prompt_ids, max_prompt_length, truncation_mode)  # type: ignore[arg-type]
+        room = max_length - len(prompt_ids)
+        response_cut = len(chosen_ids) > room or len(rejected_ids) > room
+        if on_too_long == "drop" and (prompt_cut or response_cut):
+            summary._drop("too_long", rown)
+            continue
+        if room <= 0:
+            if on_too_long == "error":
+                raise DataError(f"the prompt has {len(prompt_ids)} tokens (after truncation to "
+                                f"max_prompt_length={max_prompt_length}), leaving no room for a response "
+                                f"within max_length={max_length}", file=file, row=rown, field="prompt")
+            summary._drop("prompt_too_long", rown)
+            continue
+        if not chosen_ids[:room] or not rejected_ids[:room]:
+            summary._drop("empty_response", rown)
+            continue
+        masks: list[list[int] | None] = [None, None]
+        if bmc_masks:  # aligned on the full responses, so a cut at the end does not look like an edit
+            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=stops)
+        chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+        weights = [w[:room] if w is not None else None for w in weights]
+        masks = [m[:room] if m is not None else None for m in masks]
+        summary.truncated_prompt += prompt_cut
+        summary.truncated_response += response_cut
+        pairs.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, rown, weights[0], weights[1],
+                                   masks[0], masks[1]))
+        summary.pairs_kept += 1
+    return pairs, summary

@@ -1,0 +1,142 @@
+"""The fast log-probability path: per-token log-probabilities (and per-position KL) from hidden states.
+
+The language-model head is applied to the response positions only, in chunks of ``chunk_size`` rows, and a
+custom autograd function recomputes each chunk's logits in the backward pass instead of storing them: the
+peak memory of the loss path is O(chunk_size × vocabulary), never O(tokens × vocabulary). Log-softmax is
+taken in float32 (never log of a softmax), whatever the dtype of the hidden states.
+
+KL directions (over the whole vocabulary, at every response position):
+- ``"ref||policy"``: KL(π_ref ‖ π_θ) = Σ_v q_v (log q_v − log p_v) — TDPO (Zeng et al. 2024, Eq. 4), SparsePO;
+- ``"policy||ref"``: KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v − log q_v) — TIS-DPO (Liu et al. 2025, Eq. 12).
+Gradients flow into the policy's hidden states and head weight only; the reference side is constant.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KL_DIRECTIONS = ("ref||policy", "policy||ref")
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    z = h @ w.t()
+    if b is not None:
+        z = z + b
+    return z.to(torch.promote_types(z.dtype, torch.float32))
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """logps[n] = log softmax(h_n W^T + b)[label_n]; optionally kl[n] against a reference head."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, direction, chunk_size):
+        n = hidden.shape[0]
+        w = weight.to(hidden.dtype)
+        b = bias.to(hidden.dtype) if bias is not None else None
+        do_kl = ref_hidden is not None
+        rw = ref_weight.to(ref_hidden.dtype) if do_kl else None
+        rb = ref_bias.to(ref_hidden.dtype) if do_kl and ref_bias is not None else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        logps = hidden.new_empty(n, dtype=acc)
+        lse_all = hidden.new_empty(n, dtype=acc)
+        kl = hidden.new_empty(n, dtype=acc) if do_kl else None
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for s in range(0, n, chunk_size):
+                e = min(s + chunk_size, n)
+                z = _logits(hidden[s:e], w, b)
+                lse = torch.logsumexp(z, dim=-1)
+                lse_all[s:e] = lse
+                logps[s:e] = z.gather(-1, labels[s:e, None]).squeeze(-1) - lse
+                if do_kl:
+                    logp = z - lse[:, None]
+                    logq = F.log_softmax(_logits(ref_hidden[s:e], rw, rb).to(acc), dim=-1)
+                    if direction == "ref||policy":
+                        kl[s:e] = (logq.exp() * (logq - logp)).sum(-1)
+                    else:
+                        kl[s:e] = (logp.exp() * (logp - logq)).sum(-1)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse_all, ref_hidden, ref_weight, ref_bias, kl)
+        ctx.direction, ctx.chunk_size = direction, chunk_size
+        if do_kl:
+            ctx.mark_non_differentiable(lse_all)
+            return logps, kl
+        return logps, lse_all.detach()
+
+    @staticmethod
+    def backward(ctx, g_logps, g_kl):
+        hidden, weight, bias, labels, lse_all, ref_hidden, ref_weight, ref_bias, kl = ctx.saved_tensors
+        do_kl = ref_hidden is not None
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        w = weight.to(hidden.dtype)
+        b = bias.to(hidden.dtype) if bias is not None else None
+        rw = ref_weight.to(ref_hidden.dtype) if do_kl else None
+        rb = ref_bias.to(ref_hidden.dtype) if do_kl and ref_bias is not None else None
+        grad_h = torch.empty_like(hidden) if need_h else None
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        n = hidden.shape[0]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            for s in range(0, n, ctx.chunk_size):
+                e = min(s + ctx.chunk_size, n)
+                z = _logits(hidden[s:e], w, b)
+                logp = z - lse_all[s:e, None]
+                p = logp.exp()
+                # d logp[label] / dz = onehot - p
+                dz = -g_logps[s:e, None] * p
+                dz.scatter_add_(-1, labels[s:e, None], g_logps[s:e, None])
+                if do_kl and g_kl is not None:
+                    logq = F.log_softmax(_logits(ref_hidden[s:e], rw, rb), dim=-1)
+                    if ctx.direction == "ref||policy":  # d/dz Σ q(log q − log p) = p − q
+                        dz += g_kl[s:e, None] * (p - logq.exp())
+                    else:  # d/dz Σ p(log p − log q) = p ⊙ (log p − log q − KL)
+                        dz += g_kl[s:e, None] * p * (logp - logq - kl[s:e, None])
+                dzc = dz.to(hidden.dtype)
+                if need_h:
+                    grad_h[s:e] = dzc @ w
+                if need_w:
+                    grad_w += (dzc.t() @ hidden[s:e]).to(acc)
+                if need_b:
+                    grad_b += dz.sum(0)
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None, None)
+
+
+def token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
+                ref_hidden: torch.Tensor | None = None, ref_head: torch.nn.Linear | None = None,
+                kl_direction: str | None = None, chunk_size: int = 1024
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probabilities of ``labels`` ([N]) from ``hidden`` ([N, H]) through ``head``.
+
+    With ``ref_hidden``/``ref_head``/``kl_direction`` also returns the per-position KL between the policy
+    and reference next-token distributions ([N], differentiable in the policy only); else ``None``.
+    """
+    if kl_direction is not None and kl_direction not in KL_DIRECTIONS:
+        raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if kl_direction else None)
+    do_kl = kl_direction is not None
+    logps, second = _ChunkedHead.apply(
+        hidden, head.weight, head.bias, labels,
+        ref_hidden.detach() if do_kl else None, ref_head.weight.detach() if do_kl else None,
+        (ref_head.bias.detach() if do_kl and ref_head.bias is not None else None),
+        kl_direction, int(chunk_size),
+    )
+    return logps, (second if do_kl else None)
+
+
+def token_logps_reference(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
+                          ref_hidden: torch.Tensor | None = None, ref_head: torch.nn.Linear | None = None,
+                          kl_direction: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The plain path (full logits, autograd): the ground truth that the chunked path is tested against."""
+    logp = F.log_softmax(_logits(hidden, head.weight, head.bias), dim=-1)
+    out = logp.gather(-1, labels[:, None]).squeeze(-1)
+    if kl_direction is None:
+        return out, None
+    logq = F.log_softmax(_logits(ref_hidden, ref_head.weight, ref_head.bias), dim=-1).detach()
+    if kl_direction == "ref||policy":
+        kl = (logq.exp() * (logq - logp)).sum(-1)
+    else:
+        kl = (logp.exp() * (logp - logq)).sum(-1)
+    return out, kl
