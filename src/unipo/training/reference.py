@@ -1,0 +1,101 @@
+"""Where the reference model's per-token log-probabilities come from.
+
+- ``copy``: a frozen copy of the starting model (in ``ref_dtype``, no gradient);
+- ``adapter``: with LoRA, the policy itself with its adapters disabled (no second copy in memory);
+- ``precomputed``: one pass over the data before training, cached on disk under a fingerprint of model,
+  data and tokenisation, after which no reference model is resident (sequence-level variants only);
+- ``none``: reference-free objectives (SimPO, reference_free) need no reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from unipo.training.forward import gather_side, hidden_states, response_logps, unwrap
+
+
+def _adapter_disabled(model: torch.nn.Module):
+    peft_model = model
+    while hasattr(peft_model, "module") and isinstance(peft_model.module, torch.nn.Module):
+        peft_model = peft_model.module
+    return peft_model.disable_adapter() if hasattr(peft_model, "disable_adapter") else nullcontext()
+
+
+@torch.no_grad()
+def reference_pass(policy: torch.nn.Module, ref_model: torch.nn.Module | None, batch: dict, *,
+                   chunk_size: int, need_hidden: bool, **extra) -> dict[str, torch.Tensor]:
+    """Reference log-probs ``ref_{side}_logps`` (and, for KL variants, the gathered hidden states and head)."""
+    model = ref_model if ref_model is not None else policy
+    ctx = nullcontext() if ref_model is not None else _adapter_disabled(policy)
+    with ctx:
+        if need_hidden:
+            hidden, out = hidden_states(model, batch, **extra)
+            result = {f"{s}_hidden": gather_side(hidden, batch, s) for s in ("chosen", "rejected")}
+            result["head"] = unwrap(model).get_output_embeddings()
+            result["output"] = out
+            return result
+        out = response_logps(model, batch, chunk_size=chunk_size, **extra)
+    return {"ref_chosen_logps": out["chosen_logps"], "ref_rejected_logps": out["rejected_logps"]}
+
+
+def file_digest(path: Path) -> str:
+    """Cheap identity of a weights file: name, size and modification time (not a full content hash)."""
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def fingerprint(model_path: str, tokenizer_fp: str, pairs: list[dict], *, ref_dtype: str,
+                share_prompt: bool) -> str:
+    """Key of a precomputed-reference cache: model identity, tokenizer, every token of the data, dtype."""
+    h = hashlib.sha256()
+    p = Path(model_path)
+    files = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + sorted(p.glob("config.json")) \
+        if p.is_dir() else []
+    h.update(json.dumps([model_path, [file_digest(f) for f in files], tokenizer_fp, ref_dtype,
+                         share_prompt]).encode())
+    for ex in pairs:
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            h.update(len(ex[key]).to_bytes(4, "little"))
+            h.update(torch.tensor(ex[key], dtype=torch.int32).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate, *, batch_size: int,
+                         chunk_size: int, cache_file: Path, device: torch.device, progress: bool = True
+                         ) -> list[dict]:
+    """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` lists to every pair, from the cache when present.
+
+    The cache is a ``torch.save`` file named by :func:`fingerprint`; a changed model, tokenizer, dataset or
+    truncation changes the name, so a stale cache is never read.
+    """
+    if cache_file.exists():
+        cached = torch.load(cache_file, weights_only=True)
+        if len(cached["chosen"]) == len(pairs):
+            for ex, c, r in zip(pairs, cached["chosen"], cached["rejected"], strict=True):
+                ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
+            return pairs
+    from tqdm.auto import tqdm
+
+    chosen, rejected = [], []
+    ref_model.eval()
+    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not progress):
+        part = pairs[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(part).items()}
+        out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False)
+        for i, ex in enumerate(part):
+            c = out["ref_chosen_logps"][i, : len(ex["chosen_ids"])].float().cpu()
+            r = out["ref_rejected_logps"][i, : len(ex["rejected_ids"])].float().cpu()
+            chosen.append(c)
+            rejected.append(r)
+            ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(".tmp")
+    torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+    os.replace(tmp, cache_file)
+    return pairs

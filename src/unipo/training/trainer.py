@@ -1,0 +1,106 @@
+"""``PreferenceTrainer``: transformers' Trainer with the unified objective as its loss.
+
+Trainer brings checkpointing and resume, mixed precision, gradient accumulation, logging integrations
+(``report_to``), the progress bar and distributed launch (DDP / FSDP / DeepSpeed through accelerate).
+This class adds only what is ours: the packed preference forward, the reference, the objective and its
+metrics (TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/*).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from unipo.errors import ConfigError
+from unipo.objective import Objective
+from unipo.training.forward import response_logps
+from unipo.training.reference import reference_pass
+
+#: batch keys passed to the objective as they are
+PASSTHROUGH = ("chosen_weights", "rejected_weights", "chosen_diff_mask", "rejected_diff_mask",
+               "ref_chosen_logps", "ref_rejected_logps")
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
+                 reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.reference_mode = reference_mode
+        self.chunk_size = chunk_size
+        self.head_dtype = head_dtype
+        # our loss is a mean per example: let Trainer divide by the accumulation steps
+        self.model_accepts_loss_kwargs = False
+        self.kl_direction = objective.config.kl_direction
+        if self.kl_direction and reference_mode == "precomputed":
+            raise ConfigError(f"variant {objective.config.name} needs the reference model's full next-token "
+                              f"distributions (per-position KL); precomputed reference log-probs cannot serve "
+                              f"it: use reference: copy (or adapter with LoRA)")
+        self.ref_model = None
+        if ref_model is not None:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            else:
+                self.ref_model = ref_model.to(self.accelerator.device)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # -- the loss ------------------------------------------------------------------------------------
+    def _reference(self, model, inputs) -> dict:
+        if self.reference_mode in ("precomputed", "none"):
+            return {}
+        return reference_pass(model, self.ref_model, inputs, chunk_size=self.chunk_size,
+                              need_hidden=self.kl_direction is not None)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ref = self._reference(model, inputs)
+        pol = response_logps(model, inputs, chunk_size=self.chunk_size, ref=ref, ref_head=ref.get("head"),
+                             kl_direction=self.kl_direction, head_dtype=self.head_dtype)
+        if self.kl_direction:  # reference log-probs from the same reference pass
+            with torch.no_grad():
+                ref_lp = response_logps_from_hidden(ref, inputs, self.chunk_size)
+            ref.update(ref_lp)
+        extra = {k: inputs[k] for k in PASSTHROUGH if k in inputs}
+        extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
+        for side in ("chosen", "rejected"):
+            if f"{side}_kl" in pol:
+                extra[f"{side}_kl"] = pol[f"{side}_kl"]
+        out = self.objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
+                             chosen_mask=inputs["chosen_mask"], rejected_mask=inputs["rejected_mask"], **extra)
+        mode = "train" if model.training else "eval"
+        for key, value in out.metrics.items():
+            self._metrics[mode][key].append(float(value))
+        loss = out.loss
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    # -- logging ------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        mode = "train" if "loss" in logs else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                t = torch.tensor(sum(values) / len(values), device=self.accelerator.device)
+                logs[prefix + key] = self.accelerator.reduce(t, "mean").item()
+        self._metrics[mode].clear()
+        super().log(logs, *args, **kwargs)
+
+
+def response_logps_from_hidden(ref: dict, inputs: dict, chunk_size: int) -> dict[str, torch.Tensor]:
+    """Reference log-probs from the reference hidden states already gathered for the KL term."""
+    from unipo.models.logprobs import token_logps
+    from unipo.training.forward import scatter_tokens
+
+    out = {}
+    for side in ("chosen", "rejected"):
+        labels = inputs[f"{side}_labels"][inputs[f"{side}_mask"]]
+        lp, _ = token_logps(ref[f"{side}_hidden"], ref["head"], labels, chunk_size=chunk_size)
+        out[f"ref_{side}_logps"] = scatter_tokens(lp, inputs[f"{side}_mask"])
+    return out
