@@ -30,7 +30,9 @@ def _adapter_disabled(model: torch.nn.Module):
 @torch.no_grad()
 def reference_pass(policy: torch.nn.Module, ref_model: torch.nn.Module | None, batch: dict, *,
                    chunk_size: int, need_hidden: bool, **extra) -> dict[str, torch.Tensor]:
-    """Reference log-probs ``ref_{side}_logps`` (and, for KL variants, the gathered hidden states and head)."""
+    """Reference log-probs ``ref_{side}_logps``; with ``need_hidden`` instead the gathered final hidden states
+    ``{side}_hidden`` and the ``head`` (for KL terms and token signals), plus ``hidden_states`` (all layers)
+    when ``output_hidden_states=True`` is passed."""
     model = ref_model if ref_model is not None else policy
     ctx = nullcontext() if ref_model is not None else _adapter_disabled(policy)
     with ctx:
@@ -39,6 +41,8 @@ def reference_pass(policy: torch.nn.Module, ref_model: torch.nn.Module | None, b
             result = {f"{s}_hidden": gather_side(hidden, batch, s) for s in ("chosen", "rejected")}
             result["head"] = unwrap(model).get_output_embeddings()
             result["output"] = out
+            if getattr(out, "hidden_states", None) is not None:
+                result["hidden_states"] = out.hidden_states
             return result
         out = response_logps(model, batch, chunk_size=chunk_size, **extra)
     return {"ref_chosen_logps": out["chosen_logps"], "ref_rejected_logps": out["rejected_logps"]}

@@ -26,8 +26,12 @@ PASSTHROUGH = ("chosen_weights", "rejected_weights", "chosen_diff_mask", "reject
 class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
-                 **kwargs):
+                 token_signal: torch.nn.Module | None = None, **kwargs):
+        # a token signal (SparsePO mask network, learned prior head, ...) must exist before the optimizer
+        self.token_signal = token_signal
         super().__init__(*args, **kwargs)
+        if token_signal is not None:
+            self.token_signal.to(self.accelerator.device)
         self.objective = objective
         self.reference_mode = reference_mode
         self.chunk_size = chunk_size
@@ -47,22 +51,57 @@ class PreferenceTrainer(Trainer):
                 self.ref_model = ref_model.to(self.accelerator.device)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
+    # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.token_signal is not None and not getattr(self, "_signal_group_added", False):
+            params = [p for p in self.token_signal.parameters() if p.requires_grad]
+            if params:
+                optimizer.add_param_group({"params": params, "lr": self.args.learning_rate,
+                                           "weight_decay": float(getattr(self.token_signal, "weight_decay", 0.0)),
+                                           "initial_lr": self.args.learning_rate})
+            self._signal_group_added = True
+        return optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.token_signal is not None:
+            from safetensors.torch import save_file
+
+            out = output_dir or self.args.output_dir
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.token_signal.state_dict().items()},
+                      f"{out}/unipo_signal.safetensors")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = f"{resume_from_checkpoint}/unipo_signal.safetensors"
+        import os
+
+        if self.token_signal is not None and os.path.exists(path):
+            from safetensors.torch import load_file
+
+            self.token_signal.load_state_dict(load_file(path))
+
     # -- the loss ------------------------------------------------------------------------------------
     def _reference(self, model, inputs) -> dict:
         if self.reference_mode in ("precomputed", "none"):
             return {}
+        need_layers = self.token_signal is not None and getattr(self.token_signal, "needs_hidden_states", False)
+        extra = {"output_hidden_states": True} if need_layers else {}
         return reference_pass(model, self.ref_model, inputs, chunk_size=self.chunk_size,
-                              need_hidden=self.kl_direction is not None)
+                              need_hidden=self.kl_direction is not None or need_layers, **extra)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref = self._reference(model, inputs)
         pol = response_logps(model, inputs, chunk_size=self.chunk_size, ref=ref, ref_head=ref.get("head"),
                              kl_direction=self.kl_direction, head_dtype=self.head_dtype)
-        if self.kl_direction:  # reference log-probs from the same reference pass
+        if "head" in ref:  # reference log-probs from the hidden states of the same reference pass
             with torch.no_grad():
                 ref_lp = response_logps_from_hidden(ref, inputs, self.chunk_size)
             ref.update(ref_lp)
         extra = {k: inputs[k] for k in PASSTHROUGH if k in inputs}
+        if self.token_signal is not None:  # per-token tensors, e.g. chosen_weights / chosen_prior_offsets
+            extra.update(self.token_signal(ref, inputs))
         extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
         for side in ("chosen", "rejected"):
             if f"{side}_kl" in pol:

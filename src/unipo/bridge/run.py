@@ -1,0 +1,504 @@
+"""The resumable bridging pipeline: (x, y_w, y_l) → (x, ỹ_w, y_l), BMC's first phase.
+
+BMC (Jiang et al., ICLR 2025, §3.1) trains on (x, ỹ_w, y_l) where ỹ_w is a minimal edit of the losing
+response y_l made by an editor LLM with y_w as the reference; pairs the editor answers 'None' are dropped.
+This module reads preference pairs, asks an :class:`~unipo.bridge.editors.Editor` for each edit and
+appends every result the moment it arrives:
+
+* ``OUT`` (JSONL): one row per edited pair, ``{"row", "prompt", "chosen": ỹ_w, "rejected": y_l,
+  "original_chosen": y_w, "edit_distance", "edit_relative"}``; ``unipo train --data OUT --variant bmc``
+  trains DPO-BMC on it, ``--variant dpo`` gives DPO-BC (bridged data, plain loss);
+* ``OUT.failed.jsonl``: one record per pair dropped as 'None' (``status: dropped``) or that failed
+  (``status: failed`` with the reason), so a resumed run knows which rows are done;
+* ``OUT.lock``: held (``flock``) while a run writes, so that two runs cannot interleave;
+* ``OUT.meta.json``: the input's checksum (a resume on different data is refused), the template, editor;
+* ``OUT.summary.json`` and ``OUT.edit_distance.png``: the counts and the edit-distance histogram.
+
+A row is *done* when it is in ``OUT`` or recorded in the sidecar; ``retry_failed`` redoes the failed
+ones (never the dropped ones). A killed run therefore resumes where it stopped, with every row exactly
+once; a line cut short by the kill is trimmed on resume.
+
+The edit distance is a Levenshtein distance over tokens of the editor's tokenizer (or of ``tokenizer``),
+or over whitespace-separated words when no tokenizer is available (a remote editor without
+``--tokenizer``); ``edit_relative`` divides it by the length of y_l.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unipo.bridge.editors import EditJob, Editor, EditorStopped
+from unipo.bridge.prompts import EditTemplate, clean_output, render_context
+from unipo.errors import DataError, UnipoError
+
+
+@dataclass
+class BridgePair:
+    """One input pair: ``prompt`` is text or a list of chat messages; responses are plain text
+    (for conversational pairs, the content of the single assistant response message)."""
+
+    row: int
+    prompt: str | list[dict[str, Any]]
+    chosen: str
+    rejected: str
+    conversational: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------
+# input
+
+
+def _response_text(value: Any, *, file: str, row: int, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if len(value) != 1 or value[0].get("role") != "assistant" or not isinstance(value[0].get("content"), str):
+        raise DataError("bridging needs a single assistant message with text content as the response",
+                        file=file, row=row, field=field)
+    return value[0]["content"]
+
+
+def read_pairs(source: str | Path) -> Iterator[BridgePair]:
+    """Yield the pairs of ``source`` with their 1-based row numbers.
+
+    Reading and normalising is :mod:`unipo.data.formats`' (``load_rows`` / ``normalize_row``): explicit
+    or implicit prompts, text or conversational rows, and Anthropic HH raw transcripts (which become
+    conversational). Extra columns are not carried over (per-token weights would not fit the edited text).
+    """
+    from unipo.data.formats import load_rows, normalize_row
+
+    name = str(source)
+    for n, raw in load_rows(source):
+        pair = normalize_row(raw, file=name, row_number=n)
+        yield BridgePair(
+            n, pair.prompt, _response_text(pair.chosen, file=name, row=n, field="chosen"),
+            _response_text(pair.rejected, file=name, row=n, field="rejected"),
+            conversational=pair.conversational,
+        )
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """A checksum of the input (a file's bytes, or a directory's file names and sizes), to refuse
+    resuming an output on other data; ``None`` for a source that is not a local path."""
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    elif path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(path)}:{f.stat().st_size}\n".encode())
+    else:
+        return None
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# edit distance
+
+
+def levenshtein(a: list, b: list) -> int:
+    """Token-level Levenshtein distance (insertions, deletions, substitutions, each cost 1)."""
+    # the edits are meant to be small: strip the common prefix and suffix first
+    start = 0
+    while start < len(a) and start < len(b) and a[start] == b[start]:
+        start += 1
+    end_a, end_b = len(a), len(b)
+    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
+        end_a -= 1
+        end_b -= 1
+    a, b = a[start:end_a], b[start:end_b]
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
+def make_tokenize(tokenizer: Any | None) -> tuple[Callable[[str], list], str]:
+    """A text → tokens function and its description: the tokenizer's ids, or whitespace words."""
+    if tokenizer is None:
+        return (lambda text: text.split()), "whitespace"
+    name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    return (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]), f"tokenizer:{name}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# output files and resume state
+
+
+@dataclass(frozen=True)
+class BridgePaths:
+    out: Path
+    failed: Path
+    meta: Path
+    summary: Path
+    histogram: Path
+    lock: Path
+
+    @classmethod
+    def for_output(cls, out: str | Path) -> BridgePaths:
+        out = Path(out)
+        if out.suffix == ".gz":
+            raise UnipoError(f"--out {out}: write plain JSONL (results are appended as they complete)")
+        stem = out.with_suffix("") if out.suffix in (".jsonl", ".json") else out
+        return cls(out=out, failed=Path(f"{stem}.failed.jsonl"), meta=Path(f"{stem}.meta.json"),
+                   summary=Path(f"{stem}.summary.json"), histogram=Path(f"{stem}.edit_distance.png"),
+                   lock=Path(f"{stem}.lock"))
+
+
+def _read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
+    """Records of an append-only JSONL file; a last line cut short by a kill is trimmed off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise DataError(f"line {i} is not valid JSON; fix or delete the file (bridge outputs are "
+                            "append-only)", file=str(path)) from None
+    if tail.strip():  # the last write was cut short (no newline yet)
+        try:
+            rec = json.loads(tail)
+        except ValueError:
+            rec = None
+        with open(path, "r+b") as fh:
+            fh.truncate(len(data) - len(tail))
+        if rec is not None:  # complete record that only misses its newline: keep it
+            with open(path, "ab") as fh:
+                fh.write(tail + b"\n")
+            records.append(rec)
+        else:
+            print(f"unipo bridge: trimmed an incomplete last line from {path}", file=sys.stderr)
+    return records
+
+
+@dataclass
+class ResumeState:
+    edited: dict[int, dict[str, Any]]
+    sidecar: dict[int, dict[str, Any]]  # the latest record per row
+
+    def done(self, retry_failed: bool) -> set[int]:
+        done = set(self.edited)
+        for row, rec in self.sidecar.items():
+            if rec.get("status") == "dropped" or (rec.get("status") == "failed" and not retry_failed):
+                done.add(row)
+        return done
+
+
+def load_state(paths: BridgePaths) -> ResumeState:
+    edited = {int(r["row"]): r for r in _read_jsonl_repairing(paths.out) if "row" in r}
+    sidecar: dict[int, dict[str, Any]] = {}
+    for rec in _read_jsonl_repairing(paths.failed):
+        if "row" in rec:
+            sidecar[int(rec["row"])] = rec
+    return ResumeState(edited, sidecar)
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``OUT.lock`` while a run writes, so two runs cannot interleave rows.
+
+    The OS drops it when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def __enter__(self) -> _RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no protection against concurrent runs
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise UnipoError(f"another `unipo bridge` is writing {self.path.with_suffix('')}.*; wait for it "
+                             "or stop it first") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
+            self._fh.close()
+
+
+class _Appender:
+    """Append JSON lines, flushed one by one, so a kill loses at most the line being written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class BridgeOptions:
+    limit: int | None = None
+    retry_failed: bool = False
+    overwrite: bool = False
+    keep_truncated: bool = False
+    max_new_tokens: int | None = None  # None: 1.5 × the longer response + 64, capped at max_new_tokens_cap
+    max_new_tokens_cap: int = 2048
+    progress_every: float = 10.0  # seconds between progress lines (0: none)
+    plot: bool = True
+
+
+def _as_message(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _max_tokens_for(pair: BridgePair, count: Callable[[str], int], opts: BridgeOptions) -> int:
+    if opts.max_new_tokens:
+        return int(opts.max_new_tokens)
+    longest = max(count(pair.chosen), count(pair.rejected))
+    return min(opts.max_new_tokens_cap, int(1.5 * longest) + 64)
+
+
+def run_bridge(data: str | Path, out: str | Path, editor: Editor, template: EditTemplate, *,
+               options: BridgeOptions | None = None, tokenizer: Any | None = None,
+               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Bridge every pair of ``data`` into ``out`` (resuming), write the summary files, return the summary.
+
+    ``tokenizer`` measures the token edit distance (default: the editor's own tokenizer when it has one,
+    else whitespace words).
+    """
+    opts = options or BridgeOptions()
+    log = log or (lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr, flush=True))
+    paths = BridgePaths.for_output(out)
+    with _RunLock(paths.lock):
+        return _run_locked(data, paths, editor, template, opts, tokenizer, log)
+
+
+def _run_locked(data: str | Path, paths: BridgePaths, editor: Editor, template: EditTemplate,
+                opts: BridgeOptions, tokenizer: Any | None, log: Callable[[str], None]) -> dict[str, Any]:
+    pairs = list(read_pairs(data))
+    if opts.limit is not None:
+        pairs = pairs[: opts.limit]
+    if not pairs:
+        raise DataError(f"{data}: no rows")
+    sha = file_sha256(data)
+
+    if opts.overwrite:
+        for p in (paths.out, paths.failed, paths.meta, paths.summary, paths.histogram):
+            p.unlink(missing_ok=True)
+    meta = {"input": str(data), "input_sha256": sha, "template": template.name,
+            "editor": editor.describe()}
+    if paths.meta.exists():
+        old = json.loads(paths.meta.read_text(encoding="utf-8"))
+        if old.get("input_sha256") != sha:
+            raise DataError(f"{paths.out} was written from different input data ({old.get('input')}); "
+                            "use another --out or --overwrite to start again")
+        if old.get("template") != template.name or old.get("editor") != meta["editor"]:
+            log("warning: resuming with a different editor or template than the earlier run")
+    elif paths.out.exists() or paths.failed.exists():
+        log(f"warning: {paths.out} exists without {paths.meta.name}; resuming by row number")
+    paths.meta.parent.mkdir(parents=True, exist_ok=True)
+    paths.meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    if tokenizer is None:
+        tokenizer = getattr(editor, "tokenizer", None)
+    tokenize, tokenizer_name = make_tokenize(tokenizer)
+    state = load_state(paths)
+    done = state.done(opts.retry_failed)
+    todo = [p for p in pairs if p.row not in done]
+    by_row = {p.row: p for p in pairs}
+    log(f"{len(pairs)} rows read, {len(pairs) - len(todo)} already done, {len(todo)} to edit "
+        f"(editor {editor.name}, template {template.name})")
+
+    counts = {"edited": 0, "dropped_none": 0, "failed": 0, "truncated": 0}
+    out_w, side_w = _Appender(paths.out), _Appender(paths.failed)
+    started = last_log = time.monotonic()
+
+    def jobs() -> Iterator[EditJob]:
+        for p in todo:
+            msgs = template.messages(render_context(p.prompt), p.chosen.strip(), p.rejected.strip())
+            yield EditJob(p.row, msgs, _max_tokens_for(p, lambda t: len(tokenize(t)), opts))
+
+    def record(row: int, result) -> None:
+        pair = by_row[row]
+        if result.error:
+            counts["failed"] += 1
+            side_w.write({"row": row, "status": "failed", "reason": result.error,
+                          "attempts": result.attempts})
+            return
+        if result.finish_reason == "length" and not opts.keep_truncated:
+            counts["failed"] += 1
+            counts["truncated"] += 1
+            side_w.write({"row": row, "status": "failed", "attempts": result.attempts,
+                          "reason": "truncated: the edit hit the new-token limit (raise --max-new-tokens "
+                                    "or pass --keep-truncated)"})
+            return
+        text = clean_output(result.text)
+        if text is None:
+            counts["dropped_none"] += 1
+            side_w.write({"row": row, "status": "dropped", "reason": "editor answered None",
+                          "editor_output": (result.text or "")[:200]})
+            return
+        lead = pair.rejected[: len(pair.rejected) - len(pair.rejected.lstrip())]
+        pseudo = lead + text  # keep y_l's leading whitespace (HH responses start with a space)
+        ref_tokens = tokenize(pair.rejected)
+        dist = levenshtein(ref_tokens, tokenize(pseudo))
+        wrap = _as_message if pair.conversational else (lambda t: t)
+        out_w.write({"row": row, "prompt": pair.prompt, "chosen": wrap(pseudo),
+                     "rejected": wrap(pair.rejected), "original_chosen": wrap(pair.chosen),
+                     "edit_distance": dist, "edit_relative": round(dist / max(1, len(ref_tokens)), 4)})
+        counts["edited"] += 1
+
+    aborted: BaseException | None = None
+    stream = editor.edit_stream(jobs())
+    try:
+        for row, result in stream:
+            record(row, result)
+            now = time.monotonic()
+            if opts.progress_every and now - last_log >= opts.progress_every:
+                last_log = now
+                n = sum(counts[k] for k in ("edited", "dropped_none", "failed"))
+                log(f"{n}/{len(todo)} this run ({counts['edited']} edited, {counts['dropped_none']} None, "
+                    f"{counts['failed']} failed), {n / max(now - started, 1e-9):.2f} rows/s")
+    except (UnipoError, KeyboardInterrupt, EditorStopped) as exc:
+        aborted = exc
+        editor.stop()
+    finally:
+        out_w.close()
+        side_w.close()
+        close = getattr(stream, "close", None)
+        if close:
+            close()
+
+    summary = summarize(paths, pairs, counts, tokenizer_name, elapsed=time.monotonic() - started,
+                        plot=opts.plot, meta=meta)
+    log(format_summary(summary))
+    if aborted is not None:
+        raise aborted
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# summary
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def summarize(paths: BridgePaths, pairs: list[BridgePair], this_run: dict[str, int], tokenizer_name: str,
+              *, elapsed: float, plot: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Counts over the whole output (all runs so far), the edit-distance distribution, and the PNG."""
+    state = load_state(paths)
+    rows = {p.row for p in pairs}
+    edited = [r for row, r in state.edited.items() if row in rows]
+    side = {row: r for row, r in state.sidecar.items() if row in rows and row not in state.edited}
+    dropped = sum(1 for r in side.values() if r.get("status") == "dropped")
+    failed = sum(1 for r in side.values() if r.get("status") == "failed")
+    dists = [int(r.get("edit_distance", 0)) for r in edited]
+    rels = [float(r.get("edit_relative", 0.0)) for r in edited]
+    summary: dict[str, Any] = {
+        "input": (meta or {}).get("input"),
+        "output": str(paths.out),
+        "failed_file": str(paths.failed),
+        "rows_read": len(pairs),
+        "edited": len(edited),
+        "dropped_none": dropped,
+        "failed": failed,
+        "pending": len(pairs) - len(edited) - dropped - failed,
+        "this_run": {**this_run, "seconds": round(elapsed, 2)},
+        "template": (meta or {}).get("template"),
+        "editor": (meta or {}).get("editor"),
+        "edit_distance": {"unit": tokenizer_name, "count": len(dists)},
+    }
+    if dists:
+        summary["edit_distance"].update(
+            mean=round(statistics.fmean(dists), 3), median=statistics.median(dists),
+            p90=_quantile(dists, 0.9), max=max(dists), min=min(dists),
+            mean_relative=round(statistics.fmean(rels), 4), median_relative=statistics.median(rels),
+        )
+    if plot and dists:
+        plot_histogram(dists, rels, paths.histogram, tokenizer_name)
+        summary["histogram"] = str(paths.histogram)
+    paths.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    summary["summary_file"] = str(paths.summary)
+    return summary
+
+
+def plot_histogram(dists: list[int], rels: list[float], path: Path, unit: str) -> None:
+    """Two panels: the token edit distance y_l → ỹ_w, and the same divided by |y_l|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    lo, hi = min(dists), max(dists)
+    bins = [b - 0.5 for b in range(lo, hi + 2)] if hi - lo <= 40 else 40  # integer bins when few
+    ax1.hist(dists, bins=bins, color="#4477aa")
+    short = unit if len(unit) <= 30 else unit.split(":")[0] + ":…" + unit[-20:]
+    ax1.set_xlabel(f"token edit distance y_l → ỹ_w ({short})")
+    ax1.set_ylabel("pairs")
+    ax1.set_title(f"median {statistics.median(dists):g}, mean {statistics.fmean(dists):.1f}")
+    ax2.hist(rels, bins=20, color="#ee6677")
+    ax2.set_xlabel("edit distance / length of y_l")
+    ax2.set_title(f"median {statistics.median(rels):.2f} (0 = unchanged)")
+    fig.suptitle(f"BMC bridging: {len(dists)} edited pairs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    ed = s["edit_distance"]
+    lines = [
+        f"rows read {s['rows_read']}: edited {s['edited']}, dropped as None {s['dropped_none']}, "
+        f"failed {s['failed']}, pending {s['pending']}  (this run: {s['this_run']})",
+    ]
+    if ed.get("count"):
+        lines.append(f"edit distance ({ed['unit']}): median {ed['median']}, mean {ed['mean']}, "
+                     f"p90 {ed['p90']}, max {ed['max']}; relative to |y_l|: median {ed['median_relative']}")
+    lines.append(f"summary: {s.get('summary_file', '')}" + (f", histogram: {s['histogram']}"
+                                                           if s.get("histogram") else ""))
+    if s["failed"]:
+        lines.append(f"failed rows are listed in {s['failed_file']}; rerun with --retry-failed to redo them")
+    return "\n".join(lines)
