@@ -41,7 +41,7 @@ def tdpo_kl(chosen: Side, rejected: Side, agg: Aggregate, params: dict, metrics:
         return agg(_weighted(side, w), side.mask)
 
     k_w, k_l = k(chosen), k(rejected)
-    metrics["kl/chosen"], metrics["kl/rejected"] = k_w.detach(), k_l.detach()
+    metrics["kl/chosen"], metrics["kl/rejected"] = k_w.detach().mean(), k_l.detach().mean()
     if params["kl_stopgrad_chosen"]:
         k_w = k_w.detach()
     return float(params["kl_alpha"]) * (k_l - k_w)
@@ -56,5 +56,5 @@ def tisdpo_kl(chosen: Side, rejected: Side, agg: Aggregate, params: dict, metric
     sign: unlike TDPO, the chosen side's KL is subtracted."""
     k_w = agg(_weighted(chosen, chosen.weights), chosen.mask)
     k_l = agg(_weighted(rejected, rejected.weights), rejected.mask)
-    metrics["kl/chosen"], metrics["kl/rejected"] = k_w.detach(), k_l.detach()
+    metrics["kl/chosen"], metrics["kl/rejected"] = k_w.detach().mean(), k_l.detach().mean()
     return float(params["kl_eta"]) * (k_w - k_l)

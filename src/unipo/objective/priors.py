@@ -32,6 +32,6 @@ def constant_prior(side: Side, params: dict) -> None:
           inputs=("ref_logps", "prior_offsets"), needs_reference=True)
 def learned_prior(side: Side, params: dict) -> torch.Tensor:
     """A prior learned jointly with the policy: the reference plus a per-token offset g_φ produced by a
-    small head over the reference's hidden states (see ``unipo.models.learned_prior``). Its size is kept
+    small head over the reference's hidden states (see ``unipo.models.signals.LearnedPrior``). Its size is kept
     small by the ``prior_reg_weight`` auxiliary term λ·mean(g²)."""
     return side.ref_logps + side.prior_offsets

@@ -50,6 +50,10 @@ class TrainConfig:
     eval_fraction: float = 0.0  # hold out this share of `data` when no eval_data is given
     on_invalid: str = "error"  # or "skip" (counted and reported)
     weights_columns: list[str] | None = None  # TIS-DPO token weights, e.g. [chosen_weights, rejected_weights]
+    # token signal trained (or computed) with the policy from the reference's hidden states:
+    # {type: sparsepo_masks, common: true} | {type: activation_masks} | {type: learned_prior} | none;
+    # default (null): sparsepo → sparsepo_masks, learned_prior → learned_prior (unipo.models.signals)
+    token_signal: Any = None
     # model
     precision: str = "auto"  # bf16 autocast where supported, else fp32
     reference: str = "auto"  # copy | adapter (LoRA) | precomputed | none (reference-free variants)
@@ -115,6 +119,10 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {key} must be at least 1")
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"{source}: eval_fraction must be in [0, 1)")
+        if self.token_signal is not None and not isinstance(self.token_signal, str | dict):
+            raise ConfigError(f"{source}: token_signal must be a type name (sparsepo_masks, activation_masks, "
+                              f"learned_prior, none) or a mapping {{type: ..., option: value}}, "
+                              f"got {self.token_signal!r}")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
 

@@ -35,11 +35,14 @@ def log(msg: str) -> None:
     print(f"unipo: {msg}", file=sys.stderr, flush=True)
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, objective: Objective, source: str, limit: int | None):
+def prepare_data(cfg: TrainConfig, tokenizer, objective: Objective, source: str, limit: int | None,
+                 signal_weights: bool = False):
+    """Tokenize ``source``; ``signal_weights``: a token signal supplies the token weights (SparsePO masks), so
+    the data need not carry weight columns."""
     from unipo.data.tokenize import prepare_pairs
 
     weights_columns = tuple(cfg.weights_columns) if cfg.weights_columns else None
-    if objective.config.parts["weights"] == "given" and weights_columns is None:
+    if objective.config.parts["weights"] == "given" and weights_columns is None and not signal_weights:
         weights_columns = ("chosen_weights", "rejected_weights")
     pairs, summary = prepare_pairs(
         source, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
@@ -69,6 +72,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         resolve_dtype,
         resolve_model_path,
     )
+    from unipo.models.signals import build_signal, resolve_signal_spec
     from unipo.training.batching import collate_pairs
     from unipo.training.outputs import JsonlMetricsCallback, model_card, write_config, write_metrics
     from unipo.training.reference import fingerprint, precompute_reference
@@ -77,16 +81,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.data:
         raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
     objective = Objective(cfg.objective_spec())
+    signal_spec = resolve_signal_spec(cfg.token_signal, objective.config, data_weights=bool(cfg.weights_columns))
+    signal_weights = signal_spec is not None and signal_spec["type"] in ("sparsepo_masks", "activation_masks")
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
 
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    train_rows, summary = prepare_data(cfg, tokenizer, objective, cfg.data, cfg.limit)
+    train_rows, summary = prepare_data(cfg, tokenizer, objective, cfg.data, cfg.limit, signal_weights)
     eval_rows = None
     if cfg.eval_data:
-        eval_rows, _ = prepare_data(cfg, tokenizer, objective, cfg.eval_data, cfg.eval_limit)
+        eval_rows, _ = prepare_data(cfg, tokenizer, objective, cfg.eval_data, cfg.eval_limit, signal_weights)
     elif cfg.eval_fraction > 0:
         n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
         g = torch.Generator().manual_seed(cfg.seed)
@@ -107,6 +113,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError(f"variant {objective.config.name} needs the reference model's full next-token "
                           f"distributions for its per-position KL; precomputed reference log-probs cannot serve it "
                           f"(use reference: copy, or adapter with LoRA)")
+    if signal_spec is not None and reference in ("precomputed", "none"):
+        raise ConfigError(f"token_signal {signal_spec['type']} reads the reference model's hidden states during "
+                          f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "
+                          f"with LoRA)")
     log(f"model {model_path} · variant {objective.config.name} · reference {reference} · precision {precision} · "
         f"{len(train_rows)} training pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
@@ -134,6 +144,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ref_model = None  # not resident during training
 
     model = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    token_signal = None
+    if signal_spec is not None:
+        text_cfg = model.config.get_text_config()
+        signal_sizes = {"num_layers": text_cfg.num_hidden_layers + 1, "hidden_size": text_cfg.hidden_size}
+        with torch.random.fork_rng(devices=[]):  # its initial weights depend on the seed alone
+            torch.manual_seed(cfg.seed)
+            token_signal = build_signal(signal_spec, **signal_sizes)
+        n_params = sum(p.numel() for p in token_signal.parameters())
+        log(f"token signal {signal_spec} · {n_params} trainable parameters")
     if cfg.lora:
         model = apply_lora(model, cfg.lora)
         if cfg.gradient_checkpointing:
@@ -158,7 +177,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         eval_dataset=PairsDataset(eval_rows) if eval_rows else None, data_collator=collate,
         processing_class=tokenizer, objective=objective, ref_model=ref_model, reference_mode=reference,
         chunk_size=cfg.chunk_size, head_dtype=torch.bfloat16 if precision == "bf16" else None,
-        callbacks=[JsonlMetricsCallback(out_dir / "metrics.jsonl")],
+        callbacks=[JsonlMetricsCallback(out_dir / "metrics.jsonl")], token_signal=token_signal,
     )
     resume_from = None
     if cfg.resume:
@@ -171,13 +190,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not trainer.is_world_process_zero():
         return {"output_dir": str(out_dir), "final": final}
 
-    trainer.save_model(str(out_dir))
+    trainer.save_model(str(out_dir))  # with a token signal, also unipo_signal.safetensors (PreferenceTrainer._save)
     tokenizer.save_pretrained(str(out_dir))
+    if signal_spec is not None:
+        (out_dir / "unipo_signal.json").write_text(json.dumps({**signal_spec, **signal_sizes}, indent=2))
     history = trainer.state.log_history
     write_metrics(out_dir / "metrics.jsonl", history)
     for entry in history:
         final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
     resolved = {**cfg.to_dict(), "model_path": model_path, "reference": reference, "precision": precision,
+                "token_signal": signal_spec,
                 "objective": objective.config.to_dict()}
     write_config(out_dir / "unipo_config.yaml", resolved)
     (out_dir / "data_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))

@@ -60,12 +60,25 @@ class PreferenceTrainer(Trainer):
                 optimizer.add_param_group({"params": params, "lr": self.args.learning_rate,
                                            "weight_decay": float(getattr(self.token_signal, "weight_decay", 0.0)),
                                            "initial_lr": self.args.learning_rate})
+                # Trainer clips, and zeroes after the step, the MODEL's gradients only: the signal's are
+                # all-reduced across processes (it is not wrapped in DDP) and clipped (separately, at the same
+                # max_grad_norm) before each optimizer step, and zeroed after it
+                def pre_step(*_):
+                    grads = [p.grad for p in params if p.grad is not None]
+                    if grads and self.accelerator.num_processes > 1:
+                        for g in grads:
+                            torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.AVG)
+                    if grads and self.args.max_grad_norm and self.args.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+
+                optimizer.register_step_pre_hook(pre_step)
+                optimizer.register_step_post_hook(lambda *_: self.token_signal.zero_grad(set_to_none=True))
             self._signal_group_added = True
         return optimizer
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
-        if self.token_signal is not None:
+        if self.token_signal is not None and self.args.should_save:
             from safetensors.torch import save_file
 
             out = output_dir or self.args.output_dir
@@ -81,6 +94,10 @@ class PreferenceTrainer(Trainer):
             from safetensors.torch import load_file
 
             self.token_signal.load_state_dict(load_file(path))
+        elif self.token_signal is not None and list(self.token_signal.parameters()):
+            import warnings
+
+            warnings.warn(f"{path} not found: the token signal starts from its initial weights", stacklevel=2)
 
     # -- the loss ------------------------------------------------------------------------------------
     def _reference(self, model, inputs) -> dict:
@@ -88,8 +105,9 @@ class PreferenceTrainer(Trainer):
             return {}
         need_layers = self.token_signal is not None and getattr(self.token_signal, "needs_hidden_states", False)
         extra = {"output_hidden_states": True} if need_layers else {}
+        # every token signal reads the reference's hidden states (the learned prior its final ones)
         return reference_pass(model, self.ref_model, inputs, chunk_size=self.chunk_size,
-                              need_hidden=self.kl_direction is not None or need_layers, **extra)
+                              need_hidden=self.kl_direction is not None or self.token_signal is not None, **extra)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ref = self._reference(model, inputs)
@@ -100,15 +118,18 @@ class PreferenceTrainer(Trainer):
                 ref_lp = response_logps_from_hidden(ref, inputs, self.chunk_size)
             ref.update(ref_lp)
         extra = {k: inputs[k] for k in PASSTHROUGH if k in inputs}
+        mode = "train" if model.training else "eval"
         if self.token_signal is not None:  # per-token tensors, e.g. chosen_weights / chosen_prior_offsets
+            self.token_signal.train(model.training)  # its dropout follows the policy's mode
             extra.update(self.token_signal(ref, inputs))
+            for key, value in getattr(self.token_signal, "metrics", {}).items():
+                self._metrics[mode][key].append(float(value))
         extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
         for side in ("chosen", "rejected"):
             if f"{side}_kl" in pol:
                 extra[f"{side}_kl"] = pol[f"{side}_kl"]
         out = self.objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
                              chosen_mask=inputs["chosen_mask"], rejected_mask=inputs["rejected_mask"], **extra)
-        mode = "train" if model.training else "eval"
         for key, value in out.metrics.items():
             self._metrics[mode][key].append(float(value))
         loss = out.loss

@@ -1,0 +1,306 @@
+"""Token signals (SparsePO masks, activation masks, learned prior) and their training path.
+
+The losses of the training path are checked against the objective's formula written out here from full
+logits of the two models, each run separately on one unpadded sequence at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from unipo.errors import ConfigError
+from unipo.models.signals import (
+    ActivationMasks,
+    LearnedPrior,
+    SparsePOMasks,
+    activation_mask,
+    build_signal,
+    resolve_signal_spec,
+)
+from unipo.objective import Objective
+from unipo.training.batching import collate_pairs
+
+BETA = 0.1
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    """(policy, reference): the policy is the reference with perturbed weights, so that ρ_t ≠ 0."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    policy = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return policy, ref
+
+
+def examples():
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n):
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+
+    return [
+        {"prompt_ids": ids(5), "chosen_ids": ids(3), "rejected_ids": ids(6)},
+        {"prompt_ids": ids(4), "chosen_ids": ids(1), "rejected_ids": ids(2)},
+        {"prompt_ids": ids(2), "chosen_ids": ids(7), "rejected_ids": ids(4)},
+    ]
+
+
+def make_trainer(tmp_path, policy, ref, objective, signal, **args):
+    from transformers import TrainingArguments
+
+    from unipo.training.trainer import PreferenceTrainer
+
+    targs = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], learning_rate=1e-3,
+                              per_device_train_batch_size=2, **args)
+    return PreferenceTrainer(model=policy, args=targs, objective=objective, ref_model=ref, reference_mode="copy",
+                             chunk_size=4, token_signal=signal)
+
+
+def naive(model, prompt, response):
+    """Full-vocabulary log-probs [T, V], token log-probs [T] and every layer's hidden states at the
+    positions predicting the response tokens (one unpadded sequence, plain forward)."""
+    out = model(input_ids=torch.tensor([prompt + response]), output_hidden_states=True)
+    pos = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(response))
+    logp = F.log_softmax(out.logits[0].float(), -1)[pos]
+    return logp, logp[torch.arange(len(response)), torch.tensor(response)], [h[0, pos] for h in out.hidden_states]
+
+
+def expected_loss(policy, ref, signal, exs, kind):
+    """The objective written out: SparsePO (Christopoulou et al. 2024, Eq. 6) or the learned prior."""
+    losses = []
+    with torch.no_grad():
+        for ex in exs:
+            terms = {}
+            for side in ("chosen", "rejected"):
+                pol_full, a, _ = naive(policy, ex["prompt_ids"], ex[f"{side}_ids"])
+                ref_full, r, hs = naive(ref, ex["prompt_ids"], ex[f"{side}_ids"])
+                kl = (ref_full.exp() * (ref_full - pol_full)).sum(-1)  # KL(π_ref ‖ π_θ) per position
+                if kind == "learned_prior":
+                    g = signal.net(hs[-1]).squeeze(-1)
+                    terms[side] = ((a - r - g).sum(), g.pow(2).mean())
+                else:
+                    mu = signal.token_mask(hs)
+                    md = mu if signal.kl_mask is None else signal.kl_mask(hs)
+                    terms[side] = ((mu * (a - r)).sum(), (md * kl).sum())
+            (s_w, x_w), (s_l, x_l) = terms["chosen"], terms["rejected"]
+            if kind == "learned_prior":
+                losses.append(F.softplus(-BETA * (s_w - s_l)) + 0.1 * (x_w + x_l))
+            else:
+                losses.append(F.softplus(-BETA * (s_w - s_l - (x_l - x_w))))
+    return torch.stack(losses).mean()
+
+
+# -- the modules ---------------------------------------------------------------------------------------
+def test_sparsepo_masks_shapes_nonnegative_and_detached(models):
+    _, ref = models
+    batch = collate_pairs(examples(), pad_token_id=0)
+    from unipo.training.reference import reference_pass
+
+    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, output_hidden_states=True)
+    for common in (True, False):
+        net = SparsePOMasks(ref.config.num_hidden_layers + 1, ref.config.hidden_size, common=common).eval()
+        out = net(out_ref, batch)
+        keys = {"chosen_weights", "rejected_weights"} | (set() if common else {"chosen_kl_weights",
+                                                                                "rejected_kl_weights"})
+        assert set(out) == keys
+        for key, m in out.items():
+            side = key.split("_")[0]
+            assert m.shape == batch[f"{side}_mask"].shape
+            assert bool((m >= 0).all())
+            assert bool((m[~batch[f"{side}_mask"]] == 0).all())
+            assert m.requires_grad  # the network learns
+        assert {"mask/zero_frac", "mask/mean"} <= set(net.metrics)
+        assert all(h.grad_fn is None and not h.requires_grad for h in out_ref["hidden_states"])
+    with pytest.raises(Exception, match="built for"):
+        SparsePOMasks(7, ref.config.hidden_size)(out_ref, batch)
+
+
+def test_activation_mask_formula_and_single_token_guard():
+    values = torch.tensor([[1.0, 3.0, 2.0, 9.0], [5.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    m = activation_mask(values, mask)
+    assert not m.requires_grad
+    x = values.detach()[0, :3]
+    z = (x - x.mean()) / x.std(unbiased=False)
+    torch.testing.assert_close(m[0, :3], (z - z.min()) / (z.max() - z.min()))
+    assert m[0, 3] == 0
+    torch.testing.assert_close(m[1], torch.tensor([1.0, 0, 0, 0]))  # one token: std = 0 → mask 1
+    torch.testing.assert_close(m[2], torch.tensor([1.0, 1, 0, 0]))  # constant sequence
+    assert torch.isfinite(m).all()
+
+
+def test_activation_masks_module(models):
+    _, ref = models
+    batch = collate_pairs(examples(), pad_token_id=0)
+    from unipo.training.reference import reference_pass
+
+    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, output_hidden_states=True)
+    out = ActivationMasks()(out_ref, batch)
+    assert list(ActivationMasks().parameters()) == []
+    ex = examples()[0]
+    _, _, hs = naive(ref, ex["prompt_ids"], ex["chosen_ids"])
+    act = torch.stack([h.mean(-1) for h in hs[1:]]).mean(0)
+    z = (act - act.mean()) / act.std(unbiased=False)
+    torch.testing.assert_close(out["chosen_weights"][0, :3], (z - z.min()) / (z.max() - z.min()),
+                               rtol=1e-4, atol=1e-4)
+    for m in out.values():
+        assert not m.requires_grad and bool(((m >= 0) & (m <= 1)).all())
+    assert out["chosen_weights"][1, 0] == 1.0  # the one-token chosen response
+
+
+# -- the training path -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sparsepo_common", "sparsepo_independent", "learned_prior"])
+def test_training_path_loss_equals_formula(models, tmp_path, kind):
+    policy, ref = models
+    torch.manual_seed(0)
+    if kind == "learned_prior":
+        signal, objective = LearnedPrior(ref.config.hidden_size, init_zero=False), Objective("learned_prior")
+    else:
+        signal = SparsePOMasks(ref.config.num_hidden_layers + 1, ref.config.hidden_size,
+                               common=kind == "sparsepo_common")
+        objective = Objective("sparsepo")
+    trainer = make_trainer(tmp_path, policy, ref, objective, signal)
+    exs = examples()
+    policy.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(policy, collate_pairs(exs, pad_token_id=0))
+    assert not signal.training  # dropout follows the policy's mode
+    expected = expected_loss(policy, ref, signal, exs, "learned_prior" if kind == "learned_prior" else "sparsepo")
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_reaches_mask_network_not_reference(models, tmp_path):
+    policy, ref = models
+    policy, ref = copy.deepcopy(policy), copy.deepcopy(ref)
+    for p in ref.parameters():
+        p.requires_grad_(True)  # even a reference that could take gradient gets none
+    signal = SparsePOMasks(ref.config.num_hidden_layers + 1, ref.config.hidden_size, common=False)
+    trainer = make_trainer(tmp_path, policy, ref, Objective("sparsepo"), signal, max_grad_norm=1.0)
+    policy.train()
+    loss = trainer.compute_loss(policy, collate_pairs(examples(), pad_token_id=0))
+    loss.backward()
+    assert all(p.grad is None for p in ref.parameters())
+    for net in (signal.token_mask, signal.kl_mask):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
+    assert {"mask/zero_frac", "mask/mean", "mask_kl/zero_frac"} <= set(trainer._metrics["train"])
+
+    # its own optimiser group, with its weight decay; clipped before and zeroed after every step
+    opt = trainer.create_optimizer()
+    group = opt.param_groups[-1]
+    assert group["weight_decay"] == pytest.approx(0.01)
+    assert {id(p) for p in group["params"]} == {id(p) for p in signal.parameters()}
+    assert all(id(p) not in {id(q) for q in group["params"]} for g in opt.param_groups[:-1] for p in g["params"])
+    for p in signal.parameters():
+        if p.grad is not None:
+            p.grad.mul_(1e6)
+    before = [p.detach().clone() for p in signal.parameters()]
+    opt.step()
+    assert all(p.grad is None for p in signal.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, signal.parameters(), strict=True))
+
+
+def test_learned_prior_group_has_no_decay_by_default(models, tmp_path):
+    policy, ref = models
+    trainer = make_trainer(tmp_path, policy, ref, Objective("learned_prior"), LearnedPrior(ref.config.hidden_size))
+    assert trainer.create_optimizer().param_groups[-1]["weight_decay"] == 0.0
+
+
+# -- configuration -------------------------------------------------------------------------------------
+def test_signal_spec_resolution():
+    cfg = Objective("sparsepo").config
+    assert resolve_signal_spec(None, cfg) == {"type": "sparsepo_masks"}
+    assert resolve_signal_spec(None, cfg, data_weights=True) is None  # masks from the data columns
+    assert resolve_signal_spec({"type": "activation_masks"}, cfg) == {"type": "activation_masks"}
+    assert resolve_signal_spec("none", cfg) is None
+    assert resolve_signal_spec(None, Objective("learned_prior").config) == {"type": "learned_prior"}
+    assert resolve_signal_spec(None, Objective("dpo").config) is None
+    assert resolve_signal_spec(None, Objective("tisdpo").config) is None  # weights come from the data
+    with pytest.raises(ConfigError, match="did you mean 'sparsepo_masks'"):
+        resolve_signal_spec({"type": "sparsepo_mask"}, cfg)
+    with pytest.raises(ConfigError, match="needs token_signal"):
+        resolve_signal_spec("none", Objective("learned_prior").config)
+    with pytest.raises(ConfigError, match="does not read token weights"):
+        resolve_signal_spec("sparsepo_masks", Objective("dpo").config)
+    with pytest.raises(ConfigError, match="does not use a learned prior"):
+        resolve_signal_spec("learned_prior", cfg)
+    with pytest.raises(ConfigError, match="unknown option"):
+        resolve_signal_spec({"type": "sparsepo_masks", "commmon": True}, cfg)
+    with pytest.raises(ConfigError, match="both supply"):
+        resolve_signal_spec("sparsepo_masks", cfg, data_weights=True)
+    net = build_signal({"type": "sparsepo_masks", "common": False, "dropout": 0.0}, num_layers=3, hidden_size=8)
+    assert isinstance(net, SparsePOMasks) and net.kl_mask is not None
+
+
+# -- end to end ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    rows = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"}
+            for i in range(16)]
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run_train(model, data, out, variant, max_steps, resume=False, **extra):
+    from unipo.training.config import TrainConfig
+    from unipo.training.run import train
+
+    cfg = TrainConfig(model=str(model), data=str(data), output_dir=str(out), variant=variant, max_steps=max_steps,
+                      learning_rate=1e-3, lr_scheduler_type="constant", per_device_batch_size=4, save_steps=1,
+                      progress=False, plots=False, resume=resume, **extra)
+    return train(cfg)
+
+
+@pytest.mark.parametrize("variant", ["sparsepo", "learned_prior"])
+def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
+    full = run_train(tiny_model_dir, data_file, tmp_path / "full", variant, 4)
+    losses = [h["loss"] for h in full["history"] if "loss" in h]
+    assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
+    state = load_file(tmp_path / "full" / "unipo_signal.safetensors")
+    assert set(state) == set(load_file(tmp_path / "full" / "checkpoint-4" / "unipo_signal.safetensors"))
+    spec = json.loads((tmp_path / "full" / "unipo_signal.json").read_text())
+    if variant == "sparsepo":
+        assert spec["type"] == "sparsepo_masks"
+        assert not torch.allclose(state["token_mask.mix.weight"], torch.full_like(state["token_mask.mix.weight"],
+                                                                                  1 / spec["num_layers"]))
+        assert {"mask/zero_frac", "mask/mean", "weights/chosen_mean"} <= set(full["history"][0])
+    else:
+        assert spec["type"] == "learned_prior"
+        assert state["net.2.weight"].abs().sum() > 0  # the zero-initialised output layer has learned
+        assert {"prior/offset_chosen_mean", "prior/offset_rms"} <= set(full["history"][0])
+
+    part = tmp_path / "resumed"
+    run_train(tiny_model_dir, data_file, part, variant, 2)
+    assert (part / "checkpoint-2" / "unipo_signal.safetensors").exists()
+    mid = load_file(part / "checkpoint-2" / "unipo_signal.safetensors")
+    run_train(tiny_model_dir, data_file, part, variant, 4, resume=True)
+    resumed = load_file(part / "unipo_signal.safetensors")
+    for key in state:
+        torch.testing.assert_close(resumed[key], state[key], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(mid[k], resumed[k]) for k in mid)  # it went on training after the resume
+
+
+def test_train_activation_masks(tiny_model_dir, data_file, tmp_path):
+    result = run_train(tiny_model_dir, data_file, tmp_path / "act", "sparsepo", 2,
+                       token_signal={"type": "activation_masks"})
+    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
+    entry = result["history"][0]
+    assert 0 < entry["mask/zero_frac"] < 1 and 0 < entry["mask/mean"] <= 1
+
+
+def test_signal_needs_a_live_reference(tiny_model_dir, data_file, tmp_path):
+    with pytest.raises(ConfigError, match="cannot serve it"):
+        run_train(tiny_model_dir, data_file, tmp_path / "x", "learned_prior", 1, reference="precomputed")
