@@ -59,10 +59,20 @@ def prepare_data(cfg: TrainConfig, tokenizer, objective: Objective, source: str,
     return rows, summary
 
 
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) exists: a run
+    killed while writing a checkpoint resumes from the one before, not from a half-written one."""
+    ckpts = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.rpartition("-")[2].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.rpartition("-")[2]), reverse=True):
+        if (ckpt / "trainer_state.json").exists():
+            return str(ckpt)
+        log(f"{ckpt} is incomplete (killed while saving?): skipped")
+    return None
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job; return a dict with the output directory and the final metrics."""
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from unipo.models.loading import (
         apply_lora,
@@ -181,7 +191,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     resume_from = None
     if cfg.resume:
-        resume_from = get_last_checkpoint(str(out_dir)) if out_dir.exists() else None
+        resume_from = last_complete_checkpoint(out_dir)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
     trainer.train(resume_from_checkpoint=resume_from)
     final: dict[str, Any] = {}

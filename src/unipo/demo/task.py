@@ -1,0 +1,80 @@
+"""The built-in task: two-number addition answered in an exact format, with a programmatic verifier.
+
+"What is 37 + 48? Reply with only the number." — the answer passes only if the reply is exactly the
+number. SmolLM2-135M-Instruct gets the sum right about a quarter of the time and almost never in the exact
+format (it likes "37 + 48 = 85"), so preference pairs that prefer the bare correct number over the model's
+habits teach both format and, through the contrast with wrong sums, some arithmetic.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+PROMPT = "What is {a} + {b}? Reply with only the number."
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    b: int
+
+    @property
+    def prompt(self) -> str:
+        return PROMPT.format(a=self.a, b=self.b)
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b
+
+
+def verify(problem: Problem, reply: str) -> bool:
+    """Exact format: the reply, stripped of whitespace, is exactly the decimal sum."""
+    return reply.strip() == str(problem.answer)
+
+
+def parse_problem(prompt: str) -> Problem | None:
+    m = re.search(r"What is (\d+) \+ (\d+)\?", prompt)
+    return Problem(int(m.group(1)), int(m.group(2))) if m else None
+
+
+def problems(n: int, seed: int, lo: int = 10, hi: int = 99) -> list[Problem]:
+    """``n`` distinct problems; different seeds give disjoint-by-construction sets only by chance, so the
+    demo draws train and held-out problems from one call and splits them."""
+    rng = random.Random(seed)
+    seen: set[tuple[int, int]] = set()
+    out = []
+    while len(out) < n:
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        if (a, b) not in seen:
+            seen.add((a, b))
+            out.append(Problem(a, b))
+    return out
+
+
+def _wrong(p: Problem, rng: random.Random) -> int:
+    off = rng.choice([-10, -2, -1, 1, 2, 10, 11, -11])
+    return p.answer + off
+
+
+REJECTED_TEMPLATES = (
+    lambda p, w: f"{p.a} + {p.b} = {p.answer}",  # the model's habit: right sum, wrong format
+    lambda p, w: f"{p.a} + {p.b} = {w}",  # habit and a wrong sum
+    lambda p, w: f"{w}",  # right format, wrong sum
+    lambda p, w: f"The answer is {p.answer}.",  # chatty
+)
+
+
+def preference_rows(probs: list[Problem], seed: int) -> list[dict]:
+    """Conversational preference rows: chosen = the bare correct sum; rejected = one of the habits above."""
+    rng = random.Random(seed)
+    rows = []
+    for i, p in enumerate(probs):
+        rejected = REJECTED_TEMPLATES[i % len(REJECTED_TEMPLATES)](p, _wrong(p, rng))
+        rows.append({
+            "prompt": [{"role": "user", "content": p.prompt}],
+            "chosen": [{"role": "assistant", "content": str(p.answer)}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+        })
+    return rows

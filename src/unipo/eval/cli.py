@@ -1,0 +1,73 @@
+"""``unipo eval`` and ``unipo compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import yaml
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--limit", type=int, default=256, help="held-out pairs to score (default 256)")
+    p.add_argument("--n-prompts", type=int, default=32, help="held-out prompts to sample from")
+    p.add_argument("--n-samples", type=int, default=4, help="samples per prompt (0: no generation metrics)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--task", choices=["arithmetic", "none"], default=None,
+                   help="a built-in task whose verifier scores the samples")
+
+
+def _eval_kwargs(args) -> dict:
+    return {"limit": args.limit, "n_prompts": args.n_prompts, "n_samples": args.n_samples,
+            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "task": args.task}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained run against its reference on held-out data")
+    p.add_argument("--model", required=True, help="a run directory written by unipo train")
+    p.add_argument("--data", required=True, help="held-out preference data")
+    p.add_argument("--reference", help="reference model (default: the run's starting model)")
+    p.add_argument("--out", help="where to write the JSON (default RUN/eval.json)")
+    _eval_args(p)
+    p.set_defaults(func=run_eval)
+
+    c = sub.add_parser("compare", help="train and evaluate several variants on the same data; write a report")
+    c.add_argument("--config", help="base TrainConfig YAML (model, data, steps, ...)")
+    c.add_argument("--variants", nargs="+", required=True,
+                   help="preset names, or YAML mappings such as '{preset: simpo, weights: bmc}'")
+    c.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                   help="cross every variant with these parameter values, e.g. beta=0.05,0.1")
+    c.add_argument("--out", required=True, help="report directory")
+    c.add_argument("--data")
+    c.add_argument("--eval-data")
+    c.add_argument("--model")
+    c.add_argument("--max-steps", type=int)
+    c.add_argument("--seed", type=int)
+    _eval_args(c)
+    c.set_defaults(func=run_compare)
+
+
+def run_eval(args) -> int:
+    from unipo.eval.evaluate import evaluate_run, format_metrics
+
+    result = evaluate_run(args.model, args.data, reference=args.reference, out=args.out, **_eval_kwargs(args))
+    print(format_metrics(result["metrics"]))
+    return 0
+
+
+def run_compare(args) -> int:
+    from unipo.eval.compare import compare
+    from unipo.training.config import TrainConfig
+
+    over = {k: getattr(args, k) for k in ("data", "model", "max_steps", "seed") if getattr(args, k) is not None}
+    base = TrainConfig.load(args.config, over)
+    variants = [yaml.safe_load(v) if v.strip().startswith("{") else v for v in args.variants]
+    sweep = {}
+    for item in args.sweep:
+        key, _, values = item.partition("=")
+        sweep[key] = [yaml.safe_load(v) for v in values.split(",")]
+    runs = compare(base, variants, args.out, eval_data=args.eval_data, sweep=sweep, eval_kwargs=_eval_kwargs(args))
+    print(json.dumps({name: {k: round(v, 4) for k, v in r["metrics"].items() if isinstance(v, float)}
+                      for name, r in runs.items()}, indent=1))
+    return 0

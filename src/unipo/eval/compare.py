@@ -1,0 +1,117 @@
+"""``unipo compare``: train several variants on the same data and seed, evaluate each, write one report.
+
+Each variant gets ``OUT/runs/NAME``. A run whose model and ``eval.json`` exist is not redone, so an
+interrupted comparison resumes where it stopped. The reference model itself is evaluated once as the
+``reference`` row: the "before" of every before/after.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unipo.errors import ConfigError
+from unipo.objective import resolve
+from unipo.training.config import TrainConfig
+
+
+def run_name(variant: Any) -> str:
+    if isinstance(variant, str):
+        return variant.replace("_", "-")
+    spec = dict(variant)
+    name = str(spec.pop("preset", spec.pop("variant", "dpo"))).replace("_", "-")
+    return name + "".join(f"_{k}={v}" for k, v in sorted(spec.items()))
+
+
+def expand_sweep(variants: list[Any], sweep: dict[str, list[Any]] | None) -> list[Any]:
+    """Cross every variant with every value of every swept parameter (e.g. {beta: [0.05, 0.1]})."""
+    out: list[Any] = list(variants)
+    for key, values in (sweep or {}).items():
+        new = []
+        for v in out:
+            for value in values:
+                spec = dict(v) if isinstance(v, dict) else {"preset": v}
+                spec[key] = value
+                new.append(spec)
+        out = new
+    return out
+
+
+def _finished(run: Path) -> bool:
+    return (run / "unipo_config.yaml").exists() and (run / "eval.json").exists()
+
+
+def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
+            sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
+            include_reference: bool = True, title: str = "unipo comparison") -> dict[str, Any]:
+    """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records."""
+    from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier
+    from unipo.eval.report import write_report
+    from unipo.training.outputs import read_metrics
+    from unipo.training.run import log, train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specs = expand_sweep(variants, sweep)
+    for spec in specs:  # fail fast on a bad variant before any training
+        resolve(spec if isinstance(spec, dict) else {"preset": spec})
+    held_out = eval_data or base.eval_data or base.data
+    if held_out is None:
+        raise ConfigError("compare needs data (and ideally held-out eval_data)")
+    eval_kwargs = dict(eval_kwargs or {})
+    runs: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name = run_name(spec)
+        run_dir = out / "runs" / name
+        if _finished(run_dir):
+            log(f"{name}: finished earlier, not retrained")
+        else:
+            cfg = copy.deepcopy(base)
+            cfg.variant = spec
+            cfg.output_dir = str(run_dir)
+            cfg.resume = True  # an interrupted variant continues from its last checkpoint
+            cfg.plots = False
+            log(f"{name}: training")
+            train(cfg)
+            log(f"{name}: evaluating on {held_out}")
+            evaluate_run(run_dir, held_out, **eval_kwargs)
+        record = json.loads((run_dir / "eval.json").read_text())
+        config = json.loads(json.dumps(read_config(run_dir)["objective"]))
+        runs[name] = {"metrics": record["metrics"], "calibration_bins": record.get("calibration_bins"),
+                      "history": [h for h in read_metrics(run_dir / "metrics.jsonl") if "loss" in h],
+                      "config": {"variant": config.get("preset"), **config}}
+    if include_reference and specs:
+        ref_file = out / "reference_eval.json"
+        if not ref_file.exists():
+            log("reference: evaluating the starting model (the 'before' row)")
+            first = out / "runs" / run_name(specs[0])
+            from unipo.eval.evaluate import run_config
+            from unipo.models.loading import load_model, load_tokenizer
+            from unipo.objective import Objective
+            from unipo.training.run import prepare_data
+
+            cfg_dict = run_config(first)
+            tok = load_tokenizer(str(first))
+            obj = Objective("dpo", beta=base.beta or 0.1)
+            pairs, _ = prepare_data(base, tok, obj, held_out, eval_kwargs.get("limit", 256))
+            ref = load_model(cfg_dict["model_path"], dtype=torch.float32, trainable=False)
+            kw = {k: v for k, v in eval_kwargs.items() if k in ("n_prompts", "n_samples", "max_new_tokens",
+                                                                 "batch_size", "seed")}
+            res = evaluate_models(ref, ref, tok, obj, pairs, share_prompt=base.share_prompt,
+                                  verifier=prompt_verifier(tok, pairs, eval_kwargs.get("task")), **kw)
+            ref_file.write_text(json.dumps(res, indent=2, default=str))
+        res = json.loads(ref_file.read_text())
+        runs = {"reference": {"metrics": res["metrics"], "config": {"variant": "(starting model)"}}, **runs}
+    files = write_report(out, runs, title=title)
+    log(f"report: {files['report']}")
+    return runs
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    from unipo.eval.evaluate import run_config
+
+    return run_config(run_dir)

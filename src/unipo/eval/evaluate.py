@@ -1,0 +1,166 @@
+"""``unipo eval``: measure a trained run against its reference model on held-out data.
+
+Pairwise metrics (implicit-reward accuracy and margin per the variant's own score and per the plain DPO
+log-ratio, the ECE of σ(margin)), and generation metrics on held-out prompts (KL(π‖π_ref) from sampled
+responses, distinct-1/2, self-BLEU, predictive entropy, and a verifier's pass rate where the task has one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from unipo.errors import UnipoError
+from unipo.eval.generation import generation_metrics
+from unipo.eval.metrics import pairwise_calibration, reward_accuracy_and_margin
+from unipo.objective import Objective
+
+
+def load_policy(run_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """A run's trained model: a full checkpoint, or LoRA adapters on their base model."""
+    from unipo.models.loading import load_model
+
+    run = Path(run_dir)
+    if (run / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(str(run), dtype=dtype).eval()
+    return load_model(str(run), dtype=dtype, trainable=False)
+
+
+def run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "unipo_config.yaml"
+    if not path.exists():
+        raise UnipoError(f"{run_dir}: not a unipo run directory (no unipo_config.yaml)")
+    return yaml.safe_load(path.read_text())
+
+
+@torch.no_grad()
+def pair_scores(policy, reference, objective: Objective, pairs: list[dict], collate, *, batch_size: int,
+                chunk_size: int = 1024) -> dict[str, list[float]]:
+    """Per pair: the variant's own reward margin (β-scaled, as the loss sees it; ``None`` where the variant
+    needs inputs that evaluation does not have) and the plain DPO log-ratio margin Δ."""
+    from unipo.training.forward import response_logps
+    from unipo.training.reference import reference_pass
+    from unipo.training.trainer import PASSTHROUGH
+
+    variant, dpo = [], []
+    device = next(policy.parameters()).device
+    for start in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
+        kl_dir = objective.config.kl_direction
+        ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
+        pol = response_logps(policy, batch, chunk_size=chunk_size, ref=ref, ref_head=ref.get("head"),
+                             kl_direction=kl_dir)
+        if "head" in ref:
+            from unipo.training.trainer import response_logps_from_hidden
+
+            ref.update(response_logps_from_hidden(ref, batch, chunk_size))
+        cm, rm = batch["chosen_mask"], batch["rejected_mask"]
+        delta = ((pol["chosen_logps"] - ref["ref_chosen_logps"]) * cm).sum(-1) - \
+            ((pol["rejected_logps"] - ref["ref_rejected_logps"]) * rm).sum(-1)
+        dpo.extend(delta.float().tolist())
+        extra = {k: batch[k] for k in PASSTHROUGH if k in batch}
+        extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps")})
+        extra.update({f"{s}_kl": pol[f"{s}_kl"] for s in ("chosen", "rejected") if f"{s}_kl" in pol})
+        try:
+            out = objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
+                            chosen_mask=cm, rejected_mask=rm, **extra)
+            variant.extend((out.chosen_rewards - out.rejected_rewards).float().tolist())
+        except UnipoError:  # e.g. a learned signal that only exists during training
+            variant.extend([None] * len(delta))
+    return {"variant_margins": variant, "dpo_margins": dpo}
+
+
+def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
+                    share_prompt: bool = True, batch_size: int = 8, n_prompts: int = 32, n_samples: int = 4,
+                    max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
+                    seed: int = 0, beta_for_dpo: float | None = None) -> dict[str, Any]:
+    """All metrics for one policy against one reference on tokenized held-out ``pairs``."""
+    from unipo.training.batching import collate_pairs
+
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt)
+    scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
+    metrics: dict[str, Any] = {}
+    beta = float(beta_for_dpo or objective.params["beta"])
+    dpo = reward_accuracy_and_margin([beta * d for d in scores["dpo_margins"]])
+    metrics["dpo_reward_accuracy"], metrics["dpo_margin"] = dpo["reward_accuracy"], dpo["margin"]
+    bins = None
+    if all(v is not None for v in scores["variant_margins"]):
+        own = reward_accuracy_and_margin(scores["variant_margins"])
+        metrics["reward_accuracy"], metrics["margin"] = own["reward_accuracy"], own["margin"]
+        metrics["ece"], bins = pairwise_calibration(scores["variant_margins"])
+    else:
+        metrics["reward_accuracy"], metrics["margin"] = metrics["dpo_reward_accuracy"], metrics["dpo_margin"]
+        metrics["ece"], bins = pairwise_calibration([beta * d for d in scores["dpo_margins"]])
+    prompts = [p["prompt_ids"] for p in pairs[:n_prompts]]
+    if n_samples > 0 and prompts:
+        gen = generation_metrics(policy, reference, tokenizer, prompts, n_samples=n_samples,
+                                 max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size, seed=seed)
+        metrics.update({k: v for k, v in gen.items() if isinstance(v, int | float)})
+        if verifier is not None:  # the verifier's pass rate at greedy decoding, the number a user quotes
+            greedy = generation_metrics(policy, None, tokenizer, prompts, n_samples=1, temperature=0.0,
+                                        max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size)
+            metrics["greedy_pass_rate"] = greedy["pass_rate"]
+    metrics["n_pairs"] = len(pairs)
+    return {"metrics": metrics, "calibration_bins": bins}
+
+
+def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[[int, str], bool] | None:
+    """The verifier of a built-in task, applied to the decoded held-out prompts."""
+    if task in (None, "none"):
+        return None
+    if task != "arithmetic":
+        raise UnipoError(f"unknown task {task!r}; built-in tasks: arithmetic")
+    from unipo.demo.task import parse_problem, verify
+
+    problems = [parse_problem(tokenizer.decode(p["prompt_ids"])) for p in pairs]
+
+    def check(i: int, text: str) -> bool:
+        return problems[i] is not None and verify(problems[i], text)
+
+    return check
+
+
+def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,
+                 n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
+                 task: str | None = None, seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run directory against its reference model; write ``eval.json``; return the result."""
+    from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
+    from unipo.training.config import TrainConfig
+    from unipo.training.run import prepare_data
+
+    cfg_dict = run_config(run_dir)
+    objective = Objective(cfg_dict["objective"])
+    cfg = TrainConfig.from_dict({k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()})
+    tokenizer = load_tokenizer(str(run_dir))
+    pairs, _ = prepare_data(cfg, tokenizer, objective, data, limit)
+    policy = load_policy(run_dir)
+    ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
+    ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
+    result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
+                             batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
+                             max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task),
+                             seed=seed)
+    result["run"] = str(run_dir)
+    result["data"] = str(data)
+    out_path = Path(out) if out else Path(run_dir) / "eval.json"
+    out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
+    return result
+
+
+def _nan_to_none(x):
+    return None if isinstance(x, float) and math.isnan(x) else str(x)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    width = max(len(k) for k in metrics)
+    return "\n".join(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}"
+                     for k, v in metrics.items())

@@ -1,0 +1,208 @@
+"""End-to-end training on a tiny random model built in the test (no download)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from unipo.cli import main
+from unipo.objective.presets import PRESETS
+
+ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"} for i in range(12)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "data.jsonl", ROWS)
+
+
+def train_args(model, data, out, *extra):
+    return ["train", "--model", str(model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+            "--per-device-batch-size", "4", "--learning-rate", "1e-3", "--no-progress", *extra]
+
+
+SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
+                  if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
+                  and p.parts.get("prior") != "learned"]
+
+
+@pytest.mark.parametrize("variant", SEQUENCE_LEVEL)
+def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, variant, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--variant", variant, "--set", "plots=false")) == 0
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen"} <= set(
+        history[0])
+
+
+def test_outputs_of_a_run(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--variant", "tdpo2", "--beta", "0.2")) == 0
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "training_curves.png",
+                 "README.md", "unipo_config.yaml", "data_summary.json"):
+        assert (out / name).exists(), name
+    cfg = yaml.safe_load((out / "unipo_config.yaml").read_text())
+    assert cfg["objective"]["preset"] == "tdpo2" and cfg["objective"]["beta"] == 0.2
+    assert cfg["objective"]["kl"] == "tdpo"
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "kl/chosen" in history[0]
+    assert "tdpo2" in (out / "README.md").read_text()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)  # a loadable Hugging Face model directory
+
+
+def test_first_step_loss_is_log2_and_training_moves_margins(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--max-steps", "6", "--learning-rate", "5e-3")) == 0
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "loss" in ln]
+    steps = [h for h in history if "loss" in h]
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 0
+    assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
+
+
+def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
+    from safetensors.torch import load_file
+
+    weights = []
+    for name in ("a", "b"):
+        assert main(train_args(tiny_model_dir, data, tmp_path / name, "--seed", "7")) == 0
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k])
+
+
+def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--lora", "--max-steps", "2")) == 0
+    cfg = yaml.safe_load((out / "unipo_config.yaml").read_text())
+    assert cfg["reference"] == "adapter"
+    assert (out / "adapter_config.json").exists()
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
+    hist = {}
+    for mode in ("copy", "precomputed"):
+        out = tmp_path / mode
+        assert main(train_args(tiny_model_dir, data, out, "--reference", mode, "--max-steps", "3",
+                               "--set", "ref_dtype=float32")) == 0
+        hist[mode] = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    for a, b in zip(hist["copy"], hist["precomputed"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    caches = list((tmp_path / "cache" / "reflogps").glob("*.pt"))
+    assert len(caches) == 1
+    # other data → another key: a stale cache is never used
+    write_jsonl(tmp_path / "other.jsonl", ROWS[:8])
+    assert main(train_args(tiny_model_dir, tmp_path / "other.jsonl", tmp_path / "p2", "--reference",
+                           "precomputed", "--set", "ref_dtype=float32")) == 0
+    assert len(list((tmp_path / "cache" / "reflogps").glob("*.pt"))) == 2
+
+
+def test_precomputed_reference_refused_for_kl_variants(tiny_model_dir, data, tmp_path, capsys):
+    rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--variant", "tdpo2", "--reference", "precomputed"))
+    assert rc == 2
+    assert "precomputed reference log-probs cannot serve it" in capsys.readouterr().err
+
+
+def test_yaml_config_with_overrides(tiny_model_dir, data, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "data": str(data), "max_steps": 1,
+                                   "variant": {"preset": "simpo", "link": "js"}, "per_device_batch_size": 2,
+                                   "output_dir": str(tmp_path / "x")}))
+    assert main(["train", "--config", str(cfg), "--max-steps", "2", "--no-progress"]) == 0
+    saved = yaml.safe_load((tmp_path / "x" / "unipo_config.yaml").read_text())
+    assert saved["max_steps"] == 2 and saved["objective"]["link"] == "js" and saved["reference"] == "none"
+
+
+# ---- bad input: clear errors naming file, row and field ----
+
+@pytest.mark.parametrize("lines, needle", [
+    (['{"prompt": "a", "chosen": "b", "rejected": "c"}', '{"prompt": "a", "chosen": "b"'], "row 2"),
+    (['{"prompt": "a", "chosen": "b"}'], "field 'rejected'"),
+    (['{"prompt": "a", "chosen": 5, "rejected": "c"}'], "field 'chosen'"),
+    (['{"prompt": "a", "chosen": "   ", "rejected": "c"}'], "field 'chosen'"),
+])
+def test_bad_rows_name_file_row_field(tiny_model_dir, tmp_path, capsys, lines, needle):
+    bad = write_jsonl(tmp_path / "bad.jsonl", lines)
+    rc = main(train_args(tiny_model_dir, bad, tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.jsonl" in err and needle in err and "Traceback" not in err
+
+
+def test_unknown_config_key(tiny_model_dir, data, tmp_path, capsys):
+    rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--set", "learning_rat=1e-4"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown key 'learning_rat'" in err and "did you mean 'learning_rate'" in err
+
+
+def test_conversational_rows_need_a_chat_template(tmp_path, capsys):
+    from unipo.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m", chat_template=False)
+    rows = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}]}]
+    data = write_jsonl(tmp_path / "conv.jsonl", rows)
+    rc = main(train_args(model, data, tmp_path / "r"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "conv.jsonl" in err and "chat template" in err
+
+
+def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_path, capsys):
+    rows = ROWS[:6] + [{"prompt": "word " * 400, "chosen": "a", "rejected": "b"}]
+    data = write_jsonl(tmp_path / "long.jsonl", rows)
+    rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--max-length", "64", "--max-prompt-length", "32"))
+    assert rc == 0
+    summary = json.loads((tmp_path / "r" / "data_summary.json").read_text())
+    assert summary["pairs_kept"] == 7 and summary["truncated_prompt"] == 1
+
+
+# ---- resume after SIGKILL ----
+
+def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 4)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "unipo", *train_args(tiny_model_dir, data, out, "--max-steps", "12",
+                                                           "--save-steps", "3", "--per-device-batch-size", "2",
+                                                           *extra)]
+
+    subprocess.run(cmd(tmp_path / "full"), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed" / "checkpoint-6" / "trainer_state.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (tmp_path / "killed" / "model.safetensors").exists(), "the run finished before it was killed"
+    # a checkpoint half-written when the kill came is skipped on resume
+    (tmp_path / "killed" / "checkpoint-99").mkdir(exist_ok=True)
+    subprocess.run(cmd(tmp_path / "killed", "--resume"), check=True, env=env, capture_output=True)
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in ln]
+    assert steps == list(range(1, 13)), "every step logged exactly once"
