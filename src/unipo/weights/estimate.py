@@ -1,0 +1,364 @@
+"""``unipo weights estimate``: score every response token with (π+, π−) and write TIS-DPO weights.
+
+Liu et al., ICLR 2025 (TIS-DPO), §4.2 and Eq. 13: for each token y_t of each response,
+d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t), and w_t = k·exp(μ·clamp(d_t, L, U)) with μ = +1 on
+the chosen and −1 on the rejected response (:mod:`unipo.weights.transform`).
+
+Tokenisation is the training one: :func:`unipo.data.tokenize.prepare_pairs` with the base model's
+tokenizer and no truncation, so the weights cover the full responses (end-of-turn token included) and
+``unipo train`` truncates them alongside the tokens. Scoring uses the training batch layout
+(:func:`unipo.training.batching.collate_pairs`) and :func:`unipo.training.forward.response_logps`.
+
+Output files, for ``--out OUT.jsonl``:
+
+- ``OUT.jsonl``: one row per scored pair, in input order: ``prompt``, ``chosen``, ``rejected`` (the pair in
+  explicit-prompt form), the input's other columns, ``chosen_weights``, ``rejected_weights``, ``tokenizer``
+  (:func:`~unipo.data.tokenize.tokenizer_fingerprint`) and ``source_row`` (the input row number);
+- ``OUT.meta.json``: what the weights were computed from (method, base model, data checksum, transform,
+  system prompts, contrastive model directory); a resume with other settings is refused;
+- ``OUT.summary.json``: weight statistics per side;
+- ``OUT.lock``: held while a run writes.
+
+Rows are appended (and flushed) as they are scored; rerunning the same command resumes: rows already in
+``OUT.jsonl`` are skipped, and a last line cut short by a kill is trimmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unipo.errors import ConfigError, DataError, UnipoError
+from unipo.weights.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
+from unipo.weights.prompts import system_prompts, with_system
+from unipo.weights.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
+
+#: columns this command writes (an input's own copies are replaced)
+OUTPUT_COLUMNS = ("chosen_weights", "rejected_weights", "tokenizer", "source_row")
+NO_TRUNCATION = 10**9
+
+
+@dataclass
+class EstimateOptions:
+    """Settings of one ``unipo weights estimate`` run (see docs/tisdpo.md)."""
+
+    method: str = "dpo"
+    transform: str = "paper"  # paper (Eq. 13) | rank (the released code)
+    lower: float = PAPER_DEFAULTS["lower"]
+    upper: float = PAPER_DEFAULTS["upper"]
+    k: float = PAPER_DEFAULTS["k"]
+    rank_range: tuple[float, float] = RANK_RANGE
+    prompt_pair: str = "harmless"
+    positive_system: str | None = None
+    negative_system: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    dtype: str = "float32"
+    models_dir: str | None = None  # default: $UNIPO_CACHE/tisdpo
+    lora: dict | None = field(default_factory=lambda: dict(DEFAULT_LORA))
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    retrain: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    on_invalid: str = "error"
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    out: Path
+    meta: Path
+    summary: Path
+    lock: Path
+
+    @classmethod
+    def for_output(cls, out: str | Path) -> WeightPaths:
+        out = Path(out)
+        if out.suffix == ".gz":
+            raise UnipoError(f"--out {out}: write plain JSONL (rows are appended as they are scored)")
+        stem = out.with_suffix("") if out.suffix in (".jsonl", ".json") else out
+        return cls(out=out, meta=Path(f"{stem}.meta.json"), summary=Path(f"{stem}.summary.json"),
+                   lock=Path(f"{stem}.lock"))
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.out, self.meta, self.summary)
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+
+
+def score_batch(pos_model, neg_model, pos_examples: Sequence[dict], neg_examples: Sequence[dict], *,
+                pad_token_id: int, device) -> list[tuple[list[float], list[float]]]:
+    """Per-token ``d_t = log π+ − log π−`` of the chosen and rejected responses of a batch of pairs.
+
+    ``pos_examples`` / ``neg_examples`` are collator inputs (``prompt_ids``, ``chosen_ids``,
+    ``rejected_ids``) for π+ and π−: the same for (S) and (D); for (P) they differ in the prompt only.
+    """
+    import torch
+
+    from unipo.training.batching import collate_pairs
+    from unipo.training.forward import response_logps
+
+    out: list[dict[str, Any]] = []
+    for model, examples in ((pos_model, pos_examples), (neg_model, neg_examples)):
+        batch = {k: v.to(device) for k, v in collate_pairs(examples, pad_token_id, share_prompt=True).items()}
+        with torch.no_grad():
+            res = response_logps(model, batch)
+        out.append({side: (res[f"{side}_logps"].double().cpu(), batch[f"{side}_mask"].cpu())
+                    for side in ("chosen", "rejected")})
+    diffs = []
+    for i in range(len(pos_examples)):
+        sides = []
+        for side in ("chosen", "rejected"):
+            (lp_pos, mask), (lp_neg, _) = out[0][side], out[1][side]
+            m = mask[i]
+            sides.append((lp_pos[i][m] - lp_neg[i][m]).tolist())
+        diffs.append((sides[0], sides[1]))
+    return diffs
+
+
+def to_weights(diffs: Sequence[float], side: str, ids: Sequence[int], eos_ids: set[int],
+               opts: EstimateOptions) -> list[float]:
+    """Weights of one response from its log-ratios (the transform chosen in ``opts``)."""
+    if opts.transform == "rank":
+        return rank_weights(diffs, side, ends_with_eos=bool(ids) and ids[-1] in eos_ids,
+                            low=opts.rank_range[0], high=opts.rank_range[1])
+    return paper_weights(diffs, side, lower=opts.lower, upper=opts.upper, k=opts.k)
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of the append-only output; a last line cut short by a kill is trimmed off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise DataError(f"line {i} is not valid JSON; delete the file or use --overwrite",
+                                file=str(path)) from None
+    if tail.strip():  # the last write was cut short: drop it, the row is scored again
+        with open(path, "r+b") as fh:
+            fh.truncate(len(data) - len(tail))
+        log(f"trimmed an incomplete last line from {path}")
+    return rows
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``OUT.lock`` while a run writes (released by the OS if the process dies)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self._fh = path, None
+
+    def __enter__(self) -> _RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise UnipoError(f"another `unipo weights estimate` is writing {self.path.with_suffix('')}.*; "
+                             "wait for it or stop it first") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _data_rows(data: str, limit: int | None) -> dict[int, dict]:
+    from unipo.data.formats import iter_rows
+
+    rows: dict[int, dict] = {}
+    for rec in iter_rows(data):
+        if limit is not None and len(rows) >= limit:
+            break
+        rows[rec.row] = rec.data
+    return rows
+
+
+def _fingerprint_rows(rows: dict[int, dict]) -> str:
+    h = hashlib.sha256()
+    for n, r in rows.items():
+        h.update(json.dumps([n, r], sort_keys=True, ensure_ascii=False, default=str).encode() + b"\n")
+    return h.hexdigest()
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Weight statistics per side over all scored rows."""
+    out: dict[str, Any] = {"pairs": len(rows)}
+    for side in ("chosen", "rejected"):
+        ws = [w for r in rows for w in r[f"{side}_weights"]]
+        n = len(ws)
+        mean = sum(ws) / n if n else float("nan")
+        var = sum((w - mean) ** 2 for w in ws) / n if n else float("nan")
+        out[side] = {"tokens": n, "mean": mean, "std": math.sqrt(var) if n else float("nan"),
+                     "min": min(ws) if n else None, "max": max(ws) if n else None,
+                     "share_above_1": sum(w > 1 for w in ws) / n if n else None}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+def estimate_weights(data: str, out: str | Path, model: str, opts: EstimateOptions | None = None, *,
+                     stop_after: int | None = None,
+                     on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Compute TIS-DPO weights for ``data`` with the (π+, π−) of ``opts.method`` built from ``model``.
+
+    Returns the summary (also written to ``OUT.summary.json``). ``stop_after`` scores at most that many
+    new rows and returns (used to test resuming); ``on_row`` is called with each row written.
+    """
+    opts = opts or EstimateOptions()
+    if opts.method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
+    check_transform(opts.transform, opts.lower, opts.upper, opts.k, tuple(opts.rank_range))
+    if opts.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    paths = WeightPaths.for_output(out)
+    with _RunLock(paths.lock):
+        return _run_locked(str(data), paths, model, opts, stop_after, on_row)
+
+
+def _run_locked(data: str, paths: WeightPaths, model: str, opts: EstimateOptions, stop_after: int | None,
+                on_row) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from unipo.data.formats import normalize_row
+    from unipo.data.tokenize import _Tok, prepare_pairs, tokenize_pair, tokenizer_fingerprint
+    from unipo.models.builtin import cache_dir
+    from unipo.models.loading import load_tokenizer, resolve_dtype, resolve_model_path
+
+    if opts.overwrite:
+        for p in paths.all():
+            if p.exists():
+                p.unlink()
+    base = resolve_model_path(model)
+    tokenizer = load_tokenizer(base)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    raw = _data_rows(data, opts.limit)
+    pairs, prep = prepare_pairs(data, tokenizer, max_length=NO_TRUNCATION, max_prompt_length=None,
+                                limit=opts.limit, on_invalid=opts.on_invalid)
+    if not pairs:
+        raise UnipoError(f"{data}: no usable preference pairs\n{prep.format()}")
+    normalized = {p.row: normalize_row(raw[p.row], file=data, row_number=p.row) for p in pairs}
+    systems = system_prompts(opts.prompt_pair, opts.positive_system, opts.negative_system) \
+        if opts.method == "prompt" else None
+    meta = {
+        "method": opts.method, "model": model, "model_path": base, "data": data,
+        "data_sha256": _fingerprint_rows(raw), "limit": opts.limit, "tokenizer": fingerprint,
+        "transform": opts.transform,
+        **({"lower": opts.lower, "upper": opts.upper, "k": opts.k} if opts.transform == "paper"
+           else {"rank_range": list(opts.rank_range)}),
+        "system_prompts": list(systems) if systems else None,
+        "lora": opts.lora if opts.method != "prompt" else None,
+        "train_overrides": opts.train_overrides if opts.method != "prompt" else None,
+        "paper": "Liu et al., ICLR 2025 (TIS-DPO), Eq. 13",
+    }
+    if paths.meta.exists() and paths.out.exists():
+        old = json.loads(paths.meta.read_text())
+        changed = sorted(k for k in meta if old.get(k) != meta[k])
+        if changed:
+            raise UnipoError(f"{paths.out} holds weights computed with other settings ({', '.join(changed)} "
+                             "differ): use another --out, or --overwrite to start again")
+    done_rows = {int(r["source_row"]) for r in _read_rows(paths.out) if "source_row" in r}
+    pending = [p for p in pairs if p.row not in done_rows]
+    log(f"{len(pairs)} pairs, {len(pairs) - len(pending)} already scored in {paths.out}, "
+        f"{len(pending)} to score ({opts.method}, transform {opts.transform})")
+
+    if pending:
+        models_dir = Path(opts.models_dir) if opts.models_dir else cache_dir() / "tisdpo"
+        pair_models = ensure_pair(opts.method, base, [normalized[p.row] for p in pairs], models_dir=models_dir,
+                                  lora=opts.lora, overrides=opts.train_overrides, retrain=opts.retrain,
+                                  progress=opts.progress)
+        meta["contrastive_models"] = str(pair_models.directory) if pair_models.directory else None
+        paths.out.parent.mkdir(parents=True, exist_ok=True)
+        paths.meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = resolve_dtype(opts.dtype, "fp32")
+        pos_model = load_scorer(pair_models.positive, base, dtype).to(device)
+        neg_model = pos_model if pair_models.negative is None else \
+            load_scorer(pair_models.negative, base, dtype).to(device)
+        tok = _Tok(tokenizer)
+        eos_ids = {i for i in (tok.eos, *tok.specials) if i is not None}
+
+        def examples(p, system: str | None) -> dict:
+            prompt_ids = p.prompt_ids
+            if system is not None:  # (P): only the prompt changes; the responses are the training tokens
+                prompt_ids = tokenize_pair(with_system(normalized[p.row], system), tok, file=data,
+                                           row=p.row)[0]
+            return {"prompt_ids": prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
+
+        todo = pending[:stop_after] if stop_after is not None else pending
+        bar = tqdm(total=len(pairs), initial=len(pairs) - len(pending), desc="scoring", unit="pair",
+                   disable=not opts.progress, file=sys.stderr)
+        with open(paths.out, "a", encoding="utf-8") as fh:
+            for start in range(0, len(todo), opts.batch_size):
+                chunk = todo[start:start + opts.batch_size]
+                pos_ex = [examples(p, systems[0] if systems else None) for p in chunk]
+                neg_ex = [examples(p, systems[1] if systems else None) for p in chunk]
+                diffs = score_batch(pos_model, neg_model, pos_ex, neg_ex, pad_token_id=tokenizer.pad_token_id,
+                                    device=device)
+                for p, (dc, dr) in zip(chunk, diffs, strict=True):
+                    pair = normalized[p.row]
+                    row = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected,
+                           **{k: v for k, v in pair.extras.items() if k not in OUTPUT_COLUMNS},
+                           "chosen_weights": [round(w, 6) for w in to_weights(dc, "chosen", p.chosen_ids,
+                                                                              eos_ids, opts)],
+                           "rejected_weights": [round(w, 6) for w in to_weights(dr, "rejected", p.rejected_ids,
+                                                                                eos_ids, opts)],
+                           "tokenizer": fingerprint, "source_row": p.row}
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                    fh.flush()
+                    if on_row is not None:
+                        on_row(row)
+                bar.update(len(chunk))
+            os.fsync(fh.fileno())
+        bar.close()
+    elif not paths.meta.exists():
+        paths.meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+
+    rows = _read_rows(paths.out)
+    summary = {**summarize(rows), "complete": len(rows) >= len(pairs), "pairs_total": len(pairs),
+               "options": {k: v for k, v in asdict(opts).items() if k not in ("overwrite", "progress")}}
+    paths.summary.write_text(json.dumps(summary, indent=1, default=str))
+    log(format_summary(summary, paths))
+    return summary
+
+
+def format_summary(s: dict[str, Any], paths: WeightPaths) -> str:
+    lines = [f"{s['pairs']}/{s['pairs_total']} pairs scored in {paths.out}"
+             + ("" if s["complete"] else " (incomplete: rerun the same command to resume)")]
+    for side in ("chosen", "rejected"):
+        d = s[side]
+        if d["tokens"]:
+            lines.append(f"  {side:8s} weights: mean {d['mean']:.4f}, std {d['std']:.4f}, "
+                         f"min {d['min']:.4f}, max {d['max']:.4f} over {d['tokens']} tokens")
+    return "\n".join(lines)
+
+
+def remove_outputs(out: str | Path) -> None:
+    """Delete OUT and its sidecars (used by ``--overwrite`` callers and tests)."""
+    for p in WeightPaths.for_output(out).all():
+        if p.exists():
+            p.unlink() if p.is_file() else shutil.rmtree(p)

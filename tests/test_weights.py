@@ -1,0 +1,279 @@
+"""TIS-DPO weights pipeline (Liu et al., ICLR 2025, Eq. 13): `unipo weights estimate` / `show` on a tiny model.
+
+The weights are checked against log-probabilities computed here independently (plain transformers
+forward + log_softmax over each full sequence, token ids built with the chat template directly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from unipo.cli import main
+from unipo.errors import DataError, UnipoError
+from unipo.weights import contrastive
+from unipo.weights.estimate import EstimateOptions, estimate_weights
+from unipo.weights.prompts import system_prompts
+from unipo.weights.transform import paper_weights, rank_weights
+
+N_CONV = 6
+
+
+def _rows() -> list[dict]:
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"{2 * i}"}],
+             "rejected": [{"role": "assistant", "content": f"{2 * i + 1}, I cannot help with that."}]}
+            for i in range(N_CONV)]
+    rows += [{"prompt": f"Human: How do I bake bread {i}? Assistant:", "chosen": " Mix flour, water and yeast.",
+              "rejected": " The quick brown fox."} for i in range(3)]
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _estimate(model: Path, data: Path, out: Path, method: str, models: Path, *extra: str) -> int:
+    return main(["weights", "estimate", "--method", method, "--model", str(model), "--data", str(data),
+                 "--out", str(out), "--models-dir", str(models), "--train-set", "max_steps=2",
+                 "--train-set", "per_device_batch_size=4", "--batch-size", "4", "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("weights")
+    data = _write(d / "pairs.jsonl", _rows())
+    before = contrastive.TRAINING_RUNS
+    assert _estimate(tiny_model_dir, data, d / "w_prompt.jsonl", "prompt", d / "models") == 0
+    assert contrastive.TRAINING_RUNS == before  # (P) trains nothing
+    assert _estimate(tiny_model_dir, data, d / "w_dpo.jsonl", "dpo", d / "models") == 0
+    assert contrastive.TRAINING_RUNS == before + 2  # π+ and π−
+    return {"dir": d, "data": data, "model": tiny_model_dir}
+
+
+# ------------------------------------------------------------------------------------------- independent
+
+
+def _ids(tok, text: str) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _independent_ids(tok, row: dict, system: str | None) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids with the system message, chosen ids, rejected ids) from the chat template directly."""
+    prompt = row["prompt"]
+    p_text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    sys_prompt = ([{"role": "system", "content": system}] if system else []) + prompt
+    prompt_ids = _ids(tok, tok.apply_chat_template(sys_prompt, tokenize=False, add_generation_prompt=True))
+    responses = []
+    for side in ("chosen", "rejected"):
+        full = tok.apply_chat_template(prompt + row[side], tokenize=False)
+        assert full.startswith(p_text) and full.endswith("<|im_end|>\n")
+        responses.append(_ids(tok, full[len(p_text):-1]))  # without the newline after <|im_end|>
+    return prompt_ids, responses[0], responses[1]
+
+
+def _logps(model, prompt_ids: list[int], resp: list[int]) -> list[float]:
+    import torch
+
+    x = torch.tensor([prompt_ids + resp])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0].double()
+    lp = torch.log_softmax(logits, -1)
+    n = len(prompt_ids)
+    return [lp[n - 1 + j, t].item() for j, t in enumerate(resp)]
+
+
+def _formula(d: list[float], mu: float, lo=-0.5, hi=1.5, k=1.0) -> list[float]:
+    return [k * math.exp(mu * min(max(x, lo), hi)) for x in d]
+
+
+def _check_against(rows_out: list[dict], rows_in: list[dict], tok, pos, neg, systems=(None, None)):
+    for out, row in zip(rows_out[:N_CONV], rows_in[:N_CONV], strict=True):
+        p_pos, c, r = _independent_ids(tok, row, systems[0])
+        p_neg, _, _ = _independent_ids(tok, row, systems[1])
+        for side, resp, mu in (("chosen", c, 1.0), ("rejected", r, -1.0)):
+            d = [a - b for a, b in zip(_logps(pos, p_pos, resp), _logps(neg, p_neg, resp), strict=True)]
+            assert out[f"{side}_weights"] == pytest.approx(_formula(d, mu), rel=1e-4, abs=1e-5)
+
+
+def test_prompt_method_weights_equal_formula_on_independent_logprobs(runs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(runs["model"])
+    model = AutoModelForCausalLM.from_pretrained(runs["model"], dtype="float32").eval()
+    out = _read(runs["dir"] / "w_prompt.jsonl")
+    assert [r["source_row"] for r in out] == list(range(1, len(_rows()) + 1))
+    _check_against(out, _rows(), tok, model, model, system_prompts("harmless"))
+    d = [w for r in out for w in r["chosen_weights"]]
+    assert len(set(d)) > 1  # the prompts do change the log-probs
+
+
+def test_dpo_method_weights_equal_formula_on_independent_logprobs(runs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = json.loads((runs["dir"] / "w_dpo.meta.json").read_text())
+    pair_dir = Path(meta["contrastive_models"])
+    tok = AutoTokenizer.from_pretrained(runs["model"])
+    models = []
+    for role in ("positive", "negative"):
+        base = AutoModelForCausalLM.from_pretrained(runs["model"], dtype="float32")
+        models.append(PeftModel.from_pretrained(base, str(pair_dir / role)).eval())
+    out = _read(runs["dir"] / "w_dpo.jsonl")
+    _check_against(out, _rows(), tok, *models)
+    assert any(abs(w - 1) > 1e-3 for r in out for w in r["chosen_weights"])  # π+ and π− do differ
+
+
+def test_second_estimate_reuses_the_contrastive_models(runs):
+    d = runs["dir"]
+    pair_dir = Path(json.loads((d / "w_dpo.meta.json").read_text())["contrastive_models"])
+    stamps = {p: p.stat().st_mtime_ns for p in pair_dir.rglob("*") if p.is_file()}
+    before = contrastive.TRAINING_RUNS
+    assert _estimate(runs["model"], runs["data"], d / "w_dpo_narrow.jsonl", "dpo", d / "models",
+                     "--lower", "-0.1", "--upper", "0.1") == 0
+    assert contrastive.TRAINING_RUNS == before
+    assert {p: p.stat().st_mtime_ns for p in pair_dir.rglob("*") if p.is_file()} == stamps
+    wide, narrow = _read(d / "w_dpo.jsonl"), _read(d / "w_dpo_narrow.jsonl")
+    for a, b in zip(wide, narrow, strict=True):
+        assert all(math.exp(-0.1) - 1e-6 <= w <= math.exp(0.1) + 1e-6 for w in b["chosen_weights"])
+        # same models: the same log-ratios, clamped more tightly
+        assert [math.log(w) for w in b["chosen_weights"]] == pytest.approx(
+            [min(max(math.log(w), -0.1), 0.1) for w in a["chosen_weights"]], abs=1e-5)
+
+
+def test_output_aligns_with_training_tokenisation_and_train_consumes_it(runs, capsys):
+    from transformers import AutoTokenizer
+
+    from unipo.data.tokenize import prepare_pairs
+
+    tok = AutoTokenizer.from_pretrained(runs["model"])
+    out = runs["dir"] / "w_dpo.jsonl"
+    plain, _ = prepare_pairs(str(runs["data"]), tok, max_length=10**6, max_prompt_length=None)
+    weighted, _ = prepare_pairs(str(out), tok, max_length=10**6, max_prompt_length=None,
+                                weights_columns=("chosen_weights", "rejected_weights"))
+    for a, b in zip(plain, weighted, strict=True):
+        assert (a.prompt_ids, a.chosen_ids, a.rejected_ids) == (b.prompt_ids, b.chosen_ids, b.rejected_ids)
+        assert len(b.chosen_weights) == len(b.chosen_ids) and len(b.rejected_weights) == len(b.rejected_ids)
+    rc = main(["train", "--model", str(runs["model"]), "--data", str(out), "--variant", "tisdpo",
+               "--output-dir", str(runs["dir"] / "run"), "--max-steps", "2", "--per-device-batch-size", "4",
+               "--no-progress", "--set", "plots=false"])
+    assert rc == 0
+    assert (runs["dir"] / "run" / "metrics.jsonl").exists()
+
+
+def test_wrong_length_weights_give_the_data_layer_error(runs, capsys):
+    from transformers import AutoTokenizer
+
+    from unipo.data.tokenize import prepare_pairs
+
+    rows = _read(runs["dir"] / "w_dpo.jsonl")
+    rows[1]["chosen_weights"] = rows[1]["chosen_weights"][:-1]
+    bad = _write(runs["dir"] / "bad.jsonl", rows)
+    tok = AutoTokenizer.from_pretrained(runs["model"])
+    with pytest.raises(DataError, match=r"row 2, field 'chosen_weights'.*weights for .* response tokens"):
+        prepare_pairs(str(bad), tok, weights_columns=("chosen_weights", "rejected_weights"))
+    rc = main(["train", "--model", str(runs["model"]), "--data", str(bad), "--variant", "tisdpo",
+               "--output-dir", str(runs["dir"] / "bad_run"), "--max-steps", "1", "--no-progress"])
+    assert rc == 2
+    assert "weights for" in capsys.readouterr().err
+
+
+def test_show_writes_html_and_pngs(runs):
+    out = runs["dir"] / "show"
+    assert main(["weights", "show", str(runs["dir"] / "w_dpo.jsonl"), "--n", "5", "--out", str(out)]) == 0
+    page = (out / "weights.html").read_text()
+    assert page.count("<tr><td class=resp>") == 5 and 'title="w = ' in page
+    for name in ("weights_tokens.png", "weights_hist.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 5000
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def test_interrupted_scoring_resumes_with_each_row_once(runs, tmp_path):
+    out = tmp_path / "w.jsonl"
+    opts = EstimateOptions(method="prompt", batch_size=4, progress=False, models_dir=str(tmp_path / "m"))
+    seen = []
+
+    def interrupt(row):  # stop in the middle of the second batch, as a kill would
+        seen.append(row["source_row"])
+        if len(seen) == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        estimate_weights(str(runs["data"]), out, str(runs["model"]), opts, on_row=interrupt)
+    with open(out, "a") as fh:  # a line cut short by the kill
+        fh.write('{"prompt": "trunc')
+    assert len(_read_lines_ok(out)) == 6
+    summary = estimate_weights(str(runs["data"]), out, str(runs["model"]), opts)
+    rows = _read(out)
+    assert summary["complete"] and [r["source_row"] for r in rows] == list(range(1, len(_rows()) + 1))
+    reference = _read(runs["dir"] / "w_prompt.jsonl")
+    assert [r["chosen_weights"] for r in rows] == [r["chosen_weights"] for r in reference]
+    # a third run has nothing to do
+    assert estimate_weights(str(runs["data"]), out, str(runs["model"]), opts)["pairs"] == len(rows)
+    assert len(_read(out)) == len(rows)
+    # resuming with other settings is refused
+    with pytest.raises(UnipoError, match="other settings"):
+        estimate_weights(str(runs["data"]), out, str(runs["model"]),
+                         EstimateOptions(method="prompt", lower=-0.2, progress=False))
+
+
+def _read_lines_ok(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- transforms
+
+
+def test_paper_transform_clamps_and_signs():
+    d = [-2.0, -0.5, 0.0, 0.7, 1.5, 3.0]
+    assert paper_weights(d, "chosen") == pytest.approx([math.exp(x) for x in (-0.5, -0.5, 0, 0.7, 1.5, 1.5)])
+    assert paper_weights(d, "rejected", k=2.0) == pytest.approx(
+        [2 * math.exp(-x) for x in (-0.5, -0.5, 0, 0.7, 1.5, 1.5)])
+
+
+def test_rank_transform_maps_to_range_with_eos_zero():
+    d = [0.3, -1.0, 2.0, 0.0, 5.0]  # the last token is the end-of-sequence token
+    w = rank_weights(d, "chosen")
+    assert w[-1] == 0.0
+    assert w[:-1] == pytest.approx([1.1, 0.7, 1.3, 0.9])  # ranked by d on the chosen side
+    assert rank_weights(d, "rejected")[:-1] == pytest.approx([0.9, 1.3, 0.7, 1.1])  # by −d
+    assert all(0.7 <= x <= 1.3 for x in w[:-1])
+    assert rank_weights([1.0, 1.0, 0.0, 9.0], "chosen") == pytest.approx([1.15, 1.15, 0.7, 0.0])  # ties
+    assert rank_weights([0.4, 9.0], "chosen") == pytest.approx([1.0, 0.0])  # one rankable token
+    assert rank_weights([0.4, 0.1], "chosen", ends_with_eos=False) == pytest.approx([1.3, 0.7])
+
+
+def test_rank_option_end_to_end(runs, tmp_path):
+    out = tmp_path / "rank.jsonl"
+    assert _estimate(runs["model"], runs["data"], out, "prompt", tmp_path / "m", "--transform", "rank") == 0
+    for row in _read(out):
+        for side in ("chosen", "rejected"):
+            w = row[f"{side}_weights"]
+            assert w[-1] == 0.0 and all(0.7 - 1e-9 <= x <= 1.3 + 1e-9 for x in w[:-1])
+            if len(w) > 2:
+                assert min(w[:-1]) == pytest.approx(0.7) and max(w[:-1]) == pytest.approx(1.3)
+
+
+def test_user_errors_are_clear(runs, tmp_path, capsys):
+    assert _estimate(runs["model"], runs["data"], tmp_path / "x.jsonl", "prompt", tmp_path / "m",
+                     "--lower", "2", "--upper", "1") == 2
+    assert "lower < upper" in capsys.readouterr().err
+    assert _estimate(runs["model"], runs["data"], tmp_path / "x.jsonl", "dpo", tmp_path / "m",
+                     "--train-set", "nope=1") == 2
+    assert "unknown training key" in capsys.readouterr().err
