@@ -63,9 +63,11 @@ def test_bfloat16_hidden_finite_and_close():
     torch.testing.assert_close(lp, lp2, rtol=0.05, atol=0.3)
 
 
-def test_peak_memory_does_not_scale_with_tokens_times_vocab():
-    """The forward+backward of the chunked path allocates O(chunk × vocab), not O(N × vocab): measured
-    with the CPU allocator profiler as the largest single allocation."""
+@pytest.mark.parametrize("direction", [None, "ref||policy"])
+def test_peak_memory_does_not_scale_with_tokens_times_vocab(direction):
+    """The forward+backward of the chunked path (log-probs, and the per-position KL of TDPO) allocates
+    O(chunk × vocab), not O(N × vocab): measured with the CPU allocator profiler as the largest single
+    allocation, for N = 256 and N = 2048 tokens."""
     from torch.profiler import ProfilerActivity, profile
 
     v, h = 5000, 32
@@ -75,9 +77,11 @@ def test_peak_memory_does_not_scale_with_tokens_times_vocab():
         hidden = torch.randn(n, h, requires_grad=True)
         labels = torch.randint(0, v, (n,))
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            lp, _ = token_logps(hidden, head, labels, chunk_size=64)
-            lp.sum().backward()
+            lp, kl = token_logps(hidden, head, labels, chunk_size=64, ref_hidden=hidden.detach() + 0.1,
+                                 ref_head=head if direction else None, kl_direction=direction)
+            (lp.sum() + (kl.sum() if kl is not None else 0)).backward()
         peaks[n] = max(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+    assert peaks[2048] <= peaks[256] * 1.5, peaks  # does not grow with the sequence
     # the largest allocation is a [chunk, vocab] float32 block (64 × 5000 × 4 = 1.28 MB), never N × vocab
     assert peaks[2048] <= 64 * v * 4 * 1.5
     assert peaks[2048] < 2048 * v * 4 / 10

@@ -1,9 +1,10 @@
 """The built-in task: two-number addition answered in an exact format, with a programmatic verifier.
 
-"What is 37 + 48? Reply with only the number." — the answer passes only if the reply is exactly the
-number. SmolLM2-135M-Instruct gets the sum right about a quarter of the time and almost never in the exact
-format (it likes "37 + 48 = 85"), so preference pairs that prefer the bare correct number over the model's
-habits teach both format and, through the contrast with wrong sums, some arithmetic.
+"What is 7 + 9? Reply with only the number." — the answer passes only if the reply is exactly the
+number. On small operands (1–12) SmolLM2-135M-Instruct gets the sum right most of the time (81% of 32
+greedy answers for operands 1–9; 28% for 1–20) but never in the exact format: it answers "7 + 9 = 16".
+Preference pairs that prefer the bare correct number over the model's habits teach the format, and the
+contrast with wrong bare sums keeps the arithmetic honest.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def parse_problem(prompt: str) -> Problem | None:
     return Problem(int(m.group(1)), int(m.group(2))) if m else None
 
 
-def problems(n: int, seed: int, lo: int = 10, hi: int = 99) -> list[Problem]:
-    """``n`` distinct problems; different seeds give disjoint-by-construction sets only by chance, so the
-    demo draws train and held-out problems from one call and splits them."""
+def problems(n: int, seed: int, lo: int = 1, hi: int = 12) -> list[Problem]:
+    """``n`` distinct problems with operands in [lo, hi] (at most (hi − lo + 1)² exist). Held-out problems
+    are disjoint from training ones when both come from one call, split."""
+    if n > (hi - lo + 1) ** 2:
+        raise ValueError(f"only {(hi - lo + 1) ** 2} distinct problems with operands in [{lo}, {hi}]")
     rng = random.Random(seed)
     seen: set[tuple[int, int]] = set()
     out = []
@@ -54,8 +57,8 @@ def problems(n: int, seed: int, lo: int = 10, hi: int = 99) -> list[Problem]:
 
 
 def _wrong(p: Problem, rng: random.Random) -> int:
-    off = rng.choice([-10, -2, -1, 1, 2, 10, 11, -11])
-    return p.answer + off
+    off = rng.choice([-3, -2, -1, 1, 2, 3, 10])
+    return max(0, p.answer + off)  # off != 0 and answers are >= 2, so never the right sum
 
 
 REJECTED_TEMPLATES = (

@@ -178,7 +178,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", use_cpu=not use_cuda,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, remove_unused_columns=False,
-        gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+        activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
         eval_strategy="steps" if eval_rows and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
     )
