@@ -66,6 +66,8 @@ REJECTED_TEMPLATES = (
     lambda p, w: f"{p.a} + {p.b} = {w}",  # habit and a wrong sum
     lambda p, w: f"{w}",  # right format, wrong sum
     lambda p, w: f"The answer is {p.answer}.",  # chatty
+    lambda p, w: f"{p.answer}.",  # right sum, a stray period
+    lambda p, w: f"{p.answer}\n\nThis is a simple addition: {p.a} plus {p.b} equals {p.answer}.",  # no stop
 )
 
 
