@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from unipo.data.bmc_align import StopTokens, diff_masks, edit_alignment, is_stop_text, load_stopwords
+from unipo.data.bmc_align import (
+    StopTokens,
+    diff_masks,
+    edit_alignment,
+    edit_distance,
+    is_stop_text,
+    load_stopwords,
+)
 from unipo.testing import make_tiny_tokenizer
 
 
@@ -60,6 +67,7 @@ def test_alignment_is_minimal_on_random_sequences():
         fa, fb = edit_alignment(a, b)
         assert [t for t, f in zip(a, fa, strict=True) if not f] == [t for t, f in zip(b, fb, strict=True) if not f]
         assert _alignment_cost(fa, fb) == _levenshtein(a, b), (a, b, fa, fb)
+        assert edit_distance(a, b) == _levenshtein(a, b), (a, b)
 
 
 def test_long_responses_are_fast():

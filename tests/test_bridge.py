@@ -12,14 +12,14 @@ from unipo.bridge.prompts import clean_output, get_template, render_context
 from unipo.bridge.run import (
     BridgeOptions,
     BridgePaths,
-    _RunLock,
-    levenshtein,
     load_state,
     read_pairs,
     run_bridge,
 )
 from unipo.cli import main as cli_main
+from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
+from unipo.pipeline_io import RunLock
 
 QA_ROWS = [
     {"prompt": "What is 12 + 35?", "chosen": "12 + 35 = 47.", "rejected": "12 + 35 = 46."},
@@ -88,9 +88,9 @@ def test_render_context():
     ("", "", 0), ("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
     ("flaw", "lawn", 2), ("intention", "execution", 5), ("abcdef", "abXdef", 1),
 ])
-def test_levenshtein(a, b, d):
-    assert levenshtein(list(a), list(b)) == d
-    assert levenshtein(list(b), list(a)) == d
+def test_edit_distance(a, b, d):
+    assert edit_distance(list(a), list(b)) == d
+    assert edit_distance(list(b), list(a)) == d
 
 
 def test_parse_retry_after():
@@ -173,7 +173,7 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
     assert out.read_text() == before and s2["edited"] == s["edited"]
 
     # a second run on the same output while one is writing is refused
-    with _RunLock(BridgePaths.for_output(out).lock):
+    with RunLock(BridgePaths.for_output(out).lock, "unipo bridge"):
         with pytest.raises(UnipoError, match="another `unipo bridge`"):
             run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_server import ChatServer
+from tests.chat_server import ChatServer
 from unipo.bridge.editors import EditorFatalError, OpenAICompatEditor
 from unipo.bridge.prompts import get_template
 from unipo.bridge.run import BridgeOptions, run_bridge

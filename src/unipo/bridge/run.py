@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -38,7 +37,9 @@ from typing import Any
 
 from unipo.bridge.editors import EditJob, Editor, EditorStopped
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
+from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
+from unipo.pipeline_io import JsonlAppender, RunLock, read_jsonl_repairing, sidecar_paths
 
 
 @dataclass
@@ -104,31 +105,7 @@ def file_sha256(path: str | Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# edit distance
-
-
-def levenshtein(a: list, b: list) -> int:
-    """Token-level Levenshtein distance (insertions, deletions, substitutions, each cost 1)."""
-    # the edits are meant to be small: strip the common prefix and suffix first
-    start = 0
-    while start < len(a) and start < len(b) and a[start] == b[start]:
-        start += 1
-    end_a, end_b = len(a), len(b)
-    while end_a > start and end_b > start and a[end_a - 1] == b[end_b - 1]:
-        end_a -= 1
-        end_b -= 1
-    a, b = a[start:end_a], b[start:end_b]
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+# tokens for the edit distance (unipo.data.bmc_align.edit_distance)
 
 
 def make_tokenize(tokenizer: Any | None) -> tuple[Callable[[str], list], str]:
@@ -154,44 +131,16 @@ class BridgePaths:
 
     @classmethod
     def for_output(cls, out: str | Path) -> BridgePaths:
-        out = Path(out)
-        if out.suffix == ".gz":
-            raise UnipoError(f"--out {out}: write plain JSONL (results are appended as they complete)")
-        stem = out.with_suffix("") if out.suffix in (".jsonl", ".json") else out
-        return cls(out=out, failed=Path(f"{stem}.failed.jsonl"), meta=Path(f"{stem}.meta.json"),
-                   summary=Path(f"{stem}.summary.json"), histogram=Path(f"{stem}.edit_distance.png"),
-                   lock=Path(f"{stem}.lock"))
+        return cls(**sidecar_paths(out, appended="results are appended as they complete",
+                                   failed=".failed.jsonl", meta=".meta.json", summary=".summary.json",
+                                   histogram=".edit_distance.png", lock=".lock"))
 
 
 def _read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     """Records of an append-only JSONL file; a last line cut short by a kill is trimmed off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    *lines, tail = data.split(b"\n")
-    records: list[dict[str, Any]] = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            raise DataError(f"line {i} is not valid JSON; fix or delete the file (bridge outputs are "
-                            "append-only)", file=str(path)) from None
-    if tail.strip():  # the last write was cut short (no newline yet)
-        try:
-            rec = json.loads(tail)
-        except ValueError:
-            rec = None
-        with open(path, "r+b") as fh:
-            fh.truncate(len(data) - len(tail))
-        if rec is not None:  # complete record that only misses its newline: keep it
-            with open(path, "ab") as fh:
-                fh.write(tail + b"\n")
-            records.append(rec)
-        else:
-            print(f"unipo bridge: trimmed an incomplete last line from {path}", file=sys.stderr)
-    return records
+    return read_jsonl_repairing(
+        path, invalid_hint="fix or delete the file (bridge outputs are append-only)",
+        log=lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr))
 
 
 @dataclass
@@ -214,59 +163,6 @@ def load_state(paths: BridgePaths) -> ResumeState:
         if "row" in rec:
             sidecar[int(rec["row"])] = rec
     return ResumeState(edited, sidecar)
-
-
-class _RunLock:
-    """An exclusive ``flock`` on ``OUT.lock`` while a run writes, so two runs cannot interleave rows.
-
-    The OS drops it when the process dies, so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = None
-
-    def __enter__(self) -> _RunLock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no protection against concurrent runs
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            self._fh = None
-            raise UnipoError(f"another `unipo bridge` is writing {self.path.with_suffix('')}.*; wait for it "
-                             "or stop it first") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
-            self._fh.close()
-
-
-class _Appender:
-    """Append JSON lines, flushed one by one, so a kill loses at most the line being written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -307,7 +203,7 @@ def run_bridge(data: str | Path, out: str | Path, editor: Editor, template: Edit
     opts = options or BridgeOptions()
     log = log or (lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr, flush=True))
     paths = BridgePaths.for_output(out)
-    with _RunLock(paths.lock):
+    with RunLock(paths.lock, "unipo bridge"):
         return _run_locked(data, paths, editor, template, opts, tokenizer, log)
 
 
@@ -348,7 +244,7 @@ def _run_locked(data: str | Path, paths: BridgePaths, editor: Editor, template: 
         f"(editor {editor.name}, template {template.name})")
 
     counts = {"edited": 0, "dropped_none": 0, "failed": 0, "truncated": 0}
-    out_w, side_w = _Appender(paths.out), _Appender(paths.failed)
+    out_w, side_w = JsonlAppender(paths.out), JsonlAppender(paths.failed)
     started = last_log = time.monotonic()
 
     def jobs() -> Iterator[EditJob]:
@@ -379,7 +275,7 @@ def _run_locked(data: str | Path, paths: BridgePaths, editor: Editor, template: 
         lead = pair.rejected[: len(pair.rejected) - len(pair.rejected.lstrip())]
         pseudo = lead + text  # keep y_l's leading whitespace (HH responses start with a space)
         ref_tokens = tokenize(pair.rejected)
-        dist = levenshtein(ref_tokens, tokenize(pseudo))
+        dist = edit_distance(ref_tokens, tokenize(pseudo))
         wrap = _as_message if pair.conversational else (lambda t: t)
         out_w.write({"row": row, "prompt": pair.prompt, "chosen": wrap(pseudo),
                      "rejected": wrap(pair.rejected), "original_chosen": wrap(pair.chosen),

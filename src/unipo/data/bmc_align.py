@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StopTokens", "diff_masks", "edit_alignment", "is_stop_text", "load_stopwords"]
+__all__ = ["StopTokens", "diff_masks", "edit_alignment", "edit_distance", "is_stop_text", "load_stopwords"]
 
 
 @lru_cache(maxsize=1)
@@ -69,6 +69,42 @@ class StopTokens(Container[int]):
         return hit
 
 
+def _common_affix(a: Sequence, b: Sequence) -> tuple[int, int, int]:
+    """``(lo, hi_a, hi_b)`` with ``a[:lo] == b[:lo]`` the common prefix and ``a[hi_a:] == b[hi_b:]`` the
+    common suffix of what remains (``lo <= hi_a``, ``lo <= hi_b``). Matching them first never changes the
+    edit distance, and the edits compared here are meant to be small."""
+    lo = 0
+    while lo < len(a) and lo < len(b) and a[lo] == b[lo]:
+        lo += 1
+    hi_a, hi_b = len(a), len(b)
+    while hi_a > lo and hi_b > lo and a[hi_a - 1] == b[hi_b - 1]:
+        hi_a -= 1
+        hi_b -= 1
+    return lo, hi_a, hi_b
+
+
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance between two token sequences: insertions, deletions and substitutions cost 1.
+
+    Tokens are any values compared with ``==`` (token ids, or words for a whitespace split). Used by
+    ``unipo bridge`` to measure how far the editor moved y_l; the alignment itself is
+    :func:`edit_alignment`.
+    """
+    lo, hi_a, hi_b = _common_affix(a, b)
+    a, b = a[lo:hi_a], b[lo:hi_b]
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    prev = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        cur = [i] + [0] * len(b)
+        for j, y in enumerate(b, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
+        prev = cur
+    return prev[-1]
+
+
 def edit_alignment(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[int]]:
     """Minimal Levenshtein alignment of ``a`` and ``b``: per-token flags, 1 where not matched.
 
@@ -83,14 +119,7 @@ def edit_alignment(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[
     b_arr = np.asarray(list(b), dtype=np.int64)
     fa = [0] * len(a_arr)
     fb = [0] * len(b_arr)
-    # Strip the common prefix and suffix.
-    lo = 0
-    while lo < len(a_arr) and lo < len(b_arr) and a_arr[lo] == b_arr[lo]:
-        lo += 1
-    hi_a, hi_b = len(a_arr), len(b_arr)
-    while hi_a > lo and hi_b > lo and a_arr[hi_a - 1] == b_arr[hi_b - 1]:
-        hi_a -= 1
-        hi_b -= 1
+    lo, hi_a, hi_b = _common_affix(a_arr, b_arr)
     x, y = a_arr[lo:hi_a], b_arr[lo:hi_b]
     n, m = len(x), len(y)
     if n == 0 or m == 0:

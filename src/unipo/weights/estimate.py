@@ -36,7 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unipo.errors import ConfigError, DataError, UnipoError
+from unipo.errors import ConfigError, UnipoError
+from unipo.pipeline_io import RunLock, read_jsonl_repairing, sidecar_paths
 from unipo.weights.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
 from unipo.weights.prompts import system_prompts, with_system
 from unipo.weights.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
@@ -81,12 +82,8 @@ class WeightPaths:
 
     @classmethod
     def for_output(cls, out: str | Path) -> WeightPaths:
-        out = Path(out)
-        if out.suffix == ".gz":
-            raise UnipoError(f"--out {out}: write plain JSONL (rows are appended as they are scored)")
-        stem = out.with_suffix("") if out.suffix in (".jsonl", ".json") else out
-        return cls(out=out, meta=Path(f"{stem}.meta.json"), summary=Path(f"{stem}.summary.json"),
-                   lock=Path(f"{stem}.lock"))
+        return cls(**sidecar_paths(out, appended="rows are appended as they are scored",
+                                   meta=".meta.json", summary=".summary.json", lock=".lock"))
 
     def all(self) -> tuple[Path, ...]:
         return (self.out, self.meta, self.summary)
@@ -138,51 +135,10 @@ def to_weights(diffs: Sequence[float], side: str, ids: Sequence[int], eos_ids: s
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of the append-only output; a last line cut short by a kill is trimmed off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    *lines, tail = data.split(b"\n")
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise DataError(f"line {i} is not valid JSON; delete the file or use --overwrite",
-                                file=str(path)) from None
-    if tail.strip():  # the last write was cut short: drop it, the row is scored again
-        with open(path, "r+b") as fh:
-            fh.truncate(len(data) - len(tail))
-        log(f"trimmed an incomplete last line from {path}")
-    return rows
-
-
-class _RunLock:
-    """An exclusive ``flock`` on ``OUT.lock`` while a run writes (released by the OS if the process dies)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self._fh = path, None
-
-    def __enter__(self) -> _RunLock:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a")  # noqa: SIM115
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            self._fh = None
-            raise UnipoError(f"another `unipo weights estimate` is writing {self.path.with_suffix('')}.*; "
-                             "wait for it or stop it first") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fh is not None:
-            self._fh.close()
+    """Rows of the append-only output; a last line cut short by a kill is trimmed off the file (even a
+    complete one: its row is scored again)."""
+    return read_jsonl_repairing(path, invalid_hint="delete the file or use --overwrite", log=log,
+                                keep_complete_tail=False)
 
 
 def _data_rows(data: str, limit: int | None) -> dict[int, dict]:
@@ -235,7 +191,7 @@ def estimate_weights(data: str, out: str | Path, model: str, opts: EstimateOptio
     if opts.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
     paths = WeightPaths.for_output(out)
-    with _RunLock(paths.lock):
+    with RunLock(paths.lock, "unipo weights estimate"):
         return _run_locked(str(data), paths, model, opts, stop_after, on_row)
 
 

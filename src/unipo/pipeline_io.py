@@ -1,0 +1,135 @@
+"""The shared machinery of unipo's resumable pipelines (``unipo bridge``, ``unipo weights estimate``).
+
+Each such pipeline writes an append-only JSONL output ``OUT`` plus sidecar files named from its stem
+(``OUT.meta.json``, ``OUT.summary.json``, ``OUT.lock``, ...), holds an exclusive lock on ``OUT.lock``
+while it writes, appends each result the moment it is ready, and on resume reads back what is already
+there, trimming a last line that a kill cut short. This module is that machinery:
+
+* :func:`sidecar_paths`: the output and its sidecar paths (a ``.gz`` output is refused: results are
+  appended);
+* :class:`RunLock`: the ``flock`` that stops two runs from interleaving rows;
+* :func:`read_jsonl_repairing`: the records of an append-only JSONL file, repairing a torn last line;
+* :class:`JsonlAppender`: appends JSON lines, flushed one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unipo.errors import DataError, UnipoError
+
+__all__ = ["JsonlAppender", "RunLock", "read_jsonl_repairing", "sidecar_paths"]
+
+
+def sidecar_paths(out: str | Path, *, appended: str, **suffixes: str) -> dict[str, Path]:
+    """``{"out": OUT, name: STEM + suffix, ...}`` for each ``name=suffix`` in ``suffixes``.
+
+    STEM is ``OUT`` without a ``.jsonl`` / ``.json`` suffix (``o.jsonl`` → ``o.meta.json``). A ``.gz``
+    output is refused with a message that ends in ``(appended)``, which says how results are appended.
+    """
+    out = Path(out)
+    if out.suffix == ".gz":
+        raise UnipoError(f"--out {out}: write plain JSONL ({appended})")
+    stem = out.with_suffix("") if out.suffix in (".jsonl", ".json") else out
+    return {"out": out, **{name: Path(f"{stem}{suffix}") for name, suffix in suffixes.items()}}
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``path`` (``OUT.lock``) while a run writes, so two runs cannot interleave
+    rows; ``command`` names the pipeline in the refusal ("another `unipo bridge` is writing ...").
+
+    The OS drops it when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: Path, command: str) -> None:
+        self.path = path
+        self.command = command
+        self._fh = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no protection against concurrent runs
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            raise UnipoError(f"another `{self.command}` is writing {self.path.with_suffix('')}.*; wait for it "
+                             "or stop it first") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
+            self._fh.close()
+
+
+def read_jsonl_repairing(path: Path, *, invalid_hint: str, log: Callable[[str], None],
+                         keep_complete_tail: bool = True) -> list[dict[str, Any]]:
+    """Records of an append-only JSONL file; a last line cut short by a kill is trimmed off the file.
+
+    A last line without its newline is cut off the file; if it is nevertheless a complete JSON record
+    and ``keep_complete_tail`` is true, it is written back with its newline and kept. Dropping a line
+    is reported through ``log``. A bad line elsewhere raises :class:`DataError` ("line N is not valid
+    JSON; ``invalid_hint``"). A missing file has no records.
+    """
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")
+    records: list[dict[str, Any]] = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise DataError(f"line {i} is not valid JSON; {invalid_hint}", file=str(path)) from None
+    if tail.strip():  # the last write was cut short (no newline yet)
+        rec = None
+        if keep_complete_tail:
+            try:
+                rec = json.loads(tail)
+            except ValueError:
+                rec = None
+        with open(path, "r+b") as fh:
+            fh.truncate(len(data) - len(tail))
+        if rec is not None:  # complete record that only misses its newline: keep it
+            with open(path, "ab") as fh:
+                fh.write(tail + b"\n")
+            records.append(rec)
+        else:
+            log(f"trimmed an incomplete last line from {path}")
+    return records
+
+
+class JsonlAppender:
+    """Append JSON lines, flushed one by one, so a kill loses at most the line being written.
+
+    The file (and its directory) is created at the first :meth:`write`; :meth:`close` syncs it to disk.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
