@@ -206,3 +206,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
              if '"loss"' in ln]
     assert steps == list(range(1, 13)), "every step logged exactly once"
+
+
+def test_auto_precision_never_picks_slow_bf16():
+    """On a CPU without native bf16 instructions, bf16 matmul is far slower: auto must choose fp32."""
+    from unipo.models import loading
+
+    flags = loading._cpu_flags()
+    if flags is None or {"avx512_bf16", "amx_bf16"} & flags:
+        pytest.skip("this CPU has native bf16 (or no /proc/cpuinfo)")
+    assert loading.choose_precision("auto") == "fp32"
+    assert loading.resolve_dtype("auto", "fp32") == torch.float32

@@ -57,7 +57,7 @@ class TrainConfig:
     # model
     precision: str = "auto"  # bf16 autocast where supported, else fp32
     reference: str = "auto"  # copy | adapter (LoRA) | precomputed | none (reference-free variants)
-    ref_dtype: str = "bfloat16"
+    ref_dtype: str = "auto"  # auto: bfloat16 under bf16 precision, else float32
     lora: dict | None = None  # e.g. {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None

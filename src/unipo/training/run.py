@@ -130,8 +130,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     log(f"model {model_path} · variant {objective.config.name} · reference {reference} · precision {precision} · "
         f"{len(train_rows)} training pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
-    ref_dtype = resolve_dtype(cfg.ref_dtype if cfg.ref_dtype != "bfloat16" or precision == "bf16" else "auto",
-                              precision)
+    ref_dtype = resolve_dtype(cfg.ref_dtype, precision)
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt)
     ref_model = None
     if reference in ("copy", "precomputed"):
