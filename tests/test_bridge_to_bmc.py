@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from unipo.bridge.editors import EditJob, Editor, EditResult
+from unipo.bridge.editors import Editor, EditResult
 from unipo.bridge.prompts import get_template
 from unipo.bridge.run import BridgeOptions, run_bridge
 from unipo.cli import main
