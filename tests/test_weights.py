@@ -277,3 +277,22 @@ def test_user_errors_are_clear(runs, tmp_path, capsys):
     assert _estimate(runs["model"], runs["data"], tmp_path / "x.jsonl", "dpo", tmp_path / "m",
                      "--train-set", "nope=1") == 2
     assert "unknown training key" in capsys.readouterr().err
+
+
+def test_sft_method_trains_two_models_and_weights_equal_formula(runs, tmp_path):
+    """(S): π+ fine-tuned on the chosen responses, π− on the rejected ones (NLL only), then scored."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = contrastive.TRAINING_RUNS
+    out_path = tmp_path / "w_sft.jsonl"
+    assert _estimate(runs["model"], runs["data"], out_path, "sft", tmp_path / "models") == 0
+    assert contrastive.TRAINING_RUNS == before + 2
+    meta = json.loads((tmp_path / "w_sft.meta.json").read_text())
+    pair_dir = Path(meta["contrastive_models"])
+    tok = AutoTokenizer.from_pretrained(runs["model"])
+    models = []
+    for role in ("positive", "negative"):
+        base = AutoModelForCausalLM.from_pretrained(runs["model"], dtype="float32")
+        models.append(PeftModel.from_pretrained(base, str(pair_dir / role)).eval())
+    _check_against(_read(out_path), _rows(), tok, *models)
