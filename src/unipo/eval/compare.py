@@ -80,10 +80,10 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             log(f"{name}: evaluating on {held_out}")
             evaluate_run(run_dir, held_out, **eval_kwargs)
         record = json.loads((run_dir / "eval.json").read_text())
-        config = json.loads(json.dumps(read_config(run_dir)["objective"]))
+        objective = resolve(read_config(run_dir)["objective"])
         runs[name] = {"metrics": record["metrics"], "calibration_bins": record.get("calibration_bins"),
                       "history": [h for h in read_metrics(run_dir / "metrics.jsonl") if "loss" in h],
-                      "config": {"variant": config.get("preset"), **config}}
+                      "config": {"variant": objective.name, **objective.changes()}}
     if include_reference and specs:
         ref_file = out / "reference_eval.json"
         if not ref_file.exists():

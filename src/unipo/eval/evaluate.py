@@ -82,14 +82,17 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
                     share_prompt: bool = True, batch_size: int = 8, n_prompts: int = 32, n_samples: int = 4,
                     max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
-                    seed: int = 0, beta_for_dpo: float | None = None) -> dict[str, Any]:
-    """All metrics for one policy against one reference on tokenized held-out ``pairs``."""
+                    seed: int = 0, beta_for_dpo: float = 0.1) -> dict[str, Any]:
+    """All metrics for one policy against one reference on tokenized held-out ``pairs``.
+
+    ``dpo_*`` metrics use the plain DPO reward β·Δ with ONE β for every variant (default 0.1, DPO's), so
+    they compare across variants whose own β differ (SimPO's is 2.0)."""
     from unipo.training.batching import collate_pairs
 
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt)
     scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
     metrics: dict[str, Any] = {}
-    beta = float(beta_for_dpo or objective.params["beta"])
+    beta = float(beta_for_dpo)
     dpo = reward_accuracy_and_margin([beta * d for d in scores["dpo_margins"]])
     metrics["dpo_reward_accuracy"], metrics["dpo_margin"] = dpo["reward_accuracy"], dpo["margin"]
     bins = None

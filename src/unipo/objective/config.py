@@ -41,6 +41,13 @@ class ObjectiveConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.name, **self.parts, **self.params}
 
+    def changes(self) -> dict[str, Any]:
+        """The parts and parameters that differ from plain DPO's (what makes this variant itself)."""
+        defaults: dict[str, Any] = {**DEFAULT_PARTS, **GLOBAL_PARAMS}
+        for kind, name in self.parts.items():
+            defaults.update(parts(kind)[name].params)
+        return {k: v for k, v in {**self.parts, **self.params}.items() if defaults.get(k, object()) != v}
+
 
 def normalise_name(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
