@@ -16,11 +16,23 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--task", choices=["arithmetic", "none"], default=None,
                    help="a built-in task whose verifier scores the samples")
+    p.add_argument("--judge", help="local reward model (sequence-classification checkpoint): win rate vs reference")
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL of a judge model (win rate vs reference)")
+    p.add_argument("--judge-model", help="model name at --judge-url")
+    p.add_argument("--api-key-env", help="environment variable holding the judge endpoint's API key")
 
 
 def _eval_kwargs(args) -> dict:
-    return {"limit": args.limit, "n_prompts": args.n_prompts, "n_samples": args.n_samples,
-            "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "task": args.task}
+    kw = {"limit": args.limit, "n_prompts": args.n_prompts, "n_samples": args.n_samples,
+          "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "task": args.task}
+    if args.judge or args.judge_url:
+        if args.judge_url and not args.judge_model:
+            from unipo.errors import ConfigError
+
+            raise ConfigError("--judge-url needs --judge-model")
+        kw["judge"] = {"judge": args.judge, "judge_url": args.judge_url, "judge_model": args.judge_model,
+                       "api_key_env": args.api_key_env}
+    return kw
 
 
 def register(sub: argparse._SubParsersAction) -> None:

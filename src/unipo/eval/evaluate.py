@@ -82,7 +82,8 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
                     share_prompt: bool = True, batch_size: int = 8, n_prompts: int = 32, n_samples: int = 4,
                     max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
-                    seed: int = 0, beta_for_dpo: float = 0.1) -> dict[str, Any]:
+                    seed: int = 0, beta_for_dpo: float = 0.1, judge: dict[str, Any] | None = None
+                    ) -> dict[str, Any]:
     """All metrics for one policy against one reference on tokenized held-out ``pairs``.
 
     ``dpo_*`` metrics use the plain DPO reward β·Δ with ONE β for every variant (default 0.1, DPO's), so
@@ -112,6 +113,11 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
             greedy = generation_metrics(policy, None, tokenizer, prompts, n_samples=1, temperature=0.0,
                                         max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size)
             metrics["greedy_pass_rate"] = greedy["pass_rate"]
+    if judge and prompts:
+        from unipo.eval.judge import judge_win_rate
+
+        metrics.update(judge_win_rate(policy, reference, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size, **judge))
     metrics["n_pairs"] = len(pairs)
     return {"metrics": metrics, "calibration_bins": bins}
 
@@ -134,7 +140,8 @@ def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[
 
 def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,
                  n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
-                 task: str | None = None, seed: int = 0, out: str | Path | None = None) -> dict[str, Any]:
+                 task: str | None = None, seed: int = 0, out: str | Path | None = None,
+                 judge: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate a run directory against its reference model; write ``eval.json``; return the result."""
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
@@ -151,7 +158,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
                              batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
                              max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task),
-                             seed=seed)
+                             seed=seed, judge=judge)
     result["run"] = str(run_dir)
     result["data"] = str(data)
     out_path = Path(out) if out else Path(run_dir) / "eval.json"

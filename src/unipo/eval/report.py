@@ -29,7 +29,7 @@ __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "wr
 
 #: Preferred column order; other numeric metrics follow alphabetically.
 COLUMN_ORDER: tuple[str, ...] = (
-    "greedy_pass_rate", "pass_rate", "reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece",
+    "greedy_pass_rate", "pass_rate", "win_rate", "reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece",
     "kl", "kl_k3", "distinct_1", "distinct_2", "self_bleu", "entropy", "response_length",
 )
 
@@ -38,7 +38,7 @@ DIRECTIONS: dict[str, str | None] = {
     "reward_accuracy": "max", "margin": "max", "dpo_reward_accuracy": "max", "dpo_margin": "max",
     "ece": "min", "kl": None, "kl_k3": None, "kl_std_err": None, "kl_per_token": None,
     "distinct_1": "max", "distinct_2": "max", "self_bleu": "min", "entropy": "max", "pass_rate": "max",
-    "greedy_pass_rate": "max", "n_pairs": None,
+    "greedy_pass_rate": "max", "n_pairs": None, "win_rate": "max", "judge_undecided": None,
     "response_length": None, "n": None, "n_prompts": None, "n_samples": None, "margin_std": None,
 }
 
