@@ -29,8 +29,8 @@ __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "wr
 
 #: Preferred column order; other numeric metrics follow alphabetically.
 COLUMN_ORDER: tuple[str, ...] = (
-    "greedy_pass_rate", "pass_rate", "win_rate", "reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece",
-    "kl", "kl_k3", "distinct_1", "distinct_2", "self_bleu", "entropy", "response_length",
+    "greedy_pass_rate", "pass_rate", "win_rate", "reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin",
+    "ece", "kl", "kl_k3", "distinct_1", "distinct_2", "self_bleu", "entropy", "response_length",
 )
 
 #: "max": higher is better; "min": lower is better; None: no best value is marked.
