@@ -12,7 +12,8 @@ from unipo.cli import main
 
 pytestmark = pytest.mark.slow
 
-VARIANTS = ["dpo", "simpo", "tdpo2", "tisdpo_nokl", "bmc", "sparsepo", "learned_prior", "fdpo_js"]
+VARIANTS = ["dpo", "simpo", "tdpo2", "tisdpo_nokl", "tisdpo", "bmc", "sparsepo", "sparsepo_activation",
+            "learned_prior", "fdpo_js"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,9 @@ def pairs_file(tmp_path_factory):
 def test_variant_trains_on_smollm2(pairs_file, tmp_path, variant):
     out = tmp_path / variant
     extra = []
-    if variant == "tisdpo_nokl":  # uniform importance weights: exercises the weights path end to end
+    if variant == "sparsepo_activation":
+        variant, extra = "sparsepo", ["--set", "token_signal={type: activation_masks}"]
+    if variant.startswith("tisdpo"):  # uniform importance weights: exercises the weights path end to end
         rows = [json.loads(ln) for ln in pairs_file.read_text().splitlines()]
         from unipo.data.tokenize import prepare_pairs, tokenizer_fingerprint
         from unipo.models.builtin import resolve_builtin
@@ -58,12 +61,22 @@ def test_variant_trains_on_smollm2(pairs_file, tmp_path, variant):
         weighted = tmp_path / "weighted.jsonl"
         weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
         extra = ["--data", str(weighted)]
+        if variant == "tisdpo":  # random weights in [0.5, 1.5]: the KL term is weighted for real
+            import random
+
+            rng = random.Random(0)
+            for r in rows:
+                r["chosen_weights"] = [rng.uniform(0.5, 1.5) for _ in r["chosen_weights"]]
+                r["rejected_weights"] = [rng.uniform(0.5, 1.5) for _ in r["rejected_weights"]]
+            weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
     rc = main(["train", "--data", str(pairs_file), "--output-dir", str(out), "--variant", variant, "--max-steps", "2",
                "--per-device-batch-size", "4", "--max-length", "256", "--max-prompt-length", "192",
                "--learning-rate", "1e-5", "--no-progress", "--set", "plots=false", *extra])
     assert rc == 0
     history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    if variant == "tisdpo":
+        assert math.isfinite(history[1]["kl/chosen"]) and history[0]["weights/chosen_std"] > 0.1
     if variant == "tdpo2":
         assert history[0]["kl/chosen"] == pytest.approx(0.0, abs=1e-3)  # policy == reference at step 0
         assert math.isfinite(history[1]["kl/rejected"])
