@@ -268,8 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a tiny random model and short synthetic pairs (smoke test)")
     ap.add_argument("--reps", type=int, default=1, help="repetitions of every run (default 1)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per run (default 1)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 3; --quick 1)")
-    ap.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 1; --tiny 2)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 4; --quick 1)")
+    ap.add_argument("--batch-size", type=int, default=None, help="pairs per step (default 4; --quick 1; --tiny 2)")
     ap.add_argument("--only", default=None, help="comma-separated frameworks/variants to keep, e.g. 'dpo'")
     ap.add_argument("--no-token-level", action="store_true", help="skip the unipo tdpo2 / tisdpo runs")
     ap.add_argument("--json", default=None, help="also write all results to this file")
@@ -280,8 +280,8 @@ def main(argv=None) -> int:
     import trl
 
     reps, warmup = args.reps, args.warmup
-    steps = args.steps or (2 if args.tiny else 1 if args.quick else 3)
-    batch = args.batch_size or (2 if args.tiny else 1)
+    steps = args.steps or (2 if args.tiny else 1 if args.quick else 4)
+    batch = args.batch_size or (2 if args.tiny else 1 if args.quick else 4)
     entries = ENTRIES if args.tiny or not args.quick else ENTRIES[:2]
     if args.no_token_level:
         entries = [e for e in entries if e[3] == "dpo"]
