@@ -116,17 +116,21 @@ def test_prompt_method_weights_equal_formula_on_independent_logprobs(runs):
     assert len(set(d)) > 1  # the prompts do change the log-probs
 
 
-def test_dpo_method_weights_equal_formula_on_independent_logprobs(runs):
+def _contrastive_pair(base_model: Path, meta_file: Path) -> list:
+    """π+ and π− as the estimate saved them: LoRA adapters loaded on fresh copies of the base model."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    meta = json.loads((runs["dir"] / "w_dpo.meta.json").read_text())
-    pair_dir = Path(meta["contrastive_models"])
+    pair_dir = Path(json.loads(meta_file.read_text())["contrastive_models"])
+    return [PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model, dtype="float32"),
+                                      str(pair_dir / role)).eval() for role in ("positive", "negative")]
+
+
+def test_dpo_method_weights_equal_formula_on_independent_logprobs(runs):
+    from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(runs["model"])
-    models = []
-    for role in ("positive", "negative"):
-        base = AutoModelForCausalLM.from_pretrained(runs["model"], dtype="float32")
-        models.append(PeftModel.from_pretrained(base, str(pair_dir / role)).eval())
+    models = _contrastive_pair(runs["model"], runs["dir"] / "w_dpo.meta.json")
     out = _read(runs["dir"] / "w_dpo.jsonl")
     _check_against(out, _rows(), tok, *models)
     assert any(abs(w - 1) > 1e-3 for r in out for w in r["chosen_weights"])  # π+ and π− do differ
@@ -281,18 +285,11 @@ def test_user_errors_are_clear(runs, tmp_path, capsys):
 
 def test_sft_method_trains_two_models_and_weights_equal_formula(runs, tmp_path):
     """(S): π+ fine-tuned on the chosen responses, π− on the rejected ones (NLL only), then scored."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     before = contrastive.TRAINING_RUNS
     out_path = tmp_path / "w_sft.jsonl"
     assert _estimate(runs["model"], runs["data"], out_path, "sft", tmp_path / "models") == 0
     assert contrastive.TRAINING_RUNS == before + 2
-    meta = json.loads((tmp_path / "w_sft.meta.json").read_text())
-    pair_dir = Path(meta["contrastive_models"])
     tok = AutoTokenizer.from_pretrained(runs["model"])
-    models = []
-    for role in ("positive", "negative"):
-        base = AutoModelForCausalLM.from_pretrained(runs["model"], dtype="float32")
-        models.append(PeftModel.from_pretrained(base, str(pair_dir / role)).eval())
-    _check_against(_read(out_path), _rows(), tok, *models)
+    _check_against(_read(out_path), _rows(), tok, *_contrastive_pair(runs["model"], tmp_path / "w_sft.meta.json"))

@@ -110,12 +110,12 @@ class Objective:
         prior = self.parts["prior"].fn(side, self.params)
         pw, zw = self.parts["weights"].fn(side, self.params)
         a = side.logps if pw is None else side.logps * pw
-        pol = agg(_masked(a, side.mask), side.mask)
+        pol = agg(a, side.mask)  # every input is already zero on padding (see _side)
         if prior is None:
             pri = torch.zeros_like(pol)
         else:
             z = prior if zw is None else prior * zw
-            pri = agg(_masked(z, side.mask), side.mask)
+            pri = agg(z, side.mask)
         s = pol - pri
         h = self.parts["link"].fn(s, self.params)
         return s, h, pol, pri
@@ -147,16 +147,16 @@ class Objective:
         losses = self.parts["pair_loss"].fn(terms, p)
 
         if p["nll_weight"]:
-            nll = -_masked(chosen.logps, chosen.mask).sum(-1) / chosen.lengths
+            nll = -chosen.logps.sum(-1) / chosen.lengths
             losses = losses + float(p["nll_weight"]) * nll
             metrics["nll"] = nll.detach().mean()
         if p["l1_weight"]:
-            l1 = sum(_masked(m.abs(), side.mask).sum(-1) / side.lengths
+            l1 = sum(m.abs().sum(-1) / side.lengths
                      for side in (chosen, rejected) for m in {id(x): x for x in (side.weights, side.kl_weights)
                                                               if x is not None}.values())
             losses = losses + float(p["l1_weight"]) * l1
         if p["prior_reg_weight"] and chosen.prior_offsets is not None:
-            reg = sum(_masked(side.prior_offsets ** 2, side.mask).sum(-1) / side.lengths
+            reg = sum((side.prior_offsets ** 2).sum(-1) / side.lengths
                       for side in (chosen, rejected))
             losses = losses + float(p["prior_reg_weight"]) * reg
             metrics["prior/offset_rms"] = reg.detach().div(2).sqrt().mean()
@@ -167,8 +167,8 @@ class Objective:
             "rewards/rejected": rl.mean(),
             "rewards/margins": (rw - rl).mean(),
             "rewards/accuracies": (rw > rl).float().mean(),
-            "logps/chosen": _masked(chosen.logps, chosen.mask).sum(-1).detach().mean(),
-            "logps/rejected": _masked(rejected.logps, rejected.mask).sum(-1).detach().mean(),
+            "logps/chosen": chosen.logps.sum(-1).detach().mean(),
+            "logps/rejected": rejected.logps.sum(-1).detach().mean(),
             "logits": logits.detach().mean(),
         })
         for side in (chosen, rejected):
