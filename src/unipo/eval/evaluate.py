@@ -49,7 +49,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
     needs inputs that evaluation does not have) and the plain DPO log-ratio margin Δ."""
     from unipo.training.forward import response_logps
     from unipo.training.reference import reference_pass
-    from unipo.training.trainer import PASSTHROUGH
+    from unipo.training.trainer import objective_inputs
 
     variant, dpo = [], []
     device = next(policy.parameters()).device
@@ -59,17 +59,11 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
         ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
         pol = response_logps(policy, batch, chunk_size=chunk_size, ref=ref, ref_head=ref.get("head"),
                              kl_direction=kl_dir)
-        if "head" in ref:
-            from unipo.training.trainer import response_logps_from_hidden
-
-            ref.update(response_logps_from_hidden(ref, batch, chunk_size))
+        extra = objective_inputs(batch, ref, pol, chunk_size)
         cm, rm = batch["chosen_mask"], batch["rejected_mask"]
-        delta = ((pol["chosen_logps"] - ref["ref_chosen_logps"]) * cm).sum(-1) - \
-            ((pol["rejected_logps"] - ref["ref_rejected_logps"]) * rm).sum(-1)
+        delta = ((pol["chosen_logps"] - extra["ref_chosen_logps"]) * cm).sum(-1) - \
+            ((pol["rejected_logps"] - extra["ref_rejected_logps"]) * rm).sum(-1)
         dpo.extend(delta.float().tolist())
-        extra = {k: batch[k] for k in PASSTHROUGH if k in batch}
-        extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps")})
-        extra.update({f"{s}_kl": pol[f"{s}_kl"] for s in ("chosen", "rejected") if f"{s}_kl" in pol})
         try:
             out = objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
                             chosen_mask=cm, rejected_mask=rm, **extra)

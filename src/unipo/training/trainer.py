@@ -113,21 +113,13 @@ class PreferenceTrainer(Trainer):
         ref = self._reference(model, inputs)
         pol = response_logps(model, inputs, chunk_size=self.chunk_size, ref=ref, ref_head=ref.get("head"),
                              kl_direction=self.kl_direction, head_dtype=self.head_dtype)
-        if "head" in ref:  # reference log-probs from the hidden states of the same reference pass
-            with torch.no_grad():
-                ref_lp = response_logps_from_hidden(ref, inputs, self.chunk_size)
-            ref.update(ref_lp)
-        extra = {k: inputs[k] for k in PASSTHROUGH if k in inputs}
+        extra = objective_inputs(inputs, ref, pol, self.chunk_size)
         mode = "train" if model.training else "eval"
         if self.token_signal is not None:  # per-token tensors, e.g. chosen_weights / chosen_prior_offsets
             self.token_signal.train(model.training)  # its dropout follows the policy's mode
             extra.update(self.token_signal(ref, inputs))
             for key, value in getattr(self.token_signal, "metrics", {}).items():
                 self._metrics[mode][key].append(float(value))
-        extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
-        for side in ("chosen", "rejected"):
-            if f"{side}_kl" in pol:
-                extra[f"{side}_kl"] = pol[f"{side}_kl"]
         out = self.objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
                              chosen_mask=inputs["chosen_mask"], rejected_mask=inputs["rejected_mask"], **extra)
         for key, value in out.metrics.items():
@@ -151,6 +143,19 @@ class PreferenceTrainer(Trainer):
                 logs[prefix + key] = self.accelerator.reduce(t, "mean").item()
         self._metrics[mode].clear()
         super().log(logs, *args, **kwargs)
+
+
+def objective_inputs(batch: dict, ref: dict, pol: dict, chunk_size: int) -> dict[str, torch.Tensor]:
+    """What the objective reads besides the policy log-probs and masks: the batch's per-token columns, the
+    reference log-probs (computed here from the reference pass's hidden states when that pass kept them
+    instead, which it does for KL variants and token signals) and the per-position KL."""
+    if "head" in ref and "ref_chosen_logps" not in ref:
+        with torch.no_grad():
+            ref.update(response_logps_from_hidden(ref, batch, chunk_size))
+    extra = {k: batch[k] for k in PASSTHROUGH if k in batch}
+    extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
+    extra.update({f"{s}_kl": pol[f"{s}_kl"] for s in ("chosen", "rejected") if f"{s}_kl" in pol})
+    return extra
 
 
 def response_logps_from_hidden(ref: dict, inputs: dict, chunk_size: int) -> dict[str, torch.Tensor]:
