@@ -39,6 +39,8 @@ ENTRIES = [
     ("TRL best (precompute_ref_log_probs)", "trl", "best", "dpo"),
     ("unipo tdpo2 (copy ref)", "unipo", "default", "tdpo2"),
     ("unipo tisdpo (copy ref, KL)", "unipo", "default", "tisdpo"),
+    # the same as the first run without packing: what padding-free batches save
+    ("unipo dpo (copy ref, no packing)", "unipo", "default", "dpo", {"packing": 0}),
 ]
 
 
@@ -174,8 +176,8 @@ def run_config(label: str, model: str, data: Path, entries, reps: int, opts: dic
     results: dict[str, list[dict]] = {e[0]: [] for e in entries}
     for rep in range(reps):
         order = entries if rep % 2 == 0 else entries[::-1]  # A B ... then ... B A: no side always runs first
-        for name, framework, mode, variant in order:
-            r = run_one(model, data, framework, mode, variant, opts)
+        for name, framework, mode, variant, *extra in order:
+            r = run_one(model, data, framework, mode, variant, {**opts, **(extra[0] if extra else {})})
             results[name].append(r)
             log(f"{label} rep {rep + 1}/{reps} {name}: median step "
                 f"{statistics.median(r['step_s'][opts['warmup']:]):.3f} s, wall {r['wall_s']:.0f} s")
@@ -253,6 +255,12 @@ def report(cfg: dict) -> dict:
         ("step time, tdpo2 / dpo (unipo)", out.get("tdpo2_vs_dpo"), "<=", 1.3),
         ("step time, tisdpo / dpo (unipo)", out.get("tisdpo_vs_dpo"), "<=", 1.3),
     ]
+    nopack = rows.get("unipo dpo (copy ref, no packing)")
+    if u and nopack:
+        out["packing_speedup"] = ratio(u["tok_s"], nopack["tok_s"])
+        print(f"  packing: unipo dpo throughput with / without packing {out['packing_speedup']:.2f}x "
+              f"(positions per step {statistics.mean(u['computed_positions']):.0f} vs "
+              f"{statistics.mean(nopack['computed_positions']):.0f})")
     for what, value, op, target in goals:
         if value is None:
             continue

@@ -135,7 +135,8 @@ def build_unipo(args, pairs, tokenizer, out_dir: str, timer: StepTimer):
 
     objective = Objective({"preset": args.variant})
     rows = [dict(p, index=i) for i, p in enumerate(pairs)]
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=True)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=True,
+                      packing=bool(args.packing))
     dtype = torch.float32  # policy weights (fp32 master weights; bf16 autocast when --precision bf16)
     model = load_model(args.model, dtype=dtype)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -228,6 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--packing", type=int, choices=(0, 1), default=1, help="unipo: several pairs per row")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     args = ap.parse_args(argv)
     if args.framework == "trl" and args.variant != "dpo":

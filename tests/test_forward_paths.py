@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unipo.training.batching import attention_mask_4d, collate_pairs
+from unipo.training.batching import attention_mask_4d, collate_pairs, pack_rows
 from unipo.training.forward import response_logps
 
 
@@ -27,6 +27,7 @@ def examples():
         {"prompt_ids": ids(5), "chosen_ids": ids(3), "rejected_ids": ids(6)},
         {"prompt_ids": ids(9), "chosen_ids": ids(1), "rejected_ids": ids(2)},
         {"prompt_ids": ids(2), "chosen_ids": ids(7), "rejected_ids": ids(1)},
+        {"prompt_ids": ids(1), "chosen_ids": ids(2), "rejected_ids": ids(1)},  # short: packs beside another
     ]
 
 
@@ -38,10 +39,11 @@ def naive_logps(model, prompt, response):
     return torch.stack([logp[len(prompt) - 1 + j, t] for j, t in enumerate(response)])
 
 
+@pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("share_prompt", [True, False])
-def test_packed_logps_equal_naive(model, share_prompt):
+def test_packed_logps_equal_naive(model, share_prompt, packing):
     exs = examples()
-    batch = collate_pairs(exs, pad_token_id=0, share_prompt=share_prompt)
+    batch = collate_pairs(exs, pad_token_id=0, share_prompt=share_prompt, packing=packing)
     with torch.no_grad():
         out = response_logps(model, batch, chunk_size=4)
     for i, ex in enumerate(exs):
@@ -55,23 +57,45 @@ def test_packed_logps_equal_naive(model, share_prompt):
 def test_gradients_equal_between_layouts(model):
     exs = examples()
     grads = []
-    for share in (True, False):
+    for share, packing in ((True, False), (False, False), (True, True), (False, True)):
         model.zero_grad()
-        out = response_logps(model, collate_pairs(exs, 0, share_prompt=share), chunk_size=3)
+        out = response_logps(model, collate_pairs(exs, 0, share_prompt=share, packing=packing), chunk_size=3)
         (out["chosen_logps"].sum() - 0.5 * out["rejected_logps"].sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    for g in grads[1:]:
+        torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-5)
 
 
-def test_eager_attention_with_float_mask_matches(tiny_model_dir):
+@pytest.mark.parametrize("packing", [False, True])
+def test_eager_attention_with_float_mask_matches(tiny_model_dir, packing):
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="eager")
     exs = examples()
     with torch.no_grad():
-        out = response_logps(m, collate_pairs(exs, 0))
-    expected = naive_logps(m, exs[0]["prompt_ids"], exs[0]["rejected_ids"])
-    torch.testing.assert_close(out["rejected_logps"][0, :6], expected, rtol=1e-4, atol=1e-4)
+        out = response_logps(m, collate_pairs(exs, 0, packing=packing))
+    for i in (0, 3):  # pair 3 shares a row with pair 2 when packed
+        expected = naive_logps(m, exs[i]["prompt_ids"], exs[i]["rejected_ids"])
+        n = len(exs[i]["rejected_ids"])
+        torch.testing.assert_close(out["rejected_logps"][i, :n], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pack_rows_first_fit_decreasing():
+    # longest first, each into the first row with room; ties keep their order
+    assert pack_rows([14, 12, 10, 4], 14) == [[0], [1], [2, 3]]
+    assert pack_rows([3, 5, 2, 5, 4], 7) == [[1, 2], [3], [4, 0]]
+    assert pack_rows([1, 1, 1], 3) == [[0, 1, 2]]
+
+
+def test_packing_removes_padding_and_keeps_sequences_apart():
+    exs = examples()  # sequence lengths 14, 12, 10, 4
+    plain, packed = collate_pairs(exs, 0), collate_pairs(exs, 0, packing=True)
+    assert plain["input_ids"].shape == (4, 14) and packed["input_ids"].shape == (3, 14)
+    assert int((packed["segments"] == -1).sum()) == 3 * 14 - 40  # only the row tails are padding
+    assert packed["documents"][2].tolist() == [2] * 10 + [3] * 4
+    assert packed["position_ids"][2, 10:].tolist() == [0, 1, 2, 1]  # the short pair starts at position 0
+    m = attention_mask_4d(packed["segments"], packed["documents"])[2, 0]
+    assert not m[10:, :10].any() and not m[:10, 10:].any()  # no attention between the two pairs
 
 
 def test_mask_rejected_never_sees_chosen():

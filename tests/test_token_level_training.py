@@ -32,8 +32,9 @@ def examples():
     def ids(n):
         return torch.randint(3, 300, (n,), generator=g).tolist()
 
-    exs = [{"prompt_ids": ids(4), "chosen_ids": ids(5), "rejected_ids": ids(3)},
-           {"prompt_ids": ids(6), "chosen_ids": ids(2), "rejected_ids": ids(6)}]
+    exs = [{"prompt_ids": ids(3), "chosen_ids": ids(5), "rejected_ids": ids(3)},
+           {"prompt_ids": ids(6), "chosen_ids": ids(2), "rejected_ids": ids(6)},
+           {"prompt_ids": ids(1), "chosen_ids": ids(1), "rejected_ids": ids(1)}]  # packs beside the first
     for ex in exs:
         for side in ("chosen", "rejected"):
             n = len(ex[f"{side}_ids"])
@@ -91,12 +92,14 @@ def trainer_for(variant, policy, ref, tmp_path):
                              reference_mode="copy", chunk_size=3)
 
 
+@pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("variant", ["tdpo1", "tdpo2", "tisdpo", "bmc"])
-def test_training_path_equals_formula_from_full_logits(models, tmp_path, variant):
+def test_training_path_equals_formula_from_full_logits(models, tmp_path, variant, packing):
     policy, ref = models
     exs = examples()
     trainer = trainer_for(variant, policy, ref, tmp_path)
-    batch = collate_pairs(exs, pad_token_id=0)
+    batch = collate_pairs(exs, pad_token_id=0, packing=packing)
+    assert batch["input_ids"].shape[0] == (2 if packing else 3)
     policy.train()
     loss, out = trainer.compute_loss(policy, batch, return_outputs=True)
     expected = expected_losses(variant, policy.eval(), ref, exs)

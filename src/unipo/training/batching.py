@@ -1,19 +1,24 @@
-"""Batch layout for preference pairs: the shared prompt is computed once.
+"""Batch layout for preference pairs: the shared prompt is computed once, and padding is packed away.
 
-Each pair becomes ONE row ``[prompt | chosen | rejected]``. Position ids restart at the end of the prompt for
-the rejected response, and a 4-D attention mask lets chosen tokens see the prompt and earlier chosen
+Each pair becomes ONE sequence ``[prompt | chosen | rejected]``. Position ids restart at the end of the prompt
+for the rejected response, and a 4-D attention mask lets chosen tokens see the prompt and earlier chosen
 tokens, rejected tokens see the prompt and earlier rejected tokens, and nobody see padding. So the prompt
 is processed once per pair instead of twice (TRL's layout is two rows ``[prompt | chosen]`` and
 ``[prompt | rejected]``), and the first token of each response is predicted from the same last prompt
-position. ``share_prompt=False`` gives that plain two-row layout (used to test the fast path against).
+position. ``share_prompt=False`` gives that plain two-sequence layout (used to test the fast path against).
+
+Without packing every sequence is a row, padded to the longest. With ``packing=True`` several sequences
+share a row (first-fit decreasing into rows no longer than the longest sequence, :func:`pack_rows`): each
+keeps its own position ids, and ``documents`` (the sequence id of every position) makes the mask
+block-diagonal, so a packed batch computes exactly what the unpacked one does on fewer padded positions.
 
 Response tokens are addressed by flat indices into the ``[rows × length]`` hidden states: ``*_src`` is the
-position whose hidden state predicts the token ``*_labels``; ``*_mask`` marks real tokens.
-"""
+position whose hidden state predicts the token ``*_labels``; ``*_mask`` marks real tokens."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,61 +37,112 @@ def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: tor
     return out
 
 
-def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_prompt: bool = True
-                  ) -> dict[str, torch.Tensor]:
-    """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and optional
-    per-token columns) into the packed layout described in the module docstring."""
-    rows, segs, poss = [], [], []
-    c_src, c_lab, r_src, r_lab = [], [], [], []
-    for ex in examples:
+@dataclass
+class _Sequence:
+    """One contiguous run of tokens with its own positions; ``src[side] = (pair, local source positions)``."""
+
+    ids: list[int]
+    segments: list[int]
+    positions: list[int]
+    src: dict[str, tuple[int, list[int]]]
+
+
+def _sequences(examples: Sequence[dict[str, Any]], share_prompt: bool) -> list[_Sequence]:
+    """The sequences a batch is made of: one ``[prompt | chosen | rejected]`` per pair (shared prompt), or
+    ``[prompt | chosen]`` for every pair followed by ``[prompt | rejected]`` for every pair."""
+    seqs = []
+    for i, ex in enumerate(examples):
         p, c, r = list(ex["prompt_ids"]), list(ex["chosen_ids"]), list(ex["rejected_ids"])
         n_p = len(p)
         if share_prompt:
-            rows.append(p + c + r)
-            segs.append([PROMPT] * n_p + [CHOSEN] * len(c) + [REJECTED] * len(r))
-            poss.append(list(range(n_p + len(c))) + list(range(n_p, n_p + len(r))))
-            c_src.append([n_p - 1 + j for j in range(len(c))])
-            r_src.append([n_p - 1] + [n_p + len(c) + j - 1 for j in range(1, len(r))])
+            seqs.append(_Sequence(
+                ids=p + c + r, segments=[PROMPT] * n_p + [CHOSEN] * len(c) + [REJECTED] * len(r),
+                positions=list(range(n_p + len(c))) + list(range(n_p, n_p + len(r))),
+                src={"chosen": (i, [n_p - 1 + j for j in range(len(c))]),
+                     "rejected": (i, [n_p - 1] + [n_p + len(c) + j - 1 for j in range(1, len(r))])}))
         else:
-            rows.append(p + c)
-            segs.append([PROMPT] * n_p + [CHOSEN] * len(c))
-            poss.append(list(range(n_p + len(c))))
-            c_src.append([n_p - 1 + j for j in range(len(c))])
-        c_lab.append(c)
-        r_lab.append(r)
-    if not share_prompt:  # rejected rows after all chosen rows
-        for ex in examples:
+            seqs.append(_Sequence(ids=p + c, segments=[PROMPT] * n_p + [CHOSEN] * len(c),
+                                  positions=list(range(n_p + len(c))),
+                                  src={"chosen": (i, [n_p - 1 + j for j in range(len(c))])}))
+    if not share_prompt:  # rejected sequences after all chosen ones
+        for i, ex in enumerate(examples):
             p, r = list(ex["prompt_ids"]), list(ex["rejected_ids"])
-            rows.append(p + r)
-            segs.append([PROMPT] * len(p) + [REJECTED] * len(r))
-            poss.append(list(range(len(p) + len(r))))
-            r_src.append([len(p) - 1 + j for j in range(len(r))])
-    length = max(len(x) for x in rows)
-    n_rows = len(rows)
+            seqs.append(_Sequence(ids=p + r, segments=[PROMPT] * len(p) + [REJECTED] * len(r),
+                                  positions=list(range(len(p) + len(r))),
+                                  src={"rejected": (i, [len(p) - 1 + j for j in range(len(r))])}))
+    return seqs
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: sequence indices grouped into rows of at most ``capacity`` tokens.
+
+    Longest first, each into the first row with room; ties keep their order. With ``capacity`` = the
+    longest sequence, no row is longer than the unpacked batch's rows, so packing removes padding without
+    lengthening any attention window."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_prompt: bool = True,
+                  packing: bool = False) -> dict[str, torch.Tensor]:
+    """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and optional
+    per-token columns) into the layout described in the module docstring; ``packing`` puts several
+    sequences in one row (:func:`pack_rows`)."""
+    seqs = _sequences(examples, share_prompt)
+    length = max(len(s.ids) for s in seqs)
+    layout = pack_rows([len(s.ids) for s in seqs], length) if packing else [[j] for j in range(len(seqs))]
+    rows, segs, poss, docs = [], [], [], []
+    b = len(examples)
+    flat_src: dict[str, list[list[int]]] = {"chosen": [[] for _ in range(b)], "rejected": [[] for _ in range(b)]}
+    for r, members in enumerate(layout):
+        ids, seg, pos, doc = [], [], [], []
+        for j in members:
+            s = seqs[j]
+            for side, (pair, local) in s.src.items():
+                flat_src[side][pair] = [r * length + len(ids) + k for k in local]
+            ids += s.ids
+            seg += s.segments
+            pos += s.positions
+            doc += [j] * len(s.ids)
+        rows.append(ids)
+        segs.append(seg)
+        poss.append(pos)
+        docs.append(doc)
     batch = {
         "input_ids": _pad2d(rows, length, pad_token_id, torch.long),
         "position_ids": _pad2d(poss, length, 0, torch.long),
         "segments": _pad2d(segs, length, PAD_SEGMENT, torch.int8),
+        "documents": _pad2d(docs, length, -1, torch.int32),
     }
-    b = len(examples)
-    for name, src, lab, offset in (("chosen", c_src, c_lab, 0), ("rejected", r_src, r_lab, b)):
-        t = max(len(x) for x in lab)
-        flat = [[(i if share_prompt else i + offset) * length + s for s in row] for i, row in enumerate(src)]
-        batch[f"{name}_src"] = _pad2d(flat, t, 0, torch.long)
-        batch[f"{name}_labels"] = _pad2d(lab, t, 0, torch.long)
-        batch[f"{name}_mask"] = _pad2d([[1] * len(x) for x in lab], t, 0, torch.bool)
+    for side in ("chosen", "rejected"):
+        labels = [list(ex[f"{side}_ids"]) for ex in examples]
+        t = max(len(x) for x in labels)
+        batch[f"{side}_src"] = _pad2d(flat_src[side], t, 0, torch.long)
+        batch[f"{side}_labels"] = _pad2d(labels, t, 0, torch.long)
+        batch[f"{side}_mask"] = _pad2d([[1] * len(x) for x in labels], t, 0, torch.bool)
     for key in TOKEN_COLUMNS:
         if examples[0].get(key) is not None:
             side = "chosen" if "chosen" in key else "rejected"
             batch[key] = _pad2d([ex[key] for ex in examples], batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
     if "index" in examples[0]:
         batch["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
-    assert batch["input_ids"].shape[0] == n_rows
     return batch
 
 
-def attention_mask_4d(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``[rows, 1, L, L]`` mask from segment ids: causal, no padding keys, rejected never sees chosen.
+def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = None,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[rows, 1, L, L]`` mask from segment and sequence ids: causal, within one sequence (``documents``;
+    all of a row when not given), no padding keys, rejected never sees chosen.
 
     Boolean (True = attend) by default, as SDPA takes it; with ``dtype`` an additive float mask (0 / min)
     for eager attention. Padding queries attend to themselves only, so no row is fully masked.
@@ -95,6 +151,8 @@ def attention_mask_4d(segments: torch.Tensor, dtype: torch.dtype | None = None) 
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     q, k = segments[:, :, None], segments[:, None, :]
     allowed = causal[None] & (k != PAD_SEGMENT) & ~((q == REJECTED) & (k == CHOSEN))
+    if documents is not None:
+        allowed = allowed & (documents[:, :, None] == documents[:, None, :])
     eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
     allowed = allowed | (eye & (q == PAD_SEGMENT))
     allowed = allowed[:, None]

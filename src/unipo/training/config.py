@@ -63,6 +63,7 @@ class TrainConfig:
     attn_implementation: str | None = None
     # fast path
     share_prompt: bool = True
+    packing: bool = True  # several pairs per row where they fit: no compute on padding (batching.py)
     chunk_size: int = 1024
     # logging / checkpoints
     logging_steps: int = 1

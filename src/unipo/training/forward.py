@@ -53,19 +53,20 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _mask_for(model: torch.nn.Module, segments: torch.Tensor) -> torch.Tensor:
+def _mask_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    segments, documents = batch["segments"], batch.get("documents")
     impl = getattr(unwrap(model).config, "_attn_implementation", "sdpa")
     if impl == "eager":
-        return attention_mask_4d(segments, dtype=torch.get_autocast_dtype(segments.device.type)
+        return attention_mask_4d(segments, documents, dtype=torch.get_autocast_dtype(segments.device.type)
                                  if torch.is_autocast_enabled(segments.device.type)
                                  else next(unwrap(model).parameters()).dtype)
-    return attention_mask_4d(segments)
+    return attention_mask_4d(segments, documents)
 
 
 def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], **extra) -> tuple[torch.Tensor, object]:
     """Final hidden states ``[rows, L, H]`` for the packed batch (and the model output)."""
     kwargs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                  attention_mask=_mask_for(model, batch["segments"]), use_cache=False, **extra)
+                  attention_mask=_mask_for(model, batch), use_cache=False, **extra)
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1
     with _capture_decoder_output(model) as store:

@@ -131,7 +131,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         f"{len(train_rows)} training pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
     ref_dtype = resolve_dtype(cfg.ref_dtype, precision)
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
+                      packing=cfg.packing)
     ref_model = None
     if reference in ("copy", "precomputed"):
         ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
