@@ -154,3 +154,26 @@ def test_scatter_labels_do_not_overlap():
         for j in range(i + 1, len(boxes)):
             assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
     plt.close(fig)
+
+
+def test_a_run_keeps_its_colour_in_every_plot(tmp_path, monkeypatch):
+    """The reference row has no training history; the curves must not shift the other runs' colours."""
+    runs = make_runs()
+    runs = {"reference": {"metrics": dict(runs["dpo"]["metrics"]), "config": {"variant": "(starting model)"}},
+            **runs}
+    seen: dict[str, list[dict]] = {}
+    for name in ("reliability_diagram", "training_curves", "metric_bars", "reward_kl_frontier",
+                 "accuracy_diversity_scatter"):
+        original = getattr(plots, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            seen.setdefault(_name, []).append(dict(kwargs["colours"]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(plots, name, spy)
+    write_report(tmp_path, runs)
+    assert len(seen) == 5
+    maps = [m for calls in seen.values() for m in calls]
+    for name in runs:
+        assert len({tuple(m[name]) for m in maps}) == 1, name
+    assert len({tuple(c) for c in maps[0].values()}) == len(runs)  # distinct colours

@@ -59,7 +59,8 @@ def _label(key: str) -> str:
     return METRIC_LABELS.get(key, key)
 
 
-def _colours(names: Sequence[str]) -> dict[str, Any]:
+def palette(names: Sequence[str]) -> dict[str, Any]:
+    """One colour per run name; pass the same mapping (``colours=``) to every plot of a report."""
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
@@ -86,6 +87,7 @@ def reliability_diagram(
     bins: Mapping[str, Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]],
     path: str | Path, *, ece: Mapping[str, float] | None = None,
     title: str = "Reliability of the implicit preference probability σ(margin)",
+    colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Reliability diagram: observed frequency against mean predicted probability, per bin.
 
@@ -95,7 +97,7 @@ def reliability_diagram(
     """
     runs: dict[str, Sequence[Mapping[str, Any]]] = (
         dict(bins) if isinstance(bins, Mapping) else {"model": bins})
-    colours = _colours(list(runs))
+    colours = colours or palette(list(runs))
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(6.4, 7.2), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08})
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
@@ -131,7 +133,7 @@ def reliability_diagram(
 def training_curves(
     histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
     keys: Sequence[str] = ("loss", "rewards/accuracies", "rewards/margins"), *,
-    title: str = "Training curves",
+    title: str = "Training curves", colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Training curves of several runs overlaid, one panel per logged key.
 
@@ -140,7 +142,7 @@ def training_curves(
     that key; keys no run logged are left out. One shared legend below the panels.
     """
     names = list(histories)
-    colours = _colours(names)
+    colours = colours or palette(names)
     present = [k for k in keys if any(_finite(r.get(k)) for h in histories.values() for r in h)]
     panels = present or list(keys[:1]) or ["loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
@@ -173,11 +175,11 @@ def training_curves(
 def metric_bars(
     metrics: Mapping[str, Mapping[str, Any]], path: str | Path,
     keys: Sequence[str] = ("reward_accuracy", "margin"), *,
-    title: str = "Reward accuracy and margin per run",
+    title: str = "Reward accuracy and margin per run", colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """One panel per metric key, one bar per run, the value written above each bar."""
     names = list(metrics)
-    colours = _colours(names)
+    colours = colours or palette(names)
     fig, axes = plt.subplots(1, len(keys), figsize=(max(4.0, 0.9 * len(names) + 2.0) * len(keys), 4.2),
                              squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
@@ -264,14 +266,14 @@ def _place_labels(fig: Figure, ax: Axes, xs: Sequence[float], ys: Sequence[float
 
 def labelled_scatter(
     metrics: Mapping[str, Mapping[str, Any]], path: str | Path, x: str, y: str, *, title: str,
-    note: str | None = None,
+    note: str | None = None, colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Scatter of runs in the (x, y) metric plane, each point labelled with its run name.
 
     Runs without finite values for both keys are left out (and listed under the plot).
     """
     names = list(metrics)
-    colours = _colours(names)
+    colours = colours or palette(names)
     kept = [n for n in names if _finite(metrics[n].get(x)) and _finite(metrics[n].get(y))]
     missing = [n for n in names if n not in kept]
     fig, ax = plt.subplots(figsize=(6.8, 5.0))
@@ -302,17 +304,19 @@ def labelled_scatter(
 
 def reward_kl_frontier(
     metrics: Mapping[str, Mapping[str, Any]], path: str | Path, x: str = "kl", y: str = "reward_accuracy",
+    colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Reward-vs-KL frontier: how much preference accuracy (or margin) each run buys per nat of KL."""
     return labelled_scatter(metrics, path, x, y, title="Reward vs KL to the reference",
-                            note="Up and to the left is better: more reward for less drift from π_ref.")
+                            note="Up and to the left is better: more reward for less drift from π_ref.",
+                            colours=colours)
 
 
 def accuracy_diversity_scatter(
     metrics: Mapping[str, Mapping[str, Any]], path: str | Path, x: str = "distinct_2",
-    y: str = "reward_accuracy",
+    y: str = "reward_accuracy", colours: Mapping[str, Any] | None = None,
 ) -> Path:
     """Accuracy-vs-diversity trade-off (f-DPO, Wang et al. 2024): e.g. distinct-2 or self-BLEU on x."""
     better = "left" if x == "self_bleu" else "right"
     return labelled_scatter(metrics, path, x, y, title="Accuracy vs generation diversity",
-                            note=f"Up and to the {better} is better: accurate and diverse.")
+                            note=f"Up and to the {better} is better: accurate and diverse.", colours=colours)

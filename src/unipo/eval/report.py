@@ -157,24 +157,28 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     configs = {n: dict(runs[n].get("config") or {}) for n in names}
     files: dict[str, Path] = {}
 
-    # ---- plots
+    # ---- plots (a run has the same colour in every plot)
+    colours = plots.palette(names)
     bins = {n: runs[n]["calibration_bins"] for n in names if runs[n].get("calibration_bins")}
     if bins:
         ece = {n: v for n in bins if (v := _num(metrics[n].get("ece"))) is not None}
-        files["reliability"] = plots.reliability_diagram(bins, out / "reliability.png", ece=ece)
+        files["reliability"] = plots.reliability_diagram(bins, out / "reliability.png", ece=ece,
+                                                          colours=colours)
     histories = {n: runs[n]["history"] for n in names if runs[n].get("history")}
     if histories:
-        files["training_curves"] = plots.training_curves(histories, out / "training_curves.png")
+        files["training_curves"] = plots.training_curves(histories, out / "training_curves.png", colours=colours)
     bar_keys = [k for k in ("reward_accuracy", "margin") if k in columns]
     if bar_keys:
-        files["reward_bars"] = plots.metric_bars(metrics, out / "reward_bars.png", keys=bar_keys)
+        files["reward_bars"] = plots.metric_bars(metrics, out / "reward_bars.png", keys=bar_keys,
+                                                 colours=colours)
     y_key = "reward_accuracy" if "reward_accuracy" in columns else ("margin" if "margin" in columns else None)
     if y_key and "kl" in columns:
-        files["reward_vs_kl"] = plots.reward_kl_frontier(metrics, out / "reward_vs_kl.png", y=y_key)
+        files["reward_vs_kl"] = plots.reward_kl_frontier(metrics, out / "reward_vs_kl.png", y=y_key,
+                                                         colours=colours)
     div_key = next((k for k in ("distinct_2", "self_bleu", "entropy") if k in columns), None)
     if y_key and div_key:
         files["accuracy_vs_diversity"] = plots.accuracy_diversity_scatter(
-            metrics, out / "accuracy_vs_diversity.png", x=div_key, y=y_key)
+            metrics, out / "accuracy_vs_diversity.png", x=div_key, y=y_key, colours=colours)
 
     # ---- CSV (full precision; empty cell for missing or non-finite values)
     csv_path = out / "metrics.csv"
