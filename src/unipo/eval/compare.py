@@ -49,7 +49,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
             include_reference: bool = True, title: str = "unipo comparison") -> dict[str, Any]:
     """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records."""
-    from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier
+    from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier, with_reference_logps
     from unipo.eval.report import write_report
     from unipo.training.outputs import read_metrics
     from unipo.training.run import log, train
@@ -99,9 +99,11 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             obj = Objective("dpo", beta=base.beta or 0.1)
             pairs, _ = prepare_data(base, tok, obj, held_out, eval_kwargs.get("limit", 256))
             ref = load_model(cfg_dict["model_path"], dtype=torch.float32, trainable=False)
+            with_reference_logps(ref, cfg_dict["model_path"], tok, pairs, share_prompt=base.share_prompt,
+                                 packing=base.packing, batch_size=eval_kwargs.get("batch_size", 8))
             kw = {k: v for k, v in eval_kwargs.items() if k in ("n_prompts", "n_samples", "max_new_tokens",
                                                                  "batch_size", "seed")}
-            res = evaluate_models(ref, ref, tok, obj, pairs, share_prompt=base.share_prompt,
+            res = evaluate_models(ref, ref, tok, obj, pairs, share_prompt=base.share_prompt, packing=base.packing,
                                   verifier=prompt_verifier(tok, pairs, eval_kwargs.get("task")), **kw)
             ref_file.write_text(json.dumps(res, indent=2, default=str))
         res = json.loads(ref_file.read_text())

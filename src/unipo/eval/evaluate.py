@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from unipo.errors import UnipoError
 from unipo.eval.generation import generation_metrics
@@ -53,10 +54,13 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 
     variant, dpo = [], []
     device = next(policy.parameters()).device
-    for start in range(0, len(pairs), batch_size):
+    for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
         batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
         kl_dir = objective.config.kl_direction
-        ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
+        if not kl_dir and "ref_chosen_logps" in batch:  # cached by with_reference_logps
+            ref = {k: batch[k] for k in ("ref_chosen_logps", "ref_rejected_logps")}
+        else:
+            ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
         pol = response_logps(policy, batch, chunk_size=chunk_size, ref=ref, ref_head=ref.get("head"),
                              kl_direction=kl_dir)
         extra = objective_inputs(batch, ref, pol, chunk_size)
@@ -74,7 +78,8 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 
 
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
-                    share_prompt: bool = True, batch_size: int = 8, n_prompts: int = 32, n_samples: int = 4,
+                    share_prompt: bool = True, packing: bool = True, batch_size: int = 8, n_prompts: int = 32,
+                    n_samples: int = 4,
                     max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
                     seed: int = 0, beta_for_dpo: float = 0.1, judge: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
@@ -84,7 +89,8 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     they compare across variants whose own β differ (SimPO's is 2.0)."""
     from unipo.training.batching import collate_pairs
 
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt,
+                      packing=packing)
     scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
     metrics: dict[str, Any] = {}
     beta = float(beta_for_dpo)
@@ -132,11 +138,33 @@ def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[
     return check
 
 
+def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict], *, share_prompt: bool,
+                         packing: bool, batch_size: int, chunk_size: int = 1024) -> list[dict]:
+    """Add the reference's per-token log-probs to ``pairs``, from the on-disk cache that training's
+    ``reference: precomputed`` uses (keyed by model files, tokenizer and every token id), so evaluating
+    several runs of one comparison on the same held-out pairs runs the reference over them once."""
+    from unipo.data.tokenize import tokenizer_fingerprint
+    from unipo.models.builtin import cache_dir
+    from unipo.training.batching import collate_pairs
+    from unipo.training.reference import fingerprint, precompute_reference
+
+    fp = fingerprint(ref_path, tokenizer_fingerprint(tokenizer), pairs, ref_dtype=str(torch.float32),
+                     share_prompt=share_prompt)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt,
+                      packing=packing)
+    return precompute_reference(ref_model, pairs, collate, batch_size=batch_size, chunk_size=chunk_size,
+                                cache_file=cache_dir() / "reflogps" / f"{fp}.pt",
+                                device=next(ref_model.parameters()).device, progress=False)
+
+
 def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,
                  n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
                  task: str | None = None, seed: int = 0, out: str | Path | None = None,
-                 judge: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate a run directory against its reference model; write ``eval.json``; return the result."""
+                 judge: dict[str, Any] | None = None, reference_cache: bool = True) -> dict[str, Any]:
+    """Evaluate a run directory against its reference model; write ``eval.json``; return the result.
+
+    With ``reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
+    reference cache (:func:`with_reference_logps`) for variants without a per-position KL term."""
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
     from unipo.training.run import prepare_data
@@ -149,7 +177,11 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
+    if reference_cache and not objective.config.kl_direction:
+        with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
+                             packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
+                             packing=cfg.packing,
                              batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
                              max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task),
                              seed=seed, judge=judge)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from unipo.eval.metrics import distinct_n, kl_estimate, mean_entropy, self_bleu
 
@@ -101,7 +102,7 @@ def sample_responses(
     jobs = [(i, s) for i in range(len(prompts)) for s in range(n_samples)]
     out: list[list[list[int]]] = [[[] for _ in range(n_samples)] for _ in prompts]
     try:
-        for start in range(0, len(jobs), batch_size):
+        for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", leave=False, disable=None):
             chunk = jobs[start:start + batch_size]
             rows = [list(prompts[i]) for i, _ in chunk]
             if any(len(r) == 0 for r in rows):
@@ -199,7 +200,7 @@ def score_responses(
     ents = torch.zeros((n, t_max), dtype=torch.float32)
     mask = torch.zeros((n, t_max), dtype=torch.float32)
     try:
-        for start in range(0, n, batch_size):
+        for start in tqdm(range(0, n, batch_size), desc="scoring samples", leave=False, disable=None):
             idx = [k for k in range(start, min(n, start + batch_size)) if len(responses[k]) > 0]
             if not idx:
                 continue

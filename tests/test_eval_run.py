@@ -1,0 +1,29 @@
+"""``evaluate_run`` on a tiny trained run: the reference cache gives the numbers the live reference gives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_train_e2e import data, train_args  # noqa: F401  (fixture)
+from unipo.cli import main
+from unipo.eval.evaluate import evaluate_run
+
+
+@pytest.mark.parametrize("variant", ["dpo", "tdpo2"])
+def test_reference_cache_gives_the_same_scores(tiny_model_dir, data, tmp_path, monkeypatch, variant):  # noqa: F811
+    monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, run, "--variant", variant, "--set", "plots=false")) == 0
+    kw = {"limit": 12, "n_samples": 0, "batch_size": 5}
+    live = evaluate_run(run, str(data), reference_cache=False, out=tmp_path / "live.json", **kw)
+    cached = evaluate_run(run, str(data), out=tmp_path / "cached.json", **kw)
+    caches = list((tmp_path / "cache" / "reflogps").glob("*.pt")) if (tmp_path / "cache").exists() else []
+    assert len(caches) == (0 if variant == "tdpo2" else 1)  # KL variants need the live reference
+    again = evaluate_run(run, str(data), out=tmp_path / "again.json", **kw)  # read from the cache
+    for res in (cached, again):
+        for key in ("reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece"):
+            assert res["metrics"][key] == pytest.approx(live["metrics"][key], rel=1e-4, abs=1e-6), key
+    assert live["metrics"]["margin"] != 0  # the trained policy differs from its reference
+    assert json.loads((tmp_path / "again.json").read_text())["metrics"]["n_pairs"] == 12
