@@ -35,4 +35,12 @@ def test_compare_three_variants(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert err.count("not retrained") == 3
+    assert err.count("finished earlier, not retrained") == 3
+    # a trained run without its eval.json is evaluated again, not retrained
+    before = (out / "runs" / "dpo" / "model.safetensors").stat().st_mtime_ns
+    (out / "runs" / "dpo" / "eval.json").unlink()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "dpo: trained earlier, not retrained" in err and "dpo: evaluating" in err
+    assert (out / "runs" / "dpo" / "eval.json").exists()
+    assert (out / "runs" / "dpo" / "model.safetensors").stat().st_mtime_ns == before

@@ -25,6 +25,11 @@ def test_reward_accuracy_ties_count_half():
     assert out["reward_accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     assert out["margin"] == pytest.approx(0.5)
     assert out["n"] == 4
+    # standard errors by hand: correct = [1, 0, .5, 1], mean .625, squared deviations sum to .6875
+    assert out["reward_accuracy_se"] == pytest.approx(math.sqrt(0.6875 / 3) / 2)
+    # margins [1, -1, 0, 2], mean .5: squared deviations .25 + 2.25 + .25 + 2.25 = 5
+    assert out["margin_se"] == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert math.isnan(reward_accuracy_and_margin([1.0])["margin_se"])
     assert math.isnan(reward_accuracy_and_margin([])["reward_accuracy"])
     assert reward_accuracy_and_margin(torch.tensor([3.0, 1.0]))["reward_accuracy"] == 1.0
 

@@ -177,3 +177,21 @@ def test_a_run_keeps_its_colour_in_every_plot(tmp_path, monkeypatch):
     for name in runs:
         assert len({tuple(m[name]) for m in maps}) == 1, name
     assert len({tuple(c) for c in maps[0].values()}) == len(runs)  # distinct colours
+
+
+def test_moving_average_by_hand():
+    assert plots.moving_average([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.0, 1.5, 2.5, 3.5, 4.5]
+    assert plots.moving_average([4.0, 0.0, 2.0], 3) == [4.0, 2.0, 2.0]
+    assert plots.moving_average_window(11) == 1 and plots.moving_average_window(32) == 4
+
+
+def test_standard_errors_become_plus_minus_not_columns(tmp_path):
+    runs = make_runs()
+    for k, r in enumerate(runs.values()):
+        r["metrics"]["reward_accuracy_se"] = 0.01 * (k + 1)
+    md = write_report(tmp_path, runs)["report"].read_text()
+    header, rows = _table(md)
+    assert "reward_accuracy" in header and "reward_accuracy_se" not in header
+    col = header.index("reward_accuracy")
+    assert rows[0][col].endswith("± 0.01") and rows[1][col].endswith("± 0.02")
+    assert "reward_accuracy_se" in (tmp_path / "metrics.csv").read_text().splitlines()[0]

@@ -1,8 +1,9 @@
 """``unipo compare``: train several variants on the same data and seed, evaluate each, write one report.
 
-Each variant gets ``OUT/runs/NAME``. A run whose model and ``eval.json`` exist is not redone, so an
-interrupted comparison resumes where it stopped. The reference model itself is evaluated once as the
-``reference`` row: the "before" of every before/after.
+Each variant gets ``OUT/runs/NAME``. A run whose model and ``eval.json`` exist is not redone, and a trained
+run without ``eval.json`` is only evaluated, so an interrupted comparison resumes where it stopped (delete
+the ``eval.json`` files and ``reference_eval.json`` to re-evaluate without retraining). The reference model
+itself is evaluated once as the ``reference`` row: the "before" of every before/after.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def expand_sweep(variants: list[Any], sweep: dict[str, list[Any]] | None) -> lis
     return out
 
 
+def _trained(run: Path) -> bool:
+    return (run / "unipo_config.yaml").exists()  # written by train() after the final model is saved
+
+
 def _finished(run: Path) -> bool:
-    return (run / "unipo_config.yaml").exists() and (run / "eval.json").exists()
+    return _trained(run) and (run / "eval.json").exists()
 
 
 def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
@@ -70,13 +75,16 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
         if _finished(run_dir):
             log(f"{name}: finished earlier, not retrained")
         else:
-            cfg = copy.deepcopy(base)
-            cfg.variant = spec
-            cfg.output_dir = str(run_dir)
-            cfg.resume = True  # an interrupted variant continues from its last checkpoint
-            cfg.plots = False
-            log(f"{name}: training")
-            train(cfg)
+            if _trained(run_dir):
+                log(f"{name}: trained earlier, not retrained")
+            else:
+                cfg = copy.deepcopy(base)
+                cfg.variant = spec
+                cfg.output_dir = str(run_dir)
+                cfg.resume = True  # an interrupted variant continues from its last checkpoint
+                cfg.plots = False
+                log(f"{name}: training")
+                train(cfg)
             log(f"{name}: evaluating on {held_out}")
             evaluate_run(run_dir, held_out, **eval_kwargs)
         record = json.loads((run_dir / "eval.json").read_text())

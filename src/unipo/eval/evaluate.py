@@ -94,15 +94,16 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
     metrics: dict[str, Any] = {}
     beta = float(beta_for_dpo)
+    keys = ("reward_accuracy", "margin", "reward_accuracy_se", "margin_se")
     dpo = reward_accuracy_and_margin([beta * d for d in scores["dpo_margins"]])
-    metrics["dpo_reward_accuracy"], metrics["dpo_margin"] = dpo["reward_accuracy"], dpo["margin"]
+    metrics.update({f"dpo_{k}": dpo[k] for k in keys})
     bins = None
     if all(v is not None for v in scores["variant_margins"]):
         own = reward_accuracy_and_margin(scores["variant_margins"])
-        metrics["reward_accuracy"], metrics["margin"] = own["reward_accuracy"], own["margin"]
+        metrics.update({k: own[k] for k in keys})
         metrics["ece"], bins = pairwise_calibration(scores["variant_margins"])
     else:
-        metrics["reward_accuracy"], metrics["margin"] = metrics["dpo_reward_accuracy"], metrics["dpo_margin"]
+        metrics.update({k: dpo[k] for k in keys})
         metrics["ece"], bins = pairwise_calibration([beta * d for d in scores["dpo_margins"]])
     prompts = [p["prompt_ids"] for p in pairs[:n_prompts]]
     if n_samples > 0 and prompts:
@@ -119,7 +120,9 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
         metrics.update(judge_win_rate(policy, reference, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                       batch_size=batch_size, **judge))
     metrics["n_pairs"] = len(pairs)
-    return {"metrics": metrics, "calibration_bins": bins}
+    # per pair, in held-out order: for paired comparisons between runs scored on the same pairs
+    pair_margins = {"variant": scores["variant_margins"], "dpo": [beta * d for d in scores["dpo_margins"]]}
+    return {"metrics": metrics, "calibration_bins": bins, "pair_margins": pair_margins}
 
 
 def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[[int, str], bool] | None:

@@ -56,18 +56,26 @@ def reward_accuracy_and_margin(margins: ArrayLike) -> dict[str, float]:
     except for ties: a margin of exactly 0 counts as half a correct pair (a coin flip), where TRL
     counts it as wrong. Empty input gives NaN.
 
-    Returns ``{"reward_accuracy", "margin", "margin_std", "n"}`` (``margin_std`` is the population
-    standard deviation of the margins).
+    Returns ``{"reward_accuracy", "margin", "margin_std", "n", "reward_accuracy_se", "margin_se"}``
+    (``margin_std`` is the population standard deviation of the margins; the ``_se`` entries are standard
+    errors of the two means, sample standard deviation / √n, NaN for fewer than two pairs).
     """
     m = _to_numpy(margins).reshape(-1)
     if m.size == 0:
-        return {"reward_accuracy": math.nan, "margin": math.nan, "margin_std": math.nan, "n": 0.0}
+        return {"reward_accuracy": math.nan, "margin": math.nan, "margin_std": math.nan, "n": 0.0,
+                "reward_accuracy_se": math.nan, "margin_se": math.nan}
     correct = (m > 0).astype(np.float64) + 0.5 * (m == 0).astype(np.float64)
+
+    def se(x: np.ndarray) -> float:
+        return float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+
     return {
         "reward_accuracy": float(correct.mean()),
         "margin": float(m.mean()),
         "margin_std": float(m.std()),
         "n": float(m.size),
+        "reward_accuracy_se": se(correct),
+        "margin_se": se(m),
     }
 
 

@@ -65,6 +65,31 @@ def palette(names: Sequence[str]) -> dict[str, Any]:
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
+def moving_average_window(n: int) -> int:
+    """Smoothing window for a curve of ``n`` points: none below 12 points, else about n / 8."""
+    return 1 if n < 12 else max(3, n // 8)
+
+
+def moving_average(ys: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _error(m: Mapping[str, Any], key: str) -> float:
+    """The standard error logged beside metric ``key`` (``key_se`` or ``key_std_err``), 0 when none."""
+    for suffix in ("_se", "_std_err"):
+        v = m.get(key + suffix)
+        if _finite(v):
+            return float(v)
+    return 0.0
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -146,6 +171,7 @@ def training_curves(
     present = [k for k in keys if any(_finite(r.get(k)) for h in histories.values() for r in h)]
     panels = present or list(keys[:1]) or ["loss"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    smoothed = 0
     for ax, key in zip(axes[0], panels, strict=True):
         drawn = False
         for name in names:
@@ -155,7 +181,13 @@ def training_curves(
                 continue
             pts.sort()
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, lw=1.5, color=colours[name], label=name, marker="." if len(xs) < 30 else None)
+            window = moving_average_window(len(ys))
+            if window > 1:  # per-step values of small batches are noisy: faint raw, solid moving average
+                ax.plot(xs, ys, lw=0.8, color=colours[name], alpha=0.25)
+                ax.plot(xs, moving_average(ys, window), lw=1.8, color=colours[name], label=name)
+                smoothed = max(smoothed, window)
+            else:
+                ax.plot(xs, ys, lw=1.5, color=colours[name], label=name, marker=".")
             drawn = True
         ax.set_title(_label(key), fontsize=10)
         ax.set_xlabel("Optimizer step")
@@ -167,7 +199,7 @@ def training_curves(
     if handles:
         fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=9,
                    bbox_to_anchor=(0.5, -0.02), frameon=False)
-    fig.suptitle(title)
+    fig.suptitle(title + (f" (faint: every step; solid: trailing mean over {smoothed} steps)" if smoothed else ""))
     fig.tight_layout(rect=(0, 0.08 if names else 0, 1, 1))
     return _save(fig, path)
 
@@ -185,12 +217,14 @@ def metric_bars(
     for ax, key in zip(axes[0], keys, strict=True):
         vals = [metrics[n].get(key) for n in names]
         ys = [float(v) if _finite(v) else 0.0 for v in vals]
-        bars = ax.bar(range(len(names)), ys, color=[colours[n] for n in names])
+        errs = [_error(metrics[n], key) for n in names]
+        bars = ax.bar(range(len(names)), ys, color=[colours[n] for n in names],
+                      yerr=errs if any(errs) else None, capsize=4, error_kw={"lw": 1, "ecolor": "0.25"})
         for bar, v in zip(bars, vals, strict=True):
             text = f"{float(v):.3f}" if _finite(v) else "n/a"
             va = "bottom" if bar.get_height() >= 0 else "top"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va=va,
-                        fontsize=8, xytext=(0, 2 if va == "bottom" else -2), textcoords="offset points")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="left", va=va,
+                        fontsize=8, xytext=(3, 2 if va == "bottom" else -2), textcoords="offset points")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center")
         ax.set_title(_label(key), fontsize=10)
@@ -200,7 +234,8 @@ def metric_bars(
             ax.set_ylim(0, 1.08)
             ax.axhline(0.5, color="0.5", ls=":", lw=1)
         else:
-            lo, hi = min(ys + [0.0]), max(ys + [0.0])
+            lo = min([y - e for y, e in zip(ys, errs, strict=True)] + [0.0])
+            hi = max([y + e for y, e in zip(ys, errs, strict=True)] + [0.0])
             pad = 0.12 * (hi - lo or 1.0)
             ax.set_ylim(lo - (pad if lo < 0 else 0), hi + pad)
         ax.grid(alpha=0.3, axis="y")
@@ -279,14 +314,22 @@ def labelled_scatter(
     fig, ax = plt.subplots(figsize=(6.8, 5.0))
     xs = [float(metrics[n][x]) for n in kept]
     ys = [float(metrics[n][y]) for n in kept]
+    for n, xv, yv in zip(kept, xs, ys, strict=True):  # ± one standard error where the run logged one
+        xe, ye = _error(metrics[n], x), _error(metrics[n], y)
+        if xe or ye:
+            ax.errorbar([xv], [yv], xerr=[xe] if xe else None, yerr=[ye] if ye else None, fmt="none",
+                        ecolor=colours[n], alpha=0.6, lw=1.2, capsize=3, zorder=2)
     ax.scatter(xs, ys, s=60, c=[colours[n] for n in kept], edgecolors="black", linewidths=0.6, zorder=3)
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if kept:
-        for vals, setter in ((xs, ax.set_xlim), (ys, ax.set_ylim)):
-            lo, hi = min(vals), max(vals)
+        xe = [_error(metrics[n], x) for n in kept]
+        ye = [_error(metrics[n], y) for n in kept]
+        for vals, errs, setter in ((xs, xe, ax.set_xlim), (ys, ye, ax.set_ylim)):
+            lo = min(v - e for v, e in zip(vals, errs, strict=True))
+            hi = max(v + e for v, e in zip(vals, errs, strict=True))
             span = (hi - lo) or (abs(hi) * 0.2 or 1.0)
             setter(lo - 0.25 * span, hi + 0.25 * span)
         _place_labels(fig, ax, xs, ys, kept)

@@ -48,11 +48,25 @@ def metric_direction(key: str) -> str | None:
     max; ``*loss*``/``*ece*``/``*error*``: min), else None."""
     if key in DIRECTIONS:
         return DIRECTIONS[key]
+    if error_of(key) is not None:
+        return None
     k = key.lower()
     if "accurac" in k or k.startswith("pass") or k.startswith("distinct") or k.endswith("margin"):
         return "max"
     if "loss" in k or "ece" in k or "error" in k:
         return "min"
+    return None
+
+
+#: suffixes of a metric's standard error (``reward_accuracy_se``, ``kl_std_err``)
+ERROR_SUFFIXES = ("_se", "_std_err")
+
+
+def error_of(key: str) -> str | None:
+    """The metric whose standard error ``key`` is, or None."""
+    for suffix in ERROR_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
     return None
 
 
@@ -137,7 +151,8 @@ train has KL 0). Distinct-n (unique n-grams, higher = more diverse), self-BLEU (
 prompt against each other, lower = more diverse) and predictive entropy measure diversity; the f-DPO
 paper (Wang et al., ICLR 2024) reports that the choice of divergence trades accuracy against diversity
 and calibration. Bold marks the best value of a column where a direction makes sense; "–" means not
-measured."""
+measured; "± x" is one standard error (over held-out pairs, or over sampled responses for KL), so two
+runs whose values differ by less than about two standard errors are not told apart by this data."""
 
 
 def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
@@ -206,16 +221,22 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
 
     # ---- Markdown
     lines = [f"# {title}", "", f"{len(names)} run(s) compared.", "", "## Results", ""]
-    header = ["run", "variant", "parameters", *columns]
+    # a standard error is shown as "± se" in its metric's cell, not as a column of its own
+    errors = {error_of(c): c for c in columns if error_of(c) in columns}
+    shown_cols = [c for c in columns if c not in errors.values()]
+    header = ["run", "variant", "parameters", *shown_cols]
     lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
-    lines.append("|" + "|".join([":--"] * 3 + ["--:"] * len(columns)) + "|")
+    lines.append("|" + "|".join([":--"] * 3 + ["--:"] * len(shown_cols)) + "|")
     for n in names:
         cells = [_md_escape(n), _md_escape(str(configs[n].get("variant", ""))), _md_escape(_params(configs[n]))]
-        for c in columns:
+        for c in shown_cols:
             v = _num(metrics[n].get(c))
             text = format_value(v)
             if n in best.get(c, []):
                 text = f"**{text}**"
+            err = _num(metrics[n].get(errors[c])) if c in errors else None
+            if err is not None and math.isfinite(err) and err > 0 and v is not None:
+                text += f" ± {err:.2g}"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     marked = [c for c in columns if metric_direction(c) is not None]
