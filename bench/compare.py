@@ -154,9 +154,12 @@ def summarise(name: str, runs: list[dict], warmup: int, peak_flops: float) -> di
         assert r["policy_tokens"] == runs[0]["policy_tokens"], "repetitions saw different batches"
     step = statistics.median(timed)
     tok_per_step = statistics.mean(tokens)
-    # per step: 6·N·tokens for the policy forward+backward, 2·N·tokens for a resident reference forward
+    # per step: 6·N per position for the policy forward+backward, 2·N for a resident reference forward, over
+    # the real (non-padding) positions the framework runs: hardware utilisation for the work it chose to do
+    # (counting logical tokens instead would credit unipo for prompts it does not recompute: MFU > 100%)
     n = runs[0]["n_params"]
-    flops = (6 + (2 if runs[0]["resident_models"] == 2 else 0)) * n * tok_per_step
+    real_per_step = statistics.mean(runs[0]["real_positions"][warmup:])
+    flops = (6 + (2 if runs[0]["resident_models"] == 2 else 0)) * n * real_per_step
     peaks = [r["peak_train_bytes"] for r in runs if r["peak_train_bytes"] is not None]
     return {
         "name": name, "step_s": step, "tok_s": tok_per_step / step, "tok_per_step": tok_per_step,
@@ -212,7 +215,8 @@ def report(cfg: dict) -> dict:
           "for both; unipo computes each prompt once); pos/step: positions actually run through the model, "
           "padding included")
     print("spread: (max - min) / median of the timed steps; rep spr: the same over the repetitions' medians (%)")
-    print("MFU: (6 N tokens [+ 2 N tokens for a resident reference]) / s/step / matmul peak, N = all parameters")
+    print("MFU: (6 N [+ 2 N for a resident reference]) x real (non-padding) positions per step / s/step / matmul "
+          "peak, N = all parameters")
     for r in rows.values():
         if r["precompute_s"] is not None:
             print(f"  {r['name']}: reference precompute {r['precompute_s']:.1f} s before training (not in s/step)")
