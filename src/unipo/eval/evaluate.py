@@ -54,11 +54,11 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 
     variant, dpo = [], []
     device = next(policy.parameters()).device
+    kl_dir = objective.config.kl_direction
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
         batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
-        kl_dir = objective.config.kl_direction
-        if not kl_dir and "ref_chosen_logps" in batch:  # cached by with_reference_logps
-            ref = {k: batch[k] for k in ("ref_chosen_logps", "ref_rejected_logps")}
+        if not kl_dir and "ref_chosen_logps" in batch:  # precomputed (with_reference_logps), as in training
+            ref = {}
         else:
             ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
         pol = response_logps(policy, batch, chunk_size=chunk_size, ref=ref, ref_head=ref.get("head"),
@@ -79,8 +79,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
                     share_prompt: bool = True, packing: bool = True, batch_size: int = 8, n_prompts: int = 32,
-                    n_samples: int = 4,
-                    max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
+                    n_samples: int = 4, max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
                     seed: int = 0, beta_for_dpo: float = 0.1, judge: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """All metrics for one policy against one reference on tokenized held-out ``pairs``.
@@ -95,7 +94,8 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     metrics: dict[str, Any] = {}
     beta = float(beta_for_dpo)
     keys = ("reward_accuracy", "margin", "reward_accuracy_se", "margin_se")
-    dpo = reward_accuracy_and_margin([beta * d for d in scores["dpo_margins"]])
+    dpo_margins = [beta * d for d in scores["dpo_margins"]]
+    dpo = reward_accuracy_and_margin(dpo_margins)
     metrics.update({f"dpo_{k}": dpo[k] for k in keys})
     bins = None
     if all(v is not None for v in scores["variant_margins"]):
@@ -104,7 +104,7 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
         metrics["ece"], bins = pairwise_calibration(scores["variant_margins"])
     else:
         metrics.update({k: dpo[k] for k in keys})
-        metrics["ece"], bins = pairwise_calibration([beta * d for d in scores["dpo_margins"]])
+        metrics["ece"], bins = pairwise_calibration(dpo_margins)
     prompts = [p["prompt_ids"] for p in pairs[:n_prompts]]
     if n_samples > 0 and prompts:
         gen = generation_metrics(policy, reference, tokenizer, prompts, n_samples=n_samples,
@@ -121,7 +121,7 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
                                       batch_size=batch_size, **judge))
     metrics["n_pairs"] = len(pairs)
     # per pair, in held-out order: for paired comparisons between runs scored on the same pairs
-    pair_margins = {"variant": scores["variant_margins"], "dpo": [beta * d for d in scores["dpo_margins"]]}
+    pair_margins = {"variant": scores["variant_margins"], "dpo": dpo_margins}
     return {"metrics": metrics, "calibration_bins": bins, "pair_margins": pair_margins}
 
 
@@ -146,18 +146,15 @@ def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict],
     """Add the reference's per-token log-probs to ``pairs``, from the on-disk cache that training's
     ``reference: precomputed`` uses (keyed by model files, tokenizer and every token id), so evaluating
     several runs of one comparison on the same held-out pairs runs the reference over them once."""
-    from unipo.data.tokenize import tokenizer_fingerprint
-    from unipo.models.builtin import cache_dir
     from unipo.training.batching import collate_pairs
-    from unipo.training.reference import fingerprint, precompute_reference
+    from unipo.training.reference import precompute_cached
 
-    fp = fingerprint(ref_path, tokenizer_fingerprint(tokenizer), pairs, ref_dtype=str(torch.float32),
-                     share_prompt=share_prompt)
     collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt,
                       packing=packing)
-    return precompute_reference(ref_model, pairs, collate, batch_size=batch_size, chunk_size=chunk_size,
-                                cache_file=cache_dir() / "reflogps" / f"{fp}.pt",
-                                device=next(ref_model.parameters()).device, progress=False)
+    precompute_cached(ref_model, ref_path, tokenizer, pairs, collate, ref_dtype=torch.float32,
+                      share_prompt=share_prompt, batch_size=batch_size, chunk_size=chunk_size,
+                      device=next(ref_model.parameters()).device, progress=False)
+    return pairs
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,

@@ -81,9 +81,21 @@ def moving_average(ys: Sequence[float], window: int) -> list[float]:
     return out
 
 
+#: suffixes of a metric's standard error (``reward_accuracy_se``, ``kl_std_err``)
+ERROR_SUFFIXES = ("_se", "_std_err")
+
+
+def error_of(key: str) -> str | None:
+    """The metric whose standard error ``key`` is, or None."""
+    for suffix in ERROR_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return None
+
+
 def _error(m: Mapping[str, Any], key: str) -> float:
-    """The standard error logged beside metric ``key`` (``key_se`` or ``key_std_err``), 0 when none."""
-    for suffix in ("_se", "_std_err"):
+    """The standard error logged beside metric ``key`` (:data:`ERROR_SUFFIXES`), 0 when none."""
+    for suffix in ERROR_SUFFIXES:
         v = m.get(key + suffix)
         if _finite(v):
             return float(v)

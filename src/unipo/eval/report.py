@@ -48,25 +48,13 @@ def metric_direction(key: str) -> str | None:
     max; ``*loss*``/``*ece*``/``*error*``: min), else None."""
     if key in DIRECTIONS:
         return DIRECTIONS[key]
-    if error_of(key) is not None:
+    if plots.error_of(key) is not None:
         return None
     k = key.lower()
     if "accurac" in k or k.startswith("pass") or k.startswith("distinct") or k.endswith("margin"):
         return "max"
     if "loss" in k or "ece" in k or "error" in k:
         return "min"
-    return None
-
-
-#: suffixes of a metric's standard error (``reward_accuracy_se``, ``kl_std_err``)
-ERROR_SUFFIXES = ("_se", "_std_err")
-
-
-def error_of(key: str) -> str | None:
-    """The metric whose standard error ``key`` is, or None."""
-    for suffix in ERROR_SUFFIXES:
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
     return None
 
 
@@ -222,7 +210,7 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     # ---- Markdown
     lines = [f"# {title}", "", f"{len(names)} run(s) compared.", "", "## Results", ""]
     # a standard error is shown as "± se" in its metric's cell, not as a column of its own
-    errors = {error_of(c): c for c in columns if error_of(c) in columns}
+    errors = {plots.error_of(c): c for c in columns if plots.error_of(c) in columns}
     shown_cols = [c for c in columns if c not in errors.values()]
     header = ["run", "variant", "parameters", *shown_cols]
     lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")

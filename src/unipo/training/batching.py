@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
+SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
 #: optional per-token columns carried through to the objective, by dataset key
 TOKEN_COLUMNS = ("chosen_weights", "rejected_weights", "chosen_diff_mask", "rejected_diff_mask",
                  "ref_chosen_logps", "ref_rejected_logps")
@@ -61,16 +62,18 @@ def _sequences(examples: Sequence[dict[str, Any]], share_prompt: bool) -> list[_
                 src={"chosen": (i, [n_p - 1 + j for j in range(len(c))]),
                      "rejected": (i, [n_p - 1] + [n_p + len(c) + j - 1 for j in range(1, len(r))])}))
         else:
-            seqs.append(_Sequence(ids=p + c, segments=[PROMPT] * n_p + [CHOSEN] * len(c),
-                                  positions=list(range(n_p + len(c))),
-                                  src={"chosen": (i, [n_p - 1 + j for j in range(len(c))])}))
+            seqs.append(_plain_sequence(i, p, c, "chosen"))
     if not share_prompt:  # rejected sequences after all chosen ones
-        for i, ex in enumerate(examples):
-            p, r = list(ex["prompt_ids"]), list(ex["rejected_ids"])
-            seqs.append(_Sequence(ids=p + r, segments=[PROMPT] * len(p) + [REJECTED] * len(r),
-                                  positions=list(range(len(p) + len(r))),
-                                  src={"rejected": (i, [len(p) - 1 + j for j in range(len(r))])}))
+        seqs += [_plain_sequence(i, list(ex["prompt_ids"]), list(ex["rejected_ids"]), "rejected")
+                 for i, ex in enumerate(examples)]
     return seqs
+
+
+def _plain_sequence(pair: int, prompt: list[int], response: list[int], side: str) -> _Sequence:
+    """``[prompt | response]``: response token j is predicted from position len(prompt) - 1 + j."""
+    n_p, n_r = len(prompt), len(response)
+    return _Sequence(ids=prompt + response, segments=[PROMPT] * n_p + [SEGMENT_OF[side]] * n_r,
+                     positions=list(range(n_p + n_r)), src={side: (pair, list(range(n_p - 1, n_p - 1 + n_r)))})
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:

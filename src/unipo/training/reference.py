@@ -103,3 +103,18 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     torch.save({"chosen": chosen, "rejected": rejected}, tmp)
     os.replace(tmp, cache_file)
     return pairs
+
+
+def precompute_cached(ref_model: torch.nn.Module, model_path: str, tokenizer, pairs: list[dict], collate, *,
+                      ref_dtype: torch.dtype, share_prompt: bool, batch_size: int, chunk_size: int,
+                      device: torch.device, progress: bool = True) -> str:
+    """:func:`precompute_reference` into the shared cache ``cache_dir()/reflogps/KEY.pt``, KEY from
+    :func:`fingerprint`; training's ``reference: precomputed`` and evaluation read the same files. Returns KEY."""
+    from unipo.data.tokenize import tokenizer_fingerprint
+    from unipo.models.builtin import cache_dir
+
+    key = fingerprint(model_path, tokenizer_fingerprint(tokenizer), pairs, ref_dtype=str(ref_dtype),
+                      share_prompt=share_prompt)
+    precompute_reference(ref_model, pairs, collate, batch_size=batch_size, chunk_size=chunk_size,
+                         cache_file=cache_dir() / "reflogps" / f"{key}.pt", device=device, progress=progress)
+    return key

@@ -85,7 +85,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from unipo.models.signals import build_signal, resolve_signal_spec
     from unipo.training.batching import collate_pairs
     from unipo.training.outputs import JsonlMetricsCallback, model_card, write_config, write_metrics
-    from unipo.training.reference import fingerprint, precompute_reference
+    from unipo.training.reference import precompute_cached
     from unipo.training.trainer import PreferenceTrainer
 
     if not cfg.data:
@@ -138,19 +138,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
                                trainable=False)
     if reference == "precomputed":
-        from unipo.data.tokenize import tokenizer_fingerprint
-        from unipo.models.builtin import cache_dir
-
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ref_model.to(device)
         for name, rows in (("train", train_rows), ("eval", eval_rows)):
             if rows:
-                fp = fingerprint(model_path, tokenizer_fingerprint(tokenizer), rows, ref_dtype=str(ref_dtype),
-                                 share_prompt=cfg.share_prompt)
-                precompute_reference(ref_model, rows, collate, batch_size=cfg.per_device_batch_size,
-                                     chunk_size=cfg.chunk_size, cache_file=cache_dir() / "reflogps" / f"{fp}.pt",
-                                     device=device, progress=cfg.progress)
-                log(f"reference log-probs for {name} data: cache key {fp}")
+                key = precompute_cached(ref_model, model_path, tokenizer, rows, collate, ref_dtype=ref_dtype,
+                                        share_prompt=cfg.share_prompt, batch_size=cfg.per_device_batch_size,
+                                        chunk_size=cfg.chunk_size, device=device, progress=cfg.progress)
+                log(f"reference log-probs for {name} data: cache key {key}")
         ref_model = None  # not resident during training
 
     model = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
