@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -119,7 +118,7 @@ def build_unipo(args, pairs, tokenizer, out_dir: str, timer: StepTimer):
 
     from unipo.models.loading import load_model
     from unipo.objective import Objective
-    from unipo.training.batching import collate_pairs
+    from unipo.training.batching import collate_for
     from unipo.training.reference import precompute_reference
     from unipo.training.run import PairsDataset
     from unipo.training.trainer import PreferenceTrainer
@@ -135,17 +134,17 @@ def build_unipo(args, pairs, tokenizer, out_dir: str, timer: StepTimer):
 
     objective = Objective({"preset": args.variant})
     rows = [dict(p, index=i) for i, p in enumerate(pairs)]
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=True,
-                      packing=bool(args.packing))
     dtype = torch.float32  # policy weights (fp32 master weights; bf16 autocast when --precision bf16)
-    model = load_model(args.model, dtype=dtype)
+    attn = None if args.attention == "auto" else args.attention
+    model = load_model(args.model, dtype=dtype, attn_implementation=attn)
+    collate = collate_for(model, tokenizer.pad_token_id, share_prompt=True, packing=bool(args.packing))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ref_model = None
     reference_mode = "copy" if args.mode == "default" else "precomputed"
     setup = {}
     if reference_mode == "copy":
         # same dtype as TRL's reference (the policy's), so both sides do the same work
-        ref_model = load_model(args.model, dtype=dtype, trainable=False)
+        ref_model = load_model(args.model, dtype=dtype, attn_implementation=attn, trainable=False)
     else:
         # like TRL's precompute: the policy itself, before training, is the reference
         t = time.perf_counter()
@@ -229,7 +228,10 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk-size", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--packing", type=int, choices=(0, 1), default=1, help="unipo: several pairs per row")
+    ap.add_argument("--packing", type=int, choices=(0, 1), default=1, help="unipo: no padding (one row with "
+                    "segment attention, else several pairs per row)")
+    ap.add_argument("--attention", choices=("auto", "sdpa"), default="auto",
+                    help="unipo: auto = segment attention where exact; sdpa = dense 4-D mask")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     args = ap.parse_args(argv)
     if args.framework == "trl" and args.variant != "dpo":

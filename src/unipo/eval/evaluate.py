@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +85,9 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
 
     ``dpo_*`` metrics use the plain DPO reward β·Δ with ONE β for every variant (default 0.1, DPO's), so
     they compare across variants whose own β differ (SimPO's is 2.0)."""
-    from unipo.training.batching import collate_pairs
+    from unipo.training.batching import collate_for
 
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt,
-                      packing=packing)
+    collate = collate_for(policy, tokenizer.pad_token_id, share_prompt=share_prompt, packing=packing)
     scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
     metrics: dict[str, Any] = {}
     beta = float(beta_for_dpo)
@@ -146,11 +144,10 @@ def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict],
     """Add the reference's per-token log-probs to ``pairs``, from the on-disk cache that training's
     ``reference: precomputed`` uses (keyed by model files, tokenizer and every token id), so evaluating
     several runs of one comparison on the same held-out pairs runs the reference over them once."""
-    from unipo.training.batching import collate_pairs
+    from unipo.training.batching import collate_for
     from unipo.training.reference import precompute_cached
 
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=share_prompt,
-                      packing=packing)
+    collate = collate_for(ref_model, tokenizer.pad_token_id, share_prompt=share_prompt, packing=packing)
     precompute_cached(ref_model, ref_path, tokenizer, pairs, collate, ref_dtype=torch.float32,
                       share_prompt=share_prompt, batch_size=batch_size, chunk_size=chunk_size,
                       device=next(ref_model.parameters()).device, progress=False)

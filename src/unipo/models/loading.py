@@ -91,7 +91,12 @@ def load_tokenizer(path: str):
 
 def load_model(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
                trainable: bool = True):
+    """A causal LM from ``path``. ``attn_implementation=None`` (the default): segment attention
+    (:mod:`unipo.models.segment_attention`) where it is exact for the model, else transformers' default;
+    any other value is passed to transformers as is ("sdpa" or "eager" give the dense-mask path)."""
     from transformers import AutoModelForCausalLM
+
+    from unipo.models import segment_attention
 
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
@@ -100,6 +105,8 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, attn_implementatio
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise UnipoError(f"could not load a causal LM from {path!r}: {exc}") from None
+    if attn_implementation is None:
+        segment_attention.enable(model)
     if not trainable:
         model.eval()
         model.requires_grad_(False)

@@ -73,31 +73,37 @@ class _ChunkedHead(torch.autograd.Function):
         rb = ref_bias.to(ref_hidden.dtype) if do_kl and ref_bias is not None else None
         grad_h = torch.empty_like(hidden) if need_h else None
         acc = torch.promote_types(hidden.dtype, torch.float32)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if need_b else None
+        grad_w = grad_b = None
         n = hidden.shape[0]
+        kl_grad = do_kl and g_kl is not None
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for s in range(0, n, ctx.chunk_size):
                 e = min(s + ctx.chunk_size, n)
+                g = g_logps[s:e, None]
+                # [chunk, V] buffers are updated in place: each full-vocabulary pass is memory-bound
                 z = _logits(hidden[s:e], w, b)
-                logp = z - lse_all[s:e, None]
-                p = logp.exp()
-                # d logp[label] / dz = onehot - p
-                dz = -g_logps[s:e, None] * p
-                dz.scatter_add_(-1, labels[s:e, None], g_logps[s:e, None])
-                if do_kl and g_kl is not None:
+                logp = z.sub_(lse_all[s:e, None])
+                p = logp.exp() if kl_grad else logp.exp_()
+                if kl_grad:
                     logq = F.log_softmax(_logits(ref_hidden[s:e], rw, rb), dim=-1)
                     if ctx.direction == "ref||policy":  # d/dz Σ q(log q − log p) = p − q
-                        dz += g_kl[s:e, None] * (p - logq.exp())
+                        extra = (p - logq.exp()).mul_(g_kl[s:e, None])
                     else:  # d/dz Σ p(log p − log q) = p ⊙ (log p − log q − KL)
-                        dz += g_kl[s:e, None] * p * (logp - logq - kl[s:e, None])
+                        extra = (logp - logq).sub_(kl[s:e, None]).mul_(p).mul_(g_kl[s:e, None])
+                # d logp[label] / dz = onehot − p
+                dz = p.mul_(-g)
+                dz.scatter_add_(-1, labels[s:e, None], g)
+                if kl_grad:
+                    dz += extra
                 dzc = dz.to(hidden.dtype)
                 if need_h:
-                    grad_h[s:e] = dzc @ w
+                    torch.mm(dzc, w, out=grad_h[s:e])
                 if need_w:
-                    grad_w += (dzc.t() @ hidden[s:e]).to(acc)
+                    part = (dzc.t() @ hidden[s:e]).to(acc)
+                    grad_w = part if grad_w is None else grad_w.add_(part)
                 if need_b:
-                    grad_b += dz.sum(0)
+                    part = dz.sum(0)
+                    grad_b = part if grad_b is None else grad_b.add_(part)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None, None)
 

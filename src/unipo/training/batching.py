@@ -97,13 +97,18 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_prompt: bool = True,
-                  packing: bool = False) -> dict[str, torch.Tensor]:
+                  packing: bool = False, one_row: bool = False) -> dict[str, torch.Tensor]:
     """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and optional
     per-token columns) into the layout described in the module docstring; ``packing`` puts several
-    sequences in one row (:func:`pack_rows`)."""
+    sequences in one row (:func:`pack_rows`), ``one_row`` all of them in a single row with no padding at all
+    (for segment attention, :mod:`unipo.models.segment_attention`, whose cost does not grow with the row)."""
     seqs = _sequences(examples, share_prompt)
-    length = max(len(s.ids) for s in seqs)
-    layout = pack_rows([len(s.ids) for s in seqs], length) if packing else [[j] for j in range(len(seqs))]
+    lengths = [len(s.ids) for s in seqs]
+    if one_row:
+        layout, length = [list(range(len(seqs)))], sum(lengths)
+    else:
+        length = max(lengths)
+        layout = pack_rows(lengths, length) if packing else [[j] for j in range(len(seqs))]
     rows, segs, poss, docs = [], [], [], []
     b = len(examples)
     flat_src: dict[str, list[list[int]]] = {"chosen": [[] for _ in range(b)], "rejected": [[] for _ in range(b)]}
@@ -140,6 +145,19 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
     if "index" in examples[0]:
         batch["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
     return batch
+
+
+def collate_for(model: torch.nn.Module, pad_token_id: int, share_prompt: bool = True, packing: bool = True):
+    """The collate function for ``model``: with packing, one padding-free row when the model runs segment
+    attention (:mod:`unipo.models.segment_attention`), else first-fit-decreasing rows for the dense mask."""
+    from functools import partial
+
+    from unipo.models import segment_attention
+    from unipo.training.forward import unwrap
+
+    one_row = packing and segment_attention.enabled(unwrap(model))
+    return partial(collate_pairs, pad_token_id=pad_token_id, share_prompt=share_prompt, packing=packing,
+                   one_row=one_row)
 
 
 def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = None,

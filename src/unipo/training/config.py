@@ -60,10 +60,14 @@ class TrainConfig:
     ref_dtype: str = "auto"  # auto: bfloat16 under bf16 precision, else float32
     lora: dict | None = None  # e.g. {r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}
     gradient_checkpointing: bool = False
+    # null: segment attention where exact (models/segment_attention.py), else the model's default;
+    # "sdpa" / "eager": transformers' attention with the dense 4-D mask
     attn_implementation: str | None = None
     # fast path
     share_prompt: bool = True
-    packing: bool = True  # several pairs per row where they fit: no compute on padding (batching.py)
+    # no compute on padding (batching.py): one padding-free row per batch under segment attention, else
+    # several pairs per row where they fit
+    packing: bool = True
     chunk_size: int = 1024
     # logging / checkpoints
     logging_steps: int = 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from unipo.models import segment_attention
 from unipo.models.logprobs import token_logps
 from unipo.training.batching import attention_mask_4d
 
@@ -63,10 +64,21 @@ def _mask_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     return attention_mask_4d(segments, documents)
 
 
+def _attention_kwargs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+    """With segment attention (:mod:`unipo.models.segment_attention`) the batch's blocks, and a 1×1×1×1
+    placeholder mask (a 4-D mask makes transformers skip building its own, which would be ignored);
+    otherwise the dense 4-D mask."""
+    if segment_attention.enabled(unwrap(model)):
+        spans = segment_attention.spans_from_batch(batch["segments"], batch.get("documents"))
+        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch["input_ids"].device)
+        return {"attention_mask": placeholder, "unipo_spans": spans}
+    return {"attention_mask": _mask_for(model, batch)}
+
+
 def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], **extra) -> tuple[torch.Tensor, object]:
     """Final hidden states ``[rows, L, H]`` for the packed batch (and the model output)."""
-    kwargs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                  attention_mask=_mask_for(model, batch), use_cache=False, **extra)
+    kwargs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                  **_attention_kwargs(model, batch), **extra)
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1
     with _capture_decoder_output(model) as store:

@@ -83,7 +83,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         resolve_model_path,
     )
     from unipo.models.signals import build_signal, resolve_signal_spec
-    from unipo.training.batching import collate_pairs
+    from unipo.training.batching import collate_for
     from unipo.training.outputs import JsonlMetricsCallback, model_card, write_config, write_metrics
     from unipo.training.reference import precompute_cached
     from unipo.training.trainer import PreferenceTrainer
@@ -131,13 +131,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         f"{len(train_rows)} training pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
     ref_dtype = resolve_dtype(cfg.ref_dtype, precision)
-    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
-                      packing=cfg.packing)
+    layout = partial(collate_for, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
+                     packing=cfg.packing)
     ref_model = None
     if reference in ("copy", "precomputed"):
         ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
                                trainable=False)
     if reference == "precomputed":
+        collate = layout(ref_model)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         ref_model.to(device)
         for name, rows in (("train", train_rows), ("eval", eval_rows)):
@@ -149,6 +150,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ref_model = None  # not resident during training
 
     model = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    collate = layout(model)
+    log(f"attention {model.config._attn_implementation}"
+        + (" · packing: one padding-free row per batch" if collate.keywords["one_row"] else ""))
     token_signal = None
     if signal_spec is not None:
         text_cfg = model.config.get_text_config()
