@@ -133,3 +133,12 @@ def test_collate_for_one_padding_free_row(dense, seg):
     assert collate_for(seg, 0, packing=False)(exs)["input_ids"].shape[0] == 4
     json.dumps(one["documents"].tolist())  # plain ints, one id per sequence
     assert one["documents"][0].unique().tolist() == [0, 1, 2, 3]
+
+
+def test_bf16_autocast_matches_dense_path(dense, seg):
+    exs = examples()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a = response_logps(dense, collate_pairs(exs, 0))
+        b = response_logps(seg, collate_pairs(exs, 0, one_row=True))
+    for side in ("chosen", "rejected"):
+        torch.testing.assert_close(b[f"{side}_logps"], a[f"{side}_logps"], rtol=0, atol=0.05)
