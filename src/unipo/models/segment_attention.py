@@ -27,6 +27,7 @@ with its own mask, unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +64,7 @@ class Spans:
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:
     """Run-length encoding: ``[(value, length), ...]``."""
-    out: list[tuple[int, int]] = []
-    for v in values:
-        if out and out[-1][0] == v:
-            out[-1] = (v, out[-1][1] + 1)
-        else:
-            out.append((v, 1))
-    return out
+    return [(v, sum(1 for _ in group)) for v, group in groupby(values)]
 
 
 def spans_from_batch(segments: torch.Tensor, documents: torch.Tensor | None = None) -> Spans:
