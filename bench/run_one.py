@@ -118,9 +118,9 @@ def build_unipo(args, pairs, tokenizer, out_dir: str, timer: StepTimer):
 
     from unipo.models.loading import load_model
     from unipo.objective import Objective
-    from unipo.training.batching import collate_for
+    from unipo.training.collate import collate_for
     from unipo.training.reference import precompute_reference
-    from unipo.training.run import PairsDataset
+    from unipo.training.train import PairsDataset
     from unipo.training.trainer import PreferenceTrainer
 
     class BenchPreferenceTrainer(BenchMixin, PreferenceTrainer):

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 from unipo.bridge.editors import LocalEditor, parse_retry_after
-from unipo.bridge.prompts import clean_output, get_template, render_context
-from unipo.bridge.run import (
+from unipo.bridge.pipeline import (
     BridgeOptions,
     BridgePaths,
     load_state,
     read_pairs,
     run_bridge,
 )
+from unipo.bridge.prompts import clean_output, get_template, render_context
 from unipo.cli import main as cli_main
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
-from unipo.pipeline_io import RunLock
+from unipo.io.files import RunLock
 
 QA_ROWS = [
     {"prompt": "What is 12 + 35?", "chosen": "12 + 35 = 47.", "rejected": "12 + 35 = 46."},

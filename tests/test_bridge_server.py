@@ -19,8 +19,8 @@ import pytest
 
 from tests.chat_server import ChatServer
 from unipo.bridge.editors import EditorFatalError, OpenAICompatEditor
+from unipo.bridge.pipeline import BridgeOptions, run_bridge
 from unipo.bridge.prompts import get_template
-from unipo.bridge.run import BridgeOptions, run_bridge
 from unipo.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 from unipo.bridge.editors import Editor, EditResult
+from unipo.bridge.pipeline import BridgeOptions, run_bridge
 from unipo.bridge.prompts import get_template
-from unipo.bridge.run import BridgeOptions, run_bridge
 from unipo.cli import main
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from unipo.cli import main
+from unipo.cli.explain import explain, summary
 from unipo.errors import ConfigError
-from unipo.objective.explain import explain, summary
 from unipo.objective.presets import DEFAULT_PARTS, PRESETS
 from unipo.objective.registry import KINDS, parts
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unipo.demo.task import Problem, parse_problem, preference_rows, problems, verify
+from unipo.tasks.arithmetic import Problem, parse_problem, preference_rows, problems, verify
 
 
 def test_verifier_requires_exact_format():

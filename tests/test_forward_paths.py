@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unipo.training.batching import attention_mask_4d, collate_pairs, pack_rows
-from unipo.training.forward import response_logps
+from unipo.data.batching import collate_pairs, pack_rows
+from unipo.layout import attention_mask_4d
+from unipo.models.forward import response_logps
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_forward_paths import examples, naive_logps
+from unipo.data.batching import collate_pairs
+from unipo.layout import attention_mask_4d
 from unipo.models import segment_attention as sa
+from unipo.models.forward import response_logps
 from unipo.models.loading import load_model
-from unipo.training.batching import attention_mask_4d, collate_for, collate_pairs
-from unipo.training.forward import response_logps
+from unipo.training.collate import collate_for
 
 LAYOUTS = [{}, {"packing": True}, {"one_row": True}]
 

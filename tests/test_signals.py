@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from unipo.data.batching import collate_pairs
 from unipo.errors import ConfigError
 from unipo.models.signals import (
     ActivationMasks,
@@ -24,7 +25,6 @@ from unipo.models.signals import (
     resolve_signal_spec,
 )
 from unipo.objective import Objective
-from unipo.training.batching import collate_pairs
 
 BETA = 0.1
 
@@ -255,7 +255,7 @@ def data_file(tmp_path_factory):
 
 def run_train(model, data, out, variant, max_steps, resume=False, **extra):
     from unipo.training.config import TrainConfig
-    from unipo.training.run import train
+    from unipo.training.train import train
 
     cfg = TrainConfig(model=str(model), data=str(data), output_dir=str(out), variant=variant, max_steps=max_steps,
                       learning_rate=1e-3, lr_scheduler_type="constant", per_device_batch_size=4, save_steps=1,

@@ -33,7 +33,7 @@ def pairs_file(tmp_path_factory):
                 if len(rows) == 16:
                     break
     else:
-        from unipo.demo.task import preference_rows, problems
+        from unipo.tasks.arithmetic import preference_rows, problems
 
         rows = preference_rows(problems(16, 0), 0)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

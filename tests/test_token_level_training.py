@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unipo.data.batching import collate_pairs
 from unipo.objective import Objective
-from unipo.training.batching import collate_pairs
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 
 from unipo.cli import main
 from unipo.errors import DataError, UnipoError
-from unipo.weights import contrastive
-from unipo.weights.estimate import EstimateOptions, estimate_weights
-from unipo.weights.prompts import system_prompts
-from unipo.weights.transform import paper_weights, rank_weights
+from unipo.tisdpo import contrastive
+from unipo.tisdpo.estimate import EstimateOptions, estimate_weights
+from unipo.tisdpo.prompts import system_prompts
+from unipo.tisdpo.transform import paper_weights, rank_weights
 
 N_CONV = 6
 

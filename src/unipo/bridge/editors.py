@@ -3,7 +3,7 @@
 BMC (Jiang et al., ICLR 2025, §3.1) asks an editor LLM for the minimal edit of the losing response; the
 paper uses a strong API model and reports that a 70B open model gives nearly the same results. Both
 editors here take :class:`EditJob` s and yield ``(key, EditResult)`` as results complete, so that the
-pipeline (:mod:`unipo.bridge.run`) can append each row the moment it is ready.
+pipeline (:mod:`unipo.bridge.pipeline`) can append each row the moment it is ready.
 
 :class:`OpenAICompatEditor` speaks ``POST {base_url}/chat/completions`` with the standard library only
 (``urllib``), with a bounded number of concurrent requests (a thread pool), retries with exponential

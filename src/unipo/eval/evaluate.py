@@ -47,7 +47,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
                 chunk_size: int = 1024) -> dict[str, list[float]]:
     """Per pair: the variant's own reward margin (β-scaled, as the loss sees it; ``None`` where the variant
     needs inputs that evaluation does not have) and the plain DPO log-ratio margin Δ."""
-    from unipo.training.forward import response_logps
+    from unipo.models.forward import response_logps
     from unipo.training.reference import reference_pass
     from unipo.training.trainer import objective_inputs
 
@@ -85,7 +85,7 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
 
     ``dpo_*`` metrics use the plain DPO reward β·Δ with ONE β for every variant (default 0.1, DPO's), so
     they compare across variants whose own β differ (SimPO's is 2.0)."""
-    from unipo.training.batching import collate_for
+    from unipo.training.collate import collate_for
 
     collate = collate_for(policy, tokenizer.pad_token_id, share_prompt=share_prompt, packing=packing)
     scores = pair_scores(policy, reference, objective, pairs, collate, batch_size=batch_size)
@@ -129,7 +129,7 @@ def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[
         return None
     if task != "arithmetic":
         raise UnipoError(f"unknown task {task!r}; built-in tasks: arithmetic")
-    from unipo.demo.task import parse_problem, verify
+    from unipo.tasks.arithmetic import parse_problem, verify
 
     problems = [parse_problem(tokenizer.decode(p["prompt_ids"])) for p in pairs]
 
@@ -144,7 +144,7 @@ def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict],
     """Add the reference's per-token log-probs to ``pairs``, from the on-disk cache that training's
     ``reference: precomputed`` uses (keyed by model files, tokenizer and every token id), so evaluating
     several runs of one comparison on the same held-out pairs runs the reference over them once."""
-    from unipo.training.batching import collate_for
+    from unipo.training.collate import collate_for
     from unipo.training.reference import precompute_cached
 
     collate = collate_for(ref_model, tokenizer.pad_token_id, share_prompt=share_prompt, packing=packing)
@@ -164,7 +164,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     reference cache (:func:`with_reference_logps`) for variants without a per-position KL term."""
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
-    from unipo.training.run import prepare_data
+    from unipo.training.train import prepare_data
 
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])

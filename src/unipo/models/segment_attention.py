@@ -1,6 +1,6 @@
 """Segment attention: the attention of a packed preference batch without a dense mask and without padding.
 
-A pair is ONE sequence ``[prompt | chosen | rejected]`` (:mod:`unipo.training.batching`): chosen tokens see
+A pair is ONE sequence ``[prompt | chosen | rejected]`` (:mod:`unipo.data.batching`): chosen tokens see
 the prompt and earlier chosen tokens; rejected tokens see the prompt and earlier rejected tokens. With the
 dense ``[rows, 1, L, L]`` mask, attention computes every (query, key) block of a row and throws most of it
 away: the upper triangle, the rejected → chosen block, other sequences packed in the row, padding. Here
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "unipo_segments"
-PAD_SEGMENT, PROMPT = -1, 0  # the segment ids of unipo.training.batching (kept free of that import)
+PAD_SEGMENT, PROMPT = -1, 0  # the segment ids of unipo.data.batching (kept free of that import)
 
 
 @dataclass

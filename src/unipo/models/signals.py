@@ -10,7 +10,7 @@ decay ``module.weight_decay``) and saves its state as ``unipo_signal.safetensors
 the trainer:
 
 - ``needs_hidden_states``: run the reference with ``output_hidden_states=True`` (all layers in
-  ``ref["hidden_states"]``, each ``[rows, L, H]`` in the packed layout of :mod:`unipo.training.batching`);
+  ``ref["hidden_states"]``, each ``[rows, L, H]`` in the packed layout of :mod:`unipo.data.batching`);
   otherwise only the final hidden states gathered per side (``ref["chosen_hidden"]``, ``[N, H]``) exist;
 - ``weight_decay``: for the optimiser group;
 - ``metrics``: detached scalars from the last call (mask sparsity, mean mask, prior offsets), logged
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from unipo.errors import ConfigError, UnipoError
-from unipo.training.forward import gather_side, scatter_tokens
+from unipo.models.forward import gather_side, scatter_tokens
 
 SIDES = ("chosen", "rejected")
 

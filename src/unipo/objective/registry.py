@@ -79,8 +79,8 @@ def _load_parts() -> None:
         links,
         pair_losses,
         priors,
+        token_weights,
         transforms,
-        weights,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from unipo.training.forward import gather_side, hidden_states, response_logps, unwrap
+from unipo.models.forward import gather_side, hidden_states, response_logps, unwrap
 
 
 def _adapter_disabled(model: torch.nn.Module):

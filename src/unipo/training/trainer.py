@@ -14,8 +14,8 @@ import torch
 from transformers import Trainer
 
 from unipo.errors import ConfigError
+from unipo.models.forward import response_logps
 from unipo.objective import Objective
-from unipo.training.forward import response_logps
 from unipo.training.reference import reference_pass
 
 #: batch keys passed to the objective as they are
@@ -160,8 +160,8 @@ def objective_inputs(batch: dict, ref: dict, pol: dict, chunk_size: int) -> dict
 
 def response_logps_from_hidden(ref: dict, inputs: dict, chunk_size: int) -> dict[str, torch.Tensor]:
     """Reference log-probs from the reference hidden states already gathered for the KL term."""
+    from unipo.models.forward import scatter_tokens
     from unipo.models.logprobs import token_logps
-    from unipo.training.forward import scatter_tokens
 
     out = {}
     for side in ("chosen", "rejected"):

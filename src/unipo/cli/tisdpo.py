@@ -108,7 +108,7 @@ def parse_train_set(items: list[str]) -> dict:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    from unipo.weights.estimate import EstimateOptions, estimate_weights
+    from unipo.tisdpo.estimate import EstimateOptions, estimate_weights
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")
@@ -127,7 +127,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from unipo.weights.show import show_weights
+    from unipo.tisdpo.show import show_weights
 
     files = show_weights(args.weighted, args.out, n=args.n, tokenizer=args.tokenizer, max_tokens=args.max_tokens)
     print(json.dumps({k: str(v) for k, v in files.items()}, indent=1))

@@ -1,6 +1,6 @@
 """``unipo demo``: the built-in default run, offline, in minutes.
 
-SmolLM2-135M-Instruct (built-in source) learns the arithmetic task of :mod:`unipo.demo.task` with two
+SmolLM2-135M-Instruct (built-in source) learns the arithmetic task of :mod:`unipo.tasks.arithmetic` with two
 variants (DPO and SimPO by default) on the same generated pairs and seed; the comparison machinery of
 ``unipo compare`` evaluates each against the starting model on held-out problems and writes the report.
 """
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unipo.demo.task import preference_rows, problems
+from unipo.tasks.arithmetic import preference_rows, problems
 from unipo.training.config import TrainConfig
 
 #: settings chosen to finish in under 10 minutes on a 2-core CPU with a clear improvement
@@ -42,7 +42,7 @@ def run_demo(out_dir: str = "runs/demo", *, model: str = DEFAULTS["model"], step
              variants: list[str] | None = None, train_pairs: int = DEFAULTS["train_pairs"],
              heldout: int = DEFAULTS["heldout"], learning_rate: float = DEFAULTS["learning_rate"],
              batch_size: int = DEFAULTS["batch_size"], seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    from unipo.eval.compare import compare
+    from unipo.compare.pipeline import compare
 
     out = Path(out_dir)
     train_file, heldout_file = write_task_data(out, train_pairs, heldout, seed)

@@ -15,12 +15,12 @@ from unipo.errors import UnipoError
 
 #: module path of each sub-command provider, in the order ``unipo --help`` lists them
 COMMAND_MODULES = [
-    "unipo.objective.cli",  # unipo variants
-    "unipo.training.cli",  # unipo train
-    "unipo.demo.cli",  # unipo demo
-    "unipo.eval.cli",  # unipo eval, unipo compare
-    "unipo.bridge.cli",  # unipo bridge
-    "unipo.weights.cli",  # unipo weights
+    "unipo.cli.variants",  # unipo variants
+    "unipo.cli.train",  # unipo train
+    "unipo.cli.demo",  # unipo demo
+    "unipo.cli.eval",  # unipo eval, unipo compare
+    "unipo.cli.bridge",  # unipo bridge
+    "unipo.cli.tisdpo",  # unipo weights
 ]
 
 

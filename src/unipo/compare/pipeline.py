@@ -57,7 +57,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
     from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier, with_reference_logps
     from unipo.eval.report import write_report
     from unipo.training.outputs import read_metrics
-    from unipo.training.run import log, train
+    from unipo.training.train import log, train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             from unipo.eval.evaluate import run_config
             from unipo.models.loading import load_model, load_tokenizer
             from unipo.objective import Objective
-            from unipo.training.run import prepare_data
+            from unipo.training.train import prepare_data
 
             cfg_dict = run_config(first)
             tok = load_tokenizer(str(first))

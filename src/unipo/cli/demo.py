@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from unipo.demo.run import DEFAULTS
+from unipo.demo.pipeline import DEFAULTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args) -> int:
-    from unipo.demo.run import before_after_table, run_demo
+    from unipo.demo.pipeline import before_after_table, run_demo
 
     t = time.time()
     runs = run_demo(args.out, model=args.model, steps=args.steps, variants=args.variants,

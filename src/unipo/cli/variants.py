@@ -79,7 +79,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from unipo.objective import explain as ex
+    from unipo.cli import explain as ex
 
     overrides = _parse_overrides(args.overrides)
     if args.name is not None and args.config is not None:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from unipo.layout import attention_mask_4d
 from unipo.models import segment_attention
 from unipo.models.logprobs import token_logps
-from unipo.training.batching import attention_mask_4d
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

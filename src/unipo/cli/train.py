@@ -53,7 +53,7 @@ def parse_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from unipo.training.run import train
+    from unipo.training.train import train
 
     cfg = TrainConfig.load(args.config, parse_overrides(args))
     result = train(cfg)

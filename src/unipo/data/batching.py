@@ -23,11 +23,7 @@ from typing import Any
 
 import torch
 
-PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
-SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
-#: optional per-token columns carried through to the objective, by dataset key
-TOKEN_COLUMNS = ("chosen_weights", "rejected_weights", "chosen_diff_mask", "rejected_diff_mask",
-                 "ref_chosen_logps", "ref_rejected_logps")
+from unipo.layout import CHOSEN, PAD_SEGMENT, PROMPT, REJECTED, SEGMENT_OF, TOKEN_COLUMNS
 
 
 def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -145,39 +141,3 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
     if "index" in examples[0]:
         batch["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
     return batch
-
-
-def collate_for(model: torch.nn.Module, pad_token_id: int, share_prompt: bool = True, packing: bool = True):
-    """The collate function for ``model``: with packing, one padding-free row when the model runs segment
-    attention (:mod:`unipo.models.segment_attention`), else first-fit-decreasing rows for the dense mask."""
-    from functools import partial
-
-    from unipo.models import segment_attention
-    from unipo.training.forward import unwrap
-
-    one_row = packing and segment_attention.enabled(unwrap(model))
-    return partial(collate_pairs, pad_token_id=pad_token_id, share_prompt=share_prompt, packing=packing,
-                   one_row=one_row)
-
-
-def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = None,
-                      dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``[rows, 1, L, L]`` mask from segment and sequence ids: causal, within one sequence (``documents``;
-    all of a row when not given), no padding keys, rejected never sees chosen.
-
-    Boolean (True = attend) by default, as SDPA takes it; with ``dtype`` an additive float mask (0 / min)
-    for eager attention. Padding queries attend to themselves only, so no row is fully masked.
-    """
-    n, length = segments.shape
-    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
-    q, k = segments[:, :, None], segments[:, None, :]
-    allowed = causal[None] & (k != PAD_SEGMENT) & ~((q == REJECTED) & (k == CHOSEN))
-    if documents is not None:
-        allowed = allowed & (documents[:, :, None] == documents[:, None, :])
-    eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
-    allowed = allowed | (eye & (q == PAD_SEGMENT))
-    allowed = allowed[:, None]
-    if dtype is None:
-        return allowed
-    zero = torch.zeros((), dtype=dtype, device=segments.device)
-    return torch.where(allowed, zero, torch.finfo(dtype).min)

@@ -39,7 +39,7 @@ from unipo.bridge.editors import EditJob, Editor, EditorStopped
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
-from unipo.pipeline_io import JsonlAppender, RunLock, read_jsonl_repairing, sidecar_paths
+from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing, sidecar_paths
 
 
 @dataclass

@@ -83,7 +83,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         resolve_model_path,
     )
     from unipo.models.signals import build_signal, resolve_signal_spec
-    from unipo.training.batching import collate_for
+    from unipo.training.collate import collate_for
     from unipo.training.outputs import JsonlMetricsCallback, model_card, write_config, write_metrics
     from unipo.training.reference import precompute_cached
     from unipo.training.trainer import PreferenceTrainer

@@ -121,8 +121,8 @@ def _load_tokenizer(name: str | None):
 
 def run_bridge_command(args) -> int:
     """Entry point of ``unipo bridge``; returns the exit code (1 when some rows failed)."""
+    from unipo.bridge.pipeline import BridgeOptions, run_bridge
     from unipo.bridge.prompts import get_template
-    from unipo.bridge.run import BridgeOptions, run_bridge
 
     template = get_template(args.style, args.template)
     for flag in ("limit", "max_new_tokens", "batch_size", "concurrency"):

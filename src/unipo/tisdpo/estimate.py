@@ -2,12 +2,12 @@
 
 Liu et al., ICLR 2025 (TIS-DPO), §4.2 and Eq. 13: for each token y_t of each response,
 d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t), and w_t = k·exp(μ·clamp(d_t, L, U)) with μ = +1 on
-the chosen and −1 on the rejected response (:mod:`unipo.weights.transform`).
+the chosen and −1 on the rejected response (:mod:`unipo.tisdpo.transform`).
 
 Tokenisation is the training one: :func:`unipo.data.tokenize.prepare_pairs` with the base model's
 tokenizer and no truncation, so the weights cover the full responses (end-of-turn token included) and
 ``unipo train`` truncates them alongside the tokens. Scoring uses the training batch layout
-(:func:`unipo.training.batching.collate_pairs`) and :func:`unipo.training.forward.response_logps`.
+(:func:`unipo.data.batching.collate_pairs`) and :func:`unipo.models.forward.response_logps`.
 
 Output files, for ``--out OUT.jsonl``:
 
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from unipo.errors import ConfigError, UnipoError
-from unipo.pipeline_io import RunLock, read_jsonl_repairing, sidecar_paths
-from unipo.weights.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
-from unipo.weights.prompts import system_prompts, with_system
-from unipo.weights.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
+from unipo.io.files import RunLock, read_jsonl_repairing, sidecar_paths
+from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
+from unipo.tisdpo.prompts import system_prompts, with_system
+from unipo.tisdpo.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
 
 #: columns this command writes (an input's own copies are replaced)
 OUTPUT_COLUMNS = ("chosen_weights", "rejected_weights", "tokenizer", "source_row")
@@ -101,8 +101,8 @@ def score_batch(pos_model, neg_model, pos_examples: Sequence[dict], neg_examples
     """
     import torch
 
-    from unipo.training.batching import collate_pairs
-    from unipo.training.forward import response_logps
+    from unipo.data.batching import collate_pairs
+    from unipo.models.forward import response_logps
 
     out: list[dict[str, Any]] = []
     for model, examples in ((pos_model, pos_examples), (neg_model, neg_examples)):

@@ -3,13 +3,13 @@ Direct Preference Optimization With Estimated Weights").
 
 The pipeline behind ``unipo weights``:
 
-1. :mod:`unipo.weights.contrastive`: build a contrastive pair of models (π+, π−) with method (P) prompts,
+1. :mod:`unipo.tisdpo.contrastive`: build a contrastive pair of models (π+, π−) with method (P) prompts,
    (S) SFT on chosen / rejected, or (D) DPO on the data / the swapped data (the paper's §4.2); trained
    models are cached under a key of method, base model, data and training settings;
-2. :mod:`unipo.weights.estimate`: score every response token with both models and turn the
-   log-probability differences into weights (:mod:`unipo.weights.transform`, the paper's Eq. 13, or the
+2. :mod:`unipo.tisdpo.estimate`: score every response token with both models and turn the
+   log-probability differences into weights (:mod:`unipo.tisdpo.transform`, the paper's Eq. 13, or the
    released code's rank mapping), appending rows to a resumable JSONL file;
-3. :mod:`unipo.weights.show`: render the weights (HTML, PNG, histogram).
+3. :mod:`unipo.tisdpo.show`: render the weights (HTML, PNG, histogram).
 
 See docs/tisdpo.md.
 """

@@ -1,7 +1,7 @@
 """The contrastive pair of models (π+, π−) of TIS-DPO (Liu et al., ICLR 2025, §4.2).
 
 - ``prompt`` (P): the base model itself, under a positive and a negative system prompt
-  (:mod:`unipo.weights.prompts`); nothing is trained.
+  (:mod:`unipo.tisdpo.prompts`); nothing is trained.
 - ``sft`` (S): π+ fine-tuned on the chosen responses, π− on the rejected responses (paper: lr 5e-5,
   3 epochs). Trained with unipo's own trainer: the objective's NLL term alone is SFT, so the run uses
   ``{preset: reference_free, beta: 1e-6, nll_weight: 1}``: the pair term's gradient is scaled by
@@ -127,7 +127,7 @@ def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_d
     if method == "prompt":
         return ContrastivePair(method, base)
     from unipo.training.config import TrainConfig
-    from unipo.training.run import train
+    from unipo.training.train import train
 
     settings = training_settings(method, lora, overrides)
     rows = [core_row(p) for p in pairs]

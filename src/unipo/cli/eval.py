@@ -69,7 +69,7 @@ def run_eval(args) -> int:
 
 
 def run_compare(args) -> int:
-    from unipo.eval.compare import compare
+    from unipo.compare.pipeline import compare
     from unipo.training.config import TrainConfig
 
     over = {k: getattr(args, k) for k in ("data", "model", "max_steps", "seed") if getattr(args, k) is not None}

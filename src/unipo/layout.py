@@ -1,0 +1,150 @@
+"""The packed preference batch: the one tensor layout that data, models and training share.
+
+This module sits below ``unipo.data``, ``unipo.models`` and ``unipo.training`` (it imports only torch) and
+holds the contract between them:
+
+* the segment ids of every position (:data:`PAD_SEGMENT`, :data:`PROMPT`, :data:`CHOSEN`, :data:`REJECTED`);
+* :class:`PackedBatch` (with one :class:`SideLayout` per response side): what
+  :func:`unipo.data.batching.collate_pairs` produces and what the model forward consumes;
+* :func:`gather_side` / :func:`scatter_tokens`: between the packed ``[rows × L]`` positions and the
+  per-response ``[B, T]`` token layout the objective reads;
+* :func:`attention_mask_4d`: the dense mask of the layout (for ``attn_implementation: sdpa|eager``).
+
+A batch travels through transformers' Trainer and accelerate as a plain ``dict`` (they move mappings of
+tensors between devices); :meth:`PackedBatch.from_dict` turns it into the typed form at the start of a step
+and :meth:`PackedBatch.to_dict` back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
+SIDES = ("chosen", "rejected")
+SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
+#: optional per-token data columns of a side, by :class:`SideLayout` field → batch key pattern
+SIDE_COLUMNS = {"weights": "{}_weights", "diff_mask": "{}_diff_mask", "ref_logps": "ref_{}_logps"}
+#: every optional per-token key a collated batch may carry
+TOKEN_COLUMNS = tuple(pattern.format(side) for side in SIDES for pattern in SIDE_COLUMNS.values())
+
+
+@dataclass(frozen=True)
+class SideLayout:
+    """Where one side's response tokens sit in the packed rows. Every tensor is ``[B, T]`` (B pairs, T the
+    longest response of this side in the batch):
+
+    - ``src`` (long): flat index into the ``[rows × L]`` positions of the position whose hidden state
+      PREDICTS each token;
+    - ``labels`` (long): the token ids; ``mask`` (bool): True on real tokens, False on padding;
+    - optional data columns: ``weights`` (float, token weights from the data: TIS-DPO), ``diff_mask``
+      (float 0/1, BMC's differing tokens), ``ref_logps`` (float, precomputed reference log-probs).
+    """
+
+    src: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    weights: torch.Tensor | None = None
+    diff_mask: torch.Tensor | None = None
+    ref_logps: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """A batch of B preference pairs packed into ``rows`` rows of length ``L``.
+
+    - ``input_ids``, ``position_ids`` (long) and ``segments`` (int8, :data:`PAD_SEGMENT` … :data:`REJECTED`):
+      ``[rows, L]``; ``documents`` (int32, ``[rows, L]``, -1 on padding): the sequence id of every position
+      when several sequences share a row, else ``None``;
+    - ``chosen`` / ``rejected``: :class:`SideLayout`;
+    - ``index`` (long ``[B]``): each pair's row in its dataset, when known.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    segments: torch.Tensor
+    chosen: SideLayout
+    rejected: SideLayout
+    documents: torch.Tensor | None = None
+    index: torch.Tensor | None = None
+
+    def side(self, name: str) -> SideLayout:
+        if name not in SIDES:
+            raise KeyError(f"side must be one of {SIDES}, got {name!r}")
+        return self.chosen if name == "chosen" else self.rejected
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.chosen.mask.shape[0])
+
+    @classmethod
+    def from_dict(cls, batch: Mapping[str, torch.Tensor] | PackedBatch) -> PackedBatch:
+        """The typed form of a collated batch (see :func:`unipo.data.batching.collate_pairs` for its keys)."""
+        if isinstance(batch, PackedBatch):
+            return batch
+        sides = {}
+        for side in SIDES:
+            columns = {name: batch.get(pattern.format(side)) for name, pattern in SIDE_COLUMNS.items()}
+            sides[side] = SideLayout(batch[f"{side}_src"], batch[f"{side}_labels"], batch[f"{side}_mask"],
+                                     **columns)
+        return cls(batch["input_ids"], batch["position_ids"], batch["segments"], sides["chosen"],
+                   sides["rejected"], batch.get("documents"), batch.get("index"))
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
+        for key in ("documents", "index"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for side in SIDES:
+            layout = self.side(side)
+            out.update({f"{side}_src": layout.src, f"{side}_labels": layout.labels, f"{side}_mask": layout.mask})
+            for name, pattern in SIDE_COLUMNS.items():
+                if getattr(layout, name) is not None:
+                    out[pattern.format(side)] = getattr(layout, name)
+        return out
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        return PackedBatch.from_dict({k: v.to(device) for k, v in self.to_dict().items()})
+
+
+def gather_side(hidden: torch.Tensor, side: SideLayout) -> torch.Tensor:
+    """``[N, H]``: the rows of ``hidden`` (``[rows, L, H]``) that predict the real tokens of ``side``
+    (N = its number of real tokens, in ``[B, T]`` row-major order)."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    return flat[side.src[side.mask]]
+
+
+def scatter_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[N]`` values of the real tokens back to ``[B, T]`` (zeros on padding)."""
+    out = values.new_zeros(mask.shape)
+    return out.masked_scatter(mask, values)
+
+
+def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = None,
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[rows, 1, L, L]`` mask from segment and sequence ids: causal, within one sequence (``documents``;
+    all of a row when not given), no padding keys, rejected never sees chosen.
+
+    Boolean (True = attend) by default, as SDPA takes it; with ``dtype`` an additive float mask (0 / min)
+    for eager attention. Padding queries attend to themselves only, so no row is fully masked.
+    """
+    n, length = segments.shape
+    causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
+    q, k = segments[:, :, None], segments[:, None, :]
+    allowed = causal[None] & (k != PAD_SEGMENT) & ~((q == REJECTED) & (k == CHOSEN))
+    if documents is not None:
+        allowed = allowed & (documents[:, :, None] == documents[:, None, :])
+    eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]
+    allowed = allowed | (eye & (q == PAD_SEGMENT))
+    allowed = allowed[:, None]
+    if dtype is None:
+        return allowed
+    zero = torch.zeros((), dtype=dtype, device=segments.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
