@@ -15,8 +15,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from unipo.errors import ConfigError
-from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAMS, PRESETS
-from unipo.objective.registry import KINDS, Part, parts
+from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAM_SPECS, GLOBAL_PARAMS, PRESETS
+from unipo.objective.registry import KINDS, Param, Part, parts
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a resolved objective needs from the layers below it, gathered from its parts' :class:`Needs`.
+
+    ``inputs``: the per-token inputs the parts read; ``kl_direction``: per-position KL over the vocabulary
+    in this direction (None: none); ``reference``: reference log-probs; ``live_reference``: the reference
+    model at every step; ``signal``: the default token signal that supplies an input when the data does not.
+    """
+
+    inputs: frozenset[str]
+    kl_direction: str | None
+    reference: bool
+    live_reference: bool
+    signal: str | None
 
 
 @dataclass(frozen=True)
@@ -31,12 +47,23 @@ class ObjectiveConfig:
         return parts(kind)[self.parts[kind]]
 
     @property
+    def requirements(self) -> Requirements:
+        needs = [self.part(kind).needs for kind in KINDS]
+        directions = {n.kl_direction for n in needs if n.kl_direction}
+        signals = [n.signal for n in needs if n.signal and (n.signal_when is None or self.params.get(n.signal_when))]
+        return Requirements(inputs=frozenset(i for n in needs for i in n.inputs),
+                            kl_direction=next(iter(directions), None),
+                            reference=any(n.reference for n in needs),
+                            live_reference=any(n.live_reference for n in needs),
+                            signal=signals[0] if signals else None)
+
+    @property
     def needs_reference(self) -> bool:
-        return any(self.part(k).needs_reference for k in KINDS)
+        return self.requirements.reference
 
     @property
     def kl_direction(self) -> str | None:
-        return self.part("kl").kl_direction
+        return self.requirements.kl_direction
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.name, **self.parts, **self.params}
@@ -116,51 +143,29 @@ def resolve(variant: str | Mapping[str, Any], overrides: Mapping[str, Any] | Non
     if "gamma_beta_ratio" in user_params and "gamma" not in user_params:
         params["gamma"] = 0.0  # the user's ratio replaces the preset's absolute γ
     params.update(user_params)
-    _validate(chosen_parts, selected, params)
+    _validate(selected, params)
     return ObjectiveConfig(preset_name, chosen_parts, params)
 
 
-def _number(params: dict, key: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> None:
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"parameter {key!r} must be a number, got {value!r}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ConfigError(f"parameter {key!r} = {value} is out of range: must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ConfigError(f"parameter {key!r} = {value} is out of range: must be {'<' if hi_open else '<='} {hi}")
-
-
-def _validate(chosen: dict[str, str], selected: dict[str, Part], params: dict[str, Any]) -> None:
-    _number(params, "beta", 0, lo_open=True)
-    for key in ("gamma", "length_alpha"):
-        _number(params, key)
-    for key in ("nll_weight", "l1_weight", "prior_reg_weight"):
-        _number(params, key, 0)
-    if params["gamma_beta_ratio"] is not None:
-        _number(params, "gamma_beta_ratio")
-        if params["gamma"]:
-            raise ConfigError("give either 'gamma' (absolute SimPO margin) or 'gamma_beta_ratio' (γ/β), not both")
-    if "label_smoothing" in params:
-        hi_open = chosen["pair_loss"] in ("robust", "exo_pair")
-        lo_open = chosen["pair_loss"] == "exo_pair"
-        _number(params, "label_smoothing", 0, 0.5 if hi_open else 1, lo_open=lo_open, hi_open=hi_open)
-    if "f_alpha" in params:
-        _number(params, "f_alpha", 0, 1, lo_open=True, hi_open=True)
-    for key in ("bmc_delta", "dpop_lambda", "kl_alpha", "kl_eta", "discopop_tau"):
-        if key in params:
-            _number(params, key, 0, lo_open=key in ("bmc_delta", "discopop_tau"))
-    for key in ("bmc_reference_weighting", "kl_stopgrad_chosen", "kl_masks"):
-        if key in params and not isinstance(params[key], bool):
-            raise ConfigError(f"parameter {key!r} must be true or false, got {params[key]!r}")
+def _validate(selected: dict[str, Part], params: dict[str, Any]) -> None:
+    """Every parameter against its declared :class:`Param`; then the rules that span parts."""
+    specs: dict[str, Param] = dict(GLOBAL_PARAM_SPECS)
+    for part in selected.values():
+        specs.update(part.param_specs)
+    for key, spec in specs.items():
+        spec.check(key, params[key])
+    if params["gamma_beta_ratio"] is not None and params["gamma"]:
+        raise ConfigError("give either 'gamma' (absolute SimPO margin) or 'gamma_beta_ratio' (γ/β), not both")
     loss = selected["pair_loss"]
     if not loss.uses_logit:
         ignored = [k for k in ("gamma", "gamma_beta_ratio", "length_alpha") if params[k]]
-        if chosen["kl"] != "none":
-            ignored.append(f"kl={chosen['kl']}")
+        if not selected["kl"].neutral:
+            ignored.append(f"kl={selected['kl'].name}")
         if ignored:
+            on_logit = ", ".join(name for name, part in parts("pair_loss").items() if part.uses_logit)
             raise ConfigError(f"pair_loss={loss.name} scores each side separately and would ignore "
-                              f"{', '.join(ignored)}; use a pair loss on the combined logit "
-                              f"(sigmoid, cdpo, robust, hinge, ipo, exo_pair, discopop) with these")
-    if chosen["kl"] == "tisdpo" and chosen["weights"] == "none":
-        pass  # unweighted TIS-DPO KL term: allowed (w = 1)
+                              f"{', '.join(ignored)}; use a pair loss on the combined logit ({on_logit}) with these")
+    directions = {p.needs.kl_direction for p in selected.values() if p.needs.kl_direction}
+    if len(directions) > 1:
+        raise ConfigError(f"these parts need per-position KL in different directions {sorted(directions)}; "
+                          f"choose parts that agree")

@@ -11,37 +11,34 @@ no Python loop over the batch or the tokens. This module imports no transformers
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from unipo.errors import UnipoError
-from unipo.objective.config import ObjectiveConfig, resolve
-from unipo.objective.pair_losses import PairTerms
-from unipo.objective.registry import KINDS
-from unipo.objective.sides import Side
-
-#: optional per-token inputs, by keyword, and the Side field each fills
-SIDE_INPUTS = {
-    "ref_{}_logps": "ref_logps",
-    "{}_weights": "weights",
-    "{}_kl": "kl",
-    "{}_kl_weights": "kl_weights",
-    "{}_diff_mask": "diff_mask",
-    "{}_prior_offsets": "prior_offsets",
-}
+from unipo.objective.config import ObjectiveConfig, Requirements, resolve
+from unipo.objective.registry import KINDS, SIDE_INPUTS
+from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
 
 
 @dataclass
 class LossOutput:
-    """``losses`` [batch] with gradient; ``metrics`` detached scalars; per-example rewards for evaluation."""
+    """The objective's output for one batch of B pairs.
+
+    - ``losses`` ``[B]`` with gradient (``loss`` is their mean); ``metrics``: detached scalars (TRL's names);
+    - ``chosen_rewards`` / ``rejected_rewards`` ``[B]``: β·h per side, the rewards the loss compares;
+    - ``logits`` ``[B]``: the combined logit z;
+    - ``log_ratio_margins`` ``[B]``: the plain DPO margin Σ_t ρ_t(y_w) − Σ_t ρ_t(y_l), ρ_t = a_t − r_t, whatever
+      the variant (None without reference log-probs), so that variants compare on one scale.
+    """
 
     losses: torch.Tensor
     metrics: dict[str, torch.Tensor]
     chosen_rewards: torch.Tensor
     rejected_rewards: torch.Tensor
     logits: torch.Tensor
+    log_ratio_margins: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -59,6 +56,14 @@ def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
+def _score_weights_metrics(name: str, w: torch.Tensor | None, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    if w is None:
+        return {}
+    vals = w.detach()[mask]
+    return {f"weights/{name}_mean": vals.mean(),
+            f"weights/{name}_std": vals.std() if vals.numel() > 1 else vals.new_zeros(())}
+
+
 class Objective:
     """A resolved objective, callable on per-token tensors. Build it once; call it every step."""
 
@@ -68,118 +73,113 @@ class Objective:
         self.params = self.config.params
 
     @property
+    def requirements(self) -> Requirements:
+        return self.config.requirements
+
+    @property
     def needs_reference(self) -> bool:
         return self.config.needs_reference
 
     def required_inputs(self) -> set[str]:
         """The Side fields that the selected parts read (besides logps and mask)."""
-        return {name for part in self.parts.values() for name in part.inputs}
+        return set(self.requirements.inputs)
 
-    def _side(self, name: str, logps: torch.Tensor, mask: torch.Tensor, extra: dict) -> Side:
+    def _check(self, side: Side) -> Side:
+        """Validate shapes, upcast, and zero every input on padding ONCE (with ``where``), so that neither
+        values nor gradients downstream can pick up the -inf / NaN that padding may hold."""
+        logps, mask = side.logps, side.mask
         if logps.dim() != 2 or mask.shape != logps.shape:
-            raise UnipoError(f"{name}: logps and mask must both be [batch, tokens]; got {tuple(logps.shape)} "
+            raise UnipoError(f"{side.name}: logps and mask must both be [batch, tokens]; got {tuple(logps.shape)} "
                              f"and {tuple(mask.shape)}")
         mask = mask.bool()
         lengths = mask.sum(-1)
         if bool((lengths == 0).any()):
             bad = torch.nonzero(lengths == 0).flatten().tolist()
-            raise UnipoError(f"{name} response has zero tokens at batch index {bad}: every response needs at "
+            raise UnipoError(f"{side.name} response has zero tokens at batch index {bad}: every response needs at "
                              f"least one token (check truncation / max_length)")
-        # padding may hold -inf or NaN: zero every input there ONCE, with `where`, so that neither values
-        # nor gradients downstream can pick it up (0 * NaN would poison the gradient)
         fields = {}
-        for pattern, attr in SIDE_INPUTS.items():
-            value = extra.get(pattern.format(name))
+        for attr, value in side.optional().items():
+            key = KEYWORDS[attr].format(side.name)
             if value is not None:
                 if value.shape != logps.shape:
-                    raise UnipoError(f"{pattern.format(name)} has shape {tuple(value.shape)}, expected "
-                                     f"{tuple(logps.shape)} like {name} logps")
+                    raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
+                                     f"{side.name} logps")
                 value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
+            elif attr in self.requirements.inputs:
+                who = next(f"{p.kind}={p.name}" for p in self.parts.values() if attr in p.inputs)
+                raise UnipoError(f"{who} needs the input {key!r} ({SIDE_INPUTS[attr]}), which was not given")
             fields[attr] = value
-        side = Side(name, _masked(_upcast(logps), mask), mask, **fields)
-        for part in self.parts.values():
-            for attr in part.inputs:
-                if getattr(side, attr) is None:
-                    key = next(p for p, a in SIDE_INPUTS.items() if a == attr).format(name)
-                    raise UnipoError(f"{part.kind}={part.name} needs the input {key!r}, which was not given")
-        return side
+        return replace(side, logps=_masked(_upcast(logps), mask), mask=mask, **fields)
 
-    def _score(self, side: Side) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (s, h, aggregated policy term, aggregated prior term) for one side."""
+    def _score(self, side: Side) -> tuple[torch.Tensor, ...]:
+        """Return (s, h, aggregated policy term, aggregated prior term, policy token weights) for one side."""
         agg = self.parts["aggregation"].fn
         prior = self.parts["prior"].fn(side, self.params)
         pw, zw = self.parts["weights"].fn(side, self.params)
-        a = side.logps if pw is None else side.logps * pw
-        pol = agg(a, side.mask)  # every input is already zero on padding (see _side)
-        if prior is None:
-            pri = torch.zeros_like(pol)
-        else:
-            z = prior if zw is None else prior * zw
-            pri = agg(z, side.mask)
+        pol = agg(side.logps if pw is None else side.logps * pw, side.mask)  # inputs are zero on padding
+        pri = torch.zeros_like(pol) if prior is None else agg(prior if zw is None else prior * zw, side.mask)
         s = pol - pri
-        h = self.parts["link"].fn(s, self.params)
-        return s, h, pol, pri
+        return s, self.parts["link"].fn(s, self.params), pol, pri, pw
 
-    def __call__(self, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                 chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **inputs: torch.Tensor | None
-                 ) -> LossOutput:
-        allowed = {p.format(n) for p in SIDE_INPUTS for n in ("chosen", "rejected")}
-        unknown = set(inputs) - allowed
-        if unknown:
-            raise UnipoError(f"unknown inputs {sorted(unknown)}; allowed: {sorted(allowed)}")
-        chosen = self._side("chosen", policy_chosen_logps, chosen_mask, inputs)
-        rejected = self._side("rejected", policy_rejected_logps, rejected_mask, inputs)
-        p = self.params
-        beta = float(p["beta"])
-        metrics: dict[str, torch.Tensor] = {}
-
-        s_w, h_w, pol_w, pri_w = self._score(chosen)
-        s_l, h_l, pol_l, pri_l = self._score(rejected)
-        h_w = self.parts["chosen_transform"].fn(h_w, s_w, p)
-        h_l = self.parts["rejected_transform"].fn(h_l, s_l, p)
-        kl = self.parts["kl"].fn(chosen, rejected, self.parts["aggregation"].fn, p, metrics)
-        inner = h_w - h_l if kl is None else h_w - h_l - kl
-        gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * beta if p["gamma_beta_ratio"] else 0.0)
-        logits = beta * inner - gamma
-        if p["length_alpha"]:
-            logits = logits - float(p["length_alpha"]) * (chosen.lengths - rejected.lengths)
-        terms = PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l)
-        losses = self.parts["pair_loss"].fn(terms, p)
-
+    def _auxiliary(self, chosen: Side, rejected: Side) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """The terms added to the pair loss: NLL of the chosen response, L1 on token masks, the learned
+        prior's regulariser (each only when its weight is non-zero)."""
+        p, total, metrics = self.params, 0.0, {}
         if p["nll_weight"]:
             nll = -chosen.logps.sum(-1) / chosen.lengths
-            losses = losses + float(p["nll_weight"]) * nll
+            total = total + float(p["nll_weight"]) * nll
             metrics["nll"] = nll.detach().mean()
         if p["l1_weight"]:
             l1 = sum(m.abs().sum(-1) / side.lengths
                      for side in (chosen, rejected) for m in {id(x): x for x in (side.weights, side.kl_weights)
                                                               if x is not None}.values())
-            losses = losses + float(p["l1_weight"]) * l1
+            total = total + float(p["l1_weight"]) * l1
         if p["prior_reg_weight"] and chosen.prior_offsets is not None:
-            reg = sum((side.prior_offsets ** 2).sum(-1) / side.lengths
-                      for side in (chosen, rejected))
-            losses = losses + float(p["prior_reg_weight"]) * reg
+            reg = sum((side.prior_offsets ** 2).sum(-1) / side.lengths for side in (chosen, rejected))
+            total = total + float(p["prior_reg_weight"]) * reg
             metrics["prior/offset_rms"] = reg.detach().div(2).sqrt().mean()
+        return total, metrics
 
+    def loss(self, inputs: ObjectiveInputs) -> LossOutput:
+        """The objective on typed inputs (see :class:`~unipo.objective.sides.ObjectiveInputs`)."""
+        chosen, rejected = self._check(inputs.chosen), self._check(inputs.rejected)
+        p = self.params
+        beta = float(p["beta"])
+        s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
+        s_l, h_l, pol_l, pri_l, wl = self._score(rejected)
+        h_w = self.parts["chosen_transform"].fn(h_w, s_w, p)
+        h_l = self.parts["rejected_transform"].fn(h_l, s_l, p)
+        kl, metrics = self.parts["kl"].fn(chosen, rejected, self.parts["aggregation"].fn, p)
+        inner = h_w - h_l if kl is None else h_w - h_l - kl
+        gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * beta if p["gamma_beta_ratio"] else 0.0)
+        logits = beta * inner - gamma
+        if p["length_alpha"]:
+            logits = logits - float(p["length_alpha"]) * (chosen.lengths - rejected.lengths)
+        losses = self.parts["pair_loss"].fn(PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l), p)
+        aux, aux_metrics = self._auxiliary(chosen, rejected)
+        metrics = {**metrics, **aux_metrics}
         rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
         metrics.update({
-            "rewards/chosen": rw.mean(),
-            "rewards/rejected": rl.mean(),
-            "rewards/margins": (rw - rl).mean(),
+            "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
             "rewards/accuracies": (rw > rl).float().mean(),
             "logps/chosen": chosen.logps.sum(-1).detach().mean(),
-            "logps/rejected": rejected.logps.sum(-1).detach().mean(),
-            "logits": logits.detach().mean(),
+            "logps/rejected": rejected.logps.sum(-1).detach().mean(), "logits": logits.detach().mean(),
+            **_score_weights_metrics("chosen", ww, chosen.mask),
+            **_score_weights_metrics("rejected", wl, rejected.mask),
         })
-        for side in (chosen, rejected):
-            w = side.weights
-            if w is None and self.config.parts["weights"] == "bmc":
-                w = self.parts["weights"].fn(side, p)[0]
-            if w is not None:
-                vals = w.detach()[side.mask]
-                metrics[f"weights/{side.name}_mean"] = vals.mean()
-                metrics[f"weights/{side.name}_std"] = vals.std() if vals.numel() > 1 else vals.new_zeros(())
-        return LossOutput(losses, metrics, rw, rl, logits.detach())
+        margins = None
+        if chosen.ref_logps is not None and rejected.ref_logps is not None:
+            margins = ((chosen.logps - chosen.ref_logps).sum(-1)
+                       - (rejected.logps - rejected.ref_logps).sum(-1)).detach()
+        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins)
+
+    def __call__(self, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                 chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **inputs: torch.Tensor | None
+                 ) -> LossOutput:
+        """The keyword form: :func:`compute_loss`'s tensors (``ref_chosen_logps``, ``chosen_weights``, …)."""
+        return self.loss(ObjectiveInputs.from_tensors(
+            policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+            chosen_mask=chosen_mask, rejected_mask=rejected_mask, **inputs))
 
 
 def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch.Tensor,

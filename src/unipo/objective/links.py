@@ -13,7 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from unipo.objective.registry import register
+from unipo.objective.protocols import Params
+from unipo.objective.registry import Param, register
 
 EXP_CLAMP = 80.0
 
@@ -24,26 +25,27 @@ def capped_exp(x: torch.Tensor) -> torch.Tensor:
 
 
 @register("link", "reverse_kl", formula="f′(u) = log u + 1  →  s", source="DPO = f-DPO with reverse KL")
-def reverse_kl(s: torch.Tensor, params: dict) -> torch.Tensor:
+def reverse_kl(s: torch.Tensor, params: Params) -> torch.Tensor:
     """Reverse KL: the identity on the log-ratio (the constant +1 cancels between the sides)."""
     return s
 
 
 @register("link", "forward_kl", formula="f′(u) = −1/u  →  −exp(−s)", source="f-DPO, Table 1")
-def forward_kl(s: torch.Tensor, params: dict) -> torch.Tensor:
+def forward_kl(s: torch.Tensor, params: Params) -> torch.Tensor:
     """Forward KL. (TRL writes 1 − exp(−s); the constant cancels.)"""
     return -capped_exp(-s)
 
 
 @register("link", "js", formula="f′(u) = log(2u/(1+u))  →  log 2 − softplus(−s)", source="f-DPO, Table 1")
-def jensen_shannon(s: torch.Tensor, params: dict) -> torch.Tensor:
+def jensen_shannon(s: torch.Tensor, params: Params) -> torch.Tensor:
     """Jensen–Shannon divergence, computed as log 2 + log σ(s) without overflow."""
     return math.log(2.0) - F.softplus(-s)
 
 
-@register("link", "alpha", params={"f_alpha": 0.5},
+@register("link", "alpha", params={"f_alpha": Param(0.5, "the paper's α of the α-divergence", lo=0, hi=1, lo_open=True,
+                                                 hi_open=True)},
           formula="f′(u) = (1 − u^(−α))/α  →  (1 − exp(−α s))/α, 0 < α < 1", source="f-DPO, Table 1")
-def alpha_divergence(s: torch.Tensor, params: dict) -> torch.Tensor:
+def alpha_divergence(s: torch.Tensor, params: Params) -> torch.Tensor:
     """α-divergence with the PAPER's α. TRL's ``f_alpha_divergence_coef`` equals 1 − α (they agree only
     at α = 0.5)."""
     alpha = float(params["f_alpha"])

@@ -8,25 +8,19 @@ tens of thousands (log-sigmoids via softplus, exponentials capped).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from unipo.objective.links import capped_exp
-from unipo.objective.registry import register
+from unipo.objective.protocols import Params
+from unipo.objective.registry import Param, register
+from unipo.objective.sides import PairTerms
 
 
-@dataclass
-class PairTerms:
-    logits: torch.Tensor  # z, [batch]
-    beta: float
-    chosen: torch.Tensor  # h_w: linked, transformed sequence score of the chosen side
-    rejected: torch.Tensor  # h_l
-    policy_chosen: torch.Tensor  # aggregated policy log-probs only (AOT)
-    policy_rejected: torch.Tensor
-    prior_chosen: torch.Tensor  # aggregated prior log-probs only (AOT); zeros for a constant prior
-    prior_rejected: torch.Tensor
+def _eps(default: float, hi: float, **open_ends: bool) -> Param:
+    """The label-smoothing parameter ε of a pair loss, valid in [0, hi] (ends open as given)."""
+    return Param(default, "ε: the probability that a preference label is flipped", lo=0, hi=hi, **open_ends)
 
 
 def nls(z: torch.Tensor) -> torch.Tensor:
@@ -35,44 +29,44 @@ def nls(z: torch.Tensor) -> torch.Tensor:
 
 
 @register("pair_loss", "sigmoid", formula="−log σ(z)", source="DPO (Rafailov et al. 2023) Eq. 7")
-def sigmoid_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def sigmoid_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The Bradley–Terry log-sigmoid loss."""
     return nls(t.logits)
 
 
-@register("pair_loss", "cdpo", params={"label_smoothing": 0.1},
+@register("pair_loss", "cdpo", params={"label_smoothing": _eps(0.1, 1)},
           formula="−(1−ε) log σ(z) − ε log σ(−z)", source="conservative DPO (Mitchell 2023)")
-def conservative_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def conservative_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Label smoothing: the preference label is flipped with probability ε."""
     eps = float(params["label_smoothing"])
     return (1 - eps) * nls(t.logits) + eps * nls(-t.logits)
 
 
-@register("pair_loss", "robust", params={"label_smoothing": 0.1},
+@register("pair_loss", "robust", params={"label_smoothing": _eps(0.1, 0.5, hi_open=True)},
           formula="[−(1−ε) log σ(z) + ε log σ(−z)] / (1 − 2ε)", source="rDPO (Chowdhury et al. 2024) Eq. 8")
-def robust_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def robust_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Unbiased loss under label noise of rate ε ∈ [0, 0.5)."""
     eps = float(params["label_smoothing"])
     return ((1 - eps) * nls(t.logits) - eps * nls(-t.logits)) / (1 - 2 * eps)
 
 
 @register("pair_loss", "hinge", formula="max(0, 1 − z)", source="SLiC (Zhao et al. 2023) Eq. 2")
-def hinge_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def hinge_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The hinge loss on the scaled log-ratio difference."""
     return torch.relu(1.0 - t.logits)
 
 
 @register("pair_loss", "ipo", formula="(z/β − 1/(2β))²", source="IPO (Azar et al. 2023) Eq. 17")
-def ipo_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def ipo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """IPO's squared loss with τ = β; with the ``ipo`` preset's mean aggregation z/β is the difference of
     length-normalised log-ratios, as agreed with the authors (and as TRL does)."""
     return (t.logits / t.beta - 1.0 / (2.0 * t.beta)) ** 2
 
 
-@register("pair_loss", "exo_pair", params={"label_smoothing": 1e-3},
+@register("pair_loss", "exo_pair", params={"label_smoothing": _eps(0.001, 0.5, lo_open=True, hi_open=True)},
           formula="σ(z)(log σ(z) − log(1−ε)) + σ(−z)(log σ(−z) − log ε)",
           source="EXO (Ji et al. 2024) Eq. 16, pairwise")
-def exo_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def exo_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Reverse KL between the model's pairwise preference distribution and the smoothed label [1−ε, ε]."""
     eps = float(params["label_smoothing"])
     z = t.logits
@@ -82,7 +76,7 @@ def exo_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
 
 @register("pair_loss", "nca_pair", formula="−log σ(βh_w) − ½ log σ(−βh_w) − ½ log σ(−βh_l)",
           source="NCA (Chen et al. 2024) Eq. 11, pairwise", uses_logit=False)
-def nca_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def nca_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Noise-contrastive alignment: absolute rewards per side rather than their difference."""
     rw, rl = t.beta * t.chosen, t.beta * t.rejected
     return nls(rw) + 0.5 * nls(-rw) + 0.5 * nls(-rl)
@@ -90,22 +84,22 @@ def nca_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
 
 @register("pair_loss", "bco_pair", formula="−log σ(βh_w) − log σ(−βh_l)",
           source="BCO (Jung et al. 2024), pairwise form as in TRL (no running reward shift)", uses_logit=False)
-def bco_pair_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def bco_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Binary classifier optimisation on the pair: chosen classified as good, rejected as bad."""
     return nls(t.beta * t.chosen) + nls(-t.beta * t.rejected)
 
 
 @register("pair_loss", "sppo_hard", formula="(h_w − 1/(2β))² + (h_l + 1/(2β))²",
           source="SPPO (Wu et al. 2024) Eq. 4.7 with hard probabilities", uses_logit=False)
-def sppo_hard_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def sppo_hard_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """SPPO with P = 1 for the winner and 0 for the loser."""
     return (t.chosen - 0.5 / t.beta) ** 2 + (t.rejected + 0.5 / t.beta) ** 2
 
 
-@register("pair_loss", "aot", params={"label_smoothing": 0.0},
+@register("pair_loss", "aot", params={"label_smoothing": _eps(0.0, 1)},
           formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(π_w − π_l) − sort(ζ_w − ζ_l) over the batch",
           source="AOT (Melnyk et al. 2024), paired", uses_logit=False)
-def aot_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def aot_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Alignment via optimal transport: compares the SORTED batch distributions of the policy's and the
     prior's log-probability differences (a batch-level loss: examples interact)."""
     eps = float(params["label_smoothing"])
@@ -115,10 +109,10 @@ def aot_loss(t: PairTerms, params: dict) -> torch.Tensor:
     return (1 - eps) * nls(z) + eps * nls(-z)
 
 
-@register("pair_loss", "aot_pair", params={"label_smoothing": 0.0},
+@register("pair_loss", "aot_pair", params={"label_smoothing": _eps(0.0, 1)},
           formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(h_w) − sort(h_l) over the batch",
           source="AOT (Melnyk et al. 2024), unpaired", uses_logit=False)
-def aot_unpaired_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def aot_unpaired_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """AOT on the sorted chosen and rejected log-ratios separately (TRL's ``aot_unpaired``)."""
     eps = float(params["label_smoothing"])
     w, _ = torch.sort(t.chosen, dim=0)
@@ -129,21 +123,22 @@ def aot_unpaired_loss(t: PairTerms, params: dict) -> torch.Tensor:
 
 @register("pair_loss", "apo_zero", formula="1 − σ(βh_w) + σ(βh_l)",
           source="APO (D'Oosterlinck et al. 2024) Eq. 7", uses_logit=False)
-def apo_zero_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def apo_zero_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Anchored preference optimisation: raise the chosen, lower the rejected likelihood."""
     return 1 - torch.sigmoid(t.beta * t.chosen) + torch.sigmoid(t.beta * t.rejected)
 
 
 @register("pair_loss", "apo_down", formula="σ(βh_w) + 1 − σ(β(h_w − h_l))",
           source="APO (D'Oosterlinck et al. 2024) Eq. 8", uses_logit=False)
-def apo_down_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def apo_down_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """APO-down: lower the chosen likelihood, and the rejected one more."""
     return torch.sigmoid(t.beta * t.chosen) + 1 - torch.sigmoid(t.beta * (t.chosen - t.rejected))
 
 
-@register("pair_loss", "discopop", params={"discopop_tau": 0.05},
+@register("pair_loss", "discopop", params={
+    "discopop_tau": Param(0.05, "temperature τ of the modulation", lo=0, lo_open=True)},
           formula="(1 − σ(z/τ))·(−log σ(z)) + σ(z/τ)·exp(−z)", source="DiscoPOP (Chan Lu et al. 2024) Eq. 5")
-def discopop_loss(t: PairTerms, params: dict) -> torch.Tensor:
+def discopop_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The discovered log-ratio-modulated loss: logistic for negative, exponential for positive logits.
     exp(−z) is capped at exp(80) so that very negative logits stay finite."""
     z = t.logits

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from unipo.objective.registry import KINDS, PART_PRESETS, Param, parts
+
 #: the plain DPO configuration that every preset starts from
 DEFAULT_PARTS: dict[str, str] = {
     "prior": "reference",
@@ -23,15 +25,17 @@ DEFAULT_PARTS: dict[str, str] = {
 }
 
 #: parameters every objective has (margins and auxiliary terms; 0 disables a term)
-GLOBAL_PARAMS: dict[str, Any] = {
-    "beta": 0.1,
-    "gamma": 0.0,  # SimPO's target margin, ABSOLUTE: z = β·Δ − γ (TRL's simpo_gamma convention)
-    "gamma_beta_ratio": None,  # SimPO authors' convention: γ = ratio·β (their code's gamma_beta_ratio)
-    "length_alpha": 0.0,  # R-DPO: z = β·Δ − α(|y_w| − |y_l|)
-    "nll_weight": 0.0,  # RPO / CPO add-on: + λ·NLL(y_w), mean over chosen tokens
-    "l1_weight": 0.0,  # SparsePO: + λ·mean |m| over response tokens of both sides (token and KL masks)
-    "prior_reg_weight": 0.0,  # learned prior: + λ·mean g² (keeps the prior near the reference)
+GLOBAL_PARAM_SPECS: dict[str, Param] = {
+    "beta": Param(0.1, "β: scale of the log-ratios inside the loss (the MI-DPO paper's α)", lo=0, lo_open=True),
+    "gamma": Param(0.0, "SimPO's target margin, ABSOLUTE: z = β·Δ − γ (TRL's simpo_gamma convention)"),
+    "gamma_beta_ratio": Param(None, "SimPO authors' convention: γ = ratio·β (their gamma_beta_ratio)",
+                              kind="optional_number"),
+    "length_alpha": Param(0.0, "R-DPO: z = β·Δ − α(|y_w| − |y_l|)"),
+    "nll_weight": Param(0.0, "RPO / CPO add-on: + λ·NLL(y_w), mean over chosen tokens", lo=0),
+    "l1_weight": Param(0.0, "SparsePO: + λ·mean |m| over response tokens of both sides (token and KL masks)", lo=0),
+    "prior_reg_weight": Param(0.0, "learned prior: + λ·(mean g²(y_w) + mean g²(y_l))", lo=0),
 }
+GLOBAL_PARAMS: dict[str, Any] = {k: p.default for k, p in GLOBAL_PARAM_SPECS.items()}
 
 
 @dataclass(frozen=True)
@@ -114,4 +118,14 @@ _PRESETS = [
        pair_loss="discopop"),
 ]
 
-PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
+
+
+def _part_presets() -> list[Preset]:
+    """Presets declared next to their part (``register(..., preset=PresetSpec(...))``)."""
+    for kind in KINDS:
+        parts(kind)  # loads every part module, which registers their presets
+    return [_p(spec.name, spec.formula, spec.source, spec.note, **{kind: name, **spec.config})
+            for kind, name, spec in PART_PRESETS]
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS + _part_presets()}

@@ -2,17 +2,26 @@
 
 The general loss (Tutnov et al. 2025, "Many of Your DPOs are Secretly One", arXiv 2501.01544, Eq. 1) is
 built from parts of a few kinds (prior, token weights, aggregation, link, one-sided transforms, KL term,
-pair loss). Each part is a small function registered here under ``(kind, name)`` with its parameters and
-their defaults, the paper it comes from and its formula. Adding a part means writing one function in the
-module of its kind and decorating it with :func:`register`; configuration validation, ``unipo variants``
-and the docs all read this registry.
+pair loss). Each part is a small function registered here under ``(kind, name)`` with
+
+- its parameters (:class:`Param`: default, range, help) — validation reads them, nothing else knows them;
+- what it needs (:class:`Needs`: per-token inputs, per-position KL and its direction, a reference, a live
+  reference model, a token signal) — training reads them, and never compares part names;
+- the paper it comes from and its formula — ``unipo variants`` and the generated docs read them.
+
+Adding a part means writing one function in the module of its kind and decorating it with
+:func:`register`; a part may also declare the preset that names it (``preset=``), so that a new variant
+is one function and its formula test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from unipo.errors import ConfigError
+from unipo.objective.protocols import PROTOCOLS
 
 #: the part kinds in the order they act, with a one-line description each
 KINDS: dict[str, str] = {
@@ -26,25 +35,134 @@ KINDS: dict[str, str] = {
     "pair_loss": "the shape of the pairwise loss",
 }
 
+#: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
+SIDE_INPUTS: dict[str, str] = {
+    "ref_logps": "reference log-probabilities r_t of the response tokens",
+    "weights": "token weights ω_t (TIS-DPO weights from the data, SparsePO masks m^u from a token signal)",
+    "kl": "per-position KL between policy and reference over the vocabulary (direction: the KL part's)",
+    "kl_weights": "weights on the per-position KL (SparsePO masks m^d, from a token signal)",
+    "diff_mask": "BMC: 1 on tokens where the pseudo-winning and the losing response differ",
+    "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
+}
+KL_DIRECTIONS = ("ref||policy", "policy||ref")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A part's (or the objective's) parameter: its default, what values are valid, and what it means.
+
+    ``kind`` is ``number`` (int or float within [lo, hi], ends open where ``lo_open`` / ``hi_open``),
+    ``bool``, or ``optional_number`` (a number or None)."""
+
+    default: Any
+    help: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    kind: str = "number"
+
+    def check(self, key: str, value: Any) -> None:
+        """Raise :class:`ConfigError` naming ``key`` and the valid range when ``value`` is not valid."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"parameter {key!r} must be true or false, got {value!r}")
+            return
+        if value is None and self.kind == "optional_number":
+            return
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"parameter {key!r} must be a number, got {value!r}")
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            raise ConfigError(f"parameter {key!r} = {value} is out of range: must be "
+                              f"{'>' if self.lo_open else '>='} {self.lo}")
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            raise ConfigError(f"parameter {key!r} = {value} is out of range: must be "
+                              f"{'<' if self.hi_open else '<='} {self.hi}")
+
+    @property
+    def range(self) -> str:
+        """The valid values in interval notation (``(0, 1)``, ``[0, ∞)``, ``true/false``)."""
+        if self.kind == "bool":
+            return "true/false"
+        lo = "−∞" if self.lo is None else f"{self.lo:g}"
+        hi = "∞" if self.hi is None else f"{self.hi:g}"
+        left = "(" if self.lo_open or self.lo is None else "["
+        right = ")" if self.hi_open or self.hi is None else "]"
+        return f"{left}{lo}, {hi}{right}" + (" or null" if self.kind == "optional_number" else "")
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a part needs from the layers below the objective.
+
+    - ``inputs``: the per-token inputs it reads (keys of :data:`SIDE_INPUTS`);
+    - ``kl_direction``: it reads per-position KL over the vocabulary in this direction (:data:`KL_DIRECTIONS`);
+    - ``reference``: it needs reference log-probs (a frozen copy, the policy with adapters off, or
+      precomputed); ``live_reference``: it needs the reference MODEL at every step (full next-token
+      distributions or hidden states), so precomputed log-probs cannot serve it;
+    - ``signal``: the token signal (:mod:`unipo.models.signals`) that supplies one of its inputs when the data
+      does not; ``signal_when``: only when this (boolean) parameter of the objective is true.
+    """
+
+    inputs: tuple[str, ...] = ()
+    kl_direction: str | None = None
+    reference: bool = False
+    live_reference: bool = False
+    signal: str | None = None
+    signal_when: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.inputs) - set(SIDE_INPUTS)
+        if unknown:
+            raise KeyError(f"unknown part inputs {sorted(unknown)}; known: {sorted(SIDE_INPUTS)}")
+        if self.kl_direction is not None and self.kl_direction not in KL_DIRECTIONS:
+            raise KeyError(f"kl_direction must be one of {KL_DIRECTIONS}, got {self.kl_direction!r}")
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """A preset declared next to the part it is named after (see :func:`register`'s ``preset``): the other
+    parts and parameters it sets (the part itself is implied), its formula and source."""
+
+    name: str
+    formula: str
+    source: str
+    note: str = ""
+    config: Mapping[str, Any] = field(default_factory=dict)
+
 
 @dataclass(frozen=True)
 class Part:
-    """A registered part: a function plus what a user and a validator need to know about it."""
+    """A registered part: a function plus what a user, a validator and the training layer need to know."""
 
     kind: str
     name: str
     fn: Callable[..., Any]
-    params: dict[str, Any] = field(default_factory=dict)
+    param_specs: dict[str, Param] = field(default_factory=dict)
     formula: str = ""
     source: str = ""
-    #: optional tensors the part reads (e.g. ``chosen_diff_mask``); missing ones are a clear error
-    inputs: tuple[str, ...] = ()
-    #: for KL parts: which direction the per-token KL inputs must be
-    kl_direction: str | None = None
+    needs: Needs = field(default_factory=Needs)
     #: for pair losses: whether the loss reads the combined logit (margins and KL terms act on it)
     uses_logit: bool = True
-    #: whether the part needs a reference model (or precomputed reference log-probs)
-    needs_reference: bool = False
+    #: the no-op part of its kind (no KL term, no transform): nothing to combine with or to report
+    neutral: bool = False
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Parameter defaults by name."""
+        return {k: p.default for k, p in self.param_specs.items()}
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.needs.inputs
+
+    @property
+    def kl_direction(self) -> str | None:
+        return self.needs.kl_direction
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.needs.reference
 
     @property
     def doc(self) -> str:
@@ -52,20 +170,28 @@ class Part:
 
 
 _REGISTRY: dict[str, dict[str, Part]] = {kind: {} for kind in KINDS}
+#: presets declared by parts, in registration order (``unipo.objective.presets`` adds them to its table)
+PART_PRESETS: list[tuple[str, str, PresetSpec]] = []
 
 
-def register(kind: str, name: str, *, params: dict[str, Any] | None = None, formula: str = "",
-             source: str = "", inputs: tuple[str, ...] = (), kl_direction: str | None = None,
-             uses_logit: bool = True, needs_reference: bool = False) -> Callable:
-    """Decorator: register ``fn`` as part ``name`` of ``kind``."""
+def register(kind: str, name: str, *, params: dict[str, Param] | None = None, formula: str = "",
+             source: str = "", needs: Needs | None = None, uses_logit: bool = True, neutral: bool = False,
+             preset: PresetSpec | None = None) -> Callable:
+    """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
+    :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
     if kind not in KINDS:
         raise KeyError(f"unknown part kind {kind!r}; kinds are {list(KINDS)}")
+    specs = dict(params or {})
+    bad = [k for k, v in specs.items() if not isinstance(v, Param)]
+    if bad:
+        raise TypeError(f"{kind}={name}: parameters {bad} must be declared as Param(default, ...)")
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
-        _REGISTRY[kind][name] = Part(kind, name, fn, dict(params or {}), formula, source, inputs,
-                                     kl_direction, uses_logit, needs_reference)
+        _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit, neutral)
+        if preset is not None:
+            PART_PRESETS.append((kind, name, preset))
         return fn
 
     return deco
@@ -94,3 +220,8 @@ def get_part(kind: str, name: str) -> Part:
     if name not in table:
         raise KeyError(name)
     return table[name]
+
+
+def protocol(kind: str) -> type:
+    """The :class:`typing.Protocol` that every part of ``kind`` implements."""
+    return PROTOCOLS[kind]

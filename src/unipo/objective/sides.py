@@ -1,18 +1,37 @@
-"""The per-side inputs of the objective: everything known about one response of each pair."""
+"""The objective's typed inputs: everything known about the two responses of each pair.
+
+:class:`Side` holds one side's per-token tensors, :class:`ObjectiveInputs` the pair of them (what
+:meth:`unipo.objective.Objective.loss` takes), and :class:`PairTerms` what a pair loss receives.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import torch
 
+from unipo.errors import UnipoError
 
-@dataclass
+SIDE_NAMES = ("chosen", "rejected")
+#: keyword of each optional per-token input in :func:`unipo.compute_loss`, by :class:`Side` field
+KEYWORDS = {
+    "ref_logps": "ref_{}_logps",
+    "weights": "{}_weights",
+    "kl": "{}_kl",
+    "kl_weights": "{}_kl_weights",
+    "diff_mask": "{}_diff_mask",
+    "prior_offsets": "{}_prior_offsets",
+}
+
+
+@dataclass(frozen=True)
 class Side:
-    """Per-token tensors ``[batch, tokens]`` for the chosen or the rejected responses.
+    """Per-token tensors ``[B, T]`` (B pairs, T tokens) for the chosen or the rejected responses.
 
-    ``logps`` are the policy's log-probabilities a_t of the response tokens (with gradient), ``mask`` is 1 on
-    response tokens. The optional fields are read only by the parts that need them.
+    ``logps`` are the policy's log-probabilities a_t of the response tokens (with gradient), ``mask`` is True
+    on response tokens. The optional fields are read only by the parts that declare them in their
+    :class:`~unipo.objective.registry.Needs` (their meaning: :data:`unipo.objective.registry.SIDE_INPUTS`).
     """
 
     name: str  # "chosen" or "rejected"
@@ -27,5 +46,53 @@ class Side:
 
     @property
     def lengths(self) -> torch.Tensor:
-        """|y| = Σ_t M_t, as float."""
-        return self.mask.sum(-1)
+        """|y| = Σ_t M_t, as a float tensor ``[B]``."""
+        return self.mask.sum(-1).to(self.logps.dtype)
+
+    def optional(self) -> dict[str, torch.Tensor | None]:
+        """The optional per-token inputs by field name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in KEYWORDS}
+
+
+@dataclass(frozen=True)
+class ObjectiveInputs:
+    """The objective's inputs for one batch: one :class:`Side` per response."""
+
+    chosen: Side
+    rejected: Side
+
+    @classmethod
+    def from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                     chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
+                     **optional: torch.Tensor | None) -> ObjectiveInputs:
+        """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …)."""
+        allowed = {p.format(n) for p in KEYWORDS.values() for n in SIDE_NAMES}
+        unknown = set(optional) - allowed
+        if unknown:
+            raise UnipoError(f"unknown inputs {sorted(unknown)}; allowed: {sorted(allowed)}")
+        sides = {}
+        for name, logps, mask in (("chosen", policy_chosen_logps, chosen_mask),
+                                  ("rejected", policy_rejected_logps, rejected_mask)):
+            extra = {attr: optional.get(pattern.format(name)) for attr, pattern in KEYWORDS.items()}
+            sides[name] = Side(name, logps, mask, **extra)
+        return cls(sides["chosen"], sides["rejected"])
+
+    def with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]) -> ObjectiveInputs:
+        """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
+        return ObjectiveInputs(replace(self.chosen, **per_side.get("chosen", {})),
+                               replace(self.rejected, **per_side.get("rejected", {})))
+
+
+@dataclass(frozen=True)
+class PairTerms:
+    """What a pair loss receives, each ``[batch]``: the combined logit z = β(h_w − h_l − D) − γ − α_len(|y_w| −
+    |y_l|) and, for the losses that treat the sides separately, the per-side scores."""
+
+    logits: torch.Tensor  # z
+    beta: float
+    chosen: torch.Tensor  # h_w: linked, transformed sequence score of the chosen side
+    rejected: torch.Tensor  # h_l
+    policy_chosen: torch.Tensor  # aggregated policy log-probs only (AOT)
+    policy_rejected: torch.Tensor
+    prior_chosen: torch.Tensor  # aggregated prior log-probs only (AOT); zeros for a constant prior
+    prior_rejected: torch.Tensor

@@ -9,31 +9,36 @@ from __future__ import annotations
 
 import torch
 
-from unipo.objective.registry import register
+from unipo.objective.protocols import Params
+from unipo.objective.registry import Needs, Param, register
 from unipo.objective.sides import Side
 
 Weights = tuple[torch.Tensor | None, torch.Tensor | None]
 
 
-@register("weights", "none", formula="ω_t = 1")
-def no_weights(side: Side, params: dict) -> Weights:
+@register("weights", "none", formula="ω_t = 1", neutral=True)
+def no_weights(side: Side, params: Params) -> Weights:
     """Every response token counts once."""
     return None, None
 
 
-@register("weights", "given", formula="ω_t = w_t (an input tensor)", inputs=("weights",),
+@register("weights", "given", formula="ω_t = w_t (an input tensor)",
+          needs=Needs(inputs=("weights",), signal="sparsepo_masks", signal_when="kl_masks"),
           source="TIS-DPO (Liu et al., ICLR 2025) Eq. 10: importance weights; "
                  "SparsePO (Christopoulou et al. 2024) Eq. 6: token masks m^u")
-def given_weights(side: Side, params: dict) -> Weights:
+def given_weights(side: Side, params: Params) -> Weights:
     """Weights supplied per token: TIS-DPO's precomputed importance weights (no gradient) or SparsePO's
     masks (with gradient into the mask network when learned)."""
     return side.weights, side.weights
 
 
-@register("weights", "bmc", params={"bmc_delta": 2.0, "bmc_reference_weighting": False},
+@register("weights", "bmc", params={
+    "bmc_delta": Param(2.0, "cap δ on the inverse-probability weight", lo=0, lo_open=True),
+    "bmc_reference_weighting": Param(False, "weight the reference term by the reference's own confidence "
+                                            "(the authors' released code)", kind="bool")},
           formula="λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens, 1 elsewhere",
-          source="BMC (Jiang et al., ICLR 2025), Eq. 9", inputs=("diff_mask",))
-def bmc_weights(side: Side, params: dict) -> Weights:
+          source="BMC (Jiang et al., ICLR 2025), Eq. 9", needs=Needs(inputs=("diff_mask",)))
+def bmc_weights(side: Side, params: Params) -> Weights:
     """BMC's confidence weights: tokens where the pseudo-winning and the losing response differ are
     up-weighted by the policy's (detached) inverse probability, capped at δ. With
     ``bmc_reference_weighting`` the reference term is weighted by the reference's own confidence
