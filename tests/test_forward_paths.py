@@ -50,9 +50,9 @@ def test_packed_logps_equal_naive(model, share_prompt, packing):
     for i, ex in enumerate(exs):
         for side in ("chosen", "rejected"):
             expected = naive_logps(model, ex["prompt_ids"], ex[f"{side}_ids"])
-            got = out[f"{side}_logps"][i, : len(ex[f"{side}_ids"])]
+            got = out.logps[side][i, : len(ex[f"{side}_ids"])]
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-            assert torch.all(out[f"{side}_logps"][i, len(ex[f"{side}_ids"]):] == 0)
+            assert torch.all(out.logps[side][i, len(ex[f"{side}_ids"]):] == 0)
 
 
 def test_gradients_equal_between_layouts(model):
@@ -61,7 +61,7 @@ def test_gradients_equal_between_layouts(model):
     for share, packing in ((True, False), (False, False), (True, True), (False, True)):
         model.zero_grad()
         out = response_logps(model, collate_pairs(exs, 0, share_prompt=share, packing=packing), chunk_size=3)
-        (out["chosen_logps"].sum() - 0.5 * out["rejected_logps"].sum()).backward()
+        (out.logps.chosen.sum() - 0.5 * out.logps.rejected.sum()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     for g in grads[1:]:
         torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-5)
@@ -78,7 +78,7 @@ def test_eager_attention_with_float_mask_matches(tiny_model_dir, packing):
     for i in (0, 3):  # pair 3 shares a row with pair 2 when packed
         expected = naive_logps(m, exs[i]["prompt_ids"], exs[i]["rejected_ids"])
         n = len(exs[i]["rejected_ids"])
-        torch.testing.assert_close(out["rejected_logps"][i, :n], expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.logps.rejected[i, :n], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_pack_rows_first_fit_decreasing():

@@ -85,14 +85,14 @@ def test_logps_equal_naive(seg, share_prompt, layout):
     for i, ex in enumerate(exs):
         for side in ("chosen", "rejected"):
             expected = naive_logps(seg, ex["prompt_ids"], ex[f"{side}_ids"])
-            got = out[f"{side}_logps"][i, : len(ex[f"{side}_ids"])]
+            got = out.logps[side][i, : len(ex[f"{side}_ids"])]
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def _grads(model, batch):
     model.zero_grad()
     out = response_logps(model, batch, chunk_size=3)
-    (out["chosen_logps"].sum() - 0.5 * out["rejected_logps"].sum()).backward()
+    (out.logps.chosen.sum() - 0.5 * out.logps.rejected.sum()).backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
@@ -143,4 +143,4 @@ def test_bf16_autocast_matches_dense_path(dense, seg):
         a = response_logps(dense, collate_pairs(exs, 0))
         b = response_logps(seg, collate_pairs(exs, 0, one_row=True))
     for side in ("chosen", "rejected"):
-        torch.testing.assert_close(b[f"{side}_logps"], a[f"{side}_logps"], rtol=0, atol=0.05)
+        torch.testing.assert_close(b.logps[side], a.logps[side], rtol=0, atol=0.05)

@@ -107,21 +107,21 @@ def test_sparsepo_masks_shapes_nonnegative_and_detached(models):
     batch = collate_pairs(examples(), pad_token_id=0)
     from unipo.training.reference import reference_pass
 
-    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, output_hidden_states=True)
+    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, need_layers=True)
     for common in (True, False):
         net = SparsePOMasks(ref.config.num_hidden_layers + 1, ref.config.hidden_size, common=common).eval()
-        out = net(out_ref, batch)
-        keys = {"chosen_weights", "rejected_weights"} | (set() if common else {"chosen_kl_weights",
-                                                                                "rejected_kl_weights"})
-        assert set(out) == keys
-        for key, m in out.items():
-            side = key.split("_")[0]
-            assert m.shape == batch[f"{side}_mask"].shape
-            assert bool((m >= 0).all())
-            assert bool((m[~batch[f"{side}_mask"]] == 0).all())
-            assert m.requires_grad  # the network learns
-        assert {"mask/zero_frac", "mask/mean"} <= set(net.metrics)
-        assert all(h.grad_fn is None and not h.requires_grad for h in out_ref["hidden_states"])
+        result = net(out_ref, batch)
+        keys = {"weights"} | (set() if common else {"kl_weights"})
+        assert set(result.inputs) == {"chosen", "rejected"}
+        for side, fields in result.inputs.items():
+            assert set(fields) == keys
+            for m in fields.values():
+                assert m.shape == batch[f"{side}_mask"].shape
+                assert bool((m >= 0).all())
+                assert bool((m[~batch[f"{side}_mask"]] == 0).all())
+                assert m.requires_grad  # the network learns
+        assert {"mask/zero_frac", "mask/mean"} <= set(result.metrics)
+        assert all(h.grad_fn is None and not h.requires_grad for h in out_ref.layers)
     with pytest.raises(Exception, match="built for"):
         SparsePOMasks(7, ref.config.hidden_size)(out_ref, batch)
 
@@ -145,8 +145,9 @@ def test_activation_masks_module(models):
     batch = collate_pairs(examples(), pad_token_id=0)
     from unipo.training.reference import reference_pass
 
-    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, output_hidden_states=True)
-    out = ActivationMasks()(out_ref, batch)
+    out_ref = reference_pass(None, ref, batch, chunk_size=4, need_hidden=True, need_layers=True)
+    result = ActivationMasks()(out_ref, batch)
+    out = {f"{side}_{k}": v for side, fields in result.inputs.items() for k, v in fields.items()}
     assert list(ActivationMasks().parameters()) == []
     ex = examples()[0]
     _, _, hs = naive(ref, ex["prompt_ids"], ex["chosen_ids"])
@@ -231,9 +232,9 @@ def test_signal_spec_resolution():
         resolve_signal_spec({"type": "sparsepo_mask"}, cfg)
     with pytest.raises(ConfigError, match="needs token_signal"):
         resolve_signal_spec("none", Objective("learned_prior").config)
-    with pytest.raises(ConfigError, match="does not read token weights"):
+    with pytest.raises(ConfigError, match="produces weights, but this variant does not read it"):
         resolve_signal_spec("sparsepo_masks", Objective("dpo").config)
-    with pytest.raises(ConfigError, match="does not use a learned prior"):
+    with pytest.raises(ConfigError, match="produces prior_offsets, but this variant does not read it"):
         resolve_signal_spec("learned_prior", cfg)
     with pytest.raises(ConfigError, match="unknown option"):
         resolve_signal_spec({"type": "sparsepo_masks", "commmon": True}, cfg)

@@ -17,10 +17,14 @@ and :meth:`PackedBatch.to_dict` back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
+
+T = TypeVar("T")
+U = TypeVar("U")
 
 PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
 SIDES = ("chosen", "rejected")
@@ -29,6 +33,30 @@ SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
 SIDE_COLUMNS = {"weights": "{}_weights", "diff_mask": "{}_diff_mask", "ref_logps": "ref_{}_logps"}
 #: every optional per-token key a collated batch may carry
 TOKEN_COLUMNS = tuple(pattern.format(side) for side in SIDES for pattern in SIDE_COLUMNS.values())
+
+
+@dataclass(frozen=True)
+class Sides(Generic[T]):
+    """One value per response side."""
+
+    chosen: T
+    rejected: T
+
+    def __getitem__(self, name: str) -> T:
+        if name not in SIDES:
+            raise KeyError(f"side must be one of {SIDES}, got {name!r}")
+        return self.chosen if name == "chosen" else self.rejected
+
+    def items(self) -> tuple[tuple[str, T], tuple[str, T]]:
+        return (("chosen", self.chosen), ("rejected", self.rejected))
+
+    def map(self, fn: Callable[[str, T], U]) -> Sides[U]:
+        """``Sides(fn("chosen", chosen), fn("rejected", rejected))``."""
+        return Sides(fn("chosen", self.chosen), fn("rejected", self.rejected))
+
+    @classmethod
+    def build(cls, fn: Callable[[str], U]) -> Sides[U]:
+        return cls(fn("chosen"), fn("rejected"))
 
 
 @dataclass(frozen=True)
@@ -75,9 +103,11 @@ class PackedBatch:
     index: torch.Tensor | None = None
 
     def side(self, name: str) -> SideLayout:
-        if name not in SIDES:
-            raise KeyError(f"side must be one of {SIDES}, got {name!r}")
-        return self.chosen if name == "chosen" else self.rejected
+        return Sides(self.chosen, self.rejected)[name]
+
+    @property
+    def sides(self) -> Sides[SideLayout]:
+        return Sides(self.chosen, self.rejected)
 
     @property
     def num_pairs(self) -> int:

@@ -53,10 +53,12 @@ def parse_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from unipo.eval.callbacks import TrainingCurvesCallback
     from unipo.training.train import train
 
     cfg = TrainConfig.load(args.config, parse_overrides(args))
-    result = train(cfg)
+    label = str(cfg.objective_spec().get("preset", "dpo"))
+    result = train(cfg, callbacks=[TrainingCurvesCallback(label)] if cfg.plots else [])
     final = {k: round(v, 4) for k, v in result["final"].items() if isinstance(v, float)}
     print(json.dumps({"output_dir": result["output_dir"], **final}, indent=1))
     return 0

@@ -99,13 +99,14 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             first = out / "runs" / run_name(specs[0])
             from unipo.eval.evaluate import run_config
             from unipo.models.loading import load_model, load_tokenizer
-            from unipo.objective import Objective
             from unipo.training.train import prepare_data
 
             cfg_dict = run_config(first)
             tok = load_tokenizer(str(first))
+            from unipo.objective import Objective
+
             obj = Objective("dpo", beta=base.beta or 0.1)
-            pairs, _ = prepare_data(base, tok, obj, held_out, eval_kwargs.get("limit", 256))
+            pairs, _ = prepare_data(base, tok, held_out, eval_kwargs.get("limit", 256))
             ref = load_model(cfg_dict["model_path"], dtype=torch.float32, trainable=False)
             with_reference_logps(ref, cfg_dict["model_path"], tok, pairs, share_prompt=base.share_prompt,
                                  packing=base.packing, batch_size=eval_kwargs.get("batch_size", 8))

@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from unipo.data.bmc_align import StopTokens, diff_masks
@@ -346,18 +346,13 @@ def _truncate(ids: list[int], n: int, mode: str) -> list[int]:
     return ids[-n:] if mode == "keep_end" else ids[:n]
 
 
-def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, *, max_length: int = 512,
-                  max_prompt_length: int | None = 256, truncation_mode: str = "keep_end",
-                  bmc_masks: bool = False, weights_columns: tuple[str, str] | None = None,
-                  limit: int | None = None, on_too_long: str = "truncate", on_invalid: str = "error",
-                  split: str = "train") -> tuple[list[TokenizedPair], PrepSummary]:
-    """Read, normalise, tokenise and truncate preference pairs; return them with a :class:`PrepSummary`.
+@dataclass(frozen=True)
+class PrepOptions:
+    """How :func:`prepare_pairs` reads, tokenises and truncates pairs.
 
-    - ``source``: a path / Hub name (see :func:`unipo.data.formats.iter_rows`) or a list of row dicts.
     - Truncation: a prompt longer than ``max_prompt_length`` keeps its end (``truncation_mode="keep_end"``)
       or its start (``"keep_start"``); then each response keeps its start so that prompt + response ≤
-      ``max_length``. Rows whose prompt alone is ≥ ``max_length`` are dropped (reason
-      ``prompt_too_long``).
+      ``max_length``. Rows whose prompt alone is ≥ ``max_length`` are dropped (reason ``prompt_too_long``).
     - ``on_too_long``: ``"truncate"`` (the above), ``"error"`` (as above, but a row with no room for a
       response raises :class:`DataError` naming it), or ``"drop"`` (drop every row that would need any
       truncation, reason ``too_long``).
@@ -368,101 +363,138 @@ def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, *,
     - ``weights_columns``: the row columns holding per-token weights for the chosen and rejected
       responses (TIS-DPO); their lengths must equal the response token counts before truncation, and
       they are truncated alongside. A ``tokenizer`` column, if present, must equal
-      :func:`tokenizer_fingerprint` of ``tokenizer``.
+      :func:`tokenizer_fingerprint` of the tokenizer.
     - ``bmc_masks``: compute the BMC difference masks (:func:`unipo.data.bmc_align.diff_masks`) on the
       full responses, then truncate them alongside.
-    - ``limit``: read at most this many rows.
+    - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
     """
-    if truncation_mode not in _TRUNCATION_MODES:
-        raise ConfigError(f"truncation_mode must be one of {', '.join(_TRUNCATION_MODES)}, "
-                          f"not {truncation_mode!r}")
-    if on_too_long not in _ON_TOO_LONG:
-        raise ConfigError(f"on_too_long must be one of {', '.join(_ON_TOO_LONG)}, not {on_too_long!r}")
-    if on_invalid not in _ON_INVALID:
-        raise ConfigError(f"on_invalid must be one of {', '.join(_ON_INVALID)}, not {on_invalid!r}")
-    if max_length < 2:
-        raise ConfigError(f"max_length must be at least 2, not {max_length}")
-    if max_prompt_length is not None and max_prompt_length < 1:
-        raise ConfigError(f"max_prompt_length must be positive (or None), not {max_prompt_length}")
-    if weights_columns is not None and (isinstance(weights_columns, str) or len(weights_columns) != 2):
-        raise ConfigError(f"weights_columns must be two column names (chosen, rejected), not {weights_columns!r}")
-    if limit is not None and limit < 0:
-        raise ConfigError(f"limit must be non-negative (or None), not {limit}")
 
-    name, rows = _source_rows(source, split)
-    summary = PrepSummary(source=name, max_length=max_length, max_prompt_length=max_prompt_length,
-                          truncation_mode=truncation_mode)
-    tok = _Tok(tokenizer)
-    stops = StopTokens(tokenizer) if bmc_masks else None
-    fingerprint: str | None = None
+    max_length: int = 512
+    max_prompt_length: int | None = 256
+    truncation_mode: str = "keep_end"
+    bmc_masks: bool = False
+    weights_columns: tuple[str, str] | None = None
+    limit: int | None = None
+    on_too_long: str = "truncate"
+    on_invalid: str = "error"
+    split: str = "train"
+
+    def validate(self) -> None:
+        for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
+                             ("on_invalid", _ON_INVALID)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if self.max_length < 2:
+            raise ConfigError(f"max_length must be at least 2, not {self.max_length}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ConfigError(f"max_prompt_length must be positive (or None), not {self.max_prompt_length}")
+        cols = self.weights_columns
+        if cols is not None and (isinstance(cols, str) or len(cols) != 2):
+            raise ConfigError(f"weights_columns must be two column names (chosen, rejected), not {cols!r}")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError(f"limit must be non-negative (or None), not {self.limit}")
+
+
+def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, options: PrepOptions | None = None,
+                  **overrides: Any) -> tuple[list[TokenizedPair], PrepSummary]:
+    """Read, normalise, tokenise and truncate preference pairs; return them with a :class:`PrepSummary`.
+
+    ``source``: a path / Hub name (see :func:`unipo.data.formats.iter_rows`) or a list of row dicts;
+    ``options`` (:class:`PrepOptions`) says how; keyword ``overrides`` replace its fields
+    (``prepare_pairs(rows, tok, max_length=64)``).
+    """
+    opts = replace(options or PrepOptions(), **overrides)
+    opts.validate()
+    name, rows = _source_rows(source, opts.split)
+    summary = PrepSummary(source=name, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length,
+                          truncation_mode=opts.truncation_mode)
+    reader = _PairReader(tokenizer, opts, summary)
     pairs: list[TokenizedPair] = []
-
     for rec in rows:
-        if limit is not None and summary.rows_read >= limit:
+        if opts.limit is not None and summary.rows_read >= opts.limit:
             break
         summary.rows_read += 1
-        file, rown = rec.file, rec.row
+        pair = reader.read(rec)
+        if pair is not None:
+            pairs.append(pair)
+            summary.pairs_kept += 1
+    return pairs, summary
+
+
+class _PairReader:
+    """One row at a time: validate, tokenise, read weights, truncate; counts go to the summary."""
+
+    def __init__(self, tokenizer: Any, opts: PrepOptions, summary: PrepSummary):
+        self.tokenizer, self.tok, self.opts, self.summary = tokenizer, _Tok(tokenizer), opts, summary
+        self.stops = StopTokens(tokenizer) if opts.bmc_masks else None
+        self.fingerprint: str | None = None
+
+    def read(self, rec: SourceRow) -> TokenizedPair | None:
+        file, rown, summary = rec.file, rec.row, self.summary
         try:
             pair = normalize_row(rec.data, file=file, row_number=rown)
-            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(pair, tok, file=file, row=rown)
+            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(pair, self.tok, file=file, row=rown)
         except TemplateError:
             raise
         except DataError as exc:
-            if on_invalid == "error":
+            if self.opts.on_invalid == "error":
                 raise
             summary._drop("invalid", rown)
             if len(summary.invalid_messages) < 5:
                 summary.invalid_messages.append(str(exc))
-            continue
+            return None
         summary.conversational += pair.conversational
         summary.text += not pair.conversational
-
-        weights: list[list[float] | None] = [None, None]
-        if weights_columns is not None:
-            fp_value = pair.extras.get(FINGERPRINT_COLUMN)
-            if isinstance(fp_value, str) and fp_value:
-                fingerprint = fingerprint or tokenizer_fingerprint(tokenizer)
-                if fp_value != fingerprint:
-                    raise DataError(
-                        f"the weights were computed with another tokenizer (fingerprint {fp_value}, this "
-                        f"tokenizer's is {fingerprint}); recompute them with this tokenizer", file=file,
-                        row=rown, field=FINGERPRINT_COLUMN)
-            weights = [_read_weights(pair.extras.get(col), col, len(ids), file, rown)
-                       for col, ids in zip(weights_columns, (chosen_ids, rejected_ids), strict=True)]
-
+        weights = self._weights(pair, chosen_ids, rejected_ids, file, rown)
         summary.prompt_tokens_total += len(prompt_ids)
         summary.response_tokens_total += len(chosen_ids) + len(rejected_ids)
         summary.prompt_tokens_max = max(summary.prompt_tokens_max, len(prompt_ids))
         summary.response_tokens_max = max(summary.response_tokens_max, len(chosen_ids), len(rejected_ids))
+        return self._truncated(prompt_ids, chosen_ids, rejected_ids, weights, file, rown)
 
-        # Truncation.
-        prompt_cut = max_prompt_length is not None and len(prompt_ids) > max_prompt_length
+    def _weights(self, pair: PreferencePair, chosen_ids: list[int], rejected_ids: list[int], file: str,
+                 rown: int) -> list[list[float] | None]:
+        columns = self.opts.weights_columns
+        if columns is None:
+            return [None, None]
+        fp_value = pair.extras.get(FINGERPRINT_COLUMN)
+        if isinstance(fp_value, str) and fp_value:
+            self.fingerprint = self.fingerprint or tokenizer_fingerprint(self.tokenizer)
+            if fp_value != self.fingerprint:
+                raise DataError(
+                    f"the weights were computed with another tokenizer (fingerprint {fp_value}, this "
+                    f"tokenizer's is {self.fingerprint}); recompute them with this tokenizer", file=file,
+                    row=rown, field=FINGERPRINT_COLUMN)
+        return [_read_weights(pair.extras.get(col), col, len(ids), file, rown)
+                for col, ids in zip(columns, (chosen_ids, rejected_ids), strict=True)]
+
+    def _truncated(self, prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int],
+                   weights: list[list[float] | None], file: str, rown: int) -> TokenizedPair | None:
+        opts, summary = self.opts, self.summary
+        prompt_cut = opts.max_prompt_length is not None and len(prompt_ids) > opts.max_prompt_length
         if prompt_cut:
-            prompt_ids = _truncate(prompt_ids, max_prompt_length, truncation_mode)  # type: ignore[arg-type]
-        room = max_length - len(prompt_ids)
+            prompt_ids = _truncate(prompt_ids, opts.max_prompt_length, opts.truncation_mode)  # type: ignore[arg-type]
+        room = opts.max_length - len(prompt_ids)
         response_cut = len(chosen_ids) > room or len(rejected_ids) > room
-        if on_too_long == "drop" and (prompt_cut or response_cut):
+        if opts.on_too_long == "drop" and (prompt_cut or response_cut):
             summary._drop("too_long", rown)
-            continue
+            return None
         if room <= 0:
-            if on_too_long == "error":
+            if opts.on_too_long == "error":
                 raise DataError(f"the prompt has {len(prompt_ids)} tokens (after truncation to "
-                                f"max_prompt_length={max_prompt_length}), leaving no room for a response "
-                                f"within max_length={max_length}", file=file, row=rown, field="prompt")
+                                f"max_prompt_length={opts.max_prompt_length}), leaving no room for a response "
+                                f"within max_length={opts.max_length}", file=file, row=rown, field="prompt")
             summary._drop("prompt_too_long", rown)
-            continue
+            return None
         if not chosen_ids[:room] or not rejected_ids[:room]:
             summary._drop("empty_response", rown)
-            continue
+            return None
         masks: list[list[int] | None] = [None, None]
-        if bmc_masks:  # aligned on the full responses, so a cut at the end does not look like an edit
-            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=stops)
-        chosen_ids, rejected_ids = chosen_ids[:room], rejected_ids[:room]
+        if opts.bmc_masks:  # aligned on the full responses, so a cut at the end does not look like an edit
+            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=self.stops)
         weights = [w[:room] if w is not None else None for w in weights]
         masks = [m[:room] if m is not None else None for m in masks]
         summary.truncated_prompt += prompt_cut
         summary.truncated_response += response_cut
-        pairs.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, rown, weights[0], weights[1],
-                                   masks[0], masks[1]))
-        summary.pairs_kept += 1
-    return pairs, summary
+        return TokenizedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], rown, weights[0], weights[1],
+                             masks[0], masks[1])

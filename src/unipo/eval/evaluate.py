@@ -46,33 +46,29 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
 def pair_scores(policy, reference, objective: Objective, pairs: list[dict], collate, *, batch_size: int,
                 chunk_size: int = 1024) -> dict[str, list[float]]:
     """Per pair: the variant's own reward margin (β-scaled, as the loss sees it; ``None`` where the variant
-    needs inputs that evaluation does not have) and the plain DPO log-ratio margin Δ."""
-    from unipo.models.forward import response_logps
-    from unipo.training.reference import reference_pass
-    from unipo.training.trainer import objective_inputs
+    needs inputs that evaluation does not have, such as a token signal that exists only during training) and
+    the plain DPO log-ratio margin Δ. Scored by :func:`unipo.training.step.preference_step`, the trainer's
+    own step; the reference's log-probs come from the pairs when they carry them (the reference cache)."""
+    from unipo.layout import PackedBatch
+    from unipo.training.reference import Reference
+    from unipo.training.step import preference_step
 
     variant, dpo = [], []
     device = next(policy.parameters()).device
-    kl_dir = objective.config.kl_direction
+    ref = Reference("copy", reference) if reference is not None else Reference("adapter")
+    # margin-only objective: the plain DPO margin for variants whose inputs evaluation cannot supply
+    plain = Objective("dpo")
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
-        batch = {k: v.to(device) for k, v in collate(pairs[start:start + batch_size]).items()}
-        if not kl_dir and "ref_chosen_logps" in batch:  # precomputed (with_reference_logps), as in training
-            ref = {}
-        else:
-            ref = reference_pass(policy, reference, batch, chunk_size=chunk_size, need_hidden=bool(kl_dir))
-        pol = response_logps(policy, batch, chunk_size=chunk_size, ref=ref, ref_head=ref.get("head"),
-                             kl_direction=kl_dir)
-        extra = objective_inputs(batch, ref, pol, chunk_size)
-        cm, rm = batch["chosen_mask"], batch["rejected_mask"]
-        delta = ((pol["chosen_logps"] - extra["ref_chosen_logps"]) * cm).sum(-1) - \
-            ((pol["rejected_logps"] - extra["ref_rejected_logps"]) * rm).sum(-1)
-        dpo.extend(delta.float().tolist())
+        batch = PackedBatch.from_dict(collate(pairs[start:start + batch_size])).to(device)
         try:
-            out = objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
-                            chosen_mask=cm, rejected_mask=rm, **extra)
+            out = preference_step(policy, ref, batch, objective, chunk_size=chunk_size)
             variant.extend((out.chosen_rewards - out.rejected_rewards).float().tolist())
         except UnipoError:  # e.g. a learned signal that only exists during training
-            variant.extend([None] * len(delta))
+            out = preference_step(policy, ref, batch, plain, chunk_size=chunk_size)
+            variant.extend([None] * batch.num_pairs)
+        if out.log_ratio_margins is None:
+            out = preference_step(policy, ref, batch, plain, chunk_size=chunk_size)
+        dpo.extend(out.log_ratio_margins.float().tolist())
     return {"variant_margins": variant, "dpo_margins": dpo}
 
 
@@ -164,17 +160,19 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     reference cache (:func:`with_reference_logps`) for variants without a per-position KL term."""
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
-    from unipo.training.train import prepare_data
+    from unipo.training.train import plan_training, prepare_data
 
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])
     cfg = TrainConfig.from_dict({k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()})
+    plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
-    pairs, _ = prepare_data(cfg, tokenizer, objective, data, limit)
+    pairs, _ = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
+                            diff_masks=plan.diff_masks)
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
-    if reference_cache and not objective.config.kl_direction:
+    if reference_cache and not objective.requirements.live_reference:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
                              packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,

@@ -9,12 +9,15 @@ in chunks (:mod:`unipo.models.logprobs`).
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from unipo.layout import attention_mask_4d
+from unipo.errors import UnipoError
+from unipo.layout import PackedBatch, Sides, attention_mask_4d, gather_side, scatter_tokens
 from unipo.models import segment_attention
 from unipo.models.logprobs import token_logps
 
@@ -26,12 +29,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
     return model
-
-
-@dataclass
-class SideOutput:
-    logps: torch.Tensor  # [B, T] policy (or reference) log-probs of the response tokens
-    hidden: torch.Tensor  # [N, H] final hidden states at the predicting positions (masked tokens only)
 
 
 @contextmanager
@@ -54,8 +51,8 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _mask_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    segments, documents = batch["segments"], batch.get("documents")
+def _mask_for(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    segments, documents = batch.segments, batch.documents
     impl = getattr(unwrap(model).config, "_attn_implementation", "sdpa")
     if impl == "eager":
         return attention_mask_4d(segments, documents, dtype=torch.get_autocast_dtype(segments.device.type)
@@ -64,20 +61,22 @@ def _mask_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     return attention_mask_4d(segments, documents)
 
 
-def _attention_kwargs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+def _attention_kwargs(model: torch.nn.Module, batch: PackedBatch) -> dict:
     """With segment attention (:mod:`unipo.models.segment_attention`) the batch's blocks, and a 1×1×1×1
     placeholder mask (a 4-D mask makes transformers skip building its own, which would be ignored);
     otherwise the dense 4-D mask."""
     if segment_attention.enabled(unwrap(model)):
-        spans = segment_attention.spans_from_batch(batch["segments"], batch.get("documents"))
-        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch["input_ids"].device)
+        spans = segment_attention.spans_from_batch(batch.segments, batch.documents)
+        placeholder = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=batch.input_ids.device)
         return {"attention_mask": placeholder, "unipo_spans": spans}
     return {"attention_mask": _mask_for(model, batch)}
 
 
-def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], **extra) -> tuple[torch.Tensor, object]:
+def hidden_states(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torch.Tensor],
+                  **extra: Any) -> tuple[torch.Tensor, Any]:
     """Final hidden states ``[rows, L, H]`` for the packed batch (and the model output)."""
-    kwargs = dict(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+    batch = PackedBatch.from_dict(batch)
+    kwargs = dict(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False,
                   **_attention_kwargs(model, batch), **extra)
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1
@@ -86,42 +85,77 @@ def hidden_states(model: torch.nn.Module, batch: dict[str, torch.Tensor], **extr
     return store["hidden"], out
 
 
-def gather_side(hidden: torch.Tensor, batch: dict[str, torch.Tensor], side: str) -> torch.Tensor:
-    """Hidden states ``[N, H]`` that predict the real response tokens of ``side``."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    return flat[batch[f"{side}_src"][batch[f"{side}_mask"]]]
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """What the reference contributes to a step (all detached):
 
-
-def scatter_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[N] values of the masked tokens back to ``[B, T]`` (zeros on padding)."""
-    out = values.new_zeros(mask.shape)
-    return out.masked_scatter(mask, values)
-
-
-def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024,
-                   ref: dict[str, torch.Tensor] | None = None, ref_head: torch.nn.Linear | None = None,
-                   kl_direction: str | None = None, head_dtype: torch.dtype | None = None,
-                   **extra) -> dict[str, torch.Tensor]:
-    """Per-token log-probs of the chosen and rejected responses, ``[B, T]`` each.
-
-    With ``ref`` (the reference's ``{side}_hidden`` from :func:`reference_pass`), ``ref_head`` and
-    ``kl_direction``, also the per-position KL ``chosen_kl`` / ``rejected_kl``. ``head_dtype`` casts the
-    hidden states before the LM head (bf16 matmuls under mixed precision). Returns the gathered
-    hidden states as ``chosen_hidden`` / ``rejected_hidden`` too, and the model output as ``output``.
+    - ``logps``: per-token log-probs ``[B, T]`` per side; or, when a per-position KL or a token signal needs
+      more than log-probs,
+    - ``hidden``: the final hidden states ``[N, H]`` at the positions that predict each side's real tokens,
+      and ``head``: the reference's LM head (log-probs and full next-token distributions come from them);
+    - ``layers``: every layer's hidden states ``[rows, L, H]`` (embeddings first), for token signals that
+      read them.
+    An empty instance means no reference (reference-free variants).
     """
+
+    logps: Sides[torch.Tensor] | None = None
+    hidden: Sides[torch.Tensor] | None = None
+    head: torch.nn.Module | None = None
+    layers: tuple[torch.Tensor, ...] | None = None
+
+    def with_logps(self, batch: PackedBatch, chunk_size: int) -> ReferenceOutputs:
+        """Itself with ``logps`` computed from ``hidden`` and ``head`` when only those were kept."""
+        if self.logps is not None or self.hidden is None:
+            return self
+        with torch.no_grad():
+            logps = batch.sides.map(lambda side, layout: scatter_tokens(
+                token_logps(self.hidden[side], self.head, layout.labels[layout.mask], chunk_size=chunk_size)[0],
+                layout.mask))
+        return replace(self, logps=logps)
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    """One model pass over a :class:`~unipo.layout.PackedBatch`:
+
+    - ``logps``: per-token log-probs of each side's response tokens ``[B, T]`` (zeros on padding);
+    - ``hidden``: the final hidden states ``[N, H]`` that predict each side's real tokens;
+    - ``kl``: the per-position KL ``[B, T]`` against the reference, when asked for (else None);
+    - ``output``: the model's own output (``.hidden_states`` of every layer when requested).
+    """
+
+    logps: Sides[torch.Tensor]
+    hidden: Sides[torch.Tensor]
+    kl: Sides[torch.Tensor] | None
+    output: Any
+
+
+def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torch.Tensor], *,
+                   chunk_size: int = 1024, reference: ReferenceOutputs | None = None,
+                   kl_direction: str | None = None, head_dtype: torch.dtype | None = None,
+                   **extra: Any) -> ForwardOutput:
+    """Per-token log-probs of the chosen and rejected responses of ``batch``.
+
+    With ``kl_direction`` (and ``reference`` holding the reference's ``hidden`` and ``head``), also the
+    per-position KL over the vocabulary in that direction. ``head_dtype`` casts the hidden states before
+    the LM head (bf16 matmuls under mixed precision). ``extra`` goes to the model call
+    (e.g. ``output_hidden_states=True``).
+    """
+    batch = PackedBatch.from_dict(batch)
+    if kl_direction is not None and (reference is None or reference.hidden is None or reference.head is None):
+        raise UnipoError(f"a per-position KL ({kl_direction}) needs the reference's hidden states and head")
     hidden, out = hidden_states(model, batch, **extra)
     head = unwrap(model).get_output_embeddings()
-    result: dict[str, torch.Tensor] = {"output": out}
-    for side in ("chosen", "rejected"):
-        h = gather_side(hidden, batch, side)
+    logps, hiddens, kls = {}, {}, {}
+    for side, layout in batch.sides.items():
+        h = gather_side(hidden, layout)
         if head_dtype is not None:
             h = h.to(head_dtype)
-        labels = batch[f"{side}_labels"][batch[f"{side}_mask"]]
+        labels = layout.labels[layout.mask]
         lp, kl = token_logps(h, head, labels, chunk_size=chunk_size,
-                             ref_hidden=ref[f"{side}_hidden"].to(h.dtype) if kl_direction else None,
-                             ref_head=ref_head if kl_direction else None, kl_direction=kl_direction)
-        result[f"{side}_logps"] = scatter_tokens(lp, batch[f"{side}_mask"])
-        result[f"{side}_hidden"] = h
+                             ref_hidden=reference.hidden[side].to(h.dtype) if kl_direction else None,
+                             ref_head=reference.head if kl_direction else None, kl_direction=kl_direction)
+        logps[side], hiddens[side] = scatter_tokens(lp, layout.mask), h
         if kl is not None:
-            result[f"{side}_kl"] = scatter_tokens(kl, batch[f"{side}_mask"])
-    return result
+            kls[side] = scatter_tokens(kl, layout.mask)
+    return ForwardOutput(Sides(**logps), Sides(**hiddens), Sides(**kls) if kls else None, out)

@@ -1,20 +1,22 @@
 """Token signals: small modules trained (or computed) alongside the policy that produce per-token tensors
 for the objective from the REFERENCE model's hidden states.
 
-A token signal is an ``nn.Module`` with ``forward(ref, batch) -> {key: [B, T] tensor}``; the keys are
-inputs of :class:`unipo.objective.Objective` (``chosen_weights`` / ``rejected_weights``: SparsePO's m^u,
-``chosen_kl_weights`` / ``rejected_kl_weights``: SparsePO's m^d, ``chosen_prior_offsets`` /
-``rejected_prior_offsets``: the learned prior's g). ``PreferenceTrainer(token_signal=...)`` calls it
-on the output of the reference pass, optimises its parameters in their own parameter group (weight
-decay ``module.weight_decay``) and saves its state as ``unipo_signal.safetensors``. Attributes read by
-the trainer:
+A token signal is an ``nn.Module`` with ``forward(ref: ReferenceOutputs, batch: PackedBatch) ->
+SignalOutput``: per side, ``[B, T]`` tensors named by the objective input they fill (``weights``: SparsePO's
+m^u, ``kl_weights``: SparsePO's m^d, ``prior_offsets``: the learned prior's g), and detached metrics (mask
+sparsity, mean mask, prior offsets) logged with the objective's. ``PreferenceTrainer(token_signal=...)``
+calls it on the output of the reference pass, optimises its parameters in their own parameter group
+(weight decay ``module.weight_decay``) and saves its state as ``unipo_signal.safetensors``. Class
+attributes read by the training layer:
 
-- ``needs_hidden_states``: run the reference with ``output_hidden_states=True`` (all layers in
-  ``ref["hidden_states"]``, each ``[rows, L, H]`` in the packed layout of :mod:`unipo.data.batching`);
-  otherwise only the final hidden states gathered per side (``ref["chosen_hidden"]``, ``[N, H]``) exist;
-- ``weight_decay``: for the optimiser group;
-- ``metrics``: detached scalars from the last call (mask sparsity, mean mask, prior offsets), logged
-  with the objective's metrics.
+- ``needs_hidden_states``: run the reference with every layer's hidden states (``ref.layers``, each
+  ``[rows, L, H]`` in the packed layout of :mod:`unipo.layout`); otherwise only the final hidden states
+  gathered per side (``ref.hidden``, ``[N, H]``) exist;
+- ``weight_decay``: for the optimiser group.
+
+Which signal a run uses is decided here too (:func:`resolve_signal_spec`), from what the objective's parts
+need (:class:`unipo.objective.config.Requirements`) and what each signal type provides
+(:data:`SIGNAL_TYPES`), never from part names.
 
 Everything here is pure torch; no gradient ever flows into the reference (its hidden states are detached).
 """
@@ -23,22 +25,31 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from unipo.errors import ConfigError, UnipoError
-from unipo.models.forward import gather_side, scatter_tokens
+from unipo.layout import SIDES, PackedBatch, gather_side, scatter_tokens
+from unipo.models.forward import ReferenceOutputs
 
-SIDES = ("chosen", "rejected")
+
+@dataclass(frozen=True)
+class SignalOutput:
+    """What a token signal gives the objective: ``inputs[side][field]`` ``[B, T]`` (field: an objective input
+    such as ``weights``), and detached scalar ``metrics``."""
+
+    inputs: dict[str, dict[str, torch.Tensor]]
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _layers(ref: Mapping[str, Any], expected: int | None = None) -> Sequence[torch.Tensor]:
-    layers = ref.get("hidden_states")
+def _layers(ref: ReferenceOutputs, expected: int | None = None) -> Sequence[torch.Tensor]:
+    layers = ref.layers
     if layers is None:
         raise UnipoError("this token signal needs the reference model's hidden states of all layers "
-                         "(ref['hidden_states']); run the reference pass with output_hidden_states=True")
+                         "(ref.layers); run the reference pass with need_layers=True")
     if expected is not None and len(layers) != expected:
         raise UnipoError(f"the reference returned {len(layers)} hidden-state tensors, but the mask network was "
                          f"built for {expected} (num_hidden_layers + 1, embeddings included)")
@@ -102,23 +113,22 @@ class SparsePOMasks(nn.Module):
         self.weight_decay = float(weight_decay)
         self.token_mask = _MaskNet(self.num_layers, self.hidden_size, dropout)
         self.kl_mask = None if self.common else _MaskNet(self.num_layers, self.hidden_size, dropout)
-        self.metrics: dict[str, torch.Tensor] = {}
 
-    def forward(self, ref: Mapping[str, Any], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, ref: ReferenceOutputs, batch: PackedBatch | Mapping[str, torch.Tensor]) -> SignalOutput:
+        batch = PackedBatch.from_dict(batch)
         layers = _layers(ref, self.num_layers)
         dtype = self.token_mask.mix.weight.dtype
-        out: dict[str, torch.Tensor] = {}
-        for side in SIDES:
-            mask = batch[f"{side}_mask"]
-            feats = [gather_side(h, batch, side).detach().to(dtype) for h in layers]
-            out[f"{side}_weights"] = scatter_tokens(self.token_mask(feats), mask)
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for side, layout in batch.sides.items():
+            feats = [gather_side(h, layout).detach().to(dtype) for h in layers]
+            out[side] = {"weights": scatter_tokens(self.token_mask(feats), layout.mask)}
             if self.kl_mask is not None:
-                out[f"{side}_kl_weights"] = scatter_tokens(self.kl_mask(feats), mask)
-        token_masks = [batch[f"{s}_mask"] for s in SIDES]
-        self.metrics = _mask_metrics("mask", [out[f"{s}_weights"] for s in SIDES], token_masks)
+                out[side]["kl_weights"] = scatter_tokens(self.kl_mask(feats), layout.mask)
+        token_masks = [batch.side(s).mask for s in SIDES]
+        metrics = _mask_metrics("mask", [out[s]["weights"] for s in SIDES], token_masks)
         if self.kl_mask is not None:
-            self.metrics.update(_mask_metrics("mask_kl", [out[f"{s}_kl_weights"] for s in SIDES], token_masks))
-        return out
+            metrics.update(_mask_metrics("mask_kl", [out[s]["kl_weights"] for s in SIDES], token_masks))
+        return SignalOutput(out, metrics)
 
 
 def activation_mask(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -167,7 +177,6 @@ class ActivationMasks(nn.Module):
             raise ConfigError(f"activation_masks layers must be 'all', 'last' or a list of layer indices, "
                               f"got {layers!r}")
         self.layers = layers if isinstance(layers, str) else [int(i) for i in layers]
-        self.metrics: dict[str, torch.Tensor] = {}
 
     def _select(self, layers: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
         if self.layers == "all":
@@ -177,16 +186,15 @@ class ActivationMasks(nn.Module):
         return [layers[i] for i in self.layers]
 
     @torch.no_grad()
-    def forward(self, ref: Mapping[str, Any], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, ref: ReferenceOutputs, batch: PackedBatch | Mapping[str, torch.Tensor]) -> SignalOutput:
+        batch = PackedBatch.from_dict(batch)
         chosen = self._select(_layers(ref))
-        out: dict[str, torch.Tensor] = {}
-        for side in SIDES:
-            mask = batch[f"{side}_mask"]
-            act = torch.stack([gather_side(h, batch, side).float().mean(-1) for h in chosen]).mean(0)
-            out[f"{side}_weights"] = activation_mask(scatter_tokens(act, mask), mask)
-        self.metrics = _mask_metrics("mask", [out[f"{s}_weights"] for s in SIDES],
-                                     [batch[f"{s}_mask"] for s in SIDES])
-        return out
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for side, layout in batch.sides.items():
+            act = torch.stack([gather_side(h, layout).float().mean(-1) for h in chosen]).mean(0)
+            out[side] = {"weights": activation_mask(scatter_tokens(act, layout.mask), layout.mask)}
+        metrics = _mask_metrics("mask", [out[s]["weights"] for s in SIDES], [batch.side(s).mask for s in SIDES])
+        return SignalOutput(out, metrics)
 
 
 class LearnedPrior(nn.Module):
@@ -217,104 +225,121 @@ class LearnedPrior(nn.Module):
         if init_zero:
             nn.init.zeros_(self.net[-1].weight)
             nn.init.zeros_(self.net[-1].bias)
-        self.metrics: dict[str, torch.Tensor] = {}
 
-    def forward(self, ref: Mapping[str, Any], batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, ref: ReferenceOutputs, batch: PackedBatch | Mapping[str, torch.Tensor]) -> SignalOutput:
+        batch = PackedBatch.from_dict(batch)
+        if ref.hidden is None:
+            raise UnipoError("LearnedPrior needs the reference's final hidden states (ref.hidden); the reference "
+                             "pass must run with need_hidden=True")
         dtype = self.net[0].weight.dtype
-        out: dict[str, torch.Tensor] = {}
-        for side in SIDES:
-            hidden = ref.get(f"{side}_hidden")
-            if hidden is None:
-                raise UnipoError("LearnedPrior needs the reference's final hidden states (ref['chosen_hidden']); "
-                                 "the reference pass must run with need_hidden=True")
-            g = self.net(hidden.detach().to(dtype)).squeeze(-1)
-            out[f"{side}_prior_offsets"] = scatter_tokens(g, batch[f"{side}_mask"])
-        vals = {s: out[f"{s}_prior_offsets"].detach()[batch[f"{s}_mask"]].float() for s in SIDES}
-        self.metrics = {"prior/offset_chosen_mean": vals["chosen"].mean(),
-                        "prior/offset_rejected_mean": vals["rejected"].mean()}
-        return out
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for side, layout in batch.sides.items():
+            g = self.net(ref.hidden[side].detach().to(dtype)).squeeze(-1)
+            out[side] = {"prior_offsets": scatter_tokens(g, layout.mask)}
+        metrics = {f"prior/offset_{s}_mean": out[s]["prior_offsets"].detach()[batch.side(s).mask].float().mean()
+                   for s in SIDES}
+        return SignalOutput(out, metrics)
 
 
 # -- configuration -----------------------------------------------------------------------------------
-#: signal types and the keyword arguments each accepts (besides the model sizes filled in by ``build``)
-SIGNAL_TYPES: dict[str, tuple[str, ...]] = {
-    "sparsepo_masks": ("common", "dropout", "weight_decay"),
-    "activation_masks": ("layers",),
-    "learned_prior": ("init_zero", "head_size", "weight_decay"),
+@dataclass(frozen=True)
+class SignalType:
+    """A signal type: its module, the keyword options it accepts (besides the model sizes that
+    :func:`build_signal` fills in) and the objective inputs it provides."""
+
+    cls: type[nn.Module]
+    options: tuple[str, ...]
+    provides: tuple[str, ...]
+    sizes: tuple[str, ...]
+
+
+SIGNAL_TYPES: dict[str, SignalType] = {
+    "sparsepo_masks": SignalType(SparsePOMasks, ("common", "dropout", "weight_decay"), ("weights", "kl_weights"),
+                                 ("num_layers", "hidden_size")),
+    "activation_masks": SignalType(ActivationMasks, ("layers",), ("weights",), ()),
+    "learned_prior": SignalType(LearnedPrior, ("init_zero", "head_size", "weight_decay"), ("prior_offsets",),
+                                ("hidden_size",)),
 }
+#: objective inputs that only a token signal can supply (the others come from the data or the models)
+SIGNAL_ONLY_INPUTS = ("kl_weights", "prior_offsets")
 
 
-def _parts(objective_config: Any) -> tuple[dict[str, str], dict[str, Any]]:
-    return dict(objective_config.parts), dict(objective_config.params)
-
-
-def resolve_signal_spec(spec: Any, objective_config: Any, *, data_weights: bool = False) -> dict[str, Any] | None:
-    """Validate the ``token_signal`` setting against the objective; return ``{type: ..., **kwargs}`` or None.
-
-    ``spec`` is None (choose automatically: SparsePO's kl-masked objective → ``sparsepo_masks`` unless the
-    data supplies the masks (``data_weights``), a learned prior → ``learned_prior``), ``"none"`` (no
-    signal), a type name, or a mapping ``{type: ..., option: value}``.
-    """
-    parts, params = _parts(objective_config)
-    wants_masks = parts.get("weights") == "given" and bool(params.get("kl_masks"))
-    wants_prior = parts.get("prior") == "learned"
-    name = getattr(objective_config, "name", "?")
+def _normalise(spec: Any, default: str | None) -> dict[str, Any] | None:
     if spec is None:
-        if wants_prior:
-            spec = {"type": "learned_prior"}
-        elif wants_masks and not data_weights:
-            spec = {"type": "sparsepo_masks"}
-        else:
-            return None
+        spec = default
+    if spec is None:
+        return None
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"token_signal must be a type name or a mapping {{type: ..., ...}}, got {spec!r}")
     spec = dict(spec)
-    kind = str(spec.get("type", "")).strip().lower().replace("-", "_")
-    if kind in ("none", "", "null"):
-        if wants_prior:
-            raise ConfigError(f"variant {name} has a learned prior (prior: learned): it needs token_signal "
-                              f"{{type: learned_prior}}, not none")
+    spec["type"] = str(spec.get("type", "")).strip().lower().replace("-", "_")
+    return None if spec["type"] in ("none", "", "null") else spec
+
+
+def resolve_signal_spec(spec: Any, requirements: Any, *, data_weights: bool = False,
+                        name: str = "this variant") -> dict[str, Any] | None:
+    """Validate the ``token_signal`` setting against what the objective needs; return ``{type: ..., **options}``
+    or None.
+
+    ``requirements`` is the objective's :class:`~unipo.objective.config.Requirements` (or an objective config,
+    whose ``.requirements`` is used). ``spec`` is None (choose automatically: the signal the objective's
+    parts ask for, unless the data supplies the token weights — ``data_weights``), ``"none"``, a type name,
+    or a mapping ``{type: ..., option: value}``.
+    """
+    req = getattr(requirements, "requirements", requirements)
+    default = req.signal if not (data_weights and req.signal and "weights" in SIGNAL_TYPES[req.signal].provides) \
+        else None
+    spec = _normalise(spec, default)
+    needed = [i for i in SIGNAL_ONLY_INPUTS if i in req.inputs and i != "kl_weights"]
+    if spec is None:
+        if needed:
+            raise ConfigError(f"{name} reads {needed[0]}, which only a token signal provides: it needs token_signal "
+                              f"{{type: {req.signal}}}, not none")
         return None
+    kind = spec["type"]
     if kind not in SIGNAL_TYPES:
         close = difflib.get_close_matches(kind, list(SIGNAL_TYPES), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown token_signal type {kind!r}{hint}; known: {', '.join(SIGNAL_TYPES)}, none")
-    unknown = set(spec) - {"type", *SIGNAL_TYPES[kind]}
+    signal = SIGNAL_TYPES[kind]
+    unknown = set(spec) - {"type", *signal.options}
     if unknown:
         raise ConfigError(f"token_signal {kind}: unknown option(s) {sorted(unknown)}; allowed: "
-                          f"{', '.join(SIGNAL_TYPES[kind])}")
-    if kind == "learned_prior" and not wants_prior:
-        raise ConfigError(f"token_signal learned_prior produces prior offsets, but variant {name} does not use a "
-                          f"learned prior (set prior: learned, or use the learned_prior preset)")
-    if kind in ("sparsepo_masks", "activation_masks"):
-        if parts.get("weights") != "given":
-            raise ConfigError(f"token_signal {kind} produces token masks, but variant {name} does not read token "
-                              f"weights (weights: {parts.get('weights')}); use the sparsepo preset or weights: given")
-        if wants_prior:
-            raise ConfigError(f"variant {name} needs a learned prior and token masks at once; unipo trains one "
-                              f"token signal at a time")
-        if data_weights:
-            raise ConfigError(f"token_signal {kind} and weights_columns both supply the token weights; keep one")
+                          f"{', '.join(signal.options)}")
+    _check_fit(kind, signal, req, needed, data_weights, name)
     if kind == "activation_masks" and spec.get("layers") is not None:
         layers = spec["layers"]
         if not (layers in ("all", "last") or (isinstance(layers, list) and all(isinstance(i, int) for i in layers))):
             raise ConfigError(f"token_signal activation_masks: layers must be all, last or a list of integers, "
                               f"got {layers!r}")
-    spec["type"] = kind
     return spec
 
 
+def _check_fit(kind: str, signal: SignalType, req: Any, needed: list[str], data_weights: bool, name: str) -> None:
+    """The signal provides what the objective reads, and nothing else provides it too."""
+    if signal.provides[0] not in req.inputs:
+        raise ConfigError(f"token_signal {kind} produces {signal.provides[0]}, but {name} does not read it "
+                          f"(its parts read: {', '.join(sorted(req.inputs)) or 'no per-token inputs'})")
+    missing = [i for i in needed if i not in signal.provides]
+    if missing:
+        raise ConfigError(f"{name} reads {missing[0]}, which token_signal {kind} does not provide; unipo trains "
+                          f"one token signal at a time")
+    if data_weights and "weights" in signal.provides:
+        raise ConfigError(f"token_signal {kind} and weights_columns both supply the token weights; keep one")
+
+
+def signal_sizes(model_config: Any) -> dict[str, int]:
+    """The sizes a signal is built with, from a transformers model config: ``num_layers`` counts the
+    hidden-state tensors the reference returns (``num_hidden_layers + 1``)."""
+    text = model_config.get_text_config()
+    return {"num_layers": text.num_hidden_layers + 1, "hidden_size": text.hidden_size}
+
+
 def build_signal(spec: Mapping[str, Any], *, num_layers: int, hidden_size: int) -> nn.Module:
-    """Construct the module for a resolved spec. ``num_layers`` counts the hidden-state tensors the
-    reference returns (``num_hidden_layers + 1``)."""
+    """Construct the module for a resolved spec."""
+    signal = SIGNAL_TYPES[spec["type"]]
+    sizes = {"num_layers": num_layers, "hidden_size": hidden_size}
     kwargs = {k: v for k, v in spec.items() if k != "type"}
-    kind = spec["type"]
-    if kind == "sparsepo_masks":
-        return SparsePOMasks(num_layers, hidden_size, **kwargs)
-    if kind == "activation_masks":
-        return ActivationMasks(**kwargs)
-    if kind == "learned_prior":
-        return LearnedPrior(hidden_size, **kwargs)
-    raise ConfigError(f"unknown token_signal type {kind!r}")
+    return signal.cls(*(sizes[k] for k in signal.sizes), **kwargs)

@@ -102,14 +102,15 @@ def score_batch(pos_model, neg_model, pos_examples: Sequence[dict], neg_examples
     import torch
 
     from unipo.data.batching import collate_pairs
+    from unipo.layout import PackedBatch
     from unipo.models.forward import response_logps
 
     out: list[dict[str, Any]] = []
     for model, examples in ((pos_model, pos_examples), (neg_model, neg_examples)):
-        batch = {k: v.to(device) for k, v in collate_pairs(examples, pad_token_id, share_prompt=True).items()}
+        batch = PackedBatch.from_dict(collate_pairs(examples, pad_token_id, share_prompt=True)).to(device)
         with torch.no_grad():
             res = response_logps(model, batch)
-        out.append({side: (res[f"{side}_logps"].double().cpu(), batch[f"{side}_mask"].cpu())
+        out.append({side: (res.logps[side].double().cpu(), batch.side(side).mask.cpu())
                     for side in ("chosen", "rejected")})
     diffs = []
     for i in range(len(pos_examples)):

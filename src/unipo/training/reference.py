@@ -17,7 +17,11 @@ from pathlib import Path
 
 import torch
 
-from unipo.models.forward import gather_side, hidden_states, response_logps, unwrap
+from unipo.errors import UnipoError
+from unipo.layout import PackedBatch, Sides, gather_side
+from unipo.models.forward import ReferenceOutputs, hidden_states, response_logps, unwrap
+
+REFERENCE_MODES = ("copy", "adapter", "precomputed", "none")
 
 
 def _adapter_disabled(model: torch.nn.Module):
@@ -28,24 +32,57 @@ def _adapter_disabled(model: torch.nn.Module):
 
 
 @torch.no_grad()
-def reference_pass(policy: torch.nn.Module, ref_model: torch.nn.Module | None, batch: dict, *,
-                   chunk_size: int, need_hidden: bool, **extra) -> dict[str, torch.Tensor]:
-    """Reference log-probs ``ref_{side}_logps``; with ``need_hidden`` instead the gathered final hidden states
-    ``{side}_hidden`` and the ``head`` (for KL terms and token signals), plus ``hidden_states`` (all layers)
-    when ``output_hidden_states=True`` is passed."""
+def reference_pass(policy: torch.nn.Module | None, ref_model: torch.nn.Module | None, batch: PackedBatch, *,
+                   chunk_size: int, need_hidden: bool, need_layers: bool = False) -> ReferenceOutputs:
+    """Run the reference (``ref_model``, or ``policy`` with its adapters disabled) over ``batch``.
+
+    Returns its per-token log-probs; with ``need_hidden`` instead the gathered final hidden states and the
+    head (for per-position KL terms and token signals; log-probs follow from them), plus every layer's
+    hidden states with ``need_layers``."""
+    batch = PackedBatch.from_dict(batch)
     model = ref_model if ref_model is not None else policy
-    ctx = nullcontext() if ref_model is not None else _adapter_disabled(policy)
-    with ctx:
-        if need_hidden:
+    with nullcontext() if ref_model is not None else _adapter_disabled(policy):
+        if need_hidden or need_layers:
+            extra = {"output_hidden_states": True} if need_layers else {}
             hidden, out = hidden_states(model, batch, **extra)
-            result = {f"{s}_hidden": gather_side(hidden, batch, s) for s in ("chosen", "rejected")}
-            result["head"] = unwrap(model).get_output_embeddings()
-            result["output"] = out
-            if getattr(out, "hidden_states", None) is not None:
-                result["hidden_states"] = out.hidden_states
-            return result
-        out = response_logps(model, batch, chunk_size=chunk_size, **extra)
-    return {"ref_chosen_logps": out["chosen_logps"], "ref_rejected_logps": out["rejected_logps"]}
+            return ReferenceOutputs(hidden=batch.sides.map(lambda _, layout: gather_side(hidden, layout)),
+                                    head=unwrap(model).get_output_embeddings(),
+                                    layers=getattr(out, "hidden_states", None) if need_layers else None)
+        out = response_logps(model, batch, chunk_size=chunk_size)
+    return ReferenceOutputs(logps=out.logps)
+
+
+class Reference:
+    """Where a step's reference outputs come from (``mode``):
+
+    - ``copy``: ``model``, a frozen copy of the starting model (in ``ref_dtype``, no gradient);
+    - ``adapter``: with LoRA, the policy itself with its adapters disabled (no second copy in memory);
+    - ``precomputed``: the batch's ``ref_logps`` columns, computed once before training
+      (:func:`precompute_cached`); sequence-level variants only;
+    - ``none``: no reference (reference-free objectives).
+
+    Whatever the mode, a batch that carries precomputed reference log-probs uses them when nothing more
+    (hidden states) is needed.
+    """
+
+    def __init__(self, mode: str, model: torch.nn.Module | None = None):
+        if mode not in REFERENCE_MODES:
+            raise ValueError(f"reference mode must be one of {REFERENCE_MODES}, got {mode!r}")
+        if mode == "copy" and model is None:
+            raise ValueError("reference mode copy needs the reference model")
+        self.mode, self.model = mode, model
+
+    def outputs(self, policy: torch.nn.Module, batch: PackedBatch, *, chunk_size: int, need_hidden: bool = False,
+                need_layers: bool = False) -> ReferenceOutputs:
+        """The reference's outputs for ``batch`` (see :class:`~unipo.models.forward.ReferenceOutputs`)."""
+        given = batch.chosen.ref_logps is not None and batch.rejected.ref_logps is not None
+        if self.mode == "none" or (given and not (need_hidden or need_layers)):
+            return ReferenceOutputs(logps=Sides(batch.chosen.ref_logps, batch.rejected.ref_logps) if given else None)
+        if self.mode == "precomputed":
+            raise UnipoError("reference: precomputed, but the batch carries no reference log-probs (or the "
+                             "objective needs the reference model's hidden states)")
+        return reference_pass(policy, self.model, batch, chunk_size=chunk_size, need_hidden=need_hidden,
+                              need_layers=need_layers)
 
 
 def file_digest(path: Path) -> str:
@@ -90,11 +127,11 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     ref_model.eval()
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not progress):
         part = pairs[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(part).items()}
+        batch = PackedBatch.from_dict(collate(part)).to(device)
         out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False)
         for i, ex in enumerate(part):
-            c = out["ref_chosen_logps"][i, : len(ex["chosen_ids"])].float().cpu()
-            r = out["ref_rejected_logps"][i, : len(ex["rejected_ids"])].float().cpu()
+            c = out.logps.chosen[i, : len(ex["chosen_ids"])].float().cpu()
+            r = out.logps.rejected[i, : len(ex["rejected_ids"])].float().cpu()
             chosen.append(c)
             rejected.append(r)
             ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()

@@ -1,14 +1,24 @@
 """``train(config)``: from a model name and a preference file to a trained model directory.
 
-Order of work: resolve the objective (fails fast on a bad variant) → tokenizer → data (with a summary of
-what was truncated or dropped) → policy (+ LoRA) → reference → Trainer → save model, config, metrics,
-curves and model card.
+Four stages, each a function:
+
+1. :func:`plan_training` — pure validation, no model and no data read: the objective, what it needs from
+   the data (token-weight columns, BMC diff masks), the token signal, the reference mode; a bad combination
+   fails here, in a second, before anything is loaded;
+2. :func:`load_data` and :func:`load_models` — tokenizer, pairs (with a summary of what was truncated or
+   dropped), policy (+ LoRA), reference (a copy, or precomputed log-probs), token signal;
+3. :func:`build_trainer` — transformers' Trainer with the objective as its loss (:class:`PreferenceTrainer`);
+4. :func:`write_outputs` — model, tokenizer, resolved config, metrics, data summary, model card.
+
+Plots and other extras come in through Trainer callbacks (``train(cfg, callbacks=[...])``): the training
+layer imports nothing from the pipelines above it.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,19 +45,79 @@ def log(msg: str) -> None:
     print(f"unipo: {msg}", file=sys.stderr, flush=True)
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, objective: Objective, source: str, limit: int | None,
-                 signal_weights: bool = False):
-    """Tokenize ``source``; ``signal_weights``: a token signal supplies the token weights (SparsePO masks), so
-    the data need not carry weight columns."""
-    from unipo.data.tokenize import prepare_pairs
+# -- 1. plan ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a run will do, decided from the configuration alone.
 
-    weights_columns = tuple(cfg.weights_columns) if cfg.weights_columns else None
-    if objective.config.parts["weights"] == "given" and weights_columns is None and not signal_weights:
-        weights_columns = ("chosen_weights", "rejected_weights")
-    pairs, summary = prepare_pairs(
-        source, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-        truncation_mode=cfg.truncation_mode, bmc_masks=objective.config.parts["weights"] == "bmc",
-        weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid)
+    ``weights_columns``: the data columns that hold per-token weights (None: the data supplies none);
+    ``diff_masks``: compute BMC's difference masks while tokenising; ``signal``: the resolved token-signal
+    spec (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter |
+    precomputed | none."""
+
+    cfg: TrainConfig
+    objective: Objective
+    weights_columns: tuple[str, str] | None
+    diff_masks: bool
+    signal: dict[str, Any] | None
+    reference: str
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+def plan_training(cfg: TrainConfig) -> TrainingPlan:
+    """Validate ``cfg`` against what its objective needs (the parts' declared needs; no part names)."""
+    from unipo.models.signals import SIGNAL_TYPES, resolve_signal_spec
+
+    if not cfg.data:
+        raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
+    objective = Objective(cfg.objective_spec())
+    req = objective.requirements
+    data_weights = bool(cfg.weights_columns)
+    signal = resolve_signal_spec(cfg.token_signal, req, data_weights=data_weights,
+                                 name=f"variant {objective.config.name}")
+    signal_gives_weights = signal is not None and "weights" in SIGNAL_TYPES[signal["type"]].provides
+    columns = tuple(cfg.weights_columns) if cfg.weights_columns else None
+    if "weights" in req.inputs and columns is None and not signal_gives_weights:
+        columns = ("chosen_weights", "rejected_weights")
+    reference = _reference_mode(cfg, objective, signal)
+    return TrainingPlan(cfg, objective, columns, "diff_mask" in req.inputs, signal, reference)
+
+
+def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
+    req, name = objective.requirements, objective.config.name
+    reference = cfg.reference
+    if reference == "auto":
+        reference = "none" if not req.reference else ("adapter" if cfg.lora else "copy")
+    if reference == "none" and req.reference:
+        raise ConfigError(f"variant {name} needs a reference model; reference: none is only for reference-free "
+                          f"variants (simpo, reference_free)")
+    if reference == "adapter" and not cfg.lora:
+        raise ConfigError("reference: adapter needs LoRA (set lora: {r: 16})")
+    if reference == "precomputed" and req.live_reference:
+        raise ConfigError(f"variant {name} needs the reference model at every step (full next-token distributions "
+                          f"or hidden states); precomputed reference log-probs cannot serve it (use reference: copy, "
+                          f"or adapter with LoRA)")
+    if signal is not None and reference in ("precomputed", "none"):
+        raise ConfigError(f"token_signal {signal['type']} reads the reference model's hidden states during "
+                          f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "
+                          f"with LoRA)")
+    return reference
+
+
+# -- 2. load ----------------------------------------------------------------------------------------------
+def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
+                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False):
+    """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
+    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary."""
+    from unipo.data.tokenize import PrepOptions, prepare_pairs
+
+    options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
+                          weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid)
+    pairs, summary = prepare_pairs(source, tokenizer, options)
     log(summary.format())
     if not pairs:
         raise UnipoError(f"{source}: no usable preference pairs (see the summary above)")
@@ -57,6 +127,125 @@ def prepare_data(cfg: TrainConfig, tokenizer, objective: Objective, source: str,
         d["index"] = i
         rows.append(d)
     return rows, summary
+
+
+@dataclass
+class RunData:
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]] | None
+    summary: Any
+
+
+def load_data(plan: TrainingPlan, tokenizer) -> RunData:
+    """Training pairs, and evaluation pairs from ``eval_data`` or a seeded ``eval_fraction`` hold-out."""
+    cfg, columns = plan.cfg, {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks}
+    train_rows, summary = prepare_data(cfg, tokenizer, cfg.data, cfg.limit, **columns)
+    eval_rows = None
+    if cfg.eval_data:
+        eval_rows, _ = prepare_data(cfg, tokenizer, cfg.eval_data, cfg.eval_limit, **columns)
+    elif cfg.eval_fraction > 0:
+        n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
+        perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        eval_rows = [train_rows[i] for i in perm[:n_eval]]
+        train_rows = [train_rows[i] for i in perm[n_eval:]]
+    return RunData(train_rows, eval_rows, summary)
+
+
+@dataclass
+class RunModels:
+    model_path: str
+    tokenizer: Any
+    policy: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    token_signal: torch.nn.Module | None
+    signal_sizes: dict[str, int] | None
+    collate: Any
+    precision: str
+
+
+def load_models(plan: TrainingPlan, model_path: str, tokenizer, data: RunData) -> RunModels:
+    """Policy (+ LoRA), reference (a frozen copy; or its log-probs precomputed into ``data`` and the copy
+    dropped) and token signal, on the precision this machine runs fast."""
+    from unipo.models.loading import apply_lora, choose_precision, load_model, resolve_dtype
+    from unipo.models.signals import build_signal, signal_sizes
+    from unipo.training.collate import collate_for
+
+    cfg = plan.cfg
+    precision = choose_precision(cfg.precision)
+    ref_dtype = resolve_dtype(cfg.ref_dtype, precision)
+    layout = partial(collate_for, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
+                     packing=cfg.packing)
+    ref_model = None
+    if plan.reference in ("copy", "precomputed"):
+        ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
+                               trainable=False)
+    if plan.reference == "precomputed":
+        _precompute(plan, ref_model, model_path, tokenizer, data, layout(ref_model), ref_dtype)
+        ref_model = None  # not resident during training
+    policy = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    collate = layout(policy)
+    log(f"attention {policy.config._attn_implementation}"
+        + (" · packing: one padding-free row per batch" if collate.keywords["one_row"] else ""))
+    token_signal, sizes = None, None
+    if plan.signal is not None:
+        sizes = signal_sizes(policy.config)
+        with torch.random.fork_rng(devices=[]):  # its initial weights depend on the seed alone
+            torch.manual_seed(cfg.seed)
+            token_signal = build_signal(plan.signal, **sizes)
+        log(f"token signal {plan.signal} · {sum(p.numel() for p in token_signal.parameters())} trainable parameters")
+    if cfg.lora:
+        policy = apply_lora(policy, cfg.lora)
+        if cfg.gradient_checkpointing:
+            policy.enable_input_require_grads()
+    return RunModels(model_path, tokenizer, policy, ref_model, token_signal, sizes, collate, precision)
+
+
+def _precompute(plan: TrainingPlan, ref_model, model_path: str, tokenizer, data: RunData, collate,
+                ref_dtype: torch.dtype) -> None:
+    from unipo.training.reference import precompute_cached
+
+    cfg = plan.cfg
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ref_model.to(device)
+    for name, rows in (("train", data.train), ("eval", data.eval)):
+        if rows:
+            key = precompute_cached(ref_model, model_path, tokenizer, rows, collate, ref_dtype=ref_dtype,
+                                    share_prompt=cfg.share_prompt, batch_size=cfg.per_device_batch_size,
+                                    chunk_size=cfg.chunk_size, device=device, progress=cfg.progress)
+            log(f"reference log-probs for {name} data: cache key {key}")
+
+
+# -- 3. build ---------------------------------------------------------------------------------------------
+def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callbacks: list | tuple = ()):
+    """A :class:`~unipo.training.trainer.PreferenceTrainer` for the plan (TrainingArguments from the config)."""
+    from transformers import TrainingArguments
+
+    from unipo.training.outputs import JsonlMetricsCallback
+    from unipo.training.trainer import PreferenceTrainer
+
+    cfg = plan.cfg
+    args = TrainingArguments(
+        output_dir=str(plan.out_dir), per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
+        seed=cfg.seed, data_seed=cfg.seed, bf16=models.precision == "bf16", use_cpu=not torch.cuda.is_available(),
+        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, remove_unused_columns=False,
+        activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+        eval_strategy="steps" if data.eval and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
+        dataloader_num_workers=0, ddp_find_unused_parameters=False,
+    )
+    return PreferenceTrainer(
+        model=models.policy, args=args, train_dataset=PairsDataset(data.train),
+        eval_dataset=PairsDataset(data.eval) if data.eval else None, data_collator=models.collate,
+        processing_class=models.tokenizer, objective=plan.objective, ref_model=models.ref_model,
+        reference_mode=plan.reference, chunk_size=cfg.chunk_size,
+        head_dtype=torch.bfloat16 if models.precision == "bf16" else None,
+        callbacks=[JsonlMetricsCallback(plan.out_dir / "metrics.jsonl"), *callbacks],
+        token_signal=models.token_signal,
+    )
 
 
 def last_complete_checkpoint(out_dir: Path) -> str | None:
@@ -70,157 +259,58 @@ def last_complete_checkpoint(out_dir: Path) -> str | None:
     return None
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run one training job; return a dict with the output directory and the final metrics."""
-    from transformers import TrainingArguments, set_seed
+# -- 4. write ---------------------------------------------------------------------------------------------
+def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
+    """Model, tokenizer, token signal, resolved config, metrics, data summary and model card."""
+    from unipo.training.outputs import model_card, write_config, write_metrics
 
-    from unipo.models.loading import (
-        apply_lora,
-        choose_precision,
-        load_model,
-        load_tokenizer,
-        resolve_dtype,
-        resolve_model_path,
-    )
-    from unipo.models.signals import build_signal, resolve_signal_spec
-    from unipo.training.collate import collate_for
-    from unipo.training.outputs import JsonlMetricsCallback, model_card, write_config, write_metrics
-    from unipo.training.reference import precompute_cached
-    from unipo.training.trainer import PreferenceTrainer
+    out_dir = plan.out_dir
+    trainer.save_model(str(out_dir))  # with a token signal, also unipo_signal.safetensors (PreferenceTrainer._save)
+    models.tokenizer.save_pretrained(str(out_dir))
+    if plan.signal is not None:
+        (out_dir / "unipo_signal.json").write_text(json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
+    write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
+    resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
+                "precision": models.precision, "token_signal": plan.signal,
+                "objective": plan.objective.config.to_dict()}
+    write_config(out_dir / "unipo_config.yaml", resolved)
+    summary = data.summary.to_dict()
+    (out_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    card_metrics = {k: v for k, v in final.items() if "/" in k or "loss" in k}
+    (out_dir / "README.md").write_text(model_card(resolved, plan.objective.config.to_dict(), summary, card_metrics))
+    log(f"saved model, metrics.jsonl and README.md to {out_dir}")
 
-    if not cfg.data:
-        raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
-    objective = Objective(cfg.objective_spec())
-    signal_spec = resolve_signal_spec(cfg.token_signal, objective.config, data_weights=bool(cfg.weights_columns))
-    signal_weights = signal_spec is not None and signal_spec["type"] in ("sparsepo_masks", "activation_masks")
-    out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
+    """Run one training job; return a dict with the output directory, the final metrics and the history.
+
+    ``callbacks``: extra :class:`transformers.TrainerCallback` objects (e.g. the training-curve plot that
+    ``unipo train`` adds)."""
+    from transformers import set_seed
+
+    from unipo.models.loading import load_tokenizer, resolve_model_path
+
+    plan = plan_training(cfg)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
-
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    train_rows, summary = prepare_data(cfg, tokenizer, objective, cfg.data, cfg.limit, signal_weights)
-    eval_rows = None
-    if cfg.eval_data:
-        eval_rows, _ = prepare_data(cfg, tokenizer, objective, cfg.eval_data, cfg.eval_limit, signal_weights)
-    elif cfg.eval_fraction > 0:
-        n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
-        g = torch.Generator().manual_seed(cfg.seed)
-        perm = torch.randperm(len(train_rows), generator=g).tolist()
-        eval_rows = [train_rows[i] for i in perm[:n_eval]]
-        train_rows = [train_rows[i] for i in perm[n_eval:]]
-
-    precision = choose_precision(cfg.precision)
-    reference = cfg.reference
-    if reference == "auto":
-        reference = "none" if not objective.needs_reference else ("adapter" if cfg.lora else "copy")
-    if reference == "none" and objective.needs_reference:
-        raise ConfigError(f"variant {objective.config.name} needs a reference model; reference: none is only for "
-                          f"reference-free variants (simpo, reference_free)")
-    if reference == "adapter" and not cfg.lora:
-        raise ConfigError("reference: adapter needs LoRA (set lora: {r: 16})")
-    if reference == "precomputed" and objective.config.kl_direction:
-        raise ConfigError(f"variant {objective.config.name} needs the reference model's full next-token "
-                          f"distributions for its per-position KL; precomputed reference log-probs cannot serve it "
-                          f"(use reference: copy, or adapter with LoRA)")
-    if signal_spec is not None and reference in ("precomputed", "none"):
-        raise ConfigError(f"token_signal {signal_spec['type']} reads the reference model's hidden states during "
-                          f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "
-                          f"with LoRA)")
-    log(f"model {model_path} · variant {objective.config.name} · reference {reference} · precision {precision} · "
-        f"{len(train_rows)} training pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
-
-    ref_dtype = resolve_dtype(cfg.ref_dtype, precision)
-    layout = partial(collate_for, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
-                     packing=cfg.packing)
-    ref_model = None
-    if reference in ("copy", "precomputed"):
-        ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
-                               trainable=False)
-    if reference == "precomputed":
-        collate = layout(ref_model)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        ref_model.to(device)
-        for name, rows in (("train", train_rows), ("eval", eval_rows)):
-            if rows:
-                key = precompute_cached(ref_model, model_path, tokenizer, rows, collate, ref_dtype=ref_dtype,
-                                        share_prompt=cfg.share_prompt, batch_size=cfg.per_device_batch_size,
-                                        chunk_size=cfg.chunk_size, device=device, progress=cfg.progress)
-                log(f"reference log-probs for {name} data: cache key {key}")
-        ref_model = None  # not resident during training
-
-    model = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
-    collate = layout(model)
-    log(f"attention {model.config._attn_implementation}"
-        + (" · packing: one padding-free row per batch" if collate.keywords["one_row"] else ""))
-    token_signal = None
-    if signal_spec is not None:
-        text_cfg = model.config.get_text_config()
-        signal_sizes = {"num_layers": text_cfg.num_hidden_layers + 1, "hidden_size": text_cfg.hidden_size}
-        with torch.random.fork_rng(devices=[]):  # its initial weights depend on the seed alone
-            torch.manual_seed(cfg.seed)
-            token_signal = build_signal(signal_spec, **signal_sizes)
-        n_params = sum(p.numel() for p in token_signal.parameters())
-        log(f"token signal {signal_spec} · {n_params} trainable parameters")
-    if cfg.lora:
-        model = apply_lora(model, cfg.lora)
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-
-    use_cuda = torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=cfg.per_device_batch_size,
-        per_device_eval_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.num_epochs, max_steps=cfg.max_steps,
-        seed=cfg.seed, data_seed=cfg.seed, bf16=precision == "bf16", use_cpu=not use_cuda,
-        logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, remove_unused_columns=False,
-        activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
-        eval_strategy="steps" if eval_rows and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False,
-    )
-    trainer = PreferenceTrainer(
-        model=model, args=args, train_dataset=PairsDataset(train_rows),
-        eval_dataset=PairsDataset(eval_rows) if eval_rows else None, data_collator=collate,
-        processing_class=tokenizer, objective=objective, ref_model=ref_model, reference_mode=reference,
-        chunk_size=cfg.chunk_size, head_dtype=torch.bfloat16 if precision == "bf16" else None,
-        callbacks=[JsonlMetricsCallback(out_dir / "metrics.jsonl")], token_signal=token_signal,
-    )
+    data = load_data(plan, tokenizer)
+    models = load_models(plan, model_path, tokenizer, data)
+    log(f"model {model_path} · variant {plan.objective.config.name} · reference {plan.reference} · precision "
+        f"{models.precision} · {len(data.train)} training pairs"
+        + (f", {len(data.eval)} eval pairs" if data.eval else ""))
+    trainer = build_trainer(plan, models, data, callbacks)
     resume_from = None
     if cfg.resume:
-        resume_from = last_complete_checkpoint(out_dir)
+        resume_from = last_complete_checkpoint(plan.out_dir)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
     trainer.train(resume_from_checkpoint=resume_from)
-    final: dict[str, Any] = {}
-    if eval_rows:
-        final.update(trainer.evaluate())
+    final: dict[str, Any] = trainer.evaluate() if data.eval else {}
     if not trainer.is_world_process_zero():
-        return {"output_dir": str(out_dir), "final": final}
-
-    trainer.save_model(str(out_dir))  # with a token signal, also unipo_signal.safetensors (PreferenceTrainer._save)
-    tokenizer.save_pretrained(str(out_dir))
-    if signal_spec is not None:
-        (out_dir / "unipo_signal.json").write_text(json.dumps({**signal_spec, **signal_sizes}, indent=2))
+        return {"output_dir": str(plan.out_dir), "final": final}
     history = trainer.state.log_history
-    write_metrics(out_dir / "metrics.jsonl", history)
     for entry in history:
         final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
-    resolved = {**cfg.to_dict(), "model_path": model_path, "reference": reference, "precision": precision,
-                "token_signal": signal_spec,
-                "objective": objective.config.to_dict()}
-    write_config(out_dir / "unipo_config.yaml", resolved)
-    (out_dir / "data_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
-    if cfg.plots:
-        from unipo.eval.plots import training_curves
-
-        keys = ["loss", "rewards/accuracies", "rewards/margins"]
-        if objective.config.kl_direction:
-            keys.append("kl/rejected")
-        training_curves({objective.config.name: [h for h in history if "loss" in h]},
-                        out_dir / "training_curves.png", keys=tuple(keys))
-    (out_dir / "README.md").write_text(model_card(resolved, objective.config.to_dict(), summary.to_dict(),
-                                                  {k: v for k, v in final.items() if "/" in k or "loss" in k}))
-    log(f"saved model, metrics.jsonl, training_curves.png and README.md to {out_dir}")
-    return {"output_dir": str(out_dir), "final": final, "history": history}
+    write_outputs(plan, models, data, trainer, final)
+    return {"output_dir": str(plan.out_dir), "final": final, "history": history}

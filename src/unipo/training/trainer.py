@@ -14,13 +14,9 @@ import torch
 from transformers import Trainer
 
 from unipo.errors import ConfigError
-from unipo.models.forward import response_logps
 from unipo.objective import Objective
-from unipo.training.reference import reference_pass
-
-#: batch keys passed to the objective as they are
-PASSTHROUGH = ("chosen_weights", "rejected_weights", "chosen_diff_mask", "rejected_diff_mask",
-               "ref_chosen_logps", "ref_rejected_logps")
+from unipo.training.reference import Reference
+from unipo.training.step import preference_step
 
 
 class PreferenceTrainer(Trainer):
@@ -33,15 +29,13 @@ class PreferenceTrainer(Trainer):
         if token_signal is not None:
             self.token_signal.to(self.accelerator.device)
         self.objective = objective
-        self.reference_mode = reference_mode
         self.chunk_size = chunk_size
         self.head_dtype = head_dtype
         # our loss is a mean per example: let Trainer divide by the accumulation steps
         self.model_accepts_loss_kwargs = False
-        self.kl_direction = objective.config.kl_direction
-        if self.kl_direction and reference_mode == "precomputed":
-            raise ConfigError(f"variant {objective.config.name} needs the reference model's full next-token "
-                              f"distributions (per-position KL); precomputed reference log-probs cannot serve "
+        if objective.requirements.live_reference and reference_mode in ("precomputed", "none"):
+            raise ConfigError(f"variant {objective.config.name} needs the reference model at every step (full "
+                              f"next-token distributions or hidden states); reference: {reference_mode} cannot serve "
                               f"it: use reference: copy (or adapter with LoRA)")
         self.ref_model = None
         if ref_model is not None:
@@ -49,6 +43,7 @@ class PreferenceTrainer(Trainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             else:
                 self.ref_model = ref_model.to(self.accelerator.device)
+        self.reference = Reference(reference_mode, self.ref_model)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
@@ -100,32 +95,13 @@ class PreferenceTrainer(Trainer):
             warnings.warn(f"{path} not found: the token signal starts from its initial weights", stacklevel=2)
 
     # -- the loss ------------------------------------------------------------------------------------
-    def _reference(self, model, inputs) -> dict:
-        if self.reference_mode in ("precomputed", "none"):
-            return {}
-        need_layers = self.token_signal is not None and getattr(self.token_signal, "needs_hidden_states", False)
-        extra = {"output_hidden_states": True} if need_layers else {}
-        # every token signal reads the reference's hidden states (the learned prior its final ones)
-        return reference_pass(model, self.ref_model, inputs, chunk_size=self.chunk_size,
-                              need_hidden=self.kl_direction is not None or self.token_signal is not None, **extra)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        ref = self._reference(model, inputs)
-        pol = response_logps(model, inputs, chunk_size=self.chunk_size, ref=ref, ref_head=ref.get("head"),
-                             kl_direction=self.kl_direction, head_dtype=self.head_dtype)
-        extra = objective_inputs(inputs, ref, pol, self.chunk_size)
+        out = preference_step(model, self.reference, inputs, self.objective, token_signal=self.token_signal,
+                              chunk_size=self.chunk_size, head_dtype=self.head_dtype)
         mode = "train" if model.training else "eval"
-        if self.token_signal is not None:  # per-token tensors, e.g. chosen_weights / chosen_prior_offsets
-            self.token_signal.train(model.training)  # its dropout follows the policy's mode
-            extra.update(self.token_signal(ref, inputs))
-            for key, value in getattr(self.token_signal, "metrics", {}).items():
-                self._metrics[mode][key].append(float(value))
-        out = self.objective(policy_chosen_logps=pol["chosen_logps"], policy_rejected_logps=pol["rejected_logps"],
-                             chosen_mask=inputs["chosen_mask"], rejected_mask=inputs["rejected_mask"], **extra)
         for key, value in out.metrics.items():
             self._metrics[mode][key].append(float(value))
-        loss = out.loss
-        return (loss, out) if return_outputs else loss
+        return (out.loss, out) if return_outputs else out.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -144,28 +120,3 @@ class PreferenceTrainer(Trainer):
         self._metrics[mode].clear()
         super().log(logs, *args, **kwargs)
 
-
-def objective_inputs(batch: dict, ref: dict, pol: dict, chunk_size: int) -> dict[str, torch.Tensor]:
-    """What the objective reads besides the policy log-probs and masks: the batch's per-token columns, the
-    reference log-probs (computed here from the reference pass's hidden states when that pass kept them
-    instead, which it does for KL variants and token signals) and the per-position KL."""
-    if "head" in ref and "ref_chosen_logps" not in ref:
-        with torch.no_grad():
-            ref.update(response_logps_from_hidden(ref, batch, chunk_size))
-    extra = {k: batch[k] for k in PASSTHROUGH if k in batch}
-    extra.update({k: ref[k] for k in ("ref_chosen_logps", "ref_rejected_logps") if k in ref})
-    extra.update({f"{s}_kl": pol[f"{s}_kl"] for s in ("chosen", "rejected") if f"{s}_kl" in pol})
-    return extra
-
-
-def response_logps_from_hidden(ref: dict, inputs: dict, chunk_size: int) -> dict[str, torch.Tensor]:
-    """Reference log-probs from the reference hidden states already gathered for the KL term."""
-    from unipo.models.forward import scatter_tokens
-    from unipo.models.logprobs import token_logps
-
-    out = {}
-    for side in ("chosen", "rejected"):
-        labels = inputs[f"{side}_labels"][inputs[f"{side}_mask"]]
-        lp, _ = token_logps(ref[f"{side}_hidden"], ref["head"], labels, chunk_size=chunk_size)
-        out[f"ref_{side}_logps"] = scatter_tokens(lp, inputs[f"{side}_mask"])
-    return out
