@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from unipo.objective.links import capped_exp
 from unipo.objective.protocols import Params
-from unipo.objective.registry import Param, register
+from unipo.objective.registry import Param, PresetSpec, register
 from unipo.objective.sides import PairTerms
 
 
@@ -144,3 +144,22 @@ def discopop_loss(t: PairTerms, params: Params) -> torch.Tensor:
     z = t.logits
     mod = torch.sigmoid(z / float(params["discopop_tau"]))
     return nls(z) * (1 - mod) + capped_exp(-z) * mod
+
+
+@register("pair_loss", "cal_dpo", params={
+    "cal_weight": Param(0.5, "weight of the calibration terms (0.5 in the authors' released code)", lo=0)},
+          formula="−log σ(z/β) + w·[(h_w − 1/(2β))² + (h_l + 1/(2β))²]",
+          source="Cal-DPO (Xiao et al., NeurIPS 2024, arXiv 2412.14516) as implemented in the released code "
+                 "tengxiao1/Cal-DPO scripts/dpo_trainer.py (loss_type 'Cal-DPO')",
+          preset=PresetSpec("cal_dpo", "−log σ(ρ_w − ρ_l) + ½(ρ_w − 1/(2β))² + ½(ρ_l + 1/(2β))²",
+                            "Xiao et al., NeurIPS 2024 (Cal-DPO, arXiv 2412.14516); the released code",
+                            "as released: the Bradley–Terry term has no β; β sets only the calibration targets "
+                            "±1/(2β) (the authors' 7B runs use β = 0.001–0.002; unipo's default is DPO's 0.1)"))
+def cal_dpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+    """Calibrated DPO: the contrastive term plus squared errors that pull each side's log-ratio towards
+    ±1/(2β), so the implicit rewards keep a scale (the chosen likelihood cannot fall while the margin grows).
+    Written as in the authors' code: −log σ(Δ) with no β (z/β here), plus ``cal_weight`` (0.5) times the two
+    squared errors (their batch-mean MSE, per pair)."""
+    target = 0.5 / t.beta
+    calibration = (t.chosen - target) ** 2 + (t.rejected + target) ** 2
+    return nls(t.logits / t.beta) + float(params["cal_weight"]) * calibration
