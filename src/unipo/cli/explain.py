@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from unipo.objective.config import ObjectiveConfig, resolve
-from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAMS, PRESETS, Preset
+from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAM_SPECS, GLOBAL_PARAMS, PRESETS, Preset
 from unipo.objective.registry import KINDS, Part, parts
 
 #: the general objective, as ``unipo variants NAME`` prints it
@@ -22,17 +22,6 @@ GENERAL_FORMULA = [
     "a_t policy log-prob, ζ prior, ω token weights, agg aggregation, f′ link, D KL term, ℓ pair loss",
     "(Tutnov, Grosnit, Bou-Ammar 2025, arXiv 2501.01544, Eq. 1; Δ = s_w − s_l for the default parts)",
 ]
-
-#: the objective's global parameters, each with what it does
-GLOBAL_PARAM_DOCS: dict[str, str] = {
-    "beta": "β, the inverse temperature / KL strength",
-    "gamma": "γ, absolute target margin subtracted from the logit (SimPO; TRL's simpo_gamma)",
-    "gamma_beta_ratio": "γ/β, the SimPO authors' convention: γ = ratio·β (None: unused)",
-    "length_alpha": "α_len, R-DPO's length penalty on |y_w| − |y_l|",
-    "nll_weight": "λ_nll, + λ·NLL(y_w) (RPO / CPO), mean over chosen tokens",
-    "l1_weight": "λ_L1, + λ·mean|m| on SparsePO masks",
-    "prior_reg_weight": "λ_g, + λ·mean g² on the learned prior's offsets",
-}
 
 #: the input keyword of ``compute_loss`` that each ``Side`` field comes from
 _INPUT_KEYS = {
@@ -213,7 +202,7 @@ def render_explain(info: dict[str, Any]) -> str:
     for k, v in info["global_params"].items():
         d = GLOBAL_PARAMS[k]
         mark = "*" if v != d else " "
-        out.append(f" {mark} {k} = {_fmt(v)}    ({GLOBAL_PARAM_DOCS.get(k, '')})")
+        out.append(f" {mark} {k} = {_fmt(v)}    ({GLOBAL_PARAM_SPECS[k].help if k in GLOBAL_PARAM_SPECS else ''})")
     if info["global_params"].get("gamma_beta_ratio") is not None:
         out.append(f"   effective γ = {_fmt(info['effective_gamma'])}")
     out += ["", f"Needs a reference model: {'yes' if info['needs_reference'] else 'no'}",

@@ -26,14 +26,16 @@ DEFAULT_PARTS: dict[str, str] = {
 
 #: parameters every objective has (margins and auxiliary terms; 0 disables a term)
 GLOBAL_PARAM_SPECS: dict[str, Param] = {
-    "beta": Param(0.1, "β: scale of the log-ratios inside the loss (the MI-DPO paper's α)", lo=0, lo_open=True),
-    "gamma": Param(0.0, "SimPO's target margin, ABSOLUTE: z = β·Δ − γ (TRL's simpo_gamma convention)"),
-    "gamma_beta_ratio": Param(None, "SimPO authors' convention: γ = ratio·β (their gamma_beta_ratio)",
+    "beta": Param(0.1, "β, the inverse temperature / KL strength (the MI-DPO paper's α)", lo=0, lo_open=True),
+    "gamma": Param(0.0, "γ, absolute target margin subtracted from the logit: z = β·Δ − γ (SimPO; TRL's "
+                        "simpo_gamma)"),
+    "gamma_beta_ratio": Param(None, "γ/β, the SimPO authors' convention: γ = ratio·β (None: unused)",
                               kind="optional_number"),
-    "length_alpha": Param(0.0, "R-DPO: z = β·Δ − α(|y_w| − |y_l|)"),
-    "nll_weight": Param(0.0, "RPO / CPO add-on: + λ·NLL(y_w), mean over chosen tokens", lo=0),
-    "l1_weight": Param(0.0, "SparsePO: + λ·mean |m| over response tokens of both sides (token and KL masks)", lo=0),
-    "prior_reg_weight": Param(0.0, "learned prior: + λ·(mean g²(y_w) + mean g²(y_l))", lo=0),
+    "length_alpha": Param(0.0, "α_len, R-DPO's length penalty: z = β·Δ − α(|y_w| − |y_l|)"),
+    "nll_weight": Param(0.0, "λ_nll, + λ·NLL(y_w) (RPO / CPO), mean over chosen tokens", lo=0),
+    "l1_weight": Param(0.0, "λ_L1, + λ·mean|m| on SparsePO masks (token and KL masks, both sides)", lo=0),
+    "prior_reg_weight": Param(0.0, "λ_g, + λ·(mean g²(y_w) + mean g²(y_l)) on the learned prior's offsets",
+                              lo=0),
 }
 GLOBAL_PARAMS: dict[str, Any] = {k: p.default for k, p in GLOBAL_PARAM_SPECS.items()}
 
