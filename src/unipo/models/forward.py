@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from unipo.errors import UnipoError
-from unipo.layout import PackedBatch, Sides, attention_mask_4d, gather_side, scatter_tokens
+from unipo.layout import PackedBatch, SideLayout, Sides, attention_mask_4d, gather_side, scatter_tokens
 from unipo.models import segment_attention
 from unipo.models.logprobs import token_logps
 
@@ -103,14 +103,20 @@ class ReferenceOutputs:
     head: torch.nn.Module | None = None
     layers: tuple[torch.Tensor, ...] | None = None
 
-    def with_logps(self, batch: PackedBatch, chunk_size: int) -> ReferenceOutputs:
-        """Itself with ``logps`` computed from ``hidden`` and ``head`` when only those were kept."""
+    def with_logps(self, batch: PackedBatch, chunk_size: int, head_dtype: torch.dtype | None = None
+                   ) -> ReferenceOutputs:
+        """Itself with ``logps`` computed from ``hidden`` and ``head`` when only those were kept (the hidden
+        states cast to ``head_dtype`` first, as the policy's are)."""
         if self.logps is not None or self.hidden is None:
             return self
+
+        def side_logps(side: str, layout: SideLayout) -> torch.Tensor:
+            h = self.hidden[side] if head_dtype is None else self.hidden[side].to(head_dtype)
+            return scatter_tokens(token_logps(h, self.head, layout.labels[layout.mask], chunk_size=chunk_size)[0],
+                                  layout.mask)
+
         with torch.no_grad():
-            logps = batch.sides.map(lambda side, layout: scatter_tokens(
-                token_logps(self.hidden[side], self.head, layout.labels[layout.mask], chunk_size=chunk_size)[0],
-                layout.mask))
+            logps = batch.sides.map(side_logps)
         return replace(self, logps=logps)
 
 

@@ -70,8 +70,11 @@ def choose_precision(precision: str) -> str:
 
 
 def resolve_dtype(name: str, precision: str) -> torch.dtype:
+    """The weight dtype of a frozen copy. ``auto`` is float32 whatever ``precision``: the copy then computes
+    exactly as the policy (float32 weights under the run's autocast), so log-ratios start at exactly 0;
+    ``bfloat16`` halves its memory at the cost of a small offset in every log-ratio (docs/precision.md)."""
     if name == "auto":
-        return torch.bfloat16 if precision == "bf16" else torch.float32
+        return torch.float32
     if name not in DTYPES:
         raise UnipoError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)} or auto")
     return DTYPES[name]

@@ -31,24 +31,33 @@ def _adapter_disabled(model: torch.nn.Module):
     return peft_model.disable_adapter() if hasattr(peft_model, "disable_adapter") else nullcontext()
 
 
+def _autocast(dtype: torch.dtype | None, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 @torch.no_grad()
 def reference_pass(policy: torch.nn.Module | None, ref_model: torch.nn.Module | None, batch: PackedBatch, *,
-                   chunk_size: int, need_hidden: bool, need_layers: bool = False) -> ReferenceOutputs:
+                   chunk_size: int, need_hidden: bool, need_layers: bool = False,
+                   autocast_dtype: torch.dtype | None = None, head_dtype: torch.dtype | None = None
+                   ) -> ReferenceOutputs:
     """Run the reference (``ref_model``, or ``policy`` with its adapters disabled) over ``batch``.
 
     Returns its per-token log-probs; with ``need_hidden`` instead the gathered final hidden states and the
     head (for per-position KL terms and token signals; log-probs follow from them), plus every layer's
-    hidden states with ``need_layers``."""
+    hidden states with ``need_layers``. ``autocast_dtype`` and ``head_dtype``: compute exactly as the policy
+    does under mixed precision (the same autocast, the same LM-head input dtype), so that at step 1, where
+    the policy is the reference, every log-ratio is exactly 0."""
     batch = PackedBatch.from_dict(batch)
     model = ref_model if ref_model is not None else policy
-    with nullcontext() if ref_model is not None else _adapter_disabled(policy):
+    adapter = nullcontext() if ref_model is not None else _adapter_disabled(policy)
+    with adapter, _autocast(autocast_dtype, batch.input_ids.device):
         if need_hidden or need_layers:
             extra = {"output_hidden_states": True} if need_layers else {}
             hidden, out = hidden_states(model, batch, **extra)
             return ReferenceOutputs(hidden=batch.sides.map(lambda _, layout: gather_side(hidden, layout)),
                                     head=unwrap(model).get_output_embeddings(),
                                     layers=getattr(out, "hidden_states", None) if need_layers else None)
-        out = response_logps(model, batch, chunk_size=chunk_size)
+        out = response_logps(model, batch, chunk_size=chunk_size, head_dtype=head_dtype)
     return ReferenceOutputs(logps=out.logps)
 
 
@@ -65,15 +74,16 @@ class Reference:
     (hidden states) is needed.
     """
 
-    def __init__(self, mode: str, model: torch.nn.Module | None = None):
+    def __init__(self, mode: str, model: torch.nn.Module | None = None, autocast_dtype: torch.dtype | None = None):
         if mode not in REFERENCE_MODES:
             raise ValueError(f"reference mode must be one of {REFERENCE_MODES}, got {mode!r}")
         if mode == "copy" and model is None:
             raise ValueError("reference mode copy needs the reference model")
-        self.mode, self.model = mode, model
+        # the copy runs under the policy's autocast (the adapter-disabled policy already does)
+        self.mode, self.model, self.autocast_dtype = mode, model, autocast_dtype if mode == "copy" else None
 
     def outputs(self, policy: torch.nn.Module, batch: PackedBatch, *, chunk_size: int, need_hidden: bool = False,
-                need_layers: bool = False) -> ReferenceOutputs:
+                need_layers: bool = False, head_dtype: torch.dtype | None = None) -> ReferenceOutputs:
         """The reference's outputs for ``batch`` (see :class:`~unipo.models.forward.ReferenceOutputs`)."""
         given = batch.chosen.ref_logps is not None and batch.rejected.ref_logps is not None
         if self.mode == "none" or (given and not (need_hidden or need_layers)):
@@ -82,7 +92,7 @@ class Reference:
             raise UnipoError("reference: precomputed, but the batch carries no reference log-probs (or the "
                              "objective needs the reference model's hidden states)")
         return reference_pass(policy, self.model, batch, chunk_size=chunk_size, need_hidden=need_hidden,
-                              need_layers=need_layers)
+                              need_layers=need_layers, autocast_dtype=self.autocast_dtype, head_dtype=head_dtype)
 
 
 def file_digest(path: Path) -> str:
@@ -108,8 +118,8 @@ def fingerprint(model_path: str, tokenizer_fp: str, pairs: list[dict], *, ref_dt
 
 
 def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate, *, batch_size: int,
-                         chunk_size: int, cache_file: Path, device: torch.device, progress: bool = True
-                         ) -> list[dict]:
+                         chunk_size: int, cache_file: Path, device: torch.device, progress: bool = True,
+                         autocast_dtype: torch.dtype | None = None) -> list[dict]:
     """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` lists to every pair, from the cache when present.
 
     The cache is a ``torch.save`` file named by :func:`fingerprint`; a changed model, tokenizer, dataset or
@@ -128,7 +138,8 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not progress):
         part = pairs[start:start + batch_size]
         batch = PackedBatch.from_dict(collate(part)).to(device)
-        out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False)
+        out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False,
+                             autocast_dtype=autocast_dtype, head_dtype=autocast_dtype)
         for i, ex in enumerate(part):
             c = out.logps.chosen[i, : len(ex["chosen_ids"])].float().cpu()
             r = out.logps.rejected[i, : len(ex["rejected_ids"])].float().cpu()
@@ -144,14 +155,16 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
 
 def precompute_cached(ref_model: torch.nn.Module, model_path: str, tokenizer, pairs: list[dict], collate, *,
                       ref_dtype: torch.dtype, share_prompt: bool, batch_size: int, chunk_size: int,
-                      device: torch.device, progress: bool = True) -> str:
+                      device: torch.device, progress: bool = True, autocast_dtype: torch.dtype | None = None) -> str:
     """:func:`precompute_reference` into the shared cache ``cache_dir()/reflogps/KEY.pt``, KEY from
     :func:`fingerprint`; training's ``reference: precomputed`` and evaluation read the same files. Returns KEY."""
     from unipo.data.tokenize import tokenizer_fingerprint
     from unipo.models.builtin import cache_dir
 
-    key = fingerprint(model_path, tokenizer_fingerprint(tokenizer), pairs, ref_dtype=str(ref_dtype),
+    dtype_key = str(ref_dtype) + (f"+autocast:{autocast_dtype}" if autocast_dtype is not None else "")
+    key = fingerprint(model_path, tokenizer_fingerprint(tokenizer), pairs, ref_dtype=dtype_key,
                       share_prompt=share_prompt)
     precompute_reference(ref_model, pairs, collate, batch_size=batch_size, chunk_size=chunk_size,
-                         cache_file=cache_dir() / "reflogps" / f"{key}.pt", device=device, progress=progress)
+                         cache_file=cache_dir() / "reflogps" / f"{key}.pt", device=device, progress=progress,
+                         autocast_dtype=autocast_dtype)
     return key

@@ -46,11 +46,11 @@ def preference_step(policy: torch.nn.Module, reference: Reference, batch: Packed
     kl_direction = objective.requirements.kl_direction
     need_layers = token_signal is not None and getattr(token_signal, "needs_hidden_states", False)
     # every token signal reads the reference's hidden states (the learned prior its final ones)
-    ref = reference.outputs(policy, batch, chunk_size=chunk_size, need_layers=need_layers,
+    ref = reference.outputs(policy, batch, chunk_size=chunk_size, need_layers=need_layers, head_dtype=head_dtype,
                             need_hidden=kl_direction is not None or token_signal is not None)
     pol = response_logps(policy, batch, chunk_size=chunk_size, reference=ref, kl_direction=kl_direction,
                          head_dtype=head_dtype)
-    ref = ref.with_logps(batch, chunk_size)
+    ref = ref.with_logps(batch, chunk_size, head_dtype)
     signal = None
     if token_signal is not None:
         token_signal.train(policy.training)  # its dropout follows the policy's mode

@@ -180,7 +180,8 @@ def load_models(plan: TrainingPlan, model_path: str, tokenizer, data: RunData) -
         ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
                                trainable=False)
     if plan.reference == "precomputed":
-        _precompute(plan, ref_model, model_path, tokenizer, data, layout(ref_model), ref_dtype)
+        _precompute(plan, ref_model, model_path, tokenizer, data, layout(ref_model), ref_dtype,
+                    torch.bfloat16 if precision == "bf16" else None)
         ref_model = None  # not resident during training
     policy = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     collate = layout(policy)
@@ -201,7 +202,7 @@ def load_models(plan: TrainingPlan, model_path: str, tokenizer, data: RunData) -
 
 
 def _precompute(plan: TrainingPlan, ref_model, model_path: str, tokenizer, data: RunData, collate,
-                ref_dtype: torch.dtype) -> None:
+                ref_dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> None:
     from unipo.training.reference import precompute_cached
 
     cfg = plan.cfg
@@ -211,7 +212,8 @@ def _precompute(plan: TrainingPlan, ref_model, model_path: str, tokenizer, data:
         if rows:
             key = precompute_cached(ref_model, model_path, tokenizer, rows, collate, ref_dtype=ref_dtype,
                                     share_prompt=cfg.share_prompt, batch_size=cfg.per_device_batch_size,
-                                    chunk_size=cfg.chunk_size, device=device, progress=cfg.progress)
+                                    chunk_size=cfg.chunk_size, device=device, progress=cfg.progress,
+                                    autocast_dtype=autocast_dtype)
             log(f"reference log-probs for {name} data: cache key {key}")
 
 

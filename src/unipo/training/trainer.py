@@ -43,7 +43,9 @@ class PreferenceTrainer(Trainer):
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             else:
                 self.ref_model = ref_model.to(self.accelerator.device)
-        self.reference = Reference(reference_mode, self.ref_model)
+        # the reference computes exactly as the policy does: under the same autocast (mixed precision)
+        autocast_dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
+        self.reference = Reference(reference_mode, self.ref_model, autocast_dtype=autocast_dtype)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------

@@ -1,0 +1,149 @@
+"""A run directory is a unit of work: one writer at a time, checked before any model loads, and file-system
+failures reported as one line.
+
+* :class:`RunDirLock` — an exclusive ``flock`` on ``DIR/.unipo.lock`` held while a command writes into DIR
+  (``unipo train``, ``compare``, ``eval``, ``weights``); a second writer is refused at once with the holder's
+  pid, host, command and start time. The operating system drops a ``flock`` when its process dies, so the
+  lock of a killed run is taken over by the next one (its recorded holder is reported as gone).
+* :func:`preflight` — before anything is loaded: DIR can be created and written (a probe file), and the disk
+  has room for what the run will write (refused when clearly too small, warned when tight).
+* :func:`describe_os_error` — an ``OSError`` (or torch's serialisation error on a full disk) as one line:
+  what failed, where, and what to free or change.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from unipo.errors import UnipoError
+
+LOCK_NAME = ".unipo.lock"
+GiB = 1024 ** 3
+
+
+def _log(msg: str) -> None:
+    print(f"unipo: {msg}", file=sys.stderr, flush=True)
+
+
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a distributed launch (they share the main process's lock)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class RunDirLock:
+    """One writer per run directory (see the module docstring). ``command`` names the holder in refusals."""
+
+    def __init__(self, directory: str | Path, command: str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.command = command
+        self._fh = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def __enter__(self) -> RunDirLock:
+        if not is_main_process():
+            return self
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no protection against concurrent runs
+            return self
+        previous = self._holder() if self.path.exists() else {}
+        self._fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._fh.close()
+            self._fh = None
+            holder = self._holder()
+            who = (f"`{holder.get('command', 'unipo')}` (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+                   f"started {holder.get('started', '?')})") if holder else "another unipo process"
+            raise UnipoError(f"{self.directory} is in use by {who}; wait for it to finish or stop it "
+                             f"(kill {holder.get('pid', 'PID')}), or choose another output directory") from None
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            _log(f"{self.directory}: taking over the lock of `{previous.get('command')}` (pid {previous['pid']}, "
+                 f"started {previous.get('started')}), which is no longer running")
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
+            self._fh.close()
+            self._fh = None
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def preflight(directory: str | Path, *, need_bytes: int = 0, what: str = "this run") -> None:
+    """Check, before any model is loaded, that ``directory`` can be created and written and that its disk has
+    ``need_bytes`` free (refused below that; warned below 1.25×). Raises :class:`UnipoError` with one line."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnipoError(f"cannot create the output directory {d}: {exc.strerror or exc}; choose another "
+                         f"output directory") from None
+    if not d.is_dir():
+        raise UnipoError(f"the output directory {d} exists and is not a directory; choose another")
+    probe = d / f".unipo-write-test-{os.getpid()}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise UnipoError(f"the output directory {d} is not writable ({exc.strerror or exc}); choose another "
+                         f"output directory or fix its permissions") from None
+    if need_bytes:
+        free = shutil.disk_usage(d).free
+        if free < need_bytes:
+            raise UnipoError(f"not enough disk space in {d}: {_gib(free)} free, {what} writes up to about "
+                             f"{_gib(need_bytes)}; free space there, lower save_total_limit, or choose another "
+                             f"output directory")
+        if free < 1.25 * need_bytes:
+            _log(f"warning: {d} has {_gib(free)} free and {what} writes up to about {_gib(need_bytes)}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An ``ENOSPC`` / ``EDQUOT`` OSError, or torch's writer error when the disk filled mid-write."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "unexpected pos" in text or "PytorchStreamWriter failed" in text or "No space left" in text
+
+
+def describe_os_error(exc: BaseException, directory: str | Path) -> str:
+    """One line for a file-system failure while writing into ``directory``."""
+    d = Path(directory)
+    where = getattr(exc, "filename", None) or d
+    if is_disk_full(exc):
+        try:
+            free = _gib(shutil.disk_usage(d).free)
+        except OSError:
+            free = "?"
+        return (f"no space left on the device while writing {where} ({free} free now); free space there or "
+                f"lower save_total_limit, then run again with --resume")
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {where}: {exc.strerror}; make {d} writable or choose another output directory, "
+                f"then run again with --resume")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"file-system error while writing {where}: {reason}; fix it and run again with --resume"
