@@ -3,7 +3,10 @@
     .venv/bin/python bench/compare.py            # CPU: smollm2-135m-instruct on HH-like lengths
     .venv/bin/python bench/compare.py --quick    # unipo vs TRL default only, 1 timed step
     .venv/bin/python bench/compare.py --quick --tiny   # a tiny random model, 2 steps (smoke test)
-    .venv/bin/python bench/compare.py --batch-size 4 --warmup 3 --steps 8 --reps 2   # the issue's full schedule
+    .venv/bin/python bench/compare.py --batch-size 4 --warmup 3 --steps 8 --reps 2 --data FULL.jsonl.gz  # full schedule
+
+The CPU configuration's pairs come from ``--data`` (default: the committed 200-row HH-RLHF slice in tests/data,
+42 pairs in the length ranges; the issue's full schedule needs 44, so give it the full harmless-base test file).
 
 Every measurement is a fresh subprocess (``bench/run_one.py``), alternating unipo and TRL (A B A B ...), and
 reports medians over the timed steps after warm-up. The GPU configuration (a randomly initialised ~1B
@@ -29,7 +32,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
-HH_FILE = HERE.parent.parent / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+#: the default ``--data``: the first 200 rows of HH-RLHF harmless-base test, committed (tests/data/README.md)
+HH_FILE = HERE.parent / "tests" / "data" / "hh-rlhf-harmless-base-test-200.jsonl.gz"
 
 #: (name, framework, mode, variant): what one configuration measures, in this order each repetition
 ENTRIES = [
@@ -53,16 +57,15 @@ def _weights(rng: random.Random, n: int) -> list[float]:
     return [round(rng.uniform(0.5, 1.5), 3) for _ in range(n)]
 
 
-def hh_pairs(model_path: str, n: int, prompt_range, response_range, seed: int) -> list[dict] | None:
-    """The first ``n`` pairs of the HH-RLHF harmless test file whose prompt and both responses fall in the
-    length ranges (tokens, this model's tokenizer), in file order; None when the file is absent."""
-    if not HH_FILE.exists():
-        return None
+def hh_pairs(data: Path, model_path: str, n: int, prompt_range, response_range, seed: int) -> list[dict] | None:
+    """The first ``n`` pairs of the preference file ``data`` (HH-RLHF harmless test by default) whose prompt and
+    both responses fall in the length ranges (tokens, this model's tokenizer), in file order; None when the
+    file has fewer than ``n`` such pairs."""
     from unipo.data.tokenize import prepare_pairs
     from unipo.models.loading import load_tokenizer
 
     tok = load_tokenizer(model_path)
-    pairs, _ = prepare_pairs(str(HH_FILE), tok, max_length=1_000_000, max_prompt_length=None,
+    pairs, _ = prepare_pairs(str(data), tok, max_length=1_000_000, max_prompt_length=None,
                              on_invalid="skip")
     rng = random.Random(seed)
     out = []
@@ -286,7 +289,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated frameworks/variants to keep, e.g. 'dpo'")
     ap.add_argument("--no-token-level", action="store_true", help="skip the unipo tdpo2 / tisdpo runs")
     ap.add_argument("--json", default=None, help="also write all results to this file")
+    ap.add_argument("--data", type=Path, default=HH_FILE, metavar="PATH",
+                    help="preference pairs for the CPU configuration (any format unipo reads; default: the "
+                         "committed 200-row HH-RLHF slice, which has 42 pairs in the length ranges; the full "
+                         "harmless-base test file has enough for any schedule)")
     args = ap.parse_args(argv)
+    if not args.tiny and not args.data.is_file():
+        ap.error(f"--data {args.data}: no such file")
 
     import torch
     import transformers
@@ -328,15 +337,17 @@ def main(argv=None) -> int:
             from unipo.models.builtin import resolve_builtin
 
             model = str(resolve_builtin("smollm2-135m-instruct"))
-            pairs = hh_pairs(model, n_pairs, (100, 400), (30, 200), seed=0)
-            source = (f"{HH_FILE.name}: the first {n_pairs} pairs (file order) with prompts of 100-400 and "
+            pairs = hh_pairs(args.data, model, n_pairs, (100, 400), (30, 200), seed=0)
+            source = (f"{args.data.name}: the first {n_pairs} pairs (file order) with prompts of 100-400 and "
                       f"responses of 30-200 tokens")
             if pairs is None:
                 from transformers import AutoConfig
 
                 pairs = synthetic_pairs(AutoConfig.from_pretrained(model).vocab_size, n_pairs, (100, 400),
                                         (30, 200), seed=0)
-                source = "synthetic token ids (HH file absent): prompts 100-400, responses 30-200 tokens"
+                source = (f"synthetic token ids ({args.data.name} has fewer than {n_pairs} pairs in these "
+                          f"ranges; give a larger file with --data): prompts 100-400, responses 30-200 tokens")
+                log(f"{args.data}: fewer than {n_pairs} pairs in the length ranges; using synthetic token ids")
             configs.append(("smollm2-135m-instruct (CPU, fp32)", model, pairs, source, "cpu", "fp32", 2048))
             if torch.cuda.is_available():
                 from unipo.models.loading import choose_precision

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-HH_FILE = SHARED / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+#: the first 200 rows of Anthropic HH-RLHF harmless-base test (MIT licence; see tests/data/README.md)
+HH_FILE = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-base-test-200.jsonl.gz"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -23,6 +23,5 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hh_file() -> Path:
-    if not HH_FILE.exists():
-        pytest.skip(f"{HH_FILE} not present (only developers and CI have ../shared)")
+    """Real preference pairs: 200 raw HH-RLHF transcripts (implicit prompt; row 87 has a blank chosen answer)."""
     return HH_FILE

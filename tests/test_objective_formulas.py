@@ -1,4 +1,4 @@
-"""Each preset equals its formula from shared/variants.md, written out independently here.
+"""Each preset equals its formula from docs/variants.md, written out independently here.
 
 Inputs are random with ragged masks (and garbage in the padding); values and gradients are compared,
 plus a finite-difference check of the gradient in float64.

@@ -18,24 +18,20 @@ VARIANTS = ["dpo", "simpo", "tdpo2", "tisdpo_nokl", "tisdpo", "bmc", "sparsepo",
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    """16 short pairs: real HH-RLHF rows when ../shared is there, else the built-in task."""
+    """16 short real HH-RLHF pairs from the committed slice (tests/data)."""
     from tests.conftest import HH_FILE
 
     out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    if HH_FILE.exists():
-        rows = []
-        with gzip.open(HH_FILE, "rt") as f:
-            for line in f:
-                row = json.loads(line)
-                if len(row["chosen"]) < 600 and len(row["rejected"]) < 600 and row["chosen"].strip().endswith(
-                        tuple(".!?")):
-                    rows.append(row)
-                if len(rows) == 16:
-                    break
-    else:
-        from unipo.tasks.arithmetic import preference_rows, problems
-
-        rows = preference_rows(problems(16, 0), 0)
+    rows = []
+    with gzip.open(HH_FILE, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            if len(row["chosen"]) < 600 and len(row["rejected"]) < 600 and row["chosen"].strip().endswith(
+                    tuple(".!?")):
+                rows.append(row)
+            if len(rows) == 16:
+                break
+    assert len(rows) == 16, f"{HH_FILE}: fewer than 16 short pairs"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 

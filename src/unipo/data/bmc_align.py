@@ -2,7 +2,7 @@
 
 BMC (Jiang et al., ICLR 2025, "Bridging and Modeling Correlations in Pairwise Data for Direct Preference
 Optimization") up-weights the token log-ratios on the tokens where the (pseudo-)winning and the losing
-response differ: λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on those tokens, 1 elsewhere (see shared/variants.md).
+response differ: λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on those tokens, 1 elsewhere (see docs/variants.md).
 "Differ" comes from a minimal edit-distance (Levenshtein) alignment of the two token sequences: tokens that
 are substituted, inserted or deleted are marked 1, matched tokens 0. As in the authors' code, tokens whose
 text is an English stop-word are not marked; neither are tokens that are pure punctuation or whitespace.

@@ -1,7 +1,7 @@
 """Every named variant as a preset: a configuration of the objective's parts.
 
 A preset only lists what differs from :data:`DEFAULT_PARTS` / the global parameter defaults. The
-formulas are the ones of ``shared/variants.md`` (and of the cited papers); the tests check each preset
+formulas are the ones of ``docs/variants.md`` (and of the cited papers); the tests check each preset
 against its formula written out independently.
 """
 
