@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ)
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (r=16, alpha=32)")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --output-dir")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --output-dir and start again")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set variant='{preset: simpo, weights: bmc}'")
     p.add_argument("--no-progress", action="store_true")
@@ -40,6 +41,8 @@ def parse_overrides(args: argparse.Namespace) -> dict:
         over["lora"] = {"r": 16, "alpha": 32}
     if args.resume:
         over["resume"] = True
+    if args.overwrite:
+        over["overwrite"] = True
     if args.no_progress:
         over["progress"] = False
     for item in args.set:

@@ -76,6 +76,7 @@ class TrainConfig:
     save_total_limit: int | None = 2
     report_to: list[str] = field(default_factory=lambda: ["none"])
     resume: bool = False
+    overwrite: bool = False  # remove a previous run in output_dir first (never merged)
     progress: bool = True
     plots: bool = True
 

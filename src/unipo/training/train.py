@@ -27,6 +27,7 @@ import torch
 
 from unipo.errors import ConfigError, UnipoError
 from unipo.objective import Objective
+from unipo.training import rundir
 from unipo.training.config import TrainConfig
 
 
@@ -272,6 +273,7 @@ def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer,
     if plan.signal is not None:
         (out_dir / "unipo_signal.json").write_text(json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
     write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
+    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # marks the run finished, with its step
     resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
                 "precision": models.precision, "token_signal": plan.signal,
                 "objective": plan.objective.config.to_dict()}
@@ -287,32 +289,69 @@ def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     """Run one training job; return a dict with the output directory, the final metrics and the history.
 
     ``callbacks``: extra :class:`transformers.TrainerCallback` objects (e.g. the training-curve plot that
-    ``unipo train`` adds)."""
-    from transformers import set_seed
-
-    from unipo.models.loading import load_tokenizer, resolve_model_path
+    ``unipo train`` adds). The output directory is locked for the whole run (one writer), checked before any
+    model loads (writable, enough disk), and never holds two runs mixed (:mod:`unipo.training.rundir`)."""
+    from unipo.io.rundir import RunDirLock, preflight
+    from unipo.models.loading import resolve_model_path
 
     plan = plan_training(cfg)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.seed)
     model_path = resolve_model_path(cfg.model)
+    preflight(plan.out_dir, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
+    with RunDirLock(plan.out_dir, "unipo train"):
+        rundir.prepare_output_dir(plan.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)
+        done = rundir.finished_steps(plan.out_dir) if cfg.resume else None
+        if done is not None and (cfg.max_steps <= done if cfg.max_steps > 0 else True):
+            log(f"{plan.out_dir} holds a finished run ({done} steps): nothing to train (raise --max-steps to "
+                f"train further, or pass --overwrite to start again)")
+            return {"output_dir": str(plan.out_dir), "final": _final_from_files(plan.out_dir), "history": []}
+        return _run(plan, model_path, callbacks)
+
+
+def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
+    from transformers import set_seed
+
+    from unipo.io.rundir import describe_os_error, is_disk_full
+    from unipo.models.loading import load_tokenizer
+
+    cfg = plan.cfg
+    set_seed(cfg.seed)
     tokenizer = load_tokenizer(model_path)
     data = load_data(plan, tokenizer)
     models = load_models(plan, model_path, tokenizer, data)
     log(f"model {model_path} · variant {plan.objective.config.name} · reference {plan.reference} · precision "
         f"{models.precision} · {len(data.train)} training pairs"
         + (f", {len(data.eval)} eval pairs" if data.eval else ""))
-    trainer = build_trainer(plan, models, data, callbacks)
-    resume_from = None
+    resolved = rundir.resolved_config(plan)
+    trainer = build_trainer(plan, models, data, [rundir.CheckpointConfigCallback(resolved), *callbacks])
+    resume_from = last_complete_checkpoint(plan.out_dir) if cfg.resume else None
     if cfg.resume:
-        resume_from = last_complete_checkpoint(plan.out_dir)
+        rundir.check_resume(plan.out_dir, resume_from, plan)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
-    trainer.train(resume_from_checkpoint=resume_from)
-    final: dict[str, Any] = trainer.evaluate() if data.eval else {}
-    if not trainer.is_world_process_zero():
-        return {"output_dir": str(plan.out_dir), "final": final}
-    history = trainer.state.log_history
-    for entry in history:
-        final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
-    write_outputs(plan, models, data, trainer, final)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+        final: dict[str, Any] = trainer.evaluate() if data.eval else {}
+        if not trainer.is_world_process_zero():
+            return {"output_dir": str(plan.out_dir), "final": final}
+        history = trainer.state.log_history
+        for entry in history:
+            final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
+        losses = [h["loss"] for h in history if "loss" in h]
+        if losses:  # over every step of the run, also those before a resume (Trainer's covers this session's)
+            final["train_loss"] = sum(losses) / len(losses)
+        write_outputs(plan, models, data, trainer, final)
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not is_disk_full(exc):
+            raise
+        rundir.remove_partial_checkpoints(plan.out_dir, log)
+        raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
     return {"output_dir": str(plan.out_dir), "final": final, "history": history}
+
+
+def _final_from_files(out_dir: Path) -> dict[str, Any]:
+    from unipo.training.outputs import read_metrics
+
+    final: dict[str, Any] = {}
+    metrics = out_dir / "metrics.jsonl"
+    for entry in read_metrics(metrics) if metrics.exists() else []:
+        final.update(entry)
+    return final
