@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from unipo.bridge.editors import LocalEditor, parse_retry_after
+from unipo.bridge.editors import LocalEditor
 from unipo.bridge.pipeline import (
     BridgeOptions,
     BridgePaths,
@@ -19,6 +19,7 @@ from unipo.bridge.prompts import clean_output, get_template, render_context
 from unipo.cli import main as cli_main
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
+from unipo.io.chat_client import parse_retry_after
 from unipo.io.files import RunLock
 
 QA_ROWS = [

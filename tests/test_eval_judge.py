@@ -70,14 +70,14 @@ def test_reward_model_win_rate_matches_independent_scores(tiny_model_dir, reward
 
 
 def test_endpoint_verdicts_undo_the_alternating_order():
-    from unipo.bridge.editors import Editor, EditResult
+    from unipo.io.chat_client import ChatResult
 
-    class AlwaysPolicy(Editor):  # a judge that always picks the answer containing "POLICY"
-        def edit_stream(self, jobs):
+    class AlwaysPolicy:  # a judge that always picks the answer containing "POLICY"
+        def stream(self, jobs):
             for job in jobs:
                 text = job.messages[0]["content"]
                 a = text.split("Answer A:\n")[1].split("\n\nAnswer B:")[0]
-                yield job.key, EditResult(text="A" if "POLICY" in a else "B")
+                yield job.key, ChatResult(text="A" if "POLICY" in a else "B")
 
     v = endpoint_verdicts(AlwaysPolicy(), ["p1", "p2", "p3"], ["POLICY 1", "POLICY 2", "POLICY 3"],
                           ["ref 1", "ref 2", "ref 3"])

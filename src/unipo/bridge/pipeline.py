@@ -29,17 +29,17 @@ import hashlib
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unipo.bridge.editors import EditJob, Editor, EditorStopped
+from unipo.bridge.editors import EditJob, Editor, EditorStopped, EditResult
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
-from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing, sidecar_paths
+from unipo.io.files import read_jsonl_repairing, sidecar_paths
+from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 
 
 @dataclass
@@ -200,115 +200,117 @@ def run_bridge(data: str | Path, out: str | Path, editor: Editor, template: Edit
     ``tokenizer`` measures the token edit distance (default: the editor's own tokenizer when it has one,
     else whitespace words).
     """
-    opts = options or BridgeOptions()
     log = log or (lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr, flush=True))
-    paths = BridgePaths.for_output(out)
-    with RunLock(paths.lock, "unipo bridge"):
-        return _run_locked(data, paths, editor, template, opts, tokenizer, log)
+    return _BridgeRun(data, BridgePaths.for_output(out), editor, template, options or BridgeOptions(),
+                      tokenizer, log).run()
 
 
-def _run_locked(data: str | Path, paths: BridgePaths, editor: Editor, template: EditTemplate,
-                opts: BridgeOptions, tokenizer: Any | None, log: Callable[[str], None]) -> dict[str, Any]:
-    pairs = list(read_pairs(data))
-    if opts.limit is not None:
-        pairs = pairs[: opts.limit]
-    if not pairs:
-        raise DataError(f"{data}: no rows")
-    sha = file_sha256(data)
+class _BridgeRun(ResumablePipeline[BridgePair]):
+    """The steps of ``unipo bridge`` in the resumable-pipeline skeleton (:mod:`unipo.io.resumable`)."""
 
-    if opts.overwrite:
-        for p in (paths.out, paths.failed, paths.meta, paths.summary, paths.histogram):
-            p.unlink(missing_ok=True)
-    meta = {"input": str(data), "input_sha256": sha, "template": template.name,
-            "editor": editor.describe()}
-    if paths.meta.exists():
-        old = json.loads(paths.meta.read_text(encoding="utf-8"))
-        if old.get("input_sha256") != sha:
-            raise DataError(f"{paths.out} was written from different input data ({old.get('input')}); "
+    command = "unipo bridge"
+    interruptions = (UnipoError, KeyboardInterrupt, EditorStopped)
+
+    def __init__(self, data: str | Path, paths: BridgePaths, editor: Editor, template: EditTemplate,
+                 opts: BridgeOptions, tokenizer: Any | None, log: Callable[[str], None]) -> None:
+        files = RunFiles(lock=paths.lock, meta=paths.meta, appended={"out": paths.out, "failed": paths.failed},
+                         outputs=(paths.out, paths.failed, paths.meta, paths.summary, paths.histogram))
+        super().__init__(files, overwrite=opts.overwrite, log=log)
+        self.data, self.paths, self.editor, self.template, self.opts = data, paths, editor, template, opts
+        if tokenizer is None:
+            tokenizer = getattr(editor, "tokenizer", None)
+        self.tokenize, self.tokenizer_name = make_tokenize(tokenizer)
+        self.counts = {"edited": 0, "dropped_none": 0, "failed": 0, "truncated": 0}
+        self.by_row: dict[int, BridgePair] = {}
+        self._last_log = 0.0
+
+    def load(self) -> list[BridgePair]:
+        pairs = list(read_pairs(self.data))
+        if self.opts.limit is not None:
+            pairs = pairs[: self.opts.limit]
+        if not pairs:
+            raise DataError(f"{self.data}: no rows")
+        self.by_row = {p.row: p for p in pairs}
+        return pairs
+
+    def settings(self, items: list[BridgePair]) -> dict[str, Any]:
+        return {"input": str(self.data), "input_sha256": file_sha256(self.data), "template": self.template.name,
+                "editor": self.editor.describe()}
+
+    def check_resume(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        if old.get("input_sha256") != new["input_sha256"]:
+            raise DataError(f"{self.paths.out} was written from different input data ({old.get('input')}); "
                             "use another --out or --overwrite to start again")
-        if old.get("template") != template.name or old.get("editor") != meta["editor"]:
-            log("warning: resuming with a different editor or template than the earlier run")
-    elif paths.out.exists() or paths.failed.exists():
-        log(f"warning: {paths.out} exists without {paths.meta.name}; resuming by row number")
-    paths.meta.parent.mkdir(parents=True, exist_ok=True)
-    paths.meta.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if old.get("template") != new["template"] or old.get("editor") != new["editor"]:
+            self.log("warning: resuming with a different editor or template than the earlier run")
 
-    if tokenizer is None:
-        tokenizer = getattr(editor, "tokenizer", None)
-    tokenize, tokenizer_name = make_tokenize(tokenizer)
-    state = load_state(paths)
-    done = state.done(opts.retry_failed)
-    todo = [p for p in pairs if p.row not in done]
-    by_row = {p.row: p for p in pairs}
-    log(f"{len(pairs)} rows read, {len(pairs) - len(todo)} already done, {len(todo)} to edit "
-        f"(editor {editor.name}, template {template.name})")
+    def done_rows(self) -> set[int]:
+        return load_state(self.paths).done(self.opts.retry_failed)
 
-    counts = {"edited": 0, "dropped_none": 0, "failed": 0, "truncated": 0}
-    out_w, side_w = JsonlAppender(paths.out), JsonlAppender(paths.failed)
-    started = last_log = time.monotonic()
+    def start_message(self, total: int, pending: int) -> str:
+        return (f"{total} rows read, {total - pending} already done, {pending} to edit "
+                f"(editor {self.editor.name}, template {self.template.name})")
 
-    def jobs() -> Iterator[EditJob]:
-        for p in todo:
-            msgs = template.messages(render_context(p.prompt), p.chosen.strip(), p.rejected.strip())
-            yield EditJob(p.row, msgs, _max_tokens_for(p, lambda t: len(tokenize(t)), opts))
+    def results(self, pending: list[BridgePair]) -> Iterator[tuple[str, dict[str, Any]]]:
+        stream = self.editor.edit_stream(self._jobs(pending))
+        try:
+            for row, result in stream:
+                yield self._record(self.by_row[row], result)
+        finally:
+            close = getattr(stream, "close", None)
+            if close:
+                close()
 
-    def record(row: int, result) -> None:
-        pair = by_row[row]
+    def _jobs(self, pending: list[BridgePair]) -> Iterator[EditJob]:
+        for p in pending:
+            msgs = self.template.messages(render_context(p.prompt), p.chosen.strip(), p.rejected.strip())
+            yield EditJob(p.row, msgs, _max_tokens_for(p, lambda t: len(self.tokenize(t)), self.opts))
+
+    def _record(self, pair: BridgePair, result: EditResult) -> tuple[str, dict[str, Any]]:
+        """Where the editor's answer for ``pair`` goes (``out`` or ``failed``) and the record to append."""
+        row = pair.row
         if result.error:
-            counts["failed"] += 1
-            side_w.write({"row": row, "status": "failed", "reason": result.error,
-                          "attempts": result.attempts})
-            return
-        if result.finish_reason == "length" and not opts.keep_truncated:
-            counts["failed"] += 1
-            counts["truncated"] += 1
-            side_w.write({"row": row, "status": "failed", "attempts": result.attempts,
-                          "reason": "truncated: the edit hit the new-token limit (raise --max-new-tokens "
-                                    "or pass --keep-truncated)"})
-            return
+            self.counts["failed"] += 1
+            return "failed", {"row": row, "status": "failed", "reason": result.error, "attempts": result.attempts}
+        if result.finish_reason == "length" and not self.opts.keep_truncated:
+            self.counts["failed"] += 1
+            self.counts["truncated"] += 1
+            return "failed", {"row": row, "status": "failed", "attempts": result.attempts,
+                              "reason": "truncated: the edit hit the new-token limit (raise --max-new-tokens "
+                                        "or pass --keep-truncated)"}
         text = clean_output(result.text)
         if text is None:
-            counts["dropped_none"] += 1
-            side_w.write({"row": row, "status": "dropped", "reason": "editor answered None",
-                          "editor_output": (result.text or "")[:200]})
-            return
+            self.counts["dropped_none"] += 1
+            return "failed", {"row": row, "status": "dropped", "reason": "editor answered None",
+                              "editor_output": (result.text or "")[:200]}
         lead = pair.rejected[: len(pair.rejected) - len(pair.rejected.lstrip())]
         pseudo = lead + text  # keep y_l's leading whitespace (HH responses start with a space)
-        ref_tokens = tokenize(pair.rejected)
-        dist = edit_distance(ref_tokens, tokenize(pseudo))
+        ref_tokens = self.tokenize(pair.rejected)
+        dist = edit_distance(ref_tokens, self.tokenize(pseudo))
         wrap = _as_message if pair.conversational else (lambda t: t)
-        out_w.write({"row": row, "prompt": pair.prompt, "chosen": wrap(pseudo),
-                     "rejected": wrap(pair.rejected), "original_chosen": wrap(pair.chosen),
-                     "edit_distance": dist, "edit_relative": round(dist / max(1, len(ref_tokens)), 4)})
-        counts["edited"] += 1
+        self.counts["edited"] += 1
+        return "out", {"row": row, "prompt": pair.prompt, "chosen": wrap(pseudo),
+                       "rejected": wrap(pair.rejected), "original_chosen": wrap(pair.chosen),
+                       "edit_distance": dist, "edit_relative": round(dist / max(1, len(ref_tokens)), 4)}
 
-    aborted: BaseException | None = None
-    stream = editor.edit_stream(jobs())
-    try:
-        for row, result in stream:
-            record(row, result)
-            now = time.monotonic()
-            if opts.progress_every and now - last_log >= opts.progress_every:
-                last_log = now
-                n = sum(counts[k] for k in ("edited", "dropped_none", "failed"))
-                log(f"{n}/{len(todo)} this run ({counts['edited']} edited, {counts['dropped_none']} None, "
-                    f"{counts['failed']} failed), {n / max(now - started, 1e-9):.2f} rows/s")
-    except (UnipoError, KeyboardInterrupt, EditorStopped) as exc:
-        aborted = exc
-        editor.stop()
-    finally:
-        out_w.close()
-        side_w.close()
-        close = getattr(stream, "close", None)
-        if close:
-            close()
+    def written(self, name: str, record: dict[str, Any], progress: Progress) -> None:
+        elapsed = progress.elapsed
+        if not self.opts.progress_every or elapsed - self._last_log < self.opts.progress_every:
+            return
+        self._last_log = elapsed
+        c, n = self.counts, progress.done
+        self.log(f"{n}/{progress.total} this run ({c['edited']} edited, {c['dropped_none']} None, "
+                 f"{c['failed']} failed), {n / max(elapsed, 1e-9):.2f} rows/s")
 
-    summary = summarize(paths, pairs, counts, tokenizer_name, elapsed=time.monotonic() - started,
-                        plot=opts.plot, meta=meta)
-    log(format_summary(summary))
-    if aborted is not None:
-        raise aborted
-    return summary
+    def stop(self) -> None:
+        self.editor.stop()
+
+    def summarize(self, items: list[BridgePair], meta: dict[str, Any], elapsed: float) -> dict[str, Any]:
+        return summarize(self.paths, items, self.counts, self.tokenizer_name, elapsed=elapsed,
+                         plot=self.opts.plot, meta=meta)
+
+    def format_summary(self, summary: dict[str, Any]) -> str:
+        return format_summary(summary)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "PrepSummary",
     "TemplateError",
     "TokenizedPair",
+    "TokenizerFacts",
     "prepare_pairs",
     "tokenize_pair",
     "tokenizer_fingerprint",
@@ -204,6 +205,10 @@ class _Tok:
         self.eos = getattr(tokenizer, "eos_token_id", None)
         self.specials = _special_ids(tokenizer)
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
+
+
+#: Public name of :class:`_Tok`: pass one to :func:`tokenize_pair` to reuse its facts across rows.
+TokenizerFacts = _Tok
 
 
 class TemplateError(DataError):

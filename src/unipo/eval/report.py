@@ -153,15 +153,32 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(runs)
     columns = _columns(runs)
     best = _best(runs, columns)
-    metrics = {n: dict(runs[n].get("metrics") or {}) for n in names}
-    configs = {n: dict(runs[n].get("config") or {}) for n in names}
-    files: dict[str, Path] = {}
+    metrics = {n: dict(runs[n].get("metrics") or {}) for n in runs}
+    configs = {n: dict(runs[n].get("config") or {}) for n in runs}
+    files = _write_plots(out, runs, metrics, columns)
+    files["csv"] = _write_csv(out / "metrics.csv", metrics, configs, columns)
+    files["json"] = _write_json(out / "metrics.json", runs, metrics, configs, columns, best)
+    lines = [f"# {title}", "", f"{len(runs)} run(s) compared.", "", "## Results", "",
+             *_results_table(metrics, configs, columns, best)]
+    marked = [c for c in columns if metric_direction(c) is not None]
+    if marked:
+        lines += ["", "Direction of each column: " + ", ".join(
+            f"{c} {'↑' if metric_direction(c) == 'max' else '↓'}" for c in marked) + "."]
+    lines += ["", _HOW_TO_READ, "", *_plots_section(files)]
+    report = out / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    files["report"] = report
+    return files
 
-    # ---- plots (a run has the same colour in every plot)
+
+def _write_plots(out: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict[str, dict[str, Any]],
+                 columns: list[str]) -> dict[str, Path]:
+    """The PNGs that have data, by role; a run has the same colour in every plot."""
+    names = list(runs)
     colours = plots.palette(names)
+    files: dict[str, Path] = {}
     bins = {n: runs[n]["calibration_bins"] for n in names if runs[n].get("calibration_bins")}
     if bins:
         ece = {n: v for n in bins if (v := _num(metrics[n].get("ece"))) is not None}
@@ -182,40 +199,46 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     if y_key and div_key:
         files["accuracy_vs_diversity"] = plots.accuracy_diversity_scatter(
             metrics, out / "accuracy_vs_diversity.png", x=div_key, y=y_key, colours=colours)
+    return files
 
-    # ---- CSV (full precision; empty cell for missing or non-finite values)
-    csv_path = out / "metrics.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
+
+def _write_csv(path: Path, metrics: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]],
+               columns: list[str]) -> Path:
+    """One row per run at full precision; an empty cell for a missing or non-finite value."""
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["run", "variant", *columns])
-        for n in names:
+        for n in metrics:
             row = [n, str(configs[n].get("variant", ""))]
             for c in columns:
                 v = _num(metrics[n].get(c))
                 row.append("" if v is None or not math.isfinite(v) else repr(v))
             w.writerow(row)
-    files["csv"] = csv_path
+    return path
 
-    # ---- JSON
-    json_path = out / "metrics.json"
+
+def _write_json(path: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict[str, dict[str, Any]],
+                configs: dict[str, dict[str, Any]], columns: list[str], best: dict[str, list[str]]) -> Path:
     payload = {
         "columns": columns,
         "best": best,
         "runs": {n: {"variant": configs[n].get("variant"), "config": configs[n], "metrics": metrics[n],
-                     "calibration_bins": runs[n].get("calibration_bins") or []} for n in names},
+                     "calibration_bins": runs[n].get("calibration_bins") or []} for n in runs},
     }
-    json_path.write_text(json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    files["json"] = json_path
+    path.write_text(json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
-    # ---- Markdown
-    lines = [f"# {title}", "", f"{len(names)} run(s) compared.", "", "## Results", ""]
-    # a standard error is shown as "± se" in its metric's cell, not as a column of its own
+
+def _results_table(metrics: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]], columns: list[str],
+                   best: dict[str, list[str]]) -> list[str]:
+    """The Markdown table: the best value of a column in bold, a standard error as "± se" in its metric's
+    cell (not as a column of its own)."""
     errors = {plots.error_of(c): c for c in columns if plots.error_of(c) in columns}
     shown_cols = [c for c in columns if c not in errors.values()]
     header = ["run", "variant", "parameters", *shown_cols]
-    lines.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
-    lines.append("|" + "|".join([":--"] * 3 + ["--:"] * len(shown_cols)) + "|")
-    for n in names:
+    lines = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
+             "|" + "|".join([":--"] * 3 + ["--:"] * len(shown_cols)) + "|"]
+    for n in metrics:
         cells = [_md_escape(n), _md_escape(str(configs[n].get("variant", ""))), _md_escape(_params(configs[n]))]
         for c in shown_cols:
             v = _num(metrics[n].get(c))
@@ -227,24 +250,24 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
                 text += f" ± {err:.2g}"
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
-    marked = [c for c in columns if metric_direction(c) is not None]
-    if marked:
-        lines += ["", "Direction of each column: " + ", ".join(
-            f"{c} {'↑' if metric_direction(c) == 'max' else '↓'}" for c in marked) + "."]
-    lines += ["", _HOW_TO_READ, ""]
-    captions = {
-        "reward_bars": "Reward accuracy and margin per run",
-        "reward_vs_kl": "Reward vs KL to the reference (the frontier)",
-        "accuracy_vs_diversity": "Accuracy vs diversity",
-        "reliability": "Reliability diagram of σ(margin)",
-        "training_curves": "Training curves",
-    }
-    shown = [k for k in captions if k in files]
-    if shown:
-        lines += ["## Plots", ""]
-        for k in shown:
-            lines += [f"### {captions[k]}", "", f"![{captions[k]}]({files[k].name})", ""]
-    report = out / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    files["report"] = report
-    return files
+    return lines
+
+
+_CAPTIONS = {
+    "reward_bars": "Reward accuracy and margin per run",
+    "reward_vs_kl": "Reward vs KL to the reference (the frontier)",
+    "accuracy_vs_diversity": "Accuracy vs diversity",
+    "reliability": "Reliability diagram of σ(margin)",
+    "training_curves": "Training curves",
+}
+
+
+def _plots_section(files: Mapping[str, Path]) -> list[str]:
+    """The "Plots" section for the PNGs written (none: no section)."""
+    shown = [k for k in _CAPTIONS if k in files]
+    if not shown:
+        return []
+    lines = ["## Plots", ""]
+    for k in shown:
+        lines += [f"### {_CAPTIONS[k]}", "", f"![{_CAPTIONS[k]}]({files[k].name})", ""]
+    return lines

@@ -10,6 +10,8 @@ there, trimming a last line that a kill cut short. This module is that machinery
 * :class:`RunLock`: the ``flock`` that stops two runs from interleaving rows;
 * :func:`read_jsonl_repairing`: the records of an append-only JSONL file, repairing a torn last line;
 * :class:`JsonlAppender`: appends JSON lines, flushed one by one.
+
+:class:`unipo.io.resumable.ResumablePipeline` runs a pipeline with these pieces.
 """
 
 from __future__ import annotations
@@ -114,17 +116,19 @@ class JsonlAppender:
     """Append JSON lines, flushed one by one, so a kill loses at most the line being written.
 
     The file (and its directory) is created at the first :meth:`write`; :meth:`close` syncs it to disk.
+    ``default`` is :func:`json.dumps`'s, for values JSON has no type for (e.g. ``str``).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, default: Callable[[Any], Any] | None = None) -> None:
         self.path = path
+        self.default = default
         self._fh = None
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=self.default) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

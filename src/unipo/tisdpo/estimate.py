@@ -28,16 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unipo.errors import ConfigError, UnipoError
-from unipo.io.files import RunLock, read_jsonl_repairing, sidecar_paths
+from unipo.io.files import read_jsonl_repairing, sidecar_paths
+from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
 from unipo.tisdpo.prompts import system_prompts, with_system
 from unipo.tisdpo.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
@@ -191,116 +191,144 @@ def estimate_weights(data: str, out: str | Path, model: str, opts: EstimateOptio
     check_transform(opts.transform, opts.lower, opts.upper, opts.k, tuple(opts.rank_range))
     if opts.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    paths = WeightPaths.for_output(out)
-    with RunLock(paths.lock, "unipo weights estimate"):
-        return _run_locked(str(data), paths, model, opts, stop_after, on_row)
+    return _EstimateRun(str(data), WeightPaths.for_output(out), model, opts, stop_after, on_row).run()
 
 
-def _run_locked(data: str, paths: WeightPaths, model: str, opts: EstimateOptions, stop_after: int | None,
-                on_row) -> dict[str, Any]:
-    import torch
-    from tqdm.auto import tqdm
+class _EstimateRun(ResumablePipeline):
+    """The steps of ``unipo weights estimate`` in the resumable-pipeline skeleton (:mod:`unipo.io.resumable`)."""
 
-    from unipo.data.formats import normalize_row
-    from unipo.data.tokenize import _Tok, prepare_pairs, tokenize_pair, tokenizer_fingerprint
-    from unipo.models.builtin import cache_dir
-    from unipo.models.loading import load_tokenizer, resolve_dtype, resolve_model_path
+    command = "unipo weights estimate"
 
-    if opts.overwrite:
-        for p in paths.all():
-            if p.exists():
-                p.unlink()
-    base = resolve_model_path(model)
-    tokenizer = load_tokenizer(base)
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    raw = _data_rows(data, opts.limit)
-    pairs, prep = prepare_pairs(data, tokenizer, max_length=NO_TRUNCATION, max_prompt_length=None,
-                                limit=opts.limit, on_invalid=opts.on_invalid)
-    if not pairs:
-        raise UnipoError(f"{data}: no usable preference pairs\n{prep.format()}")
-    normalized = {p.row: normalize_row(raw[p.row], file=data, row_number=p.row) for p in pairs}
-    systems = system_prompts(opts.prompt_pair, opts.positive_system, opts.negative_system) \
-        if opts.method == "prompt" else None
-    meta = {
-        "method": opts.method, "model": model, "model_path": base, "data": data,
-        "data_sha256": _fingerprint_rows(raw), "limit": opts.limit, "tokenizer": fingerprint,
-        "transform": opts.transform,
-        **({"lower": opts.lower, "upper": opts.upper, "k": opts.k} if opts.transform == "paper"
-           else {"rank_range": list(opts.rank_range)}),
-        "system_prompts": list(systems) if systems else None,
-        "lora": opts.lora if opts.method != "prompt" else None,
-        "train_overrides": opts.train_overrides if opts.method != "prompt" else None,
-        "paper": "Liu et al., ICLR 2025 (TIS-DPO), Eq. 13",
-    }
-    if paths.meta.exists() and paths.out.exists():
-        old = json.loads(paths.meta.read_text())
-        changed = sorted(k for k in meta if old.get(k) != meta[k])
+    def __init__(self, data: str, paths: WeightPaths, model: str, opts: EstimateOptions, stop_after: int | None,
+                 on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        files = RunFiles(lock=paths.lock, meta=paths.meta, appended={"out": paths.out}, outputs=paths.all())
+        super().__init__(files, overwrite=opts.overwrite, log=log)
+        self.data, self.paths, self.model, self.opts = data, paths, model, opts
+        self.stop_after, self.on_row = stop_after, on_row
+
+    def load(self) -> list:
+        """The pairs tokenised as for training (no truncation), their normalised rows, the system prompts."""
+        from unipo.data.formats import normalize_row
+        from unipo.data.tokenize import TokenizerFacts, prepare_pairs, tokenizer_fingerprint
+        from unipo.models.loading import load_tokenizer, resolve_model_path
+
+        opts = self.opts
+        self.base = resolve_model_path(self.model)
+        self.tokenizer = load_tokenizer(self.base)
+        self.facts = TokenizerFacts(self.tokenizer)
+        self.eos_ids = {i for i in (self.facts.eos, *self.facts.specials) if i is not None}
+        self.fingerprint = tokenizer_fingerprint(self.tokenizer)
+        self.raw = _data_rows(self.data, opts.limit)
+        pairs, prep = prepare_pairs(self.data, self.tokenizer, max_length=NO_TRUNCATION, max_prompt_length=None,
+                                    limit=opts.limit, on_invalid=opts.on_invalid)
+        if not pairs:
+            raise UnipoError(f"{self.data}: no usable preference pairs\n{prep.format()}")
+        self.normalized = {p.row: normalize_row(self.raw[p.row], file=self.data, row_number=p.row) for p in pairs}
+        self.systems = system_prompts(opts.prompt_pair, opts.positive_system, opts.negative_system) \
+            if opts.method == "prompt" else None
+        return pairs
+
+    def settings(self, items: list) -> dict[str, Any]:
+        opts, trained = self.opts, self.opts.method != "prompt"
+        return {
+            "method": opts.method, "model": self.model, "model_path": self.base, "data": self.data,
+            "data_sha256": _fingerprint_rows(self.raw), "limit": opts.limit, "tokenizer": self.fingerprint,
+            "transform": opts.transform,
+            **({"lower": opts.lower, "upper": opts.upper, "k": opts.k} if opts.transform == "paper"
+               else {"rank_range": list(opts.rank_range)}),
+            "system_prompts": list(self.systems) if self.systems else None,
+            "lora": opts.lora if trained else None,
+            "train_overrides": opts.train_overrides if trained else None,
+            "paper": "Liu et al., ICLR 2025 (TIS-DPO), Eq. 13",
+        }
+
+    def check_resume(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        changed = sorted(k for k in new if old.get(k) != new[k])
         if changed:
-            raise UnipoError(f"{paths.out} holds weights computed with other settings ({', '.join(changed)} "
+            raise UnipoError(f"{self.paths.out} holds weights computed with other settings ({', '.join(changed)} "
                              "differ): use another --out, or --overwrite to start again")
-    done_rows = {int(r["source_row"]) for r in _read_rows(paths.out) if "source_row" in r}
-    pending = [p for p in pairs if p.row not in done_rows]
-    log(f"{len(pairs)} pairs, {len(pairs) - len(pending)} already scored in {paths.out}, "
-        f"{len(pending)} to score ({opts.method}, transform {opts.transform})")
 
-    if pending:
+    def done_rows(self) -> set[int]:
+        return {int(r["source_row"]) for r in _read_rows(self.paths.out) if "source_row" in r}
+
+    def start_message(self, total: int, pending: int) -> str:
+        return (f"{total} pairs, {total - pending} already scored in {self.paths.out}, {pending} to score "
+                f"({self.opts.method}, transform {self.opts.transform})")
+
+    def prepare(self, pending: list, meta: dict[str, Any]) -> None:
+        """Train (or find in the cache) the contrastive pair (π+, π−) and load it for scoring."""
+        import torch
+
+        from unipo.models.builtin import cache_dir
+        from unipo.models.loading import resolve_dtype
+
+        opts = self.opts
         models_dir = Path(opts.models_dir) if opts.models_dir else cache_dir() / "tisdpo"
-        pair_models = ensure_pair(opts.method, base, [normalized[p.row] for p in pairs], models_dir=models_dir,
+        pair_models = ensure_pair(opts.method, self.base, list(self.normalized.values()), models_dir=models_dir,
                                   lora=opts.lora, overrides=opts.train_overrides, retrain=opts.retrain,
                                   progress=opts.progress)
         meta["contrastive_models"] = str(pair_models.directory) if pair_models.directory else None
-        paths.out.parent.mkdir(parents=True, exist_ok=True)
-        paths.meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-        device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = resolve_dtype(opts.dtype, "fp32")
-        pos_model = load_scorer(pair_models.positive, base, dtype).to(device)
-        neg_model = pos_model if pair_models.negative is None else \
-            load_scorer(pair_models.negative, base, dtype).to(device)
-        tok = _Tok(tokenizer)
-        eos_ids = {i for i in (tok.eos, *tok.specials) if i is not None}
+        self.pos_model = load_scorer(pair_models.positive, self.base, dtype).to(self.device)
+        self.neg_model = self.pos_model if pair_models.negative is None else \
+            load_scorer(pair_models.negative, self.base, dtype).to(self.device)
 
-        def examples(p, system: str | None) -> dict:
-            prompt_ids = p.prompt_ids
-            if system is not None:  # (P): only the prompt changes; the responses are the training tokens
-                prompt_ids = tokenize_pair(with_system(normalized[p.row], system), tok, file=data,
-                                           row=p.row)[0]
-            return {"prompt_ids": prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
+    def results(self, pending: list) -> Iterator[tuple[str, dict[str, Any]]]:
+        from tqdm.auto import tqdm
 
-        todo = pending[:stop_after] if stop_after is not None else pending
-        bar = tqdm(total=len(pairs), initial=len(pairs) - len(pending), desc="scoring", unit="pair",
-                   disable=not opts.progress, file=sys.stderr)
-        with open(paths.out, "a", encoding="utf-8") as fh:
-            for start in range(0, len(todo), opts.batch_size):
-                chunk = todo[start:start + opts.batch_size]
-                pos_ex = [examples(p, systems[0] if systems else None) for p in chunk]
-                neg_ex = [examples(p, systems[1] if systems else None) for p in chunk]
-                diffs = score_batch(pos_model, neg_model, pos_ex, neg_ex, pad_token_id=tokenizer.pad_token_id,
-                                    device=device)
-                for p, (dc, dr) in zip(chunk, diffs, strict=True):
-                    pair = normalized[p.row]
-                    row = {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected,
-                           **{k: v for k, v in pair.extras.items() if k not in OUTPUT_COLUMNS},
-                           "chosen_weights": [round(w, 6) for w in to_weights(dc, "chosen", p.chosen_ids,
-                                                                              eos_ids, opts)],
-                           "rejected_weights": [round(w, 6) for w in to_weights(dr, "rejected", p.rejected_ids,
-                                                                                eos_ids, opts)],
-                           "tokenizer": fingerprint, "source_row": p.row}
-                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-                    fh.flush()
-                    if on_row is not None:
-                        on_row(row)
+        todo = pending[:self.stop_after] if self.stop_after is not None else pending
+        total, size = len(self.normalized), self.opts.batch_size
+        bar = tqdm(total=total, initial=total - len(pending), desc="scoring", unit="pair",
+                   disable=not self.opts.progress, file=sys.stderr)
+        try:
+            for start in range(0, len(todo), size):
+                chunk = todo[start:start + size]
+                for p, (dc, dr) in zip(chunk, self._score(chunk), strict=True):
+                    yield "out", self._row(p, dc, dr)
                 bar.update(len(chunk))
-            os.fsync(fh.fileno())
-        bar.close()
-    elif not paths.meta.exists():
-        paths.meta.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+        finally:
+            bar.close()
 
-    rows = _read_rows(paths.out)
-    summary = {**summarize(rows), "complete": len(rows) >= len(pairs), "pairs_total": len(pairs),
-               "options": {k: v for k, v in asdict(opts).items() if k not in ("overwrite", "progress")}}
-    paths.summary.write_text(json.dumps(summary, indent=1, default=str))
-    log(format_summary(summary, paths))
-    return summary
+    def _score(self, chunk: list) -> list[tuple[list[float], list[float]]]:
+        positive, negative = self.systems or (None, None)
+        return score_batch(self.pos_model, self.neg_model, [self._examples(p, positive) for p in chunk],
+                           [self._examples(p, negative) for p in chunk],
+                           pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+
+    def _examples(self, p, system: str | None) -> dict:
+        from unipo.data.tokenize import tokenize_pair
+
+        prompt_ids = p.prompt_ids
+        if system is not None:  # (P): only the prompt changes; the responses are the training tokens
+            prompt_ids = tokenize_pair(with_system(self.normalized[p.row], system), self.facts, file=self.data,
+                                       row=p.row)[0]
+        return {"prompt_ids": prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
+
+    def _row(self, p, chosen_diffs: list[float], rejected_diffs: list[float]) -> dict[str, Any]:
+        pair = self.normalized[p.row]
+        weights = {side: [round(w, 6) for w in to_weights(diffs, side, ids, self.eos_ids, self.opts)]
+                   for side, diffs, ids in (("chosen", chosen_diffs, p.chosen_ids),
+                                            ("rejected", rejected_diffs, p.rejected_ids))}
+        return {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected,
+                **{k: v for k, v in pair.extras.items() if k not in OUTPUT_COLUMNS},
+                "chosen_weights": weights["chosen"], "rejected_weights": weights["rejected"],
+                "tokenizer": self.fingerprint, "source_row": p.row}
+
+    def written(self, name: str, record: dict[str, Any], progress: Progress) -> None:
+        if self.on_row is not None:
+            self.on_row(record)
+
+    def summarize(self, items: list, meta: dict[str, Any], elapsed: float) -> dict[str, Any]:
+        rows = _read_rows(self.paths.out)
+        options = {k: v for k, v in asdict(self.opts).items() if k not in ("overwrite", "progress")}
+        summary = {**summarize(rows), "complete": len(rows) >= len(items), "pairs_total": len(items),
+                   "options": options}
+        self.paths.summary.write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+    def format_summary(self, summary: dict[str, Any]) -> str:
+        return format_summary(summary, self.paths)
 
 
 def format_summary(s: dict[str, Any], paths: WeightPaths) -> str:
