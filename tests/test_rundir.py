@@ -49,3 +49,143 @@ def test_a_bfloat16_reference_copy_stays_available_and_is_offset(tiny_model_dir,
     assert run(tiny_model_dir, data, out, "--precision", "bf16", "--set", "ref_dtype=bfloat16") == 0
     step = first_step(out)
     assert step["rewards/chosen"] != 0.0 or step["rewards/rejected"] != 0.0  # the documented bias
+
+
+# -- one writer, no mixed runs ---------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from unipo.io.rundir import RunDirLock
+with RunDirLock(sys.argv[1], "unipo train"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(directory: Path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(tiny_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = _holder(out)
+    try:
+        assert run(tiny_model_dir, data, out) == 2
+        err = capsys.readouterr().err
+        assert f"in use by `unipo train` (pid {proc.pid}" in err and "Traceback" not in err
+        assert not (out / "metrics.jsonl").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the holder died (SIGKILL): its lock is taken over, and the run goes through
+    assert run(tiny_model_dir, data, out) == 0
+    assert "taking over the lock" in capsys.readouterr().err
+
+
+def test_a_finished_run_is_neither_overwritten_nor_retrained(tiny_model_dir, data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_model_dir, data, out, "--max-steps", "2", "--set", "save_steps=1") == 0
+    (out / "eval.json").write_text("{}")  # a leftover of the old run
+    metrics = (out / "metrics.jsonl").read_text()
+    assert run(tiny_model_dir, data, out, "--seed", "1") == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+    # --resume of the finished run trains nothing and says so
+    assert run(tiny_model_dir, data, out, "--max-steps", "2", "--set", "save_steps=1", "--resume") == 0
+    assert "nothing to train" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == metrics and not (out / "checkpoint-3").exists()
+    # --resume with another configuration is refused, naming the keys
+    assert run(tiny_model_dir, data, out, "--max-steps", "3", "--seed", "1", "--resume") == 2
+    assert "seed: 42 → 1" in capsys.readouterr().err
+    # --overwrite removes the old run entirely: no stale eval.json, no old checkpoint
+    assert run(tiny_model_dir, data, out, "--seed", "1", "--overwrite") == 0
+    assert not (out / "eval.json").exists() and not (out / "checkpoint-2").exists()
+    assert yaml_load(out / "unipo_config.yaml")["seed"] == 1
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_resume_continues_and_train_loss_covers_every_step(tiny_model_dir, data, tmp_path, capsys):
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("transformers").addHandler(handler)
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ("--set", "save_steps=2", "--set", "lr_scheduler_type=constant")
+    assert run(tiny_model_dir, data, full, "--max-steps", "4", *common) == 0
+    assert run(tiny_model_dir, data, part, "--max-steps", "2", *common) == 0
+    capsys.readouterr()
+    assert run(tiny_model_dir, data, part, "--max-steps", "4", "--resume", *common) == 0
+    captured = capsys.readouterr()
+    logging.getLogger("transformers").removeHandler(handler)
+    assert "resuming from" in captured.err
+    assert not [r for r in records if "missing keys" in r], records  # tied lm_head is not "missing"
+    losses = [json.loads(ln)["loss"] for ln in (part / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(ln)]
+    assert len(losses) == 4
+    summary = json.loads(captured.out[captured.out.rindex("\n{") + 1:])  # the command's own summary, printed last
+    assert abs(summary["train_loss"] - sum(losses) / 4) < 1e-3
+    full_losses = [json.loads(ln)["loss"] for ln in (full / "metrics.jsonl").read_text().splitlines()
+                   if "loss" in json.loads(ln)]
+    assert losses == pytest.approx(full_losses, abs=1e-5)
+
+
+# -- preflight and file-system failures ------------------------------------------------------------------
+def _no_model_load(monkeypatch):
+    from unipo.models import loading
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the preflight")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+@pytest.mark.parametrize("out,message", [("/proc/unipo-test/run", "cannot create the output directory"),
+                                         ("/proc/self", "is not writable")])
+def test_unwritable_output_is_refused_before_any_model_loads(tiny_model_dir, data, out, message, monkeypatch,
+                                                             capsys):
+    _no_model_load(monkeypatch)
+    assert run(tiny_model_dir, data, out) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_too_little_disk_is_refused_before_any_model_loads(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    _no_model_load(monkeypatch)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 1000, 1000))
+    assert run(tiny_model_dir, data, tmp_path / "run") == 2
+    assert "not enough disk space" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_checkpoint(tiny_model_dir, data, tmp_path,
+                                                                               monkeypatch, capsys):
+    import errno
+
+    from transformers import Trainer
+
+    def full_disk(self, model, trial=None):
+        ckpt = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(ckpt / "optimizer.pt"))
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full_disk)
+    out = tmp_path / "run"
+    assert run(tiny_model_dir, data, out, "--set", "save_steps=1") == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing" in err and "Traceback" not in err
+    assert "removed the partial checkpoint-1" in err and not (out / "checkpoint-1").exists()

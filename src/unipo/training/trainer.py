@@ -96,6 +96,19 @@ class PreferenceTrainer(Trainer):
 
             warnings.warn(f"{path} not found: the token signal starts from its initial weights", stacklevel=2)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """Trainer's warning about missing keys, without the keys of tied parameters: with tied embeddings the
+        checkpoint stores ``lm_head.weight`` once, as the embedding, and loading that fills both."""
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        missing = set(load_result.missing_keys)
+        loaded = [p for name, p in params.items() if name not in missing]
+
+        def tied(key: str) -> bool:
+            return key in params and any(params[key] is p for p in loaded)
+
+        kept = [k for k in load_result.missing_keys if not tied(k)]
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=kept))
+
     # -- the loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = preference_step(model, self.reference, inputs, self.objective, token_signal=self.token_signal,
