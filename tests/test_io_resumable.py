@@ -129,7 +129,7 @@ def test_lock_refuses_a_second_run(tmp_path):
 
     class Nested(Squares):
         def results(self, pending):
-            with pytest.raises(UnipoError, match="another `squares` is writing"):
+            with pytest.raises(UnipoError, match=r"another `squares` \(pid [0-9]+ on .*\) is writing"):
                 Squares(out, 1).run()
             yield from super().results(pending)
 

@@ -77,7 +77,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tiny_model_dir, data, 
     try:
         assert run(tiny_model_dir, data, out) == 2
         err = capsys.readouterr().err
-        assert f"in use by `unipo train` (pid {proc.pid}" in err and "Traceback" not in err
+        assert f"another `unipo train` (pid {proc.pid}" in err and "Traceback" not in err
         assert not (out / "metrics.jsonl").exists()
     finally:
         proc.kill()

@@ -53,7 +53,19 @@ def _finished(run: Path) -> bool:
 def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
             sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
             include_reference: bool = True, title: str = "unipo comparison") -> dict[str, Any]:
-    """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records."""
+    """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
+    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`)."""
+    from unipo.io.rundir import RunDirLock, preflight
+
+    preflight(out_dir, what="this comparison")
+    with RunDirLock(out_dir, "unipo compare"):
+        return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
+                        include_reference=include_reference, title=title)
+
+
+def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None,
+             sweep: dict[str, list[Any]] | None, eval_kwargs: dict[str, Any] | None, include_reference: bool,
+             title: str) -> dict[str, Any]:
     from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier, with_reference_logps
     from unipo.eval.report import write_report
     from unipo.training.outputs import read_metrics

@@ -153,22 +153,45 @@ def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict],
 def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,
                  n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
                  task: str | None = None, seed: int = 0, out: str | Path | None = None,
-                 judge: dict[str, Any] | None = None, reference_cache: bool = True) -> dict[str, Any]:
+                 judge: dict[str, Any] | None = None, reference_cache: bool = True, max_length: int | None = None,
+                 max_prompt_length: int | None = None) -> dict[str, Any]:
     """Evaluate a run directory against its reference model; write ``eval.json``; return the result.
 
     With ``reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
-    reference cache (:func:`with_reference_logps`) for variants without a per-position KL term."""
+    reference cache (:func:`with_reference_logps`) for variants without a per-position KL term.
+    ``max_length`` / ``max_prompt_length``: truncation of the held-out pairs (None: the run's training
+    truncation); what was truncated is printed and recorded in ``eval.json`` (``truncation``)."""
+    from unipo.io.rundir import RunDirLock
+
+    out_path = Path(out) if out else Path(run_dir) / "eval.json"
+    with RunDirLock(out_path.parent, "unipo eval"):
+        result = _evaluate(run_dir, data, reference=reference, limit=limit, n_prompts=n_prompts, n_samples=n_samples,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
+                           reference_cache=reference_cache, max_length=max_length,
+                           max_prompt_length=max_prompt_length)
+        out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
+    return result
+
+
+def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: int | None, n_prompts: int,
+              n_samples: int, max_new_tokens: int, batch_size: int, task: str | None, seed: int,
+              judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
+              max_prompt_length: int | None) -> dict[str, Any]:
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
-    from unipo.training.train import plan_training, prepare_data
+    from unipo.training.train import log, plan_training, prepare_data
 
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])
-    cfg = TrainConfig.from_dict({k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()})
+    lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
+    cfg = TrainConfig.from_dict({**{k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()}, **lengths})
     plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
-    pairs, _ = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
-                            diff_masks=plan.diff_masks)
+    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
+                                  diff_masks=plan.diff_masks)
+    source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
+    log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
+        f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
@@ -182,8 +205,9 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
                              seed=seed, judge=judge)
     result["run"] = str(run_dir)
     result["data"] = str(data)
-    out_path = Path(out) if out else Path(run_dir) / "eval.json"
-    out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
+    result["truncation"] = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+                            "truncated_prompts": summary.truncated_prompt,
+                            "truncated_responses": summary.truncated_response}
     return result
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,37 +43,67 @@ def sidecar_paths(out: str | Path, *, appended: str, **suffixes: str) -> dict[st
     return {"out": out, **{name: Path(f"{stem}{suffix}") for name, suffix in suffixes.items()}}
 
 
-class RunLock:
-    """An exclusive ``flock`` on ``path`` (``OUT.lock``) while a run writes, so two runs cannot interleave
-    rows; ``command`` names the pipeline in the refusal ("another `unipo bridge` is writing ...").
+def _is_main_process() -> bool:
+    """False on the non-zero ranks of a distributed launch (they work under the main process's lock)."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
-    The OS drops it when the process dies, so a killed run never leaves a stale lock behind.
+
+class RunLock:
+    """An exclusive ``flock`` on ``path`` while a run writes ``subject`` (default: the ``OUT.*`` files of a
+    pipeline whose lock is ``OUT.lock``), so two runs cannot interleave. The lock file records its holder
+    (pid, host, command, start time): a second writer is refused at once with that holder named.
+
+    The OS drops a ``flock`` when its process dies, so the lock of a killed run is taken over by the next
+    one, which says so.
     """
 
-    def __init__(self, path: Path, command: str) -> None:
-        self.path = path
+    def __init__(self, path: Path, command: str, subject: str | None = None) -> None:
+        self.path = Path(path)
         self.command = command
+        self.subject = subject or f"{self.path.with_suffix('')}.*"
         self._fh = None
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
 
     def __enter__(self) -> RunLock:
         try:
             import fcntl
         except ImportError:  # not POSIX: no protection against concurrent runs
             return self
+        if not _is_main_process():
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a")
+        previous = self._holder() if self.path.exists() else {}
+        self._fh = open(self.path, "a+")
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._fh.close()
             self._fh = None
-            raise UnipoError(f"another `{self.command}` is writing {self.path.with_suffix('')}.*; wait for it "
-                             "or stop it first") from None
+            h = self._holder()
+            who = (f"`{h.get('command', self.command)}` (pid {h.get('pid', '?')} on {h.get('host', '?')}, "
+                   f"started {h.get('started', '?')})")
+            raise UnipoError(f"another {who} is writing {self.subject}; wait for it to finish or stop it "
+                             f"(kill {h.get('pid', 'PID')}), or write somewhere else") from None
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            print(f"unipo: taking over the lock on {self.subject} from `{previous.get('command')}` (pid "
+                  f"{previous['pid']}, started {previous.get('started')}), which is no longer running",
+                  file=sys.stderr, flush=True)
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
+        self._fh.flush()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
             self._fh.close()
+            self._fh = None
 
 
 def read_jsonl_repairing(path: Path, *, invalid_hint: str, log: Callable[[str], None],

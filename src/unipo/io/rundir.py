@@ -1,10 +1,9 @@
 """A run directory is a unit of work: one writer at a time, checked before any model loads, and file-system
 failures reported as one line.
 
-* :class:`RunDirLock` — an exclusive ``flock`` on ``DIR/.unipo.lock`` held while a command writes into DIR
-  (``unipo train``, ``compare``, ``eval``, ``weights``); a second writer is refused at once with the holder's
-  pid, host, command and start time. The operating system drops a ``flock`` when its process dies, so the
-  lock of a killed run is taken over by the next one (its recorded holder is reported as gone).
+* :class:`RunDirLock` — the pipelines' :class:`~unipo.io.files.RunLock` on ``DIR/.unipo.lock``, held while
+  a command writes into DIR (``unipo train``, ``compare``, ``eval``); a second writer is refused at once with
+  the holder's pid, host, command and start time; the lock of a killed run is taken over by the next one.
 * :func:`preflight` — before anything is loaded: DIR can be created and written (a probe file), and the disk
   has room for what the run will write (refused when clearly too small, warned when tight).
 * :func:`describe_os_error` — an ``OSError`` (or torch's serialisation error on a full disk) as one line:
@@ -14,16 +13,13 @@ failures reported as one line.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-import socket
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from unipo.errors import UnipoError
+from unipo.io.files import RunLock
 
 LOCK_NAME = ".unipo.lock"
 GiB = 1024 ** 3
@@ -33,59 +29,11 @@ def _log(msg: str) -> None:
     print(f"unipo: {msg}", file=sys.stderr, flush=True)
 
 
-def is_main_process() -> bool:
-    """False on the non-zero ranks of a distributed launch (they share the main process's lock)."""
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
-
-
-class RunDirLock:
-    """One writer per run directory (see the module docstring). ``command`` names the holder in refusals."""
+class RunDirLock(RunLock):
+    """One writer per run directory: :class:`~unipo.io.files.RunLock` on ``DIR/.unipo.lock``."""
 
     def __init__(self, directory: str | Path, command: str) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
-        self.command = command
-        self._fh = None
-
-    def _holder(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def __enter__(self) -> RunDirLock:
-        if not is_main_process():
-            return self
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no protection against concurrent runs
-            return self
-        previous = self._holder() if self.path.exists() else {}
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.close()
-            self._fh = None
-            holder = self._holder()
-            who = (f"`{holder.get('command', 'unipo')}` (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-                   f"started {holder.get('started', '?')})") if holder else "another unipo process"
-            raise UnipoError(f"{self.directory} is in use by {who}; wait for it to finish or stop it "
-                             f"(kill {holder.get('pid', 'PID')}), or choose another output directory") from None
-        if previous.get("pid") and previous.get("pid") != os.getpid():
-            _log(f"{self.directory}: taking over the lock of `{previous.get('command')}` (pid {previous['pid']}, "
-                 f"started {previous.get('started')}), which is no longer running")
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._fh is not None:  # the file stays: unlinking it would race with a waiting run
-            self._fh.close()
-            self._fh = None
+        super().__init__(Path(directory) / LOCK_NAME, command, subject=str(directory))
 
 
 def _gib(n: float) -> str:
