@@ -13,6 +13,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    """The 12 arithmetic pairs of ``tests.helpers.ROWS`` as a JSONL file."""
+    from tests.helpers import ROWS, write_jsonl
+
+    return write_jsonl(tmp_path / "data.jsonl", ROWS)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama + byte-level BPE tokenizer with a ChatML template (built, not downloaded)."""

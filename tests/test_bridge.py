@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import read_jsonl, write_jsonl
 from unipo.bridge.editors import LocalEditor, parse_retry_after
 from unipo.bridge.pipeline import (
     BridgeOptions,
@@ -27,15 +27,6 @@ QA_ROWS = [
     {"prompt": "Name a fruit.", "chosen": "An apple.", "rejected": "A carrot."},
     {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
 ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------- prompts

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.chat_server import ChatServer
+from tests.helpers import read_jsonl, write_jsonl
 from unipo.bridge.editors import EditorFatalError, OpenAICompatEditor
 from unipo.bridge.pipeline import BridgeOptions, run_bridge
 from unipo.bridge.prompts import get_template
@@ -36,17 +37,6 @@ def make_rows(n: int, *, none: tuple[int, ...] = (), bad: tuple[int, ...] = (),
         rows.append({"prompt": f"What is {i} + {i}?", "chosen": f"{i} + {i} = {2 * i}.",
                      "rejected": f"{i} + {i} = {2 * i + 1}. {marker}".strip()})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def assert_each_row_once(out: Path, failed: Path, n: int, *, allow_failed: set[int] = frozenset()) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.helpers import examples, naive_logps
 from unipo.data.batching import collate_pairs, pack_rows
 from unipo.layout import attention_mask_4d
 from unipo.models.forward import response_logps
@@ -16,28 +16,6 @@ def model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-
-
-def examples():
-    g = torch.Generator().manual_seed(0)
-
-    def ids(n):
-        return torch.randint(3, 300, (n,), generator=g).tolist()
-
-    return [
-        {"prompt_ids": ids(5), "chosen_ids": ids(3), "rejected_ids": ids(6)},
-        {"prompt_ids": ids(9), "chosen_ids": ids(1), "rejected_ids": ids(2)},
-        {"prompt_ids": ids(2), "chosen_ids": ids(7), "rejected_ids": ids(1)},
-        {"prompt_ids": ids(1), "chosen_ids": ids(2), "rejected_ids": ids(1)},  # short: packs beside another
-    ]
-
-
-def naive_logps(model, prompt, response):
-    """Ground truth: one unpadded sequence, full logits, log_softmax, gather."""
-    ids = torch.tensor([prompt + response])
-    logits = model(input_ids=ids).logits[0].float()
-    logp = F.log_softmax(logits, -1)
-    return torch.stack([logp[len(prompt) - 1 + j, t] for j, t in enumerate(response)])
 
 
 @pytest.mark.parametrize("packing", [False, True])

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_forward_paths import examples, naive_logps
+from tests.helpers import examples, naive_logps
 from unipo.data.batching import collate_pairs
 from unipo.layout import attention_mask_4d
 from unipo.models import segment_attention as sa

@@ -8,32 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.helpers import ROWS, train_args, write_jsonl
 from unipo.cli import main
 from unipo.objective.presets import PRESETS
-
-ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"} for i in range(12)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture()
-def data(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "data.jsonl", ROWS)
-
-
-def train_args(model, data, out, *extra):
-    return ["train", "--model", str(model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
-            "--per-device-batch-size", "4", "--learning-rate", "1e-3", "--no-progress", *extra]
-
 
 SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
