@@ -32,6 +32,7 @@ QA_ROWS = [
 # ---------------------------------------------------------------------------------------------- prompts
 
 
+@pytest.mark.unit
 def test_paper_templates_fill_placeholders_and_keep_other_braces():
     qa = get_template("qa").messages("Q {x}?", "right", "wrong")
     assert qa[0]["role"] == "system" and qa[-1]["role"] == "user"
@@ -44,6 +45,7 @@ def test_paper_templates_fill_placeholders_and_keep_other_braces():
         get_template("chat")
 
 
+@pytest.mark.unit
 def test_user_template_file(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("system: Be terse.\nFix {rejected} using {chosen} for {prompt}. JSON: {\"a\": 1}\n")
@@ -55,6 +57,7 @@ def test_user_template_file(tmp_path):
         get_template(None, f)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("raw,expected", [
     ("None", None), ("none.", None), ("'None'", None), ("**None**", None), ("", None), ("  \n", None),
     (None, None), ("The sky is blue.", "The sky is blue."),
@@ -65,6 +68,7 @@ def test_clean_output(raw, expected):
     assert clean_output(raw) == expected
 
 
+@pytest.mark.unit
 def test_render_context():
     assert render_context("\n\nHuman: hi\n\nAssistant:") == "Human: hi"
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
@@ -75,6 +79,7 @@ def test_render_context():
 # ---------------------------------------------------------------------------------------- edit distance
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("a,b,d", [
     ("", "", 0), ("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
     ("flaw", "lawn", 2), ("intention", "execution", 5), ("abcdef", "abXdef", 1),
@@ -84,6 +89,7 @@ def test_edit_distance(a, b, d):
     assert edit_distance(list(b), list(a)) == d
 
 
+@pytest.mark.unit
 def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("0.5") == 0.5
@@ -95,6 +101,7 @@ def test_parse_retry_after():
 # ------------------------------------------------------------------------------------- input and resume
 
 
+@pytest.mark.unit
 def test_read_pairs_text_conversational_and_hh(tmp_path):
     f = write_jsonl(tmp_path / "in.jsonl", [
         QA_ROWS[0],
@@ -111,6 +118,7 @@ def test_read_pairs_text_conversational_and_hh(tmp_path):
     assert pairs[2].conversational and (pairs[2].chosen, pairs[2].rejected) == ("a", "b")
 
 
+@pytest.mark.unit
 def test_torn_last_line_is_trimmed_and_state_counts(tmp_path):
     paths = BridgePaths.for_output(tmp_path / "o.jsonl")
     assert paths.failed.name == "o.failed.jsonl" and paths.histogram.name == "o.edit_distance.png"
@@ -137,6 +145,7 @@ def tiny_editor(tiny_model_dir):
     return LocalEditor(str(tiny_model_dir), batch_size=3, temperature=1.0)
 
 
+@pytest.mark.integration
 def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS + [
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}])
@@ -174,6 +183,7 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
         run_bridge(other, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
 
 
+@pytest.mark.integration
 def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:2])
     s = run_bridge(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
@@ -187,6 +197,7 @@ def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
 # ----------------------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.unit
 def test_cli_user_errors(tmp_path, capsys, monkeypatch):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS)
     out = str(tmp_path / "o.jsonl")
@@ -204,6 +215,7 @@ def test_cli_user_errors(tmp_path, capsys, monkeypatch):
                      "--editor-url", "http://127.0.0.1:9/v1", "--editor-model", "m"]) == 2
 
 
+@pytest.mark.integration
 def test_cli_local_editor(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:3])
     out = tmp_path / "o.jsonl"

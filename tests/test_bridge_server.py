@@ -70,6 +70,7 @@ def server(tiny_model_dir):
         yield srv
 
 
+@pytest.mark.integration
 def test_bounded_concurrency_none_and_bad_requests_key_never_written(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("UNIPO_TEST_KEY", SECRET)
     rows = make_rows(14, none=(3, 9), bad=(5,))
@@ -103,6 +104,7 @@ def test_bounded_concurrency_none_and_bad_requests_key_never_written(tmp_path, s
     assert SECRET not in repr(editor_for(server.url, api_key_env="UNIPO_TEST_KEY").__dict__)
 
 
+@pytest.mark.integration
 def test_wrong_key_stops_the_run_without_recording_rows(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("UNIPO_TEST_KEY", "wrong-key")
     data = write_jsonl(tmp_path / "in.jsonl", make_rows(4))
@@ -113,6 +115,7 @@ def test_wrong_key_stops_the_run_without_recording_rows(tmp_path, server, monkey
     assert read_jsonl(tmp_path / "o.jsonl") == [] and read_jsonl(tmp_path / "o.failed.jsonl") == []
 
 
+@pytest.mark.integration
 def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_dir):
     n = 16
     data = write_jsonl(tmp_path / "in.jsonl", make_rows(n, always_500=(7,)))
@@ -155,6 +158,7 @@ def _start_server_process(model_dir: Path, *extra: str) -> tuple[subprocess.Pope
     return proc, line.split()[1]
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     """The server process dies on its 9th request; the run stops; rerun resumes and completes."""
     n = 24
@@ -190,6 +194,7 @@ def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     assert_each_row_once(out, tmp_path / "o.failed.jsonl", n)
 
 
+@pytest.mark.slow
 def test_bridge_process_killed_mid_run_resumes(tmp_path, tiny_model_dir):
     """``unipo bridge`` is SIGKILLed mid-run; the same command finishes the job, every row exactly once."""
     n = 20

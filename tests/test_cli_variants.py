@@ -12,6 +12,8 @@ from unipo.errors import ConfigError
 from unipo.objective.presets import DEFAULT_PARTS, PRESETS
 from unipo.objective.registry import KINDS, parts
 
+pytestmark = pytest.mark.unit
+
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     rc = main(["variants", *argv])

@@ -13,6 +13,8 @@ import pytest
 
 from tests.helpers import ROWS, write_jsonl
 
+pytestmark = pytest.mark.slow
+
 
 def _run(cmd: list[str]) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

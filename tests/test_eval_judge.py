@@ -25,10 +25,12 @@ def reward_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.unit
 def test_win_rate_counts_ties_half():
     assert win_rate_from_scores([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2.5 / 4)
 
 
+@pytest.mark.integration
 def test_identical_models_tie(tiny_model_dir, reward_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -41,6 +43,7 @@ def test_identical_models_tie(tiny_model_dir, reward_model):
     assert res["win_rate"] == 0.5 and res["judge_reward_policy"] == pytest.approx(res["judge_reward_reference"])
 
 
+@pytest.mark.integration
 def test_reward_model_win_rate_matches_independent_scores(tiny_model_dir, reward_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -69,6 +72,7 @@ def test_reward_model_win_rate_matches_independent_scores(tiny_model_dir, reward
     assert res["win_rate"] == pytest.approx(sum(wins) / len(wins))
 
 
+@pytest.mark.unit
 def test_endpoint_verdicts_undo_the_alternating_order():
     from unipo.bridge.editors import Editor, EditResult
 

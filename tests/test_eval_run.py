@@ -10,6 +10,8 @@ from tests.helpers import train_args
 from unipo.cli import main
 from unipo.eval.evaluate import evaluate_run
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("variant", ["dpo", "tdpo2"])
 def test_reference_cache_gives_the_same_scores(tiny_model_dir, data, tmp_path, monkeypatch, variant):

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import unipo
 from unipo.errors import ConfigError, UnipoError
 
+pytestmark = pytest.mark.unit
+
 B, T = 5, 7
 
 

@@ -22,6 +22,7 @@ SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   and p.parts.get("prior") != "learned"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", SEQUENCE_LEVEL)
 def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, variant, capsys):
     out = tmp_path / "run"
@@ -33,6 +34,7 @@ def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, vari
         history[0])
 
 
+@pytest.mark.integration
 def test_outputs_of_a_run(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--variant", "tdpo2", "--beta", "0.2")) == 0
@@ -50,6 +52,7 @@ def test_outputs_of_a_run(tiny_model_dir, data, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)  # a loadable Hugging Face model directory
 
 
+@pytest.mark.integration
 def test_first_step_loss_is_log2_and_training_moves_margins(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--max-steps", "6", "--learning-rate", "5e-3")) == 0
@@ -59,6 +62,7 @@ def test_first_step_loss_is_log2_and_training_moves_margins(tiny_model_dir, data
     assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
 
 
+@pytest.mark.integration
 def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
     from safetensors.torch import load_file
 
@@ -70,6 +74,7 @@ def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
         torch.testing.assert_close(weights[0][k], weights[1][k])
 
 
+@pytest.mark.integration
 def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--lora", "--max-steps", "2")) == 0
@@ -80,6 +85,7 @@ def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
+@pytest.mark.integration
 def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
     hist = {}
@@ -99,12 +105,14 @@ def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, t
     assert len(list((tmp_path / "cache" / "reflogps").glob("*.pt"))) == 2
 
 
+@pytest.mark.integration
 def test_precomputed_reference_refused_for_kl_variants(tiny_model_dir, data, tmp_path, capsys):
     rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--variant", "tdpo2", "--reference", "precomputed"))
     assert rc == 2
     assert "precomputed reference log-probs cannot serve it" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_yaml_config_with_overrides(tiny_model_dir, data, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "data": str(data), "max_steps": 1,
@@ -117,6 +125,7 @@ def test_yaml_config_with_overrides(tiny_model_dir, data, tmp_path):
 
 # ---- bad input: clear errors naming file, row and field ----
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lines, needle", [
     (['{"prompt": "a", "chosen": "b", "rejected": "c"}', '{"prompt": "a", "chosen": "b"'], "row 2"),
     (['{"prompt": "a", "chosen": "b"}'], "field 'rejected'"),
@@ -130,12 +139,14 @@ def test_bad_rows_name_file_row_field(tiny_model_dir, tmp_path, capsys, lines, n
     assert rc == 2 and "bad.jsonl" in err and needle in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_unknown_config_key(tiny_model_dir, data, tmp_path, capsys):
     rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--set", "learning_rat=1e-4"))
     err = capsys.readouterr().err
     assert rc == 2 and "unknown key 'learning_rat'" in err and "did you mean 'learning_rate'" in err
 
 
+@pytest.mark.integration
 def test_conversational_rows_need_a_chat_template(tmp_path, capsys):
     from unipo.testing import make_tiny_model
 
@@ -148,6 +159,7 @@ def test_conversational_rows_need_a_chat_template(tmp_path, capsys):
     assert rc == 2 and "conv.jsonl" in err and "chat template" in err
 
 
+@pytest.mark.integration
 def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_path, capsys):
     rows = ROWS[:6] + [{"prompt": "word " * 400, "chosen": "a", "rejected": "b"}]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
@@ -159,6 +171,7 @@ def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_pat
 
 # ---- resume after SIGKILL ----
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -190,6 +203,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     assert steps == list(range(1, 13)), "every step logged exactly once"
 
 
+@pytest.mark.unit
 def test_auto_precision_never_picks_slow_bf16():
     """On a CPU without native bf16 instructions, bf16 matmul is far slower: auto must choose fp32."""
     from unipo.models import loading
