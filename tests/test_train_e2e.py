@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +73,26 @@ def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
         weights.append(load_file(tmp_path / name / "model.safetensors"))
     for k in weights[0]:
         torch.testing.assert_close(weights[0][k], weights[1][k])
+
+
+@pytest.mark.integration
+def test_a_split_batch_gives_the_steps_of_the_whole_batch(tiny_model_dir, data, tmp_path):
+    """Each step's batch of 4 pairs taken as 2 micro-batches of 2 (gradient accumulation) gives the losses and
+    metrics of the whole batch: the loss is a mean per example, the logged metrics are means over the micro-
+    batches. (The same batch split over two processes, DDP under torchrun, is the slow-tier
+    test_distributed.py.)"""
+    def steps(name, *extra):
+        assert main(train_args(tiny_model_dir, data, tmp_path / name, "--max-steps", "3", "--set", "plots=false",
+                               *extra)) == 0
+        return [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in ln]
+
+    whole = steps("whole", "--per-device-batch-size", "4")
+    split = steps("split", "--per-device-batch-size", "2", "--set", "gradient_accumulation_steps=2")
+    assert len(whole) == len(split) == 3
+    for a, b in zip(whole, split, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/rejected"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=5e-4), key  # float reduction order differs
 
 
 @pytest.mark.integration
@@ -169,7 +190,43 @@ def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_pat
     assert summary["pairs_kept"] == 7 and summary["truncated_prompt"] == 1
 
 
-# ---- resume after SIGKILL ----
+# ---- resume after a kill ----
+
+@pytest.mark.integration
+def test_resume_after_a_kill_matches_uninterrupted(tiny_model_dir, tmp_path, capsys):
+    """In this process, what a kill while checkpoint-4 was being written leaves behind: checkpoint-2 complete,
+    checkpoint-4 without its trainer_state.json, another half-written checkpoint, metrics.jsonl already past
+    step 2, no final model. ``--resume`` goes on from checkpoint-2 to the weights of the uninterrupted run,
+    every step logged once. (The real SIGKILL of a training process is the slow-tier test below.)"""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 2)
+
+    def args(out, *extra):
+        return train_args(tiny_model_dir, data, out, "--max-steps", "4", "--save-steps", "2",
+                          "--per-device-batch-size", "2", "--set", "plots=false", *extra)
+
+    assert main(args(tmp_path / "full")) == 0
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full", killed)
+    for f in killed.iterdir():  # the final outputs were never written ...
+        if f.is_file() and f.name != "metrics.jsonl":
+            f.unlink()
+    (killed / "checkpoint-4" / "trainer_state.json").unlink()  # ... nor checkpoint-4 finished
+    (killed / "checkpoint-99").mkdir()
+    assert len([ln for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]) == 4
+    capsys.readouterr()
+    assert main(args(killed, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {killed / 'checkpoint-2'}" in err
+    assert "checkpoint-4 is incomplete" in err and "checkpoint-99 is incomplete" in err
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(killed / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert steps == list(range(1, 5)), "every step logged exactly once"
+
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
