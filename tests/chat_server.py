@@ -7,7 +7,9 @@ robustness tests:
 * ``fail_rate`` / ``fail_statuses``: answer that fraction of requests with one of these statuses
   (429 responses carry ``Retry-After: retry_after``);
 * ``delay_rate`` / ``delay_s``: sleep before answering (to trip client timeouts);
-* ``die_after``: in a subprocess, exit abruptly (``os._exit``) on receiving the N-th request;
+* ``die_after``: from the N-th request on, behave as a dead server: in a subprocess (``exit_on_die``) exit
+  abruptly (``os._exit``) on receiving it; in-process, drop every connection unanswered (the client sees
+  the connection closed, a transport failure) until ``die_after`` is set back to ``None``;
 * markers in the user message: ``[[none]]`` answers "None", ``[[empty]]`` answers "",
   ``[[always-500]]`` always fails with 500, ``[[bad-request]]`` answers 400;
 * ``api_key``: require ``Authorization: Bearer <api_key>`` (401 otherwise);
@@ -38,7 +40,7 @@ class ChatServer:
     def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  fail_rate: float = 0.0, fail_statuses: tuple[int, ...] = (500,), retry_after: float = 0.2,
                  delay_rate: float = 0.0, delay_s: float = 0.0, die_after: int | None = None,
-                 api_key: str | None = None, seed: int = 0, work_s: float = 0.02,
+                 exit_on_die: bool = False, api_key: str | None = None, seed: int = 0, work_s: float = 0.02,
                  max_tokens_cap: int = 24) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,7 +48,7 @@ class ChatServer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.fail_rate, self.fail_statuses, self.retry_after = fail_rate, tuple(fail_statuses), retry_after
-        self.delay_rate, self.delay_s, self.die_after = delay_rate, delay_s, die_after
+        self.delay_rate, self.delay_s, self.die_after, self.exit_on_die = delay_rate, delay_s, die_after, exit_on_die
         self.api_key, self.work_s, self.max_tokens_cap = api_key, work_s, max_tokens_cap
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
@@ -91,7 +93,10 @@ class ChatServer:
                 status: int | None = None
                 try:
                     if server.die_after is not None and n >= server.die_after:
-                        os._exit(3)  # killed mid-run: no response, connection dropped
+                        if server.exit_on_die:
+                            os._exit(3)  # killed mid-run: no response, connection dropped
+                        self.close_connection = True  # in-process: a thread cannot die; answer nothing
+                        return
                     status, payload, headers = server.answer(self.path, body, self.headers)
                 finally:
                     with server.lock:
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     server = ChatServer(a.model, port=a.port, fail_rate=a.fail_rate,
                         fail_statuses=tuple(int(s) for s in a.fail_statuses.split(",")),
-                        retry_after=a.retry_after, die_after=a.die_after, api_key=a.api_key,
+                        retry_after=a.retry_after, die_after=a.die_after, exit_on_die=True, api_key=a.api_key,
                         work_s=a.work_s, seed=a.seed)
     print(f"LISTENING {server.url}", flush=True)
     try:

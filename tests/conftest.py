@@ -12,6 +12,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+#: every test carries exactly one of these markers (declared in pyproject.toml; see docs/testing.md)
+TIERS = ("unit", "integration", "slow")
+#: fixtures that build or load a model: a unit test may not use them
+MODEL_FIXTURES = {"tiny_model_dir"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every collected test is checked
+def pytest_collection_modifyitems(config, items):
+    """Fail the collection of any test without exactly one tier marker, or a unit test that uses a model."""
+    problems = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(tiers) != 1:
+            problems.append(f"{item.nodeid}: " + (f"{len(tiers)} tier markers ({', '.join(tiers)})" if tiers
+                                                   else "no tier marker"))
+        elif tiers == ["unit"] and MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            problems.append(f"{item.nodeid}: marked unit but uses a model fixture "
+                            f"({', '.join(sorted(MODEL_FIXTURES & set(item.fixturenames)))})")
+    if problems:
+        raise pytest.UsageError(
+            f"{len(problems)} test(s) not in exactly one tier of {', '.join(TIERS)} (mark the module with "
+            f"`pytestmark = pytest.mark.unit` or the test with `@pytest.mark.unit`; see docs/testing.md):\n  "
+            + "\n  ".join(problems))
+
+
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    """The 12 arithmetic pairs of ``tests.helpers.ROWS`` as a JSONL file."""
+    from tests.helpers import ROWS, write_jsonl
+
+    return write_jsonl(tmp_path / "data.jsonl", ROWS)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

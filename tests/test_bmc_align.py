@@ -17,6 +17,8 @@ from unipo.data.bmc_align import (
 )
 from unipo.testing import make_tiny_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("a, b, ma, mb", [
     ([1, 2, 3, 4], [1, 5, 3, 4], [0, 1, 0, 0], [0, 1, 0, 0]),            # substitution

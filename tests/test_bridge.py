@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import read_jsonl, write_jsonl
 from unipo.bridge.editors import LocalEditor
 from unipo.bridge.pipeline import (
     BridgeOptions,
@@ -30,18 +30,10 @@ QA_ROWS = [
 ]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------------------------------------- prompts
 
 
+@pytest.mark.unit
 def test_paper_templates_fill_placeholders_and_keep_other_braces():
     qa = get_template("qa").messages("Q {x}?", "right", "wrong")
     assert qa[0]["role"] == "system" and qa[-1]["role"] == "user"
@@ -54,6 +46,7 @@ def test_paper_templates_fill_placeholders_and_keep_other_braces():
         get_template("chat")
 
 
+@pytest.mark.unit
 def test_user_template_file(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text("system: Be terse.\nFix {rejected} using {chosen} for {prompt}. JSON: {\"a\": 1}\n")
@@ -65,6 +58,7 @@ def test_user_template_file(tmp_path):
         get_template(None, f)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("raw,expected", [
     ("None", None), ("none.", None), ("'None'", None), ("**None**", None), ("", None), ("  \n", None),
     (None, None), ("The sky is blue.", "The sky is blue."),
@@ -75,6 +69,7 @@ def test_clean_output(raw, expected):
     assert clean_output(raw) == expected
 
 
+@pytest.mark.unit
 def test_render_context():
     assert render_context("\n\nHuman: hi\n\nAssistant:") == "Human: hi"
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
@@ -85,6 +80,7 @@ def test_render_context():
 # ---------------------------------------------------------------------------------------- edit distance
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("a,b,d", [
     ("", "", 0), ("abc", "abc", 0), ("abc", "", 3), ("", "ab", 2), ("kitten", "sitting", 3),
     ("flaw", "lawn", 2), ("intention", "execution", 5), ("abcdef", "abXdef", 1),
@@ -94,6 +90,7 @@ def test_edit_distance(a, b, d):
     assert edit_distance(list(b), list(a)) == d
 
 
+@pytest.mark.unit
 def test_parse_retry_after():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("0.5") == 0.5
@@ -105,6 +102,7 @@ def test_parse_retry_after():
 # ------------------------------------------------------------------------------------- input and resume
 
 
+@pytest.mark.unit
 def test_read_pairs_text_conversational_and_hh(tmp_path):
     f = write_jsonl(tmp_path / "in.jsonl", [
         QA_ROWS[0],
@@ -121,6 +119,7 @@ def test_read_pairs_text_conversational_and_hh(tmp_path):
     assert pairs[2].conversational and (pairs[2].chosen, pairs[2].rejected) == ("a", "b")
 
 
+@pytest.mark.unit
 def test_torn_last_line_is_trimmed_and_state_counts(tmp_path):
     paths = BridgePaths.for_output(tmp_path / "o.jsonl")
     assert paths.failed.name == "o.failed.jsonl" and paths.histogram.name == "o.edit_distance.png"
@@ -147,6 +146,7 @@ def tiny_editor(tiny_model_dir):
     return LocalEditor(str(tiny_model_dir), batch_size=3, temperature=1.0)
 
 
+@pytest.mark.integration
 def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS + [
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}])
@@ -184,6 +184,7 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
         run_bridge(other, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
 
 
+@pytest.mark.integration
 def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:2])
     s = run_bridge(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
@@ -197,6 +198,7 @@ def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
 # ----------------------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.unit
 def test_cli_user_errors(tmp_path, capsys, monkeypatch):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS)
     out = str(tmp_path / "o.jsonl")
@@ -214,6 +216,7 @@ def test_cli_user_errors(tmp_path, capsys, monkeypatch):
                      "--editor-url", "http://127.0.0.1:9/v1", "--editor-model", "m"]) == 2
 
 
+@pytest.mark.integration
 def test_cli_local_editor(tmp_path, tiny_model_dir, capsys):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:3])
     out = tmp_path / "o.jsonl"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.chat_server import ChatServer
+from tests.helpers import read_jsonl, write_jsonl
 from unipo.bridge.editors import EditorFatalError, OpenAICompatEditor
 from unipo.bridge.pipeline import BridgeOptions, run_bridge
 from unipo.bridge.prompts import get_template
@@ -36,17 +37,6 @@ def make_rows(n: int, *, none: tuple[int, ...] = (), bad: tuple[int, ...] = (),
         rows.append({"prompt": f"What is {i} + {i}?", "chosen": f"{i} + {i} = {2 * i}.",
                      "rejected": f"{i} + {i} = {2 * i + 1}. {marker}".strip()})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def assert_each_row_once(out: Path, failed: Path, n: int, *, allow_failed: set[int] = frozenset()) -> None:
@@ -80,6 +70,7 @@ def server(tiny_model_dir):
         yield srv
 
 
+@pytest.mark.integration
 def test_bounded_concurrency_none_and_bad_requests_key_never_written(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("UNIPO_TEST_KEY", SECRET)
     rows = make_rows(14, none=(3, 9), bad=(5,))
@@ -113,6 +104,7 @@ def test_bounded_concurrency_none_and_bad_requests_key_never_written(tmp_path, s
     assert SECRET not in repr(editor_for(server.url, api_key_env="UNIPO_TEST_KEY").__dict__)
 
 
+@pytest.mark.integration
 def test_wrong_key_stops_the_run_without_recording_rows(tmp_path, server, monkeypatch, capsys):
     monkeypatch.setenv("UNIPO_TEST_KEY", "wrong-key")
     data = write_jsonl(tmp_path / "in.jsonl", make_rows(4))
@@ -123,6 +115,7 @@ def test_wrong_key_stops_the_run_without_recording_rows(tmp_path, server, monkey
     assert read_jsonl(tmp_path / "o.jsonl") == [] and read_jsonl(tmp_path / "o.failed.jsonl") == []
 
 
+@pytest.mark.integration
 def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_dir):
     n = 16
     data = write_jsonl(tmp_path / "in.jsonl", make_rows(n, always_500=(7,)))
@@ -154,6 +147,80 @@ def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_
         assert_each_row_once(out, tmp_path / "o.failed.jsonl", n, allow_failed={7})
 
 
+@pytest.mark.integration
+def test_server_gone_mid_run_stops_the_run_then_resume_completes(tmp_path, tiny_model_dir):
+    """In this process: from its 9th request on the server drops every connection unanswered; the run stops
+    with a clear error after 3 transport failures in a row, keeping what was answered before; once the
+    server answers again a rerun (--retry-failed) edits exactly the rest. (A server PROCESS that dies is the
+    slow-tier test_server_killed_mid_run_then_resumed.)"""
+    n = 16
+    data = write_jsonl(tmp_path / "in.jsonl", make_rows(n))
+    out = tmp_path / "o.jsonl"
+    with ChatServer(tiny_model_dir, die_after=9) as srv:
+        with pytest.raises(EditorFatalError, match="could not reach the editor"):
+            run_bridge(data, out, editor_for(srv.url, concurrency=2, max_retries=2,
+                                             max_consecutive_transport_failures=3), get_template("qa"),
+                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True), log=quiet)
+        edited_before = {r["row"] for r in read_jsonl(out)}
+        assert 4 <= len(edited_before) <= 8  # requests 1-8 were answered
+        summary = json.loads((tmp_path / "o.summary.json").read_text())
+        assert summary["pending"] > 0 and summary["edited"] == len(edited_before)
+
+        srv.die_after = None  # the server is back
+        served_before = srv.stats["requests"]
+        s = run_bridge(data, out, editor_for(srv.url, concurrency=2), get_template("qa"),
+                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True),
+                       log=quiet)
+        assert srv.stats["requests"] - served_before == n - len(edited_before)  # nothing asked twice
+    assert (s["edited"], s["failed"], s["pending"]) == (n, 0, 0)
+    assert s["this_run"]["edited"] == n - len(edited_before)
+    assert_each_row_once(out, tmp_path / "o.failed.jsonl", n)
+
+
+class InterruptedEditor(OpenAICompatEditor):
+    """Interrupted (Ctrl-C) once ``after`` results have come back, with more requests in flight."""
+
+    def __init__(self, *args, after: int, **kw):
+        super().__init__(*args, **kw)
+        self.after = after
+
+    def edit_stream(self, jobs):
+        for i, item in enumerate(super().edit_stream(jobs)):
+            if i == self.after:
+                raise KeyboardInterrupt
+            yield item
+
+
+@pytest.mark.integration
+def test_interrupted_run_with_a_torn_last_line_resumes_each_row_once(tmp_path, tiny_model_dir):
+    """In this process: the run is interrupted after 5 rows came back (2 more in flight) and its output ends in
+    a torn line, as a kill mid-write leaves it; the same call then edits exactly the rows not written. (The
+    SIGKILL of a `unipo bridge` process is the slow-tier test_bridge_process_killed_mid_run_resumes.)"""
+    n = 12
+    data = write_jsonl(tmp_path / "in.jsonl", make_rows(n))
+    out = tmp_path / "o.jsonl"
+    opts = BridgeOptions(max_new_tokens=8, keep_truncated=True)
+    with ChatServer(tiny_model_dir) as srv:
+        ed = InterruptedEditor(srv.url, "tiny", concurrency=2, backoff=0.01, after=5)
+        with pytest.raises(KeyboardInterrupt):
+            run_bridge(data, out, ed, get_template("qa"), options=opts, log=quiet)
+        done_before = len(read_jsonl(out))
+        assert done_before == 5
+        first = out.read_text(encoding="utf-8").splitlines()[0]
+        with out.open("a", encoding="utf-8") as f:
+            f.write(first[: len(first) // 2])  # killed while writing a row: no newline
+        time.sleep(0.3)  # let the requests in flight at the interruption reach the server
+        served_before = srv.stats["requests"]
+        messages: list[str] = []
+        s = run_bridge(data, out, editor_for(srv.url, concurrency=2), get_template("qa"), options=opts,
+                       log=messages.append)
+        assert f"{n} rows read, {done_before} already done, {n - done_before} to edit" in messages[0]
+        assert srv.stats["requests"] - served_before == n - done_before
+    assert (s["edited"], s["pending"]) == (n, 0)
+    assert_each_row_once(out, tmp_path / "o.failed.jsonl", n)
+    assert len(read_jsonl(out)) == n
+
+
 def _start_server_process(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "chat_server.py"), "--model", str(model_dir), *extra],
@@ -165,6 +232,7 @@ def _start_server_process(model_dir: Path, *extra: str) -> tuple[subprocess.Pope
     return proc, line.split()[1]
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     """The server process dies on its 9th request; the run stops; rerun resumes and completes."""
     n = 24
@@ -200,6 +268,7 @@ def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     assert_each_row_once(out, tmp_path / "o.failed.jsonl", n)
 
 
+@pytest.mark.slow
 def test_bridge_process_killed_mid_run_resumes(tmp_path, tiny_model_dir):
     """``unipo bridge`` is SIGKILLed mid-run; the same command finishes the job, every row exactly once."""
     n = 20

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from unipo.bridge.editors import Editor, EditResult
 from unipo.bridge.pipeline import BridgeOptions, run_bridge
 from unipo.bridge.prompts import get_template
 from unipo.cli import main
+
+pytestmark = pytest.mark.integration
 
 
 class MinimalEditor(Editor):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.test_train_e2e import ROWS, write_jsonl
+from tests.helpers import ROWS, write_jsonl
 from unipo.cli import main
 
 

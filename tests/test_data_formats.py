@@ -20,6 +20,8 @@ from unipo.data.formats import (
 )
 from unipo.errors import DataError
 
+pytestmark = pytest.mark.unit
+
 TEXT_ROWS = [
     {"prompt": "What is 12 + 35?", "chosen": " 47", "rejected": " 46"},
     {"prompt": "Say hi.", "chosen": " Hi!", "rejected": " No.", "note": "extra column"},

@@ -17,6 +17,8 @@ from unipo.data.tokenize import (
 from unipo.errors import ConfigError, DataError
 from unipo.testing import make_tiny_tokenizer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def tok():

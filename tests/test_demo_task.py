@@ -6,6 +6,8 @@ import pytest
 
 from unipo.tasks.arithmetic import Problem, parse_problem, preference_rows, problems, verify
 
+pytestmark = pytest.mark.unit
+
 
 def test_verifier_requires_exact_format():
     p = Problem(7, 9)

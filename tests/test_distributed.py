@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_e2e import ROWS, write_jsonl
+from tests.helpers import ROWS, write_jsonl
+
+pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str]) -> None:

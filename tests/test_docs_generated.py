@@ -17,6 +17,8 @@ from unipo.cli import docgen
 from unipo.objective.presets import PRESETS
 from unipo.objective.registry import KINDS, parts
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -9,6 +9,8 @@ import torch
 
 from unipo.eval.generation import eos_token_ids, generation_metrics, sample_responses, score_responses
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):

@@ -25,10 +25,12 @@ def reward_model(tmp_path_factory):
     return out
 
 
+@pytest.mark.unit
 def test_win_rate_counts_ties_half():
     assert win_rate_from_scores([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx(2.5 / 4)
 
 
+@pytest.mark.integration
 def test_identical_models_tie(tiny_model_dir, reward_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -41,6 +43,7 @@ def test_identical_models_tie(tiny_model_dir, reward_model):
     assert res["win_rate"] == 0.5 and res["judge_reward_policy"] == pytest.approx(res["judge_reward_reference"])
 
 
+@pytest.mark.integration
 def test_reward_model_win_rate_matches_independent_scores(tiny_model_dir, reward_model, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -69,6 +72,71 @@ def test_reward_model_win_rate_matches_independent_scores(tiny_model_dir, reward
     assert res["win_rate"] == pytest.approx(sum(wins) / len(wins))
 
 
+def word_judge(out, tok, good: str, bad: str):
+    """A reward model whose score is fixed by construction: no transformer layers, so the score reads the
+    embedding of the LAST token alone; the single-token word ``good`` scores +√hidden, ``bad`` −√hidden, every
+    other token exactly 0."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    (g,), (b,) = (tok(w, add_special_tokens=False)["input_ids"] for w in (good, bad))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=0,
+                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    rm = LlamaForSequenceClassification(cfg)
+    with torch.no_grad():
+        emb = rm.model.embed_tokens.weight
+        emb[:, 0] = 0.0
+        emb[g], emb[b] = 0.0, 0.0
+        emb[g, 0], emb[b, 0] = 1.0, -1.0
+        rm.score.weight.zero_()
+        rm.score.weight[0, 0] = 1.0
+    rm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def always_says(model_dir, tok, word: str):
+    """The tiny model with a head bias that makes ``word`` (one token) its greedy answer to every prompt."""
+    from transformers import AutoModelForCausalLM
+
+    (t,) = tok(word, add_special_tokens=False)["input_ids"]
+    m = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    head = torch.nn.Linear(m.lm_head.in_features, m.lm_head.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(m.lm_head.weight)
+        head.bias.zero_()
+        head.bias[t] = 1e3
+    m.lm_head = head
+    return m
+
+
+@pytest.mark.integration
+def test_judge_prefers_the_side_its_reward_model_scores_higher(tiny_model_dir, tmp_path):
+    """A policy that always answers " fox" against a reference that always answers " dog", judged by a reward
+    model that scores an answer ending in " fox" above one ending in " dog" by construction: the policy wins
+    every prompt; with the roles swapped it loses every prompt."""
+    from transformers import AutoTokenizer
+
+    from unipo.eval.judge import greedy_texts
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    judge = str(word_judge(tmp_path / "rm", tok, good=" fox", bad=" dog"))
+    fox, dog = always_says(tiny_model_dir, tok, " fox"), always_says(tiny_model_dir, tok, " dog")
+    texts = [tok.apply_chat_template([{"role": "user", "content": f"What is {i} + 1?"}], tokenize=False,
+                                     add_generation_prompt=True) for i in range(5)]
+    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert set(greedy_texts(fox, tok, prompts, 3, 8)) == {" fox fox fox"}  # the construction holds
+    assert set(greedy_texts(dog, tok, prompts, 3, 8)) == {" dog dog dog"}
+
+    win = judge_win_rate(fox, dog, tok, prompts, judge=judge, max_new_tokens=3)
+    assert win["win_rate"] == 1.0
+    # RMSNorm of a one-hot embedding: ±√16 = ±4 (up to its epsilon)
+    assert win["judge_reward_policy"] == pytest.approx(4.0, rel=1e-4)
+    assert win["judge_reward_reference"] == pytest.approx(-4.0, rel=1e-4)
+    loss = judge_win_rate(dog, fox, tok, prompts, judge=judge, max_new_tokens=3)
+    assert loss["win_rate"] == 0.0
+
+
+@pytest.mark.unit
 def test_endpoint_verdicts_undo_the_alternating_order():
     from unipo.io.chat_client import ChatResult
 

@@ -19,6 +19,8 @@ from unipo.eval.metrics import (
     sentence_bleu,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_reward_accuracy_ties_count_half():
     out = reward_accuracy_and_margin([1.0, -1.0, 0.0, 2.0])

@@ -14,6 +14,8 @@ from unipo.eval import plots
 from unipo.eval.metrics import pairwise_calibration
 from unipo.eval.report import format_value, write_report
 
+pytestmark = pytest.mark.unit
+
 
 def make_runs() -> dict[str, dict]:
     """Five synthetic runs with distinct metrics, histories and calibration bins."""

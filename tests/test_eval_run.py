@@ -6,13 +6,15 @@ import json
 
 import pytest
 
-from tests.test_train_e2e import data, train_args  # noqa: F401  (fixture)
+from tests.helpers import train_args
 from unipo.cli import main
 from unipo.eval.evaluate import evaluate_run
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.mark.parametrize("variant", ["dpo", "tdpo2"])
-def test_reference_cache_gives_the_same_scores(tiny_model_dir, data, tmp_path, monkeypatch, variant):  # noqa: F811
+def test_reference_cache_gives_the_same_scores(tiny_model_dir, data, tmp_path, monkeypatch, variant):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, run, "--variant", variant, "--set", "plots=false")) == 0

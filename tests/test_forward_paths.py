@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from tests.helpers import examples, naive_logps
 from unipo.data.batching import collate_pairs, pack_rows
 from unipo.layout import attention_mask_4d
 from unipo.models.forward import response_logps
@@ -18,28 +18,7 @@ def model(tiny_model_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
-def examples():
-    g = torch.Generator().manual_seed(0)
-
-    def ids(n):
-        return torch.randint(3, 300, (n,), generator=g).tolist()
-
-    return [
-        {"prompt_ids": ids(5), "chosen_ids": ids(3), "rejected_ids": ids(6)},
-        {"prompt_ids": ids(9), "chosen_ids": ids(1), "rejected_ids": ids(2)},
-        {"prompt_ids": ids(2), "chosen_ids": ids(7), "rejected_ids": ids(1)},
-        {"prompt_ids": ids(1), "chosen_ids": ids(2), "rejected_ids": ids(1)},  # short: packs beside another
-    ]
-
-
-def naive_logps(model, prompt, response):
-    """Ground truth: one unpadded sequence, full logits, log_softmax, gather."""
-    ids = torch.tensor([prompt + response])
-    logits = model(input_ids=ids).logits[0].float()
-    logp = F.log_softmax(logits, -1)
-    return torch.stack([logp[len(prompt) - 1 + j, t] for j, t in enumerate(response)])
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_packed_logps_equal_naive(model, share_prompt, packing):
@@ -55,6 +34,7 @@ def test_packed_logps_equal_naive(model, share_prompt, packing):
             assert torch.all(out.logps[side][i, len(ex[f"{side}_ids"]):] == 0)
 
 
+@pytest.mark.integration
 def test_gradients_equal_between_layouts(model):
     exs = examples()
     grads = []
@@ -67,6 +47,7 @@ def test_gradients_equal_between_layouts(model):
         torch.testing.assert_close(g, grads[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("packing", [False, True])
 def test_eager_attention_with_float_mask_matches(tiny_model_dir, packing):
     from transformers import AutoModelForCausalLM
@@ -81,6 +62,7 @@ def test_eager_attention_with_float_mask_matches(tiny_model_dir, packing):
         torch.testing.assert_close(out.logps.rejected[i, :n], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.unit
 def test_pack_rows_first_fit_decreasing():
     # longest first, each into the first row with room; ties keep their order
     assert pack_rows([14, 12, 10, 4], 14) == [[0], [1], [2, 3]]
@@ -88,6 +70,7 @@ def test_pack_rows_first_fit_decreasing():
     assert pack_rows([1, 1, 1], 3) == [[0, 1, 2]]
 
 
+@pytest.mark.unit
 def test_packing_removes_padding_and_keeps_sequences_apart():
     exs = examples()  # sequence lengths 14, 12, 10, 4
     plain, packed = collate_pairs(exs, 0), collate_pairs(exs, 0, packing=True)
@@ -99,6 +82,7 @@ def test_packing_removes_padding_and_keeps_sequences_apart():
     assert not m[10:, :10].any() and not m[:10, 10:].any()  # no attention between the two pairs
 
 
+@pytest.mark.unit
 def test_mask_rejected_never_sees_chosen():
     batch = collate_pairs([{"prompt_ids": [1, 2], "chosen_ids": [3, 4], "rejected_ids": [5]}], 0)
     m = attention_mask_4d(batch["segments"])[0, 0]

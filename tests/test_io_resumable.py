@@ -14,6 +14,8 @@ from unipo.io.chat_client import ChatClient
 from unipo.io.files import read_jsonl_repairing
 from unipo.io.resumable import ResumablePipeline, RunFiles
 
+pytestmark = pytest.mark.unit
+
 
 @dataclass
 class Item:

@@ -7,6 +7,8 @@ import torch
 
 from unipo.models.logprobs import token_logps, token_logps_reference
 
+pytestmark = pytest.mark.unit
+
 
 def setup(seed=0, n=37, h=16, v=101, bias=False):
     g = torch.Generator().manual_seed(seed)

@@ -46,6 +46,8 @@ trl = pytest.importorskip("trl")
 DPOTrainer = pytest.importorskip("trl.trainer.dpo_trainer").DPOTrainer
 CPOTrainer = pytest.importorskip("trl.experimental.cpo").CPOTrainer
 
+pytestmark = pytest.mark.unit
+
 B, T = 6, 11  # batch, response-token positions (after the shift)
 RTOL, ATOL = 2e-5, 2e-6
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_forward_paths import examples, naive_logps
+from tests.helpers import examples, naive_logps
 from unipo.data.batching import collate_pairs
 from unipo.layout import attention_mask_4d
 from unipo.models import segment_attention as sa
@@ -29,6 +29,7 @@ def seg(tiny_model_dir):
     return load_model(str(tiny_model_dir))
 
 
+@pytest.mark.integration
 def test_load_model_enables_it_where_exact(dense, seg, tiny_model_dir, tmp_path):
     assert sa.enabled(seg) and not sa.enabled(dense)
     from transformers import MistralConfig, MistralForCausalLM
@@ -41,6 +42,7 @@ def test_load_model_enables_it_where_exact(dense, seg, tiny_model_dir, tmp_path)
     assert sa.NAME not in (tmp_path / "config.json").read_text()
 
 
+@pytest.mark.unit
 def test_spans_by_hand():
     batch = collate_pairs([{"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5], "rejected_ids": [6]},
                            {"prompt_ids": [7], "chosen_ids": [8], "rejected_ids": [9, 10]}], 0)
@@ -53,6 +55,7 @@ def test_spans_by_hand():
         [True, True, True, False, False], [True, True, True, True, False], [True, True, True, True, True]]
 
 
+@pytest.mark.unit
 def test_attention_function_equals_dense_mask_sdpa():
     """Ground truth: one SDPA call with the dense 4-D mask of batching.attention_mask_4d (GQA 4 → 2 heads)."""
     torch.manual_seed(0)
@@ -76,6 +79,7 @@ def test_attention_function_equals_dense_mask_sdpa():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("layout", LAYOUTS, ids=["padded", "packed", "one_row"])
 @pytest.mark.parametrize("share_prompt", [True, False])
 def test_logps_equal_naive(seg, share_prompt, layout):
@@ -96,6 +100,7 @@ def _grads(model, batch):
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
+@pytest.mark.integration
 def test_gradients_equal_dense_path(dense, seg):
     exs = examples()
     expected = _grads(dense, collate_pairs(exs, 0))
@@ -103,6 +108,7 @@ def test_gradients_equal_dense_path(dense, seg):
         torch.testing.assert_close(_grads(seg, collate_pairs(exs, 0, **layout)), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_gradient_checkpointing_recomputes_the_same(tiny_model_dir):
     """The recomputed forward of a checkpointed layer gets the same blocks (they travel as kwargs)."""
     exs = examples()
@@ -113,6 +119,7 @@ def test_gradient_checkpointing_recomputes_the_same(tiny_model_dir):
     torch.testing.assert_close(_grads(ckpt, batch), _grads(plain, batch), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_plain_forward_and_generation_fall_back_to_sdpa(dense, seg):
     """Without blocks (generation, a padded forward with a 2-D mask) the model is transformers' SDPA model."""
     ids = torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]])
@@ -125,6 +132,7 @@ def test_plain_forward_and_generation_fall_back_to_sdpa(dense, seg):
                                                                                      **kw).tolist()
 
 
+@pytest.mark.integration
 def test_collate_for_one_padding_free_row(dense, seg):
     exs = examples()
     one = collate_for(seg, 0)(exs)
@@ -137,6 +145,7 @@ def test_collate_for_one_padding_free_row(dense, seg):
     assert one["documents"][0].unique().tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.integration
 def test_bf16_autocast_matches_dense_path(dense, seg):
     exs = examples()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

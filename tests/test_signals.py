@@ -102,6 +102,7 @@ def expected_loss(policy, ref, signal, exs, kind):
 
 
 # -- the modules ---------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_sparsepo_masks_shapes_nonnegative_and_detached(models):
     _, ref = models
     batch = collate_pairs(examples(), pad_token_id=0)
@@ -126,6 +127,7 @@ def test_sparsepo_masks_shapes_nonnegative_and_detached(models):
         SparsePOMasks(7, ref.config.hidden_size)(out_ref, batch)
 
 
+@pytest.mark.unit
 def test_activation_mask_formula_and_single_token_guard():
     values = torch.tensor([[1.0, 3.0, 2.0, 9.0], [5.0, 0.0, 0.0, 0.0], [4.0, 4.0, 0.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
@@ -140,6 +142,7 @@ def test_activation_mask_formula_and_single_token_guard():
     assert torch.isfinite(m).all()
 
 
+@pytest.mark.integration
 def test_activation_masks_module(models):
     _, ref = models
     batch = collate_pairs(examples(), pad_token_id=0)
@@ -161,6 +164,7 @@ def test_activation_masks_module(models):
 
 
 # -- the training path -------------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["sparsepo_common", "sparsepo_independent", "learned_prior"])
 def test_training_path_loss_equals_formula(models, tmp_path, kind):
     policy, ref = models
@@ -181,6 +185,7 @@ def test_training_path_loss_equals_formula(models, tmp_path, kind):
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_gradient_reaches_mask_network_not_reference(models, tmp_path):
     policy, ref = models
     policy, ref = copy.deepcopy(policy), copy.deepcopy(ref)
@@ -212,6 +217,7 @@ def test_gradient_reaches_mask_network_not_reference(models, tmp_path):
     assert any(not torch.equal(b, p) for b, p in zip(before, signal.parameters(), strict=True))
 
 
+@pytest.mark.integration
 def test_learned_prior_group_has_no_decay_by_default(models, tmp_path):
     policy, ref = models
     trainer = make_trainer(tmp_path, policy, ref, Objective("learned_prior"), LearnedPrior(ref.config.hidden_size))
@@ -219,6 +225,7 @@ def test_learned_prior_group_has_no_decay_by_default(models, tmp_path):
 
 
 # -- configuration -------------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_signal_spec_resolution():
     cfg = Objective("sparsepo").config
     assert resolve_signal_spec(None, cfg) == {"type": "sparsepo_masks"}
@@ -264,6 +271,7 @@ def run_train(model, data, out, variant, max_steps, resume=False, **extra):
     return train(cfg)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", ["sparsepo", "learned_prior"])
 def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
     full = run_train(tiny_model_dir, data_file, tmp_path / "full", variant, 4)
@@ -293,6 +301,7 @@ def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
     assert any(not torch.equal(mid[k], resumed[k]) for k in mid)  # it went on training after the resume
 
 
+@pytest.mark.integration
 def test_train_activation_masks(tiny_model_dir, data_file, tmp_path):
     result = run_train(tiny_model_dir, data_file, tmp_path / "act", "sparsepo", 2,
                        token_signal={"type": "activation_masks"})
@@ -302,6 +311,7 @@ def test_train_activation_masks(tiny_model_dir, data_file, tmp_path):
     assert 0 < entry["mask/zero_frac"] < 1 and 0 < entry["mask/mean"] <= 1
 
 
+@pytest.mark.integration
 def test_signal_needs_a_live_reference(tiny_model_dir, data_file, tmp_path):
     with pytest.raises(ConfigError, match="cannot serve it"):
         run_train(tiny_model_dir, data_file, tmp_path / "x", "learned_prior", 1, reference="precomputed")

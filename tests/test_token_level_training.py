@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from unipo.data.batching import collate_pairs
 from unipo.objective import Objective
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):

@@ -5,41 +5,25 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from tests.helpers import ROWS, train_args, write_jsonl
 from unipo.cli import main
 from unipo.objective.presets import PRESETS
-
-ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"} for i in range(12)]
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture()
-def data(tmp_path) -> Path:
-    return write_jsonl(tmp_path / "data.jsonl", ROWS)
-
-
-def train_args(model, data, out, *extra):
-    return ["train", "--model", str(model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
-            "--per-device-batch-size", "4", "--learning-rate", "1e-3", "--no-progress", *extra]
-
 
 SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
                   and p.parts.get("prior") != "learned"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant", SEQUENCE_LEVEL)
 def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, variant, capsys):
     out = tmp_path / "run"
@@ -51,6 +35,7 @@ def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, vari
         history[0])
 
 
+@pytest.mark.integration
 def test_outputs_of_a_run(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--variant", "tdpo2", "--beta", "0.2")) == 0
@@ -68,6 +53,7 @@ def test_outputs_of_a_run(tiny_model_dir, data, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)  # a loadable Hugging Face model directory
 
 
+@pytest.mark.integration
 def test_first_step_loss_is_log2_and_training_moves_margins(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--max-steps", "6", "--learning-rate", "5e-3")) == 0
@@ -77,6 +63,7 @@ def test_first_step_loss_is_log2_and_training_moves_margins(tiny_model_dir, data
     assert steps[-1]["rewards/margins"] > steps[0]["rewards/margins"]
 
 
+@pytest.mark.integration
 def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
     from safetensors.torch import load_file
 
@@ -88,6 +75,27 @@ def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
         torch.testing.assert_close(weights[0][k], weights[1][k])
 
 
+@pytest.mark.integration
+def test_a_split_batch_gives_the_steps_of_the_whole_batch(tiny_model_dir, data, tmp_path):
+    """Each step's batch of 4 pairs taken as 2 micro-batches of 2 (gradient accumulation) gives the losses and
+    metrics of the whole batch: the loss is a mean per example, the logged metrics are means over the micro-
+    batches. (The same batch split over two processes, DDP under torchrun, is the slow-tier
+    test_distributed.py.)"""
+    def steps(name, *extra):
+        assert main(train_args(tiny_model_dir, data, tmp_path / name, "--max-steps", "3", "--set", "plots=false",
+                               *extra)) == 0
+        return [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                if '"loss"' in ln]
+
+    whole = steps("whole", "--per-device-batch-size", "4")
+    split = steps("split", "--per-device-batch-size", "2", "--set", "gradient_accumulation_steps=2")
+    assert len(whole) == len(split) == 3
+    for a, b in zip(whole, split, strict=True):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/rejected"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=5e-4), key  # float reduction order differs
+
+
+@pytest.mark.integration
 def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--lora", "--max-steps", "2")) == 0
@@ -98,6 +106,7 @@ def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
+@pytest.mark.integration
 def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
     hist = {}
@@ -117,12 +126,14 @@ def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, t
     assert len(list((tmp_path / "cache" / "reflogps").glob("*.pt"))) == 2
 
 
+@pytest.mark.integration
 def test_precomputed_reference_refused_for_kl_variants(tiny_model_dir, data, tmp_path, capsys):
     rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--variant", "tdpo2", "--reference", "precomputed"))
     assert rc == 2
     assert "precomputed reference log-probs cannot serve it" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_yaml_config_with_overrides(tiny_model_dir, data, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"model": str(tiny_model_dir), "data": str(data), "max_steps": 1,
@@ -135,6 +146,7 @@ def test_yaml_config_with_overrides(tiny_model_dir, data, tmp_path):
 
 # ---- bad input: clear errors naming file, row and field ----
 
+@pytest.mark.integration
 @pytest.mark.parametrize("lines, needle", [
     (['{"prompt": "a", "chosen": "b", "rejected": "c"}', '{"prompt": "a", "chosen": "b"'], "row 2"),
     (['{"prompt": "a", "chosen": "b"}'], "field 'rejected'"),
@@ -148,12 +160,14 @@ def test_bad_rows_name_file_row_field(tiny_model_dir, tmp_path, capsys, lines, n
     assert rc == 2 and "bad.jsonl" in err and needle in err and "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_unknown_config_key(tiny_model_dir, data, tmp_path, capsys):
     rc = main(train_args(tiny_model_dir, data, tmp_path / "r", "--set", "learning_rat=1e-4"))
     err = capsys.readouterr().err
     assert rc == 2 and "unknown key 'learning_rat'" in err and "did you mean 'learning_rate'" in err
 
 
+@pytest.mark.integration
 def test_conversational_rows_need_a_chat_template(tmp_path, capsys):
     from unipo.testing import make_tiny_model
 
@@ -166,6 +180,7 @@ def test_conversational_rows_need_a_chat_template(tmp_path, capsys):
     assert rc == 2 and "conv.jsonl" in err and "chat template" in err
 
 
+@pytest.mark.integration
 def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_path, capsys):
     rows = ROWS[:6] + [{"prompt": "word " * 400, "chosen": "a", "rejected": "b"}]
     data = write_jsonl(tmp_path / "long.jsonl", rows)
@@ -175,8 +190,45 @@ def test_prompt_longer_than_max_length_is_a_counted_skip(tiny_model_dir, tmp_pat
     assert summary["pairs_kept"] == 7 and summary["truncated_prompt"] == 1
 
 
-# ---- resume after SIGKILL ----
+# ---- resume after a kill ----
 
+@pytest.mark.integration
+def test_resume_after_a_kill_matches_uninterrupted(tiny_model_dir, tmp_path, capsys):
+    """In this process, what a kill while checkpoint-4 was being written leaves behind: checkpoint-2 complete,
+    checkpoint-4 without its trainer_state.json, another half-written checkpoint, metrics.jsonl already past
+    step 2, no final model. ``--resume`` goes on from checkpoint-2 to the weights of the uninterrupted run,
+    every step logged once. (The real SIGKILL of a training process is the slow-tier test below.)"""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 2)
+
+    def args(out, *extra):
+        return train_args(tiny_model_dir, data, out, "--max-steps", "4", "--save-steps", "2",
+                          "--per-device-batch-size", "2", "--set", "plots=false", *extra)
+
+    assert main(args(tmp_path / "full")) == 0
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full", killed)
+    for f in killed.iterdir():  # the final outputs were never written ...
+        if f.is_file() and f.name != "metrics.jsonl":
+            f.unlink()
+    (killed / "checkpoint-4" / "trainer_state.json").unlink()  # ... nor checkpoint-4 finished
+    (killed / "checkpoint-99").mkdir()
+    assert len([ln for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]) == 4
+    capsys.readouterr()
+    assert main(args(killed, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {killed / 'checkpoint-2'}" in err
+    assert "checkpoint-4 is incomplete" in err and "checkpoint-99 is incomplete" in err
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(killed / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    steps = [json.loads(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert steps == list(range(1, 5)), "every step logged exactly once"
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -208,6 +260,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     assert steps == list(range(1, 13)), "every step logged exactly once"
 
 
+@pytest.mark.unit
 def test_auto_precision_never_picks_slow_bf16():
     """On a CPU without native bf16 instructions, bf16 matmul is far slower: auto must choose fp32."""
     from unipo.models import loading

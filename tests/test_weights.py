@@ -104,6 +104,7 @@ def _check_against(rows_out: list[dict], rows_in: list[dict], tok, pos, neg, sys
             assert out[f"{side}_weights"] == pytest.approx(_formula(d, mu), rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.integration
 def test_prompt_method_weights_equal_formula_on_independent_logprobs(runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,6 +127,7 @@ def _contrastive_pair(base_model: Path, meta_file: Path) -> list:
                                       str(pair_dir / role)).eval() for role in ("positive", "negative")]
 
 
+@pytest.mark.integration
 def test_dpo_method_weights_equal_formula_on_independent_logprobs(runs):
     from transformers import AutoTokenizer
 
@@ -136,6 +138,7 @@ def test_dpo_method_weights_equal_formula_on_independent_logprobs(runs):
     assert any(abs(w - 1) > 1e-3 for r in out for w in r["chosen_weights"])  # π+ and π− do differ
 
 
+@pytest.mark.integration
 def test_second_estimate_reuses_the_contrastive_models(runs):
     d = runs["dir"]
     pair_dir = Path(json.loads((d / "w_dpo.meta.json").read_text())["contrastive_models"])
@@ -153,6 +156,7 @@ def test_second_estimate_reuses_the_contrastive_models(runs):
             [min(max(math.log(w), -0.1), 0.1) for w in a["chosen_weights"]], abs=1e-5)
 
 
+@pytest.mark.integration
 def test_output_aligns_with_training_tokenisation_and_train_consumes_it(runs, capsys):
     from transformers import AutoTokenizer
 
@@ -173,6 +177,7 @@ def test_output_aligns_with_training_tokenisation_and_train_consumes_it(runs, ca
     assert (runs["dir"] / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration
 def test_wrong_length_weights_give_the_data_layer_error(runs, capsys):
     from transformers import AutoTokenizer
 
@@ -190,6 +195,7 @@ def test_wrong_length_weights_give_the_data_layer_error(runs, capsys):
     assert "weights for" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_show_writes_html_and_pngs(runs):
     out = runs["dir"] / "show"
     assert main(["weights", "show", str(runs["dir"] / "w_dpo.jsonl"), "--n", "5", "--out", str(out)]) == 0
@@ -202,6 +208,7 @@ def test_show_writes_html_and_pngs(runs):
 # ------------------------------------------------------------------------------------------- resume
 
 
+@pytest.mark.integration
 def test_interrupted_scoring_resumes_with_each_row_once(runs, tmp_path):
     out = tmp_path / "w.jsonl"
     opts = EstimateOptions(method="prompt", batch_size=4, progress=False, models_dir=str(tmp_path / "m"))
@@ -244,6 +251,7 @@ def _read_lines_ok(path: Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------- transforms
 
 
+@pytest.mark.unit
 def test_paper_transform_clamps_and_signs():
     d = [-2.0, -0.5, 0.0, 0.7, 1.5, 3.0]
     assert paper_weights(d, "chosen") == pytest.approx([math.exp(x) for x in (-0.5, -0.5, 0, 0.7, 1.5, 1.5)])
@@ -251,6 +259,7 @@ def test_paper_transform_clamps_and_signs():
         [2 * math.exp(-x) for x in (-0.5, -0.5, 0, 0.7, 1.5, 1.5)])
 
 
+@pytest.mark.unit
 def test_rank_transform_maps_to_range_with_eos_zero():
     d = [0.3, -1.0, 2.0, 0.0, 5.0]  # the last token is the end-of-sequence token
     w = rank_weights(d, "chosen")
@@ -263,6 +272,7 @@ def test_rank_transform_maps_to_range_with_eos_zero():
     assert rank_weights([0.4, 0.1], "chosen", ends_with_eos=False) == pytest.approx([1.3, 0.7])
 
 
+@pytest.mark.integration
 def test_rank_option_end_to_end(runs, tmp_path):
     out = tmp_path / "rank.jsonl"
     assert _estimate(runs["model"], runs["data"], out, "prompt", tmp_path / "m", "--transform", "rank") == 0
@@ -274,6 +284,7 @@ def test_rank_option_end_to_end(runs, tmp_path):
                 assert min(w[:-1]) == pytest.approx(0.7) and max(w[:-1]) == pytest.approx(1.3)
 
 
+@pytest.mark.integration
 def test_user_errors_are_clear(runs, tmp_path, capsys):
     assert _estimate(runs["model"], runs["data"], tmp_path / "x.jsonl", "prompt", tmp_path / "m",
                      "--lower", "2", "--upper", "1") == 2
@@ -283,6 +294,7 @@ def test_user_errors_are_clear(runs, tmp_path, capsys):
     assert "unknown training key" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_sft_method_trains_two_models_and_weights_equal_formula(runs, tmp_path):
     """(S): π+ fine-tuned on the chosen responses, π− on the rejected ones (NLL only), then scored."""
     from transformers import AutoTokenizer

@@ -1,0 +1,58 @@
+"""Plain helpers shared by several test modules (fixtures live in conftest.py).
+
+Test modules import from here, never from one another: a test module is collected by pytest, and
+importing it elsewhere would collect and run its tests twice under two names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+#: 12 arithmetic preference pairs: the training data of the end-to-end tests
+ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"} for i in range(12)]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """One line per row: a dict is written as JSON, a str as it is (to write malformed lines)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every non-blank line as JSON; an absent file reads as no rows."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def train_args(model, data, out, *extra) -> list[str]:
+    """``unipo train`` arguments for a 2-step run on the tiny model (``extra`` overrides, last one wins)."""
+    return ["train", "--model", str(model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+            "--per-device-batch-size", "4", "--learning-rate", "1e-3", "--no-progress", *extra]
+
+
+def examples() -> list[dict]:
+    """Four tokenised pairs of different lengths (14, 12, 10 and 4 tokens), random ids from a fixed seed."""
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n):
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+
+    return [
+        {"prompt_ids": ids(5), "chosen_ids": ids(3), "rejected_ids": ids(6)},
+        {"prompt_ids": ids(9), "chosen_ids": ids(1), "rejected_ids": ids(2)},
+        {"prompt_ids": ids(2), "chosen_ids": ids(7), "rejected_ids": ids(1)},
+        {"prompt_ids": ids(1), "chosen_ids": ids(2), "rejected_ids": ids(1)},  # short: packs beside another
+    ]
+
+
+def naive_logps(model, prompt, response):
+    """Ground truth: one unpadded sequence, full logits, log_softmax, gather."""
+    ids = torch.tensor([prompt + response])
+    logits = model(input_ids=ids).logits[0].float()
+    logp = F.log_softmax(logits, -1)
+    return torch.stack([logp[len(prompt) - 1 + j, t] for j, t in enumerate(response)])
