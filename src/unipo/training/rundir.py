@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from unipo.errors import UnipoError
 
 #: keys that may differ between a checkpoint and the run that resumes it
-RESUMABLE_KEYS = frozenset({"max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps",
+RESUMABLE_KEYS = frozenset({"output_dir", "max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps",
                             "eval_steps", "report_to", "progress", "plots", "resume", "overwrite"})
 #: what makes a directory hold a run (anything a run writes that a later run would mix with)
 RUN_FILES = ("unipo_config.yaml", "metrics.jsonl", "eval.json", "data_summary.json", "model.safetensors",
