@@ -96,7 +96,7 @@ def captured_train(monkeypatch):
 
     seen = {}
 
-    def fake_train(cfg):
+    def fake_train(cfg, **kwargs):
         seen["cfg"] = cfg
         return {"output_dir": cfg.output_dir, "final": {}}
 
