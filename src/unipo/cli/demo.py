@@ -1,30 +1,27 @@
-"""``unipo demo``: the built-in default run."""
+"""``unipo demo``: the built-in default run (options: :class:`unipo.demo.config.DemoArguments`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from unipo.demo.pipeline import DEFAULTS
+from unipo.cli.args import add_command, to_dataclass
+from unipo.demo.config import DemoArguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the built-in default: SmolLM2-135M learns exact-format addition (offline)")
-    p.add_argument("--out", default="runs/demo", help="output directory (report.md, runs/, data/)")
-    p.add_argument("--model", default=DEFAULTS["model"])
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    p.add_argument("--variants", nargs="+", default=DEFAULTS["variants"])
-    p.add_argument("--no-progress", action="store_true")
+    p = add_command(sub, "demo", DemoArguments,
+                    help="the built-in default: SmolLM2-135M learns exact-format addition (offline)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from unipo.demo.pipeline import before_after_table, run_demo
 
+    a = to_dataclass(args, DemoArguments)
     t = time.time()
-    runs = run_demo(args.out, model=args.model, steps=args.steps, variants=args.variants,
-                    progress=not args.no_progress)
+    runs = run_demo(a.out, model=a.model, steps=a.steps, variants=a.variants, progress=a.progress)
     print("\nBefore (reference) and after (each variant), on held-out problems:\n")
     print(before_after_table(runs))
-    print(f"\nReport: {args.out}/report.md   ({time.time() - t:.0f} s)")
+    print(f"\nReport: {a.out}/report.md   ({time.time() - t:.0f} s)")
     return 0

@@ -1,0 +1,112 @@
+"""Options of ``unipo bridge``, as dataclasses; the flags and their help are generated from the fields.
+
+One dataclass per group of the help. The CLI (:mod:`unipo.cli.bridge`) maps them to the editor
+(:class:`~unipo.bridge.editors.LocalEditor` or :class:`~unipo.bridge.editors.OpenAICompatEditor`), the
+template (:func:`~unipo.bridge.prompts.get_template`) and :class:`~unipo.bridge.pipeline.BridgeOptions` of
+:func:`~unipo.bridge.pipeline.run_bridge`; the defaults are theirs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unipo.bridge.prompts import STYLES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class BridgeArguments:
+    """Input pairs and output file."""
+
+    data: str = field(metadata={
+        "help": "input preference pairs, JSONL(.gz): prompt/chosen/rejected text, conversational messages, or "
+                "Anthropic HH raw transcripts"})
+    out: str = field(metadata={
+        "help": "output JSONL; sidecars OUT.failed.jsonl, OUT.meta.json, OUT.summary.json, OUT.edit_distance.png "
+                "sit next to it"})
+
+
+@dataclass
+class EditorArguments:
+    """The editor LLM: a local model or an OpenAI-compatible server."""
+
+    _argument_group_name = "editor (one of --editor or --editor-url)"
+
+    editor: str | None = field(default=None, metadata={
+        "help": "local editor: a built-in model name (smollm2-135m-instruct) or a checkpoint directory"})
+    editor_url: str | None = field(default=None, metadata={
+        "help": "base URL of an OpenAI-compatible API, e.g. http://host:8000/v1"})
+    editor_model: str | None = field(default=None, metadata={"help": "model name to send to --editor-url"})
+    api_key_env: str | None = field(default=None, metadata={
+        "help": "environment variable holding the API key (never logged or written)", "metavar": "VAR"})
+
+
+@dataclass
+class PromptArguments:
+    """The editing prompt."""
+
+    _argument_group_name = "prompt"
+
+    style: str = field(default="instruct", metadata={
+        "help": "the paper's prompt: qa (QA/math: correct the prediction, or 'None') or instruct (minimally "
+                "revise response 2 toward response 1)", "choices": tuple(STYLES)})
+    template: str | None = field(default=None, metadata={
+        "help": "your own user-message template with {prompt}, {chosen}, {rejected}; a first line 'system: ...' "
+                "sets the system message (overrides --style)", "metavar": "FILE"})
+
+
+@dataclass
+class GenerationArguments:
+    """How each edit is generated."""
+
+    _argument_group_name = "generation"
+
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "new-token limit per edit (null: 1.5 x the longer response + 64, at most 2048)"})
+    keep_truncated: bool = field(default=False, metadata={
+        "help": "keep edits that hit the token limit (false: record them as failed)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0 = greedy"})
+    batch_size: int = field(default=8, metadata={"help": "local editor: prompts per generate call"})
+    device: str | None = field(default=None, metadata={
+        "help": "local editor: cpu, cuda, ... (null: cuda if present)"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "local editor dtype (null: bfloat16 on GPU, float32 on CPU)", "choices": DTYPES})
+
+
+@dataclass
+class ServerArguments:
+    """Robustness against a server editor."""
+
+    _argument_group_name = "server robustness (--editor-url)"
+
+    concurrency: int = field(default=4, metadata={"help": "requests in flight at most"})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
+    max_retries: int = field(default=5, metadata={
+        "help": "retries on timeouts, connection errors and 5xx (429s are waited out separately)"})
+    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds (doubles)"})
+    max_backoff: float = field(default=60.0, metadata={"help": "longest delay between retries, in seconds"})
+    max_consecutive_failures: int = field(default=8, metadata={
+        "help": "stop the run when this many rows in a row could not reach the server (0: never)"})
+    extra_body: str | None = field(default=None, metadata={
+        "help": "extra JSON fields for each request, e.g. '{\"top_p\": 1}'", "metavar": "JSON"})
+
+
+@dataclass
+class BridgeRunArguments:
+    """What this run covers and writes."""
+
+    _argument_group_name = "run"
+
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer for the edit distance (null: the local editor's; whitespace words for a server "
+                "editor)"})
+    limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
+    retry_failed: bool = field(default=False, metadata={"help": "redo rows recorded as failed"})
+    overwrite: bool = field(default=False, metadata={"help": "delete OUT and its sidecars and start again"})
+    plot: bool = field(default=True, metadata={"help": "write the edit-distance histogram PNG"})
+
+
+#: every option of ``unipo bridge``, in the order of the help
+BRIDGE_OPTIONS = (BridgeArguments, EditorArguments, PromptArguments, GenerationArguments, ServerArguments,
+                  BridgeRunArguments)

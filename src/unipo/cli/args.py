@@ -1,0 +1,152 @@
+"""Command-line flags generated from dataclass fields, in the Hugging Face convention.
+
+Every option of a command is a dataclass field whose ``metadata`` holds its ``help`` (and ``choices`` where
+the value set is closed, ``nargs``/``const``/``action``/``metavar`` where the flag needs them).
+transformers' :class:`~transformers.HfArgumentParser` turns the fields into argparse arguments, as TRL's
+``TrlParser`` does: ``--max-steps`` and ``--max_steps`` for ``max_steps``; ``X | None`` as an ``X`` flag;
+``dict | str | None`` as a string flag; ``bool`` as ``--flag [BOOL]`` (``--flag`` alone is true) plus
+``--no-flag`` when the default is true; ``list[X]`` as ``nargs="+"``; a dataclass with an
+``_argument_group_name`` class attribute becomes a titled group of the help.
+
+:func:`dataclass_parser` then adapts the generated arguments to layered configuration
+(dataclass default < ``--config`` YAML < flags < ``--set KEY=VALUE``):
+
+- every default becomes ``argparse.SUPPRESS``, so the parsed namespace holds only the flags actually given
+  and a flag that is not given never overrides a value from a YAML file; the field's default is written
+  into the help text instead;
+- a field whose type admits a mapping (``dict | str | None``) reads its value as YAML, so
+  ``--variant '{preset: simpo, link: js}'`` is a mapping and ``--variant simpo`` a name;
+- the hyphenated spelling is listed first in the help (both spellings are accepted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import yaml
+
+from unipo.errors import ConfigError
+
+__all__ = ["dataclass_parser", "add_command", "given", "to_dataclass", "yaml_value", "parse_assignments",
+           "show_value"]
+
+
+def yaml_value(text: str) -> Any:
+    """An argparse ``type``: the flag's value read as YAML (``0.1`` a float, ``{r: 8}`` a mapping)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"not valid YAML ({str(exc).splitlines()[0]}): {text!r}") from None
+
+
+def show_value(value: Any) -> str:
+    """A default as the help text shows it (YAML spelling: ``null``, ``true``, ``{r: 16}``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return " ".join(show_value(v) for v in value) if value else "[]"
+    if isinstance(value, dict):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip()
+    return str(value)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _takes_mapping(hint: Any) -> bool:
+    """``dict``, ``dict[K, V]``, ``Any`` or a union holding one of them (``dict | str | None``)."""
+    if hint is dict or hint is Any or typing.get_origin(hint) is dict:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and any(
+        _takes_mapping(arg) for arg in typing.get_args(hint))
+
+
+def dataclass_parser(*dataclass_types: type) -> argparse.ArgumentParser:
+    """A parent parser (``add_help=False``) with one argument per field of ``dataclass_types``.
+
+    Built by :class:`transformers.HfArgumentParser`, then adapted as the module docstring says. Use it as
+    ``subparsers.add_parser(NAME, parents=[dataclass_parser(...)])`` (or through :func:`add_command`).
+    """
+    from transformers import HfArgumentParser
+
+    fields: dict[str, tuple[dataclasses.Field, Any]] = {}
+    for dtype in dataclass_types:
+        hints = typing.get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                if f.name in fields:
+                    raise TypeError(f"option {f.name!r} is defined twice ({dtype.__name__})")
+                fields[f.name] = (f, hints[f.name])
+    # HfArgumentParser rewrites each Field.type in place (the resolved hint, then X for X | None): put the
+    # annotations back afterwards so that the dataclasses read the same to everyone else
+    saved = [(f, f.type) for dtype in dataclass_types for f in dataclasses.fields(dtype)]
+    try:
+        parser = HfArgumentParser(list(dataclass_types), add_help=False)
+    finally:
+        for f, annotation in saved:
+            f.type = annotation
+    for action in parser._actions:
+        if action.dest not in fields:
+            continue
+        f, hint = fields[action.dest]
+        action.option_strings.sort(key=lambda s: "_" in s)  # --max-steps first, --max_steps accepted
+        if isinstance(action, argparse._StoreFalseAction):  # the --no-X of a boolean whose default is true
+            action.help = f"set {f.name} to false"
+        else:
+            default = _field_default(f)
+            notes = []
+            if action.choices is not None and action.metavar is not None:  # choices not shown by argparse
+                notes.append("one of: " + ", ".join(map(str, action.choices)))
+            if default is dataclasses.MISSING:
+                notes.append("required")
+            elif not (isinstance(action, argparse._ExtendAction | argparse._AppendAction) and not default):
+                notes.append(f"default: {show_value(default)}")
+            help_text = f"{action.help or ''} ({'; '.join(notes)})" if notes else action.help or ""
+            action.help = help_text.strip().replace("%", "%%")
+        action.default = argparse.SUPPRESS
+        if "nargs" in f.metadata:  # HfArgumentParser gives every list nargs="+"; a fixed count wins
+            action.nargs = f.metadata["nargs"]
+        if _takes_mapping(hint):
+            action.type = yaml_value
+    return parser
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, *dataclass_types: type,
+                **kwargs: Any) -> argparse.ArgumentParser:
+    """``subparsers.add_parser(name, **kwargs)`` with the flags of ``dataclass_types``."""
+    return subparsers.add_parser(name, parents=[dataclass_parser(*dataclass_types)], **kwargs)
+
+
+def given(args: argparse.Namespace, dtype: type) -> dict[str, Any]:
+    """The fields of ``dtype`` given on the command line (flags not given are absent from ``args``)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(dtype) if hasattr(args, f.name)}
+
+
+def to_dataclass(args: argparse.Namespace, dtype: type) -> Any:
+    """An instance of ``dtype``: the flags given, the field defaults for the rest."""
+    return dtype(**given(args, dtype))
+
+
+def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` → ``{KEY: VALUE read as YAML}`` (later items win)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML: {exc}") from None
+    return out

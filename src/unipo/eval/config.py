@@ -1,0 +1,74 @@
+"""Options of ``unipo eval`` and ``unipo compare``, as dataclasses (their flags are generated from the fields).
+
+- :class:`EvalArguments`: what ``unipo eval`` evaluates (the run, the data, the reference, the output);
+- :class:`CompareArguments`: what ``unipo compare`` trains and where it writes the report (the base
+  TrainConfig comes from ``--config`` / ``--set``, :class:`unipo.training.config.ConfigSource`);
+- :class:`EvalOptions` and :class:`JudgeOptions`: how both score a model; their defaults are those of
+  :func:`unipo.eval.evaluate.evaluate_run`, whose keywords the CLI fills from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TASKS = ("arithmetic", "none")
+
+
+@dataclass
+class EvalArguments:
+    """``unipo eval``: which run to evaluate, on what, against which reference."""
+
+    model: str = field(metadata={"help": "a run directory written by unipo train"})
+    data: str = field(metadata={"help": "held-out preference data (any format unipo train reads)"})
+    reference: str | None = field(default=None, metadata={
+        "help": "reference model (null: the run's starting model)"})
+    out: str | None = field(default=None, metadata={"help": "where to write the JSON (null: RUN/eval.json)"})
+
+
+@dataclass
+class CompareArguments:
+    """``unipo compare``: the variants, the data and model overrides of the base config, the report directory."""
+
+    variants: list[str] = field(metadata={
+        "help": "preset names, or YAML mappings such as '{preset: simpo, weights: bmc}'"})
+    out: str = field(metadata={"help": "report directory (report.md, metrics.csv/json, plots, runs/)"})
+    sweep: list[str] = field(default_factory=list, metadata={
+        "help": "cross every variant with these parameter values, e.g. beta=0.05,0.1 (repeatable)",
+        "action": "extend", "metavar": "KEY=V1,V2"})
+    eval_data: str | None = field(default=None, metadata={
+        "help": "held-out pairs every variant is evaluated on (null: the base config's eval_data, else its data)"})
+    data: str | None = field(default=None, metadata={"help": "training data (overrides the base config's)"})
+    model: str | None = field(default=None, metadata={"help": "starting model (overrides the base config's)"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps per variant (overrides the base config's)"})
+    seed: int | None = field(default=None, metadata={"help": "random seed (overrides the base config's)"})
+
+
+@dataclass
+class EvalOptions:
+    """How a model is scored (``unipo eval``, ``unipo compare``)."""
+
+    _argument_group_name = "evaluation"
+
+    limit: int | None = field(default=256, metadata={"help": "held-out pairs to score"})
+    n_prompts: int = field(default=32, metadata={"help": "held-out prompts to sample responses for"})
+    n_samples: int = field(default=4, metadata={"help": "samples per prompt (0: no generation metrics)"})
+    max_new_tokens: int = field(default=64, metadata={"help": "new tokens per sampled response at most"})
+    batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
+    task: str | None = field(default=None, metadata={
+        "help": "a built-in task whose verifier scores the samples (null: none)", "choices": TASKS})
+
+
+@dataclass
+class JudgeOptions:
+    """A judge for the win rate of the policy's greedy answers against the reference model's."""
+
+    _argument_group_name = "judge (win rate against the reference; --judge or --judge-url)"
+
+    judge: str | None = field(default=None, metadata={
+        "help": "local reward model (a sequence-classification checkpoint)"})
+    judge_url: str | None = field(default=None, metadata={
+        "help": "base URL of an OpenAI-compatible judge endpoint, e.g. http://host:8000/v1"})
+    judge_model: str | None = field(default=None, metadata={"help": "model name at --judge-url"})
+    api_key_env: str | None = field(default=None, metadata={
+        "help": "environment variable holding the judge endpoint's API key", "metavar": "VAR"})
