@@ -16,6 +16,8 @@ from unipo.eval.config import CompareArguments, EvalArguments, EvalOptions, Judg
 from unipo.tisdpo.config import ESTIMATE_OPTIONS, ShowArguments
 from unipo.training.config import ConfigSource, TrainConfig
 
+pytestmark = pytest.mark.unit
+
 COMMANDS = {
     "train": (["train"], (TrainConfig, ConfigSource)),
     "eval": (["eval"], (EvalArguments, EvalOptions, JudgeOptions)),
@@ -237,11 +239,13 @@ def test_eval_and_compare(monkeypatch, tmp_path):
 
 def test_bridge_defaults_are_the_pipeline_defaults():
     from unipo.bridge.config import GenerationArguments, ServerArguments
-    from unipo.bridge.editors import LocalEditor, OpenAICompatEditor
+    from unipo.bridge.editors import LocalEditor
     from unipo.bridge.pipeline import BridgeOptions
+    from unipo.io.chat_client import ChatClient
 
     gen, net, opts = GenerationArguments(), ServerArguments(), BridgeOptions()
-    local, server = _signature_defaults(LocalEditor.__init__), _signature_defaults(OpenAICompatEditor.__init__)
+    # the server editor passes its options through to the shared client
+    local, server = _signature_defaults(LocalEditor.__init__), _signature_defaults(ChatClient.__init__)
     assert (gen.batch_size, gen.device, gen.dtype, gen.temperature) == (
         local["batch_size"], local["device"], local["dtype"], local["temperature"])
     assert gen.temperature == server["temperature"] and gen.max_new_tokens == opts.max_new_tokens

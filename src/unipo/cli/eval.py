@@ -51,7 +51,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from unipo.eval.evaluate import evaluate_run, format_metrics
 
     a = to_dataclass(args, EvalArguments)
-    result = evaluate_run(a.model, a.data, reference=a.reference, out=a.out, **_eval_kwargs(args))
+    result = evaluate_run(a.model, a.data, reference=a.reference, out=a.out, max_length=a.max_length,
+                          max_prompt_length=a.max_prompt_length, **_eval_kwargs(args))
     print(format_metrics(result["metrics"]))
     return 0
 

@@ -23,6 +23,11 @@ class EvalArguments:
     reference: str | None = field(default=None, metadata={
         "help": "reference model (null: the run's starting model)"})
     out: str | None = field(default=None, metadata={"help": "where to write the JSON (null: RUN/eval.json)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "truncate held-out prompt + response to this many tokens (null: the run's training max_length; "
+                "what was truncated is printed and recorded in eval.json)"})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "truncate held-out prompts to this many tokens (null: the run's training max_prompt_length)"})
 
 
 @dataclass
