@@ -21,10 +21,15 @@ from unipo.objective.presets import PRESETS
 SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
                   and p.parts.get("prior") != "learned"]
+#: one preset per way the objective composes (logit loss, per-side loss, batch-level loss, mean aggregation
+#: with a margin, a one-sided transform, a link, an auxiliary term) trains in the fast tier; all of them in
+#: the slow tier (each is a tiny-model run of ~0.5 s; their losses are unit-tested against formulas)
+REPRESENTATIVE = {"dpo", "nca_pair", "aot", "simpo", "minordpo", "fdpo_js", "rpo"}
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("variant", SEQUENCE_LEVEL)
+@pytest.mark.parametrize("variant", [
+    pytest.param(v, marks=pytest.mark.integration if v in REPRESENTATIVE else pytest.mark.slow)
+    for v in SEQUENCE_LEVEL])
 def test_every_sequence_level_preset_trains(tiny_model_dir, data, tmp_path, variant, capsys):
     out = tmp_path / "run"
     assert main(train_args(tiny_model_dir, data, out, "--variant", variant, "--set", "plots=false")) == 0
