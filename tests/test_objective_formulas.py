@@ -218,32 +218,20 @@ def test_tdpo2_stop_gradient_on_chosen_kl():
     assert gw1.abs().sum() > 0
 
 
-def test_objective_does_not_detach_reference_inputs():
-    """Where the reference's "no gradient" comes from, and what would happen without it.
-
-    The objective is a plain differentiable function of every tensor it is given: it does NOT detach the
-    reference log-probs. The reference gets no gradient because the model layer hands the objective
-    reference log-probs that carry none (``unipo.training.reference.reference_pass`` runs under
-    ``torch.no_grad``; the KL path detaches the reference's hidden states and head). That is tested on a
-    model, with a reference whose parameters require grad, in
-    test_token_level_training.py::test_no_gradient_into_the_reference and
-    test_signals.py::test_gradient_reaches_mask_network_not_reference.
-
-    This test pins down the objective's side of that contract: with the reference prior the score is
-    Σ(a − r), so a reference tensor that did carry gradient would receive exactly minus the policy's
-    gradient, token by token (it would be trained away from the policy); reference-free presets never read
-    it; and the one part that reads the reference as a weight (BMC's reference weighting) stops the
-    gradient through that weight.
-    """
+def test_the_reference_never_gets_gradient_from_the_objective():
+    """The objective treats the reference log-probs as constants: even a reference tensor that carries
+    gradient (a model layer that forgot ``no_grad``) receives none, while the policy gets gradient on every
+    response token. (On a model: test_token_level_training.py::test_no_gradient_into_the_reference.)"""
     d = make_batch()
     for k in ("r_w", "r_l"):
         d[k].requires_grad_(True)
     out = run("dpo", d)
-    ga_w, ga_l, gr_w, gr_l = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"], d["r_w"], d["r_l"]])
-    for ga, gr, m in ((ga_w, gr_w, d["m_w"]), (ga_l, gr_l, d["m_l"])):
-        assert ga[m.bool()].abs().min() > 0  # the policy gets gradient on every response token
-        torch.testing.assert_close(gr, -ga, rtol=0, atol=0)  # the reference would get exactly minus it
-        assert torch.all(gr[~m.bool()] == 0)  # (and none on padding)
+    grads = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"], d["r_w"], d["r_l"]], allow_unused=True)
+    ga_w, ga_l, gr_w, gr_l = grads
+    assert gr_w is None and gr_l is None
+    for ga, m in ((ga_w, d["m_w"]), (ga_l, d["m_l"])):
+        assert ga[m.bool()].abs().min() > 0
+        assert torch.all(ga[~m.bool()] == 0)
 
     for variant in ("simpo", "reference_free"):  # a constant prior: the reference is never read
         d = make_batch()
@@ -252,15 +240,11 @@ def test_objective_does_not_detach_reference_inputs():
         out = run(variant, d)
         assert torch.autograd.grad(out.losses.sum(), [d["r_w"], d["r_l"]], allow_unused=True) == (None, None)
 
-    # BMC with reference weighting: λ_ref(r) = 1 + diff·min(1/π_ref, δ) multiplies r; d loss/d r is
-    # −c·λ_ref with no dλ_ref/dr term (the weight is computed from detached reference log-probs)
+    # BMC with reference weighting reads the reference as a weight too: still no gradient into it
     d = make_batch(seed=5)
     d["r_w"].requires_grad_(True)
     out = run("bmc", d, bmc_reference_weighting=True)
-    (g,) = torch.autograd.grad(out.losses.sum(), [d["r_w"]])
-    lam_ref = 1 + d["diff_w"] * torch.clamp(torch.exp(-d["r_w"].detach()), max=2.0)
-    expected = torch.sigmoid(-out.logits.double())[:, None] * 0.05 * lam_ref * d["m_w"]
-    torch.testing.assert_close(g.double(), expected, rtol=1e-6, atol=1e-9)
+    assert torch.autograd.grad(out.losses.sum(), [d["r_w"]], allow_unused=True) == (None,)
 
 
 def test_simpo_gamma_conventions_agree():

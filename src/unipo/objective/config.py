@@ -165,6 +165,18 @@ def _validate(selected: dict[str, Part], params: dict[str, Any]) -> None:
             on_logit = ", ".join(name for name, part in parts("pair_loss").items() if part.uses_logit)
             raise ConfigError(f"pair_loss={loss.name} scores each side separately and would ignore "
                               f"{', '.join(ignored)}; use a pair loss on the combined logit ({on_logit}) with these")
+    transforms = [f"{k}={selected[k].name}" for k in ("chosen_transform", "rejected_transform")
+                  if not selected[k].neutral]
+    if transforms and not selected["prior"].needs.reference:
+        raise ConfigError(f"{', '.join(transforms)} compare a side's log-ratio with 0, but with prior="
+                          f"{selected['prior'].name} the score is log π ≤ 0 everywhere (MinorDPO would never train "
+                          f"the rejected side, DPOP would always penalise the chosen one); use prior: reference")
+    if not loss.uses_scores:
+        unused = [f"{k}={selected[k].name}" for k in ("link", "chosen_transform", "rejected_transform")
+                  if not selected[k].neutral]
+        if unused:
+            raise ConfigError(f"pair_loss={loss.name} compares the policy's and the prior's log-probabilities "
+                              f"directly and would ignore {', '.join(unused)}; drop them or use another pair loss")
     directions = {p.needs.kl_direction for p in selected.values() if p.needs.kl_direction}
     if len(directions) > 1:
         raise ConfigError(f"these parts need per-position KL in different directions {sorted(directions)}; "

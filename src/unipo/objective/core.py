@@ -105,6 +105,8 @@ class Objective:
                     raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
                                      f"{side.name} logps")
                 value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
+                if attr == "ref_logps":  # the reference is a constant of the objective: it never gets gradient
+                    value = value.detach()
             elif attr in self.requirements.inputs:
                 who = next(f"{p.kind}={p.name}" for p in self.parts.values() if attr in p.inputs)
                 raise UnipoError(f"{who} needs the input {key!r} ({SIDE_INPUTS[attr]}), which was not given")
@@ -171,6 +173,9 @@ class Objective:
         if chosen.ref_logps is not None and rejected.ref_logps is not None:
             margins = ((chosen.logps - chosen.ref_logps).sum(-1)
                        - (rejected.logps - rejected.ref_logps).sum(-1)).detach()
+            # the plain DPO log-ratio, comparable across variants (a transformed score, e.g. MinorDPO's, is not)
+            metrics["logratio/margins"] = margins.mean()
+            metrics["logratio/accuracies"] = (margins > 0).float().mean()
         return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins)
 
     def __call__(self, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,

@@ -98,7 +98,7 @@ def sppo_hard_loss(t: PairTerms, params: Params) -> torch.Tensor:
 
 @register("pair_loss", "aot", params={"label_smoothing": _eps(0.0, 1)},
           formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(π_w − π_l) − sort(ζ_w − ζ_l) over the batch",
-          source="AOT (Melnyk et al. 2024), paired", uses_logit=False)
+          source="AOT (Melnyk et al. 2024), paired", uses_logit=False, uses_scores=False)
 def aot_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """Alignment via optimal transport: compares the SORTED batch distributions of the policy's and the
     prior's log-probability differences (a batch-level loss: examples interact)."""

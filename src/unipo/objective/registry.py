@@ -144,6 +144,8 @@ class Part:
     needs: Needs = field(default_factory=Needs)
     #: for pair losses: whether the loss reads the combined logit (margins and KL terms act on it)
     uses_logit: bool = True
+    #: for pair losses: whether the loss reads the sides' scores h (the link and the transforms act on them)
+    uses_scores: bool = True
     #: the no-op part of its kind (no KL term, no transform): nothing to combine with or to report
     neutral: bool = False
 
@@ -175,8 +177,8 @@ PART_PRESETS: list[tuple[str, str, PresetSpec]] = []
 
 
 def register(kind: str, name: str, *, params: dict[str, Param] | None = None, formula: str = "",
-             source: str = "", needs: Needs | None = None, uses_logit: bool = True, neutral: bool = False,
-             preset: PresetSpec | None = None) -> Callable:
+             source: str = "", needs: Needs | None = None, uses_logit: bool = True, uses_scores: bool = True,
+             neutral: bool = False, preset: PresetSpec | None = None) -> Callable:
     """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
     :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
     if kind not in KINDS:
@@ -189,7 +191,8 @@ def register(kind: str, name: str, *, params: dict[str, Param] | None = None, fo
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
-        _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit, neutral)
+        _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit,
+                                     uses_scores, neutral)
         if preset is not None:
             PART_PRESETS.append((kind, name, preset))
         return fn
