@@ -211,8 +211,8 @@ class LearnedPrior(nn.Module):
     and ζ is not normalised (it is a per-token re-weighting of the reference, not a distribution). Because
     the loss is minimised over ζ too, the head can absorb the preference itself (lower g on chosen, raise
     it on rejected responses) instead of the policy learning it; the objective's ``prior_reg_weight``
-    (λ·mean g², 0.1 in the preset) keeps it near the reference. Whether this reaches better minima, as
-    the paper argues, is untested.
+    (λ·(mean g²(y_w) + mean g²(y_l)), λ = 0.1 in the preset) keeps it near the reference. Whether this
+    reaches better minima, as the paper argues, is untested.
     """
 
     needs_hidden_states = False

@@ -98,7 +98,7 @@ _PRESETS = [
        "Liu et al., ICLR 2025, Eq. 12", weights="given", kl="tisdpo"),
     _p("tisdpo_nokl", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)))", "Liu et al., ICLR 2025 (ablation without KL)",
        weights="given"),
-    _p("learned_prior", "−log σ(β(Σ(a − r − g)(y_w) − Σ(a − r − g)(y_l))) + λ·mean g²",
+    _p("learned_prior", "−log σ(β(Σ(a − r − g)(y_w) − Σ(a − r − g)(y_l))) + λ·(ḡ²(y_w) + ḡ²(y_l))",
        "open question of Tutnov et al. 2025; unipo's own construction",
        "g is a per-token log-prior offset from a small head over the reference's hidden states",
        prior="learned", prior_reg_weight=0.1),

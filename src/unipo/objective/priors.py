@@ -35,5 +35,5 @@ def constant_prior(side: Side, params: Params) -> None:
 def learned_prior(side: Side, params: Params) -> torch.Tensor:
     """A prior learned jointly with the policy: the reference plus a per-token offset g_φ produced by a
     small head over the reference's hidden states (see ``unipo.models.signals.LearnedPrior``). Its size is kept
-    small by the ``prior_reg_weight`` auxiliary term λ·mean(g²)."""
+    small by the ``prior_reg_weight`` auxiliary term λ·(mean g²(y_w) + mean g²(y_l))."""
     return side.ref_logps + side.prior_offsets
