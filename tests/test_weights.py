@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unipo.cli import main
-from unipo.errors import DataError, UnipoError
+from unipo.errors import ConfigError, DataError, UnipoError
 from unipo.tisdpo import contrastive
 from unipo.tisdpo.estimate import EstimateOptions, estimate_weights
 from unipo.tisdpo.prompts import system_prompts
@@ -270,6 +270,50 @@ def test_rank_transform_maps_to_range_with_eos_zero():
     assert rank_weights([1.0, 1.0, 0.0, 9.0], "chosen") == pytest.approx([1.15, 1.15, 0.7, 0.0])  # ties
     assert rank_weights([0.4, 9.0], "chosen") == pytest.approx([1.0, 0.0])  # one rankable token
     assert rank_weights([0.4, 0.1], "chosen", ends_with_eos=False) == pytest.approx([1.3, 0.7])
+
+
+def released_rank_based_transform(nums, min_scale=0.7, max_scale=1.3):
+    """The authors' released code, written out here from its description in exlaw/TIS-DPO
+    (preference_datasets.py::rank_based_transform over weights rounded to 2 decimals in
+    token_weight_estimation.py; the EOS weight 0 appended by the data loader)."""
+    nums = [round(x, 2) for x in nums]
+    order = sorted(range(len(nums)), key=lambda k: nums[k])  # stable: ties keep token order
+    ranks = [0] * len(nums)
+    for r, i in enumerate(order):
+        ranks[i] = r
+    if len(nums) == 1:
+        return [1.0]
+    return [min_scale + r / (len(nums) - 1) * (max_scale - min_scale) for r in ranks]
+
+
+@pytest.mark.unit
+def test_released_rank_ties_and_eos_options():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):  # ties by token order after rounding, as the released code; EOS 0
+        d = [round(rng.uniform(-1, 1), rng.choice([1, 2, 3])) for _ in range(rng.randint(2, 12))]
+        for side, mu in (("chosen", 1), ("rejected", -1)):
+            got = rank_weights(d, side, ties="released")
+            assert got == pytest.approx(released_rank_based_transform([mu * x for x in d[:-1]]) + [0.0])
+    # mean ranks (the default) differ exactly where tokens tie
+    assert rank_weights([0.5, 0.5, 0.0, 9.0], "chosen") == pytest.approx([1.15, 1.15, 0.7, 0.0])
+    assert rank_weights([0.5, 0.5, 0.0, 9.0], "chosen", ties="released") == pytest.approx([1.0, 1.3, 0.7, 0.0])
+    with pytest.raises(ConfigError, match="ties"):
+        rank_weights([0.1, 0.2], "chosen", ties="random")
+
+
+@pytest.mark.unit
+def test_eos_option_of_the_paper_transform():
+    from unipo.tisdpo.estimate import EstimateOptions, to_weights
+
+    d, ids, eos = [0.2, -0.3, 0.4], [5, 6, 2], {2}
+    weighted = paper_weights(d, "chosen")
+    assert to_weights(d, "chosen", ids, eos, EstimateOptions()) == pytest.approx(weighted)  # auto: weighted
+    assert to_weights(d, "chosen", ids, eos, EstimateOptions(eos="zero")) == pytest.approx(weighted[:2] + [0.0])
+    assert to_weights(d, "chosen", [5, 6, 7], eos, EstimateOptions(eos="zero")) == pytest.approx(weighted)  # no EOS
+    rank = EstimateOptions(transform="rank", eos="weight")
+    assert to_weights(d, "chosen", ids, eos, rank) == pytest.approx(rank_weights(d, "chosen", ends_with_eos=False))
 
 
 @pytest.mark.integration

@@ -81,7 +81,8 @@ def run_estimate(args: argparse.Namespace) -> int:
         raise ConfigError("--limit must be at least 1")
     opts = EstimateOptions(
         method=a.method, transform=tf.transform, lower=tf.lower, upper=tf.upper, k=tf.k,
-        rank_range=tuple(tf.rank_range), prompt_pair=pp.prompt_pair, positive_system=pp.positive_system,
+        rank_range=tuple(tf.rank_range), rank_ties=tf.rank_ties, eos=tf.eos, prompt_pair=pp.prompt_pair,
+        positive_system=pp.positive_system,
         negative_system=pp.negative_system, limit=a.limit, batch_size=sc.batch_size, device=sc.device,
         dtype=sc.dtype, models_dir=tr.models_dir,
         lora=None if tr.full_finetune else {"r": tr.lora_r, "alpha": 2 * tr.lora_r},

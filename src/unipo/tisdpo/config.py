@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS
 from unipo.tisdpo.prompts import PROMPT_PAIRS
-from unipo.tisdpo.transform import PAPER_DEFAULTS, RANK_RANGE, TRANSFORMS
+from unipo.tisdpo.transform import EOS_CHOICES, PAPER_DEFAULTS, RANK_RANGE, RANK_TIES, TRANSFORMS
 
 DTYPES = ("float32", "bfloat16", "float16")
 ON_INVALID = ("error", "skip")
@@ -46,6 +46,13 @@ class TransformArguments:
     k: float = field(default=PAPER_DEFAULTS["k"], metadata={"help": "k, the weight scale"})
     rank_range: list[float] = field(default_factory=lambda: list(RANK_RANGE), metadata={
         "help": "range of the rank transform", "nargs": 2, "metavar": ("LOW", "HIGH")})
+    rank_ties: str = field(default="mean", metadata={
+        "help": "ties of the rank transform: mean (equal scores get equal weights; unipo) or released (d rounded "
+                "to 2 decimals, ties broken by token order, as the authors' code)", "choices": RANK_TIES})
+    eos: str = field(default="auto", metadata={
+        "help": "the end-of-sequence token's weight: auto (paper transform: weighted like any token; rank: 0), "
+                "zero (0 under both: the authors' code), weight (weighted under both); the paper is silent",
+        "choices": EOS_CHOICES})
 
 
 @dataclass

@@ -57,6 +57,8 @@ class EstimateOptions:
     upper: float = PAPER_DEFAULTS["upper"]
     k: float = PAPER_DEFAULTS["k"]
     rank_range: tuple[float, float] = RANK_RANGE
+    rank_ties: str = "mean"  # mean (equal scores, equal weights) | released (d rounded to 2 decimals, token order)
+    eos: str = "auto"  # auto (paper: weighted, rank: 0) | zero (the released code) | weight
     prompt_pair: str = "harmless"
     positive_system: str | None = None
     negative_system: str | None = None
@@ -125,11 +127,15 @@ def score_batch(pos_model, neg_model, pos_examples: Sequence[dict], neg_examples
 
 def to_weights(diffs: Sequence[float], side: str, ids: Sequence[int], eos_ids: set[int],
                opts: EstimateOptions) -> list[float]:
-    """Weights of one response from its log-ratios (the transform chosen in ``opts``)."""
+    """Weights of one response from its log-ratios (the transform chosen in ``opts``; its end-of-sequence
+    token as ``opts.eos`` says, see :mod:`unipo.tisdpo.transform`)."""
+    ends_with_eos = bool(ids) and ids[-1] in eos_ids
+    zero_eos = ends_with_eos and (opts.eos == "zero" or (opts.eos == "auto" and opts.transform == "rank"))
     if opts.transform == "rank":
-        return rank_weights(diffs, side, ends_with_eos=bool(ids) and ids[-1] in eos_ids,
-                            low=opts.rank_range[0], high=opts.rank_range[1])
-    return paper_weights(diffs, side, lower=opts.lower, upper=opts.upper, k=opts.k)
+        return rank_weights(diffs, side, ends_with_eos=zero_eos, low=opts.rank_range[0], high=opts.rank_range[1],
+                            ties=opts.rank_ties)
+    weights = paper_weights(diffs, side, lower=opts.lower, upper=opts.upper, k=opts.k)
+    return weights[:-1] + [0.0] if zero_eos else weights
 
 
 # ----------------------------------------------------------------------------------------------- files
