@@ -95,7 +95,10 @@ _PRESETS = [
        "Jiang et al., ICLR 2025, Eq. 9", "β 0.01–0.05 and δ 1.5–3.5 in the paper", weights="bmc",
        beta=0.05, bmc_delta=2.0),
     _p("tisdpo", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)) − ηβ(ΣwKLp(y_w) − ΣwKLp(y_l)))",
-       "Liu et al., ICLR 2025, Eq. 12", weights="given", kl="tisdpo"),
+       "Liu et al., ICLR 2025, Eq. 12",
+       "η = kl_eta = 1 as in the paper; the released code (exlaw/TIS-DPO, trainers.py::tisdpo_loss) uses 0.5 "
+       "with its KL term on, off by default (= tisdpo_nokl): set kl_eta: 0.5 to match it",
+       weights="given", kl="tisdpo"),
     _p("tisdpo_nokl", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)))", "Liu et al., ICLR 2025 (ablation without KL)",
        weights="given"),
     _p("learned_prior", "−log σ(β(Σ(a − r − g)(y_w) − Σ(a − r − g)(y_l))) + λ·(ḡ²(y_w) + ḡ²(y_l))",
