@@ -56,18 +56,24 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
     variant, dpo = [], []
     device = next(policy.parameters()).device
     ref = Reference("copy", reference) if reference is not None else Reference("adapter")
-    # margin-only objective: the plain DPO margin for variants whose inputs evaluation cannot supply
+    # the plain DPO objective scores the variants whose inputs evaluation cannot supply (a token signal that
+    # exists only during training): found on the first batch, then used for every batch (one pass each)
+    scorer: Objective | None = objective
     plain = Objective("dpo")
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
         batch = PackedBatch.from_dict(collate(pairs[start:start + batch_size])).to(device)
-        try:
-            out = preference_step(policy, ref, batch, objective, chunk_size=chunk_size)
+        out = None
+        if scorer is not None:
+            try:
+                out = preference_step(policy, ref, batch, scorer, chunk_size=chunk_size)
+            except UnipoError:
+                scorer = None
+        if out is None or out.log_ratio_margins is None:
+            variant.extend([None] * batch.num_pairs if out is None else
+                           (out.chosen_rewards - out.rejected_rewards).float().tolist())
+            out = preference_step(policy, ref, batch, plain, chunk_size=chunk_size)
+        else:
             variant.extend((out.chosen_rewards - out.rejected_rewards).float().tolist())
-        except UnipoError:  # e.g. a learned signal that only exists during training
-            out = preference_step(policy, ref, batch, plain, chunk_size=chunk_size)
-            variant.extend([None] * batch.num_pairs)
-        if out.log_ratio_margins is None:
-            out = preference_step(policy, ref, batch, plain, chunk_size=chunk_size)
         dpo.extend(out.log_ratio_margins.float().tolist())
     return {"variant_margins": variant, "dpo_margins": dpo}
 
