@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from unipo.errors import UnipoError
+from unipo.errors import ConfigError, UnipoError
 from unipo.layout import PackedBatch, Sides, gather_side
 from unipo.models.forward import ReferenceOutputs, hidden_states, response_logps, unwrap
 
@@ -59,6 +59,20 @@ def reference_pass(policy: torch.nn.Module | None, ref_model: torch.nn.Module | 
                                     layers=getattr(out, "hidden_states", None) if need_layers else None)
         out = response_logps(model, batch, chunk_size=chunk_size, head_dtype=head_dtype)
     return ReferenceOutputs(logps=out.logps)
+
+
+def check_reference_mode(objective, mode: str) -> None:
+    """Refuse a reference mode that cannot serve ``objective``: a variant that reads the reference model at
+    every step (per-position KL, hidden states for a token signal) cannot use precomputed log-probs or none;
+    a variant that reads reference log-probs cannot use none."""
+    req, name = objective.requirements, objective.config.name
+    if mode in ("precomputed", "none") and req.live_reference:
+        raise ConfigError(f"variant {name} needs the reference model at every step (full next-token distributions "
+                          f"or hidden states); reference: {mode} cannot serve it (use reference: copy, or adapter "
+                          f"with LoRA)")
+    if mode == "none" and req.reference:
+        raise ConfigError(f"variant {name} needs a reference model; reference: none is only for reference-free "
+                          f"variants (simpo, reference_free)")
 
 
 class Reference:

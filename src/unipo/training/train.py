@@ -88,19 +88,14 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
 
 
 def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
-    req, name = objective.requirements, objective.config.name
+    from unipo.training.reference import check_reference_mode
+
     reference = cfg.reference
     if reference == "auto":
-        reference = "none" if not req.reference else ("adapter" if cfg.lora else "copy")
-    if reference == "none" and req.reference:
-        raise ConfigError(f"variant {name} needs a reference model; reference: none is only for reference-free "
-                          f"variants (simpo, reference_free)")
+        reference = "none" if not objective.requirements.reference else ("adapter" if cfg.lora else "copy")
+    check_reference_mode(objective, reference)
     if reference == "adapter" and not cfg.lora:
         raise ConfigError("reference: adapter needs LoRA (set lora: {r: 16})")
-    if reference == "precomputed" and req.live_reference:
-        raise ConfigError(f"variant {name} needs the reference model at every step (full next-token distributions "
-                          f"or hidden states); precomputed reference log-probs cannot serve it (use reference: copy, "
-                          f"or adapter with LoRA)")
     if signal is not None and reference in ("precomputed", "none"):
         raise ConfigError(f"token_signal {signal['type']} reads the reference model's hidden states during "
                           f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "

@@ -13,9 +13,8 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
-from unipo.errors import ConfigError
 from unipo.objective import Objective
-from unipo.training.reference import Reference
+from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
 
 
@@ -33,10 +32,7 @@ class PreferenceTrainer(Trainer):
         self.head_dtype = head_dtype
         # our loss is a mean per example: let Trainer divide by the accumulation steps
         self.model_accepts_loss_kwargs = False
-        if objective.requirements.live_reference and reference_mode in ("precomputed", "none"):
-            raise ConfigError(f"variant {objective.config.name} needs the reference model at every step (full "
-                              f"next-token distributions or hidden states); reference: {reference_mode} cannot serve "
-                              f"it: use reference: copy (or adapter with LoRA)")
+        check_reference_mode(objective, reference_mode)
         self.ref_model = None
         if ref_model is not None:
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
