@@ -2,10 +2,10 @@
 
 Inputs are built so that each side's term must move: the policy sits above the reference on both sides
 (s > 0, so MinorDPO's max(0, h_l) is active under every link), β is small (the hinge is not saturated), and
-every optional input is given. Then for each composition: both sides get gradient, the reference gets none,
-a learned prior's offsets get some. Compositions that cannot train a side are refused by `resolve` (a
-one-sided transform with a constant prior, where log π ≤ 0 everywhere; AOT with a link or transform it
-ignores) and counted.
+every optional input is given. Then for each composition (768 of them): both sides get gradient, the
+reference gets none, a learned prior's offsets get some. Compositions that cannot train a side are refused
+by `resolve` (a one-sided transform with a constant prior, where log π ≤ 0 everywhere; AOT with a link or
+transform it ignores) and counted.
 """
 
 from __future__ import annotations
@@ -45,15 +45,16 @@ def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def compositions() -> list[dict[str, str]]:
-    """Every (prior, link, rejected transform, chosen transform, kl) and pair loss, with the other kinds
-    sampled (seeded): links × one-sided transforms exhaustively, the rest broadly."""
+    """Every (prior, link, rejected transform, chosen transform, pair loss), with the KL term, the token
+    weights and the aggregation sampled (seeded) for each: the part kinds that interact through the sign of h
+    exhaustively, the rest broadly."""
     rng = random.Random(0)
     names = {kind: sorted(parts(kind)) for kind in KINDS}
     out = []
-    for prior, link, rt, ct, kl, loss in itertools.product(names["prior"], names["link"], names["rejected_transform"],
-                                                           names["chosen_transform"], names["kl"], names["pair_loss"]):
-        out.append({"prior": prior, "link": link, "rejected_transform": rt, "chosen_transform": ct, "kl": kl,
-                    "pair_loss": loss, "weights": rng.choice(names["weights"]),
+    for prior, link, rt, ct, loss in itertools.product(names["prior"], names["link"], names["rejected_transform"],
+                                                       names["chosen_transform"], names["pair_loss"]):
+        out.append({"prior": prior, "link": link, "rejected_transform": rt, "chosen_transform": ct,
+                    "pair_loss": loss, "kl": rng.choice(names["kl"]), "weights": rng.choice(names["weights"]),
                     "aggregation": rng.choice(names["aggregation"])})
     return out
 
@@ -87,7 +88,7 @@ def test_every_accepted_composition_moves_its_sides_and_never_the_reference():
             if grad is not None:
                 assert torch.isfinite(grad).all() and torch.all(grad[~d[f"{side}_mask"]] == 0), name
         checked += 1
-    assert checked > 1000 and refused > 0  # the per-side losses refuse a KL term
+    assert checked > 300 and refused > 0  # e.g. a one-sided transform with a constant prior is refused
 
 
 def test_minordpo_with_forward_kl_trains_the_rejected_side():

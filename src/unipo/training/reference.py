@@ -67,9 +67,9 @@ def check_reference_mode(objective, mode: str) -> None:
     a variant that reads reference log-probs cannot use none."""
     req, name = objective.requirements, objective.config.name
     if mode in ("precomputed", "none") and req.live_reference:
+        what = "precomputed reference log-probs" if mode == "precomputed" else "reference: none"
         raise ConfigError(f"variant {name} needs the reference model at every step (full next-token distributions "
-                          f"or hidden states); reference: {mode} cannot serve it (use reference: copy, or adapter "
-                          f"with LoRA)")
+                          f"or hidden states); {what} cannot serve it (use reference: copy, or adapter with LoRA)")
     if mode == "none" and req.reference:
         raise ConfigError(f"variant {name} needs a reference model; reference: none is only for reference-free "
                           f"variants (simpo, reference_free)")
