@@ -91,7 +91,8 @@ class PackedBatch:
       ``[rows, L]``; ``documents`` (int32, ``[rows, L]``, -1 on padding): the sequence id of every position
       when several sequences share a row, else ``None``;
     - ``chosen`` / ``rejected``: :class:`SideLayout`;
-    - ``index`` (long ``[B]``): each pair's row in its dataset, when known.
+    - ``index`` (long ``[B]``): each pair's row in its dataset, when known;
+    - ``pair_weights`` (float ``[B]``): each pair's weight in the loss (a data column), when given.
     """
 
     input_ids: torch.Tensor
@@ -101,6 +102,7 @@ class PackedBatch:
     rejected: SideLayout
     documents: torch.Tensor | None = None
     index: torch.Tensor | None = None
+    pair_weights: torch.Tensor | None = None
 
     def side(self, name: str) -> SideLayout:
         return Sides(self.chosen, self.rejected)[name]
@@ -124,13 +126,15 @@ class PackedBatch:
             sides[side] = SideLayout(batch[f"{side}_src"], batch[f"{side}_labels"], batch[f"{side}_mask"],
                                      **columns)
         return cls(batch["input_ids"], batch["position_ids"], batch["segments"], sides["chosen"],
-                   sides["rejected"], batch.get("documents"), batch.get("index"))
+                   sides["rejected"], batch.get("documents"), batch.get("index"), batch.get("pair_weight"))
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
         for key in ("documents", "index"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.pair_weights is not None:
+            out["pair_weight"] = self.pair_weights
         for side in SIDES:
             layout = self.side(side)
             out.update({f"{side}_src": layout.src, f"{side}_labels": layout.labels, f"{side}_mask": layout.mask})

@@ -9,6 +9,7 @@ itself is evaluated once as the ``reference`` row: the "before" of every before/
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
             from unipo.objective import Objective
 
             obj = Objective("dpo", beta=base.beta or 0.1)
-            pairs, _ = prepare_data(base, tok, held_out, eval_kwargs.get("limit", 256))
+            unweighted = dataclasses.replace(base, weight_column=None)  # held-out pairs are scored unweighted
+            pairs, _ = prepare_data(unweighted, tok, held_out, eval_kwargs.get("limit", 256))
             ref = load_model(cfg_dict["model_path"], dtype=torch.float32, trainable=False)
             with_reference_logps(ref, cfg_dict["model_path"], tok, pairs, share_prompt=base.share_prompt,
                                  packing=base.packing, batch_size=eval_kwargs.get("batch_size", 8))

@@ -138,6 +138,8 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
         if examples[0].get(key) is not None:
             side = "chosen" if "chosen" in key else "rejected"
             batch[key] = _pad2d([ex[key] for ex in examples], batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
+    if examples[0].get("pair_weight") is not None:
+        batch["pair_weight"] = torch.tensor([float(ex["pair_weight"]) for ex in examples], dtype=torch.float32)
     if "index" in examples[0]:
         batch["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
     return batch

@@ -69,6 +69,7 @@ class TokenizedPair:
     rejected_weights: list[float] | None = None
     chosen_diff_mask: list[int] | None = None
     rejected_diff_mask: list[int] | None = None
+    pair_weight: float | None = None  # multiplies the pair's loss (PrepOptions.pair_weight_column)
 
     def to_dict(self) -> dict:
         """The pair as a dict (the collator's input: ``prompt_ids``, ``chosen_ids``, ... and ``row``)."""
@@ -371,6 +372,8 @@ class PrepOptions:
       :func:`tokenizer_fingerprint` of the tokenizer.
     - ``bmc_masks``: compute the BMC difference masks (:func:`unipo.data.bmc_align.diff_masks`) on the
       full responses, then truncate them alongside.
+    - ``pair_weight_column``: a numeric column whose value (finite, ≥ 0) multiplies the pair's loss; a row
+      without it, or with another value, is invalid (``on_invalid`` applies).
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
     """
 
@@ -383,6 +386,7 @@ class PrepOptions:
     on_too_long: str = "truncate"
     on_invalid: str = "error"
     split: str = "train"
+    pair_weight_column: str | None = None
 
     def validate(self) -> None:
         for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
@@ -448,6 +452,15 @@ class _PairReader:
             if len(summary.invalid_messages) < 5:
                 summary.invalid_messages.append(str(exc))
             return None
+        try:
+            pair_weight = self._pair_weight(pair, file, rown)
+        except DataError as exc:
+            if self.opts.on_invalid == "error":
+                raise
+            summary._drop("invalid", rown)
+            if len(summary.invalid_messages) < 5:
+                summary.invalid_messages.append(str(exc))
+            return None
         summary.conversational += pair.conversational
         summary.text += not pair.conversational
         weights = self._weights(pair, chosen_ids, rejected_ids, file, rown)
@@ -455,7 +468,21 @@ class _PairReader:
         summary.response_tokens_total += len(chosen_ids) + len(rejected_ids)
         summary.prompt_tokens_max = max(summary.prompt_tokens_max, len(prompt_ids))
         summary.response_tokens_max = max(summary.response_tokens_max, len(chosen_ids), len(rejected_ids))
-        return self._truncated(prompt_ids, chosen_ids, rejected_ids, weights, file, rown)
+        out = self._truncated(prompt_ids, chosen_ids, rejected_ids, weights, file, rown)
+        if out is not None:
+            out.pair_weight = pair_weight
+        return out
+
+    def _pair_weight(self, pair: PreferencePair, file: str, rown: int) -> float | None:
+        column = self.opts.pair_weight_column
+        if column is None:
+            return None
+        value = pair.extras.get(column)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            got = "missing" if value is None else repr(value)
+            raise DataError(f"the pair weight must be a finite number >= 0, got {got}", file=file, row=rown,
+                            field=column)
+        return float(value)
 
     def _weights(self, pair: PreferencePair, chosen_ids: list[int], rejected_ids: list[int], file: str,
                  rown: int) -> list[list[float] | None]:

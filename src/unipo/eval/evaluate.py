@@ -190,7 +190,9 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])
     lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
-    cfg = TrainConfig.from_dict({**{k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()}, **lengths})
+    # held-out pairs are scored unweighted: the training data's pair-weight column does not apply to them
+    cfg = TrainConfig.from_dict({**{k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()}, **lengths,
+                                 "weight_column": None})
     plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,

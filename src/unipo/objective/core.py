@@ -30,7 +30,8 @@ class LossOutput:
     - ``chosen_rewards`` / ``rejected_rewards`` ``[B]``: β·h per side, the rewards the loss compares;
     - ``logits`` ``[B]``: the combined logit z;
     - ``log_ratio_margins`` ``[B]``: the plain DPO margin Σ_t ρ_t(y_w) − Σ_t ρ_t(y_l), ρ_t = a_t − r_t, whatever
-      the variant (None without reference log-probs), so that variants compare on one scale.
+      the variant (None without reference log-probs), so that variants compare on one scale;
+    - ``pair_weights`` ``[B]``: the pairs' weights when given; ``loss`` is then Σ w_i ℓ_i / Σ w_i.
     """
 
     losses: torch.Tensor
@@ -39,11 +40,16 @@ class LossOutput:
     rejected_rewards: torch.Tensor
     logits: torch.Tensor
     log_ratio_margins: torch.Tensor | None = None
+    pair_weights: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def loss(self) -> torch.Tensor:
-        return self.losses.mean()
+        """The batch loss: the mean of ``losses``, or their weighted mean (0 when every weight is 0)."""
+        if self.pair_weights is None:
+            return self.losses.mean()
+        w = self.pair_weights.to(self.losses.dtype)
+        return (w * self.losses).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +182,20 @@ class Objective:
             # the plain DPO log-ratio, comparable across variants (a transformed score, e.g. MinorDPO's, is not)
             metrics["logratio/margins"] = margins.mean()
             metrics["logratio/accuracies"] = (margins > 0).float().mean()
-        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins)
+        weights = self._pair_weights(inputs.pair_weights, losses)
+        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins, weights)
+
+    @staticmethod
+    def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:
+        if weights is None:
+            return None
+        weights = weights.detach()
+        if weights.shape != losses.shape:
+            raise UnipoError(f"pair_weights has shape {tuple(weights.shape)}, expected {tuple(losses.shape)} (one "
+                             f"weight per pair)")
+        if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise UnipoError("pair_weights must be finite and >= 0")
+        return weights
 
     def __call__(self, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                  chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **inputs: torch.Tensor | None
@@ -195,7 +214,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  chosen_kl_weights: torch.Tensor | None = None, rejected_kl_weights: torch.Tensor | None = None,
                  chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
                  chosen_prior_offsets: torch.Tensor | None = None,
-                 rejected_prior_offsets: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
+                 **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -203,7 +223,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
     tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
     SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets. Returns a :class:`LossOutput` with ``.losses`` ([batch], with gradient) and ``.metrics``.
+    offsets. ``pair_weights`` ([batch], ≥ 0) makes ``.loss`` the weighted mean of the pairs' losses. Returns a
+    :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
     """
     objective = Objective(variant, **params)
     return objective(
@@ -215,6 +236,7 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
         chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
         chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
+        pair_weights=pair_weights,
     )
 
 

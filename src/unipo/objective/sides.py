@@ -56,15 +56,17 @@ class Side:
 
 @dataclass(frozen=True)
 class ObjectiveInputs:
-    """The objective's inputs for one batch: one :class:`Side` per response."""
+    """The objective's inputs for one batch: one :class:`Side` per response, and optionally a weight per pair
+    (``[B]``, ≥ 0): the batch loss is then Σ w_i ℓ_i / Σ w_i instead of the mean."""
 
     chosen: Side
     rejected: Side
+    pair_weights: torch.Tensor | None = None
 
     @classmethod
     def from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                      chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
-                     **optional: torch.Tensor | None) -> ObjectiveInputs:
+                     pair_weights: torch.Tensor | None = None, **optional: torch.Tensor | None) -> ObjectiveInputs:
         """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …)."""
         allowed = {p.format(n) for p in KEYWORDS.values() for n in SIDE_NAMES}
         unknown = set(optional) - allowed
@@ -75,12 +77,12 @@ class ObjectiveInputs:
                                   ("rejected", policy_rejected_logps, rejected_mask)):
             extra = {attr: optional.get(pattern.format(name)) for attr, pattern in KEYWORDS.items()}
             sides[name] = Side(name, logps, mask, **extra)
-        return cls(sides["chosen"], sides["rejected"])
+        return cls(sides["chosen"], sides["rejected"], pair_weights)
 
     def with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]) -> ObjectiveInputs:
         """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
         return ObjectiveInputs(replace(self.chosen, **per_side.get("chosen", {})),
-                               replace(self.rejected, **per_side.get("rejected", {})))
+                               replace(self.rejected, **per_side.get("rejected", {})), self.pair_weights)
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ class TrainConfig:
     weights_columns: list[str] | None = field(default=None, metadata={
         "help": "columns holding TIS-DPO per-token weights of the chosen and rejected responses, e.g. "
                 "chosen_weights rejected_weights (null: those two for variants that need given weights)"})
+    weight_column: str | None = field(default=None, metadata={
+        "help": "a numeric column whose value (finite, >= 0) multiplies each pair's loss: the batch loss is then "
+                "the weighted mean; a row without a valid value is invalid (on_invalid applies)"})
     token_signal: dict | str | None = field(default=None, metadata={
         "help": "token signal trained (or computed) with the policy from the reference's hidden states: "
                 "{type: sparsepo_masks, common: true} | {type: activation_masks} | {type: learned_prior} | none; "
