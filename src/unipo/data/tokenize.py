@@ -443,17 +443,9 @@ class _PairReader:
         try:
             pair = normalize_row(rec.data, file=file, row_number=rown)
             prompt_ids, chosen_ids, rejected_ids = tokenize_pair(pair, self.tok, file=file, row=rown)
+            pair_weight = self._pair_weight(pair, file, rown)
         except TemplateError:
             raise
-        except DataError as exc:
-            if self.opts.on_invalid == "error":
-                raise
-            summary._drop("invalid", rown)
-            if len(summary.invalid_messages) < 5:
-                summary.invalid_messages.append(str(exc))
-            return None
-        try:
-            pair_weight = self._pair_weight(pair, file, rown)
         except DataError as exc:
             if self.opts.on_invalid == "error":
                 raise
