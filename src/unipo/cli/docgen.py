@@ -27,10 +27,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from unipo.cli.explain import _INPUT_KEYS, _fmt, part_info
+from unipo.cli.explain import _fmt, part_info
 from unipo.objective.config import resolve
 from unipo.objective.presets import DEFAULT_PARTS, PRESETS
 from unipo.objective.registry import KINDS, Part, parts
+from unipo.objective.sides import KEYWORDS
 
 #: which generated blocks each file holds (paths relative to the repository root)
 FILES: dict[str, tuple[str, ...]] = {
@@ -94,7 +95,7 @@ def _what_it_does(part: Part) -> str:
     info = part_info(part)
     extra = []
     if info["inputs"]:
-        extra.append("inputs: " + ", ".join(_code(_INPUT_KEYS.get(f, f).format(side="<side>"))
+        extra.append("inputs: " + ", ".join(_code(KEYWORDS[f].format("<side>"))
                                             for f in info["inputs"]))
     if info.get("kl_direction"):
         extra.append("KL direction: " + info["kl_direction"].replace("||", " ‖ "))

@@ -14,6 +14,7 @@ from typing import Any
 from unipo.objective.config import ObjectiveConfig, resolve
 from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAM_SPECS, GLOBAL_PARAMS, PRESETS, Preset
 from unipo.objective.registry import KINDS, Part, parts
+from unipo.objective.sides import KEYWORDS
 
 #: the general objective, as ``unipo variants NAME`` prints it
 GENERAL_FORMULA = [
@@ -22,16 +23,6 @@ GENERAL_FORMULA = [
     "a_t policy log-prob, ζ prior, ω token weights, agg aggregation, f′ link, D KL term, ℓ pair loss",
     "(Tutnov, Grosnit, Bou-Ammar 2025, arXiv 2501.01544, Eq. 1; Δ = s_w − s_l for the default parts)",
 ]
-
-#: the input keyword of ``compute_loss`` that each ``Side`` field comes from
-_INPUT_KEYS = {
-    "ref_logps": "ref_{side}_logps",
-    "weights": "{side}_weights",
-    "kl": "{side}_kl",
-    "kl_weights": "{side}_kl_weights",
-    "diff_mask": "{side}_diff_mask",
-    "prior_offsets": "{side}_prior_offsets",
-}
 
 
 def summary(doc: str) -> str:
@@ -116,7 +107,7 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
     for info in part_list:
         for field in info["inputs"]:
             for side in ("chosen", "rejected"):
-                key = _INPUT_KEYS.get(field, field).format(side=side)
+                key = KEYWORDS[field].format(side)
                 if key not in inputs:
                     inputs.append(key)
     return {
