@@ -36,6 +36,16 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(ckpts, key=lambda p: int(p.name.rpartition("-")[2]))
 
 
+def last_complete_checkpoint(out_dir: Path, log) -> str | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) exists: a run
+    killed while writing a checkpoint resumes from the one before, not from a half-written one."""
+    for ckpt in reversed(_checkpoints(out_dir)):
+        if (ckpt / "trainer_state.json").exists():
+            return str(ckpt)
+        log(f"{ckpt} is incomplete (killed while saving?): skipped")
+    return None
+
+
 def holds_run(out_dir: Path) -> bool:
     return out_dir.is_dir() and (any((out_dir / f).exists() for f in RUN_FILES) or bool(_checkpoints(out_dir)))
 

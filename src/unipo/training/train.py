@@ -247,17 +247,6 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
     )
 
 
-def last_complete_checkpoint(out_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) exists: a run
-    killed while writing a checkpoint resumes from the one before, not from a half-written one."""
-    ckpts = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.rpartition("-")[2].isdigit()]
-    for ckpt in sorted(ckpts, key=lambda p: int(p.name.rpartition("-")[2]), reverse=True):
-        if (ckpt / "trainer_state.json").exists():
-            return str(ckpt)
-        log(f"{ckpt} is incomplete (killed while saving?): skipped")
-    return None
-
-
 # -- 4. write ---------------------------------------------------------------------------------------------
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
     """Model, tokenizer, token signal, resolved config, metrics, data summary and model card."""
@@ -319,7 +308,7 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         + (f", {len(data.eval)} eval pairs" if data.eval else ""))
     resolved = rundir.resolved_config(plan)
     trainer = build_trainer(plan, models, data, [rundir.CheckpointConfigCallback(resolved), *callbacks])
-    resume_from = last_complete_checkpoint(plan.out_dir) if cfg.resume else None
+    resume_from = rundir.last_complete_checkpoint(plan.out_dir, log) if cfg.resume else None
     if cfg.resume:
         rundir.check_resume(plan.out_dir, resume_from, plan)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
