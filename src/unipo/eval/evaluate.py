@@ -59,7 +59,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
     # the plain DPO objective scores the variants whose inputs evaluation cannot supply (a token signal that
     # exists only during training): found on the first batch, then used for every batch (one pass each)
     scorer: Objective | None = objective
-    plain = Objective("dpo")
+    plain = Objective("listwise_dpo")  # plain DPO on pairs; it also scores pairs with several rejected responses
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
         batch = PackedBatch.from_dict(collate(pairs[start:start + batch_size])).to(device)
         out = None
@@ -185,7 +185,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
               max_prompt_length: int | None) -> dict[str, Any]:
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
-    from unipo.training.train import log, plan_training, prepare_data
+    from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
 
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])
@@ -197,13 +197,16 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     tokenizer = load_tokenizer(str(run_dir))
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
                                   diff_masks=plan.diff_masks)
+    # several rejected responses per pair: scored with the live reference (the cache holds one rejected per pair)
+    listwise = any(p.get("more_rejected_ids") for p in pairs)
+    check_listwise_rows(objective, pairs, data, "copy")
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
         f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
-    if reference_cache and not objective.requirements.live_reference:
+    if reference_cache and not objective.requirements.live_reference and not listwise:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
                              packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
