@@ -210,6 +210,16 @@ def test_tokenised_listwise_rows_and_their_summary():
         prepare_pairs(rows[:1], tok, bmc_masks=True)
 
 
+@pytest.mark.unit
+def test_bridging_refuses_listwise_rows(tmp_path):
+    from unipo.bridge.pipeline import read_pairs
+
+    path = write_jsonl(tmp_path / "lw.jsonl", [{"prompt": "Q?", "chosen": " a", "rejected": [" b", " c"]}])
+    with pytest.raises(DataError, match="one rejected response") as err:
+        list(read_pairs(path))
+    assert (err.value.row, err.value.field) == (1, "rejected")
+
+
 # -- the batch layout -----------------------------------------------------------------------------------------
 def listwise_examples() -> list[dict]:
     g = torch.Generator().manual_seed(0)
@@ -284,7 +294,7 @@ def test_held_out_scoring_compares_with_the_strongest_rejected(model):
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    exs = listwise_examples()
+    exs = [listwise_examples()[i] for i in (0, 2)]  # K = 3 and K = 2
     scores = pair_scores(model, reference, Objective("listwise_dpo"), exs,
                          lambda rows: collate_pairs(rows, 0, packing=True), batch_size=2)
 
@@ -314,7 +324,8 @@ def test_two_training_steps_on_listwise_rows(tiny_model_dir, tmp_path, capsys):
     assert main(train_args(tiny_model_dir, data, tmp_path / "dpo", "--variant", "dpo")) == 2
     err = capsys.readouterr().err
     assert "row 1 (and maybe others) has 2 rejected responses" in err and "listwise_dpo" in err, err
-    assert main(train_args(tiny_model_dir, data, tmp_path / "run", "--variant", "listwise_dpo")) == 0
+    assert main(train_args(tiny_model_dir, data, tmp_path / "run", "--variant", "listwise_dpo", "--set",
+                           "plots=false")) == 0
     logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert len(logged) == 2 and all(math.isfinite(r["loss"]) for r in logged)
     assert "rewards/rejected_all" in logged[0]
