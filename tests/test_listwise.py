@@ -285,28 +285,40 @@ def test_packed_forward_equals_each_response_alone(model):
 
 
 @pytest.mark.integration
-def test_held_out_scoring_compares_with_the_strongest_rejected(model):
+def test_held_out_scoring_compares_with_the_strongest_rejected(model, tmp_path):
+    """Margins against the strongest rejected response, with the live reference and with its log-probs
+    precomputed into the on-disk cache (written, then read back), both against one response at a time."""
     import copy
 
     from unipo.eval.evaluate import pair_scores
+    from unipo.training.reference import precompute_reference
 
     reference = copy.deepcopy(model)
     with torch.no_grad():
         for p in reference.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    exs = [listwise_examples()[i] for i in (0, 2)]  # K = 3 and K = 2
-    scores = pair_scores(model, reference, Objective("listwise_dpo"), exs,
-                         lambda rows: collate_pairs(rows, 0, packing=True), batch_size=2)
+
+    def collate(rows):
+        return collate_pairs(rows, 0, packing=True)
 
     def rho(prompt, response):
         with torch.no_grad():
             return float((naive_logps(model, prompt, response) - naive_logps(reference, prompt, response)).sum())
 
-    for ex, got in zip(exs, scores["dpo_margins"], strict=True):
-        rejected = [ex["rejected_ids"], *ex.get("more_rejected_ids", [])]
-        want = rho(ex["prompt_ids"], ex["chosen_ids"]) - max(rho(ex["prompt_ids"], r) for r in rejected)
-        assert got == pytest.approx(want, abs=2e-4)
-    assert scores["variant_margins"] == pytest.approx([0.1 * m for m in scores["dpo_margins"]], abs=1e-6)
+    exs = [listwise_examples()[i] for i in (0, 2)]  # K = 3 and K = 2
+    want = [rho(ex["prompt_ids"], ex["chosen_ids"])
+            - max(rho(ex["prompt_ids"], r) for r in [ex["rejected_ids"], *ex["more_rejected_ids"]]) for ex in exs]
+    live = pair_scores(model, reference, Objective("listwise_dpo"), exs, collate, batch_size=2)
+    assert live["dpo_margins"] == pytest.approx(want, abs=2e-4)
+    assert live["variant_margins"] == pytest.approx([0.1 * m for m in live["dpo_margins"]], abs=1e-6)
+    cache = tmp_path / "ref.pt"
+    for _ in range(2):  # computed and cached, then read from the cache
+        cached = precompute_reference(reference, [dict(ex) for ex in exs], collate, batch_size=2, chunk_size=4,
+                                      cache_file=cache, device=torch.device("cpu"), progress=False)
+        assert [len(ex["ref_more_rejected_logps"]) for ex in cached] == [2, 1]
+        # the batch carries the reference's log-probs: Reference("adapter") on a plain model would run the policy
+        scores = pair_scores(model, None, Objective("listwise_dpo"), cached, collate, batch_size=2)
+        assert scores["dpo_margins"] == pytest.approx(want, abs=2e-4)
 
 
 #: 8 rows with 1, 2 or 3 rejected responses (K varies within a batch)

@@ -169,10 +169,13 @@ def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Ten
     for key in TOKEN_COLUMNS:
         if examples[0].get(key) is not None:
             side = "chosen" if "chosen" in key else "rejected"
-            if listwise:
-                raise UnipoError(f"the per-token column {key} is not supported for pairs with several rejected "
-                                 "responses (listwise rows work with sequence-level variants and a live reference)")
-            out[key] = _pad2d([ex[key] for ex in examples], batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
+            values = [ex[key] for ex in examples]
+            if listwise and side == "rejected":
+                if key != "ref_rejected_logps":
+                    raise UnipoError(f"the per-token column {key} is not supported for pairs with several rejected "
+                                     "responses (listwise rows work with sequence-level variants)")
+                values = [v for ex in examples for v in [ex[key], *(ex.get("ref_more_rejected_logps") or [])]]
+            out[key] = _pad2d(values, batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
     if listwise:
         out["rejected_pair"] = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     if examples[0].get("pair_weight") is not None:

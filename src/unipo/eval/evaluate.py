@@ -197,16 +197,14 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     tokenizer = load_tokenizer(str(run_dir))
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
                                   diff_masks=plan.diff_masks)
-    # several rejected responses per pair: scored with the live reference (the cache holds one rejected per pair)
-    listwise = any(p.get("more_rejected_ids") for p in pairs)
-    check_listwise_rows(objective, pairs, data, "copy")
+    check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
         f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
-    if reference_cache and not objective.requirements.live_reference and not listwise:
+    if reference_cache and not objective.requirements.live_reference:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
                              packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
