@@ -311,14 +311,16 @@ def test_held_out_scoring_compares_with_the_strongest_rejected(model, tmp_path):
     live = pair_scores(model, reference, Objective("listwise_dpo"), exs, collate, batch_size=2)
     assert live["dpo_margins"] == pytest.approx(want, abs=2e-4)
     assert live["variant_margins"] == pytest.approx([0.1 * m for m in live["dpo_margins"]], abs=1e-6)
-    cache = tmp_path / "ref.pt"
-    for _ in range(2):  # computed and cached, then read from the cache
-        cached = precompute_reference(reference, [dict(ex) for ex in exs], collate, batch_size=2, chunk_size=4,
-                                      cache_file=cache, device=torch.device("cpu"), progress=False)
-        assert [len(ex["ref_more_rejected_logps"]) for ex in cached] == [2, 1]
-        # the batch carries the reference's log-probs: Reference("adapter") on a plain model would run the policy
-        scores = pair_scores(model, None, Objective("listwise_dpo"), cached, collate, batch_size=2)
-        assert scores["dpo_margins"] == pytest.approx(want, abs=2e-4)
+    def precomputed():
+        return precompute_reference(reference, [dict(ex) for ex in exs], collate, batch_size=2, chunk_size=4,
+                                    cache_file=tmp_path / "ref.pt", device=torch.device("cpu"), progress=False)
+
+    computed = precomputed()
+    assert [len(ex["ref_more_rejected_logps"]) for ex in computed] == [2, 1]
+    assert precomputed() == computed  # read back from the cache file
+    # the batch carries the reference's log-probs (with reference=None the policy would serve as its own)
+    scores = pair_scores(model, None, Objective("listwise_dpo"), computed, collate, batch_size=2)
+    assert scores["dpo_margins"] == pytest.approx(want, abs=2e-4)
 
 
 #: 8 rows with 1, 2 or 3 rejected responses (K varies within a batch)
