@@ -151,6 +151,8 @@ FORMULAS["aot_pair"] = aot_pair_formula
 # and 0.5·(mse(ρ_w, 1/(2β)) + mse(ρ_l, −1/(2β))), whose batch mean equals the mean of the per-pair terms
 FORMULAS["cal_dpo"] = lambda d: (lambda rw, rl, nw, nl: -ls(rw - rl) + 0.5 * (
     (rw - 1 / (2 * 0.1)) ** 2 + (rl + 1 / (2 * 0.1)) ** 2))(*quantities(d))
+# listwise DPO on ordinary pairs (one rejected each) is DPO; its K > 1 formula: tests/test_listwise.py
+FORMULAS["listwise_dpo"] = f_dpo
 
 
 def test_every_preset_has_a_formula_test():
