@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from unipo.data.bmc_align import StopTokens, diff_masks
+from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row
 from unipo.errors import ConfigError, DataError
 from unipo.layout import MAX_REJECTED
@@ -394,7 +394,9 @@ class PrepOptions:
       they are truncated alongside. A ``tokenizer`` column, if present, must equal
       :func:`tokenizer_fingerprint` of the tokenizer.
     - ``bmc_masks``: compute the BMC difference masks (:func:`unipo.data.bmc_align.diff_masks`) on the
-      full responses, then truncate them alongside.
+      full responses, then truncate them alongside; ``bmc_alignment`` (``levenshtein``: the paper's,
+      ``difflib``: the released code's) and ``bmc_exempt`` (``stopwords``, ``stopwords_punctuation`` or
+      ``none``) say how (docs/bridge.md).
     - ``pair_weight_column``: a numeric column whose value (finite, ≥ 0) multiplies the pair's loss; a row
       without it, or with another value, is invalid (``on_invalid`` applies).
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
@@ -404,6 +406,8 @@ class PrepOptions:
     max_prompt_length: int | None = 256
     truncation_mode: str = "keep_end"
     bmc_masks: bool = False
+    bmc_alignment: str = "levenshtein"
+    bmc_exempt: str = "stopwords"
     weights_columns: tuple[str, str] | None = None
     limit: int | None = None
     on_too_long: str = "truncate"
@@ -413,7 +417,8 @@ class PrepOptions:
 
     def validate(self) -> None:
         for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
-                             ("on_invalid", _ON_INVALID)):
+                             ("on_invalid", _ON_INVALID), ("bmc_alignment", ALIGNMENTS),
+                             ("bmc_exempt", EXEMPTIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.max_length < 2:
@@ -458,7 +463,10 @@ class _PairReader:
 
     def __init__(self, tokenizer: Any, opts: PrepOptions, summary: PrepSummary):
         self.tokenizer, self.tok, self.opts, self.summary = tokenizer, _Tok(tokenizer), opts, summary
-        self.stops = StopTokens(tokenizer) if opts.bmc_masks else None
+        self.stops = (StopTokens(tokenizer, punctuation=opts.bmc_exempt == "stopwords_punctuation")
+                      if opts.bmc_exempt != "none" else frozenset())
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.fingerprint: str | None = None
 
     def read(self, rec: SourceRow) -> TokenizedPair | None:
@@ -550,7 +558,9 @@ class _PairReader:
         chosen_ids, rejected_ids = responses[0], responses[1]
         masks: list[list[int] | None] = [None, None]
         if opts.bmc_masks:  # aligned on the full responses, so a cut at the end does not look like an edit
-            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=self.stops)
+            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=self.stops,
+                                            alignment=opts.bmc_alignment, prompt_ids=prompt_ids,
+                                            pad_id=-1 if self.pad_id is None else self.pad_id)
         weights = [w[:room] if w is not None else None for w in weights]
         masks = [m[:room] if m is not None else None for m in masks]
         summary.truncated_prompt += prompt_cut

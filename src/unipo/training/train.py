@@ -112,6 +112,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
 
     options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
+                          bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
                           pair_weight_column=cfg.weight_column)
     pairs, summary = prepare_pairs(source, tokenizer, options)
