@@ -18,7 +18,7 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
-from unipo.objective.registry import KINDS, SIDE_INPUTS
+from unipo.objective.registry import KINDS, SIDE_INPUTS, StatefulPart
 from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
 
 
@@ -31,7 +31,8 @@ class LossOutput:
     - ``logits`` ``[B]``: the combined logit z;
     - ``log_ratio_margins`` ``[B]``: the plain DPO margin Σ_t ρ_t(y_w) − Σ_t ρ_t(y_l), ρ_t = a_t − r_t, whatever
       the variant (None without reference log-probs), so that variants compare on one scale;
-    - ``pair_weights`` ``[B]``: the pairs' weights when given; ``loss`` is then Σ w_i ℓ_i / Σ w_i.
+    - ``pair_weights`` ``[B]``: the pairs' weights when given, times the pair loss's selection when it selects
+      pairs (β-DPO's filtering); ``loss`` is then Σ w_i ℓ_i / Σ w_i.
     """
 
     losses: torch.Tensor
@@ -77,6 +78,28 @@ class Objective:
         self.config = variant if isinstance(variant, ObjectiveConfig) else resolve(variant, params)
         self.parts = {kind: self.config.part(kind) for kind in KINDS}
         self.params = self.config.params
+        # a stateful part (a class) gets its own instance per objective; a plain part is its function
+        self.fns = {kind: part.fn(self.params) if part.stateful else part.fn for kind, part in self.parts.items()}
+        self.training = True
+
+    def train(self, mode: bool = True) -> Objective:
+        """Training mode (the default) lets stateful parts update their statistics; ``train(False)`` (held-out
+        scoring) freezes them. ``preference_step`` sets it from the policy's mode."""
+        self.training = mode
+        for fn in self.fns.values():
+            if isinstance(fn, StatefulPart):
+                fn.training = mode
+        return self
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The stateful parts' state by kind (plain floats; empty for a stateless objective)."""
+        return {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for kind, part_state in state.items():
+            fn = self.fns.get(kind)
+            if isinstance(fn, StatefulPart):
+                fn.load_state_dict(part_state)
 
     @property
     def requirements(self) -> Requirements:
@@ -121,13 +144,13 @@ class Objective:
 
     def _score(self, side: Side) -> tuple[torch.Tensor, ...]:
         """Return (s, h, aggregated policy term, aggregated prior term, policy token weights) for one side."""
-        agg = self.parts["aggregation"].fn
-        prior = self.parts["prior"].fn(side, self.params)
-        pw, zw = self.parts["weights"].fn(side, self.params)
+        agg = self.fns["aggregation"]
+        prior = self.fns["prior"](side, self.params)
+        pw, zw = self.fns["weights"](side, self.params)
         pol = agg(side.logps if pw is None else side.logps * pw, side.mask)  # inputs are zero on padding
         pri = torch.zeros_like(pol) if prior is None else agg(prior if zw is None else prior * zw, side.mask)
         s = pol - pri
-        return s, self.parts["link"].fn(s, self.params), pol, pri, pw
+        return s, self.fns["link"](s, self.params), pol, pri, pw
 
     def _auxiliary(self, chosen: Side, rejected: Side) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
         """The terms added to the pair loss: NLL of the chosen response, L1 on token masks, the learned
@@ -151,21 +174,27 @@ class Objective:
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         """The objective on typed inputs (see :class:`~unipo.objective.sides.ObjectiveInputs`)."""
         chosen, rejected = self._check(inputs.chosen), self._check(inputs.rejected)
+        # each side knows the other's mask (SamPO samples the longer response down to the shorter's length)
+        chosen, rejected = replace(chosen, partner_mask=rejected.mask), replace(rejected, partner_mask=chosen.mask)
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
         s_l, h_l, pol_l, pri_l, wl = self._score(rejected)
-        h_w = self.parts["chosen_transform"].fn(h_w, s_w, p)
-        h_l = self.parts["rejected_transform"].fn(h_l, s_l, p)
-        kl, metrics = self.parts["kl"].fn(chosen, rejected, self.parts["aggregation"].fn, p)
+        h_w = self.fns["chosen_transform"](h_w, s_w, p)
+        h_l = self.fns["rejected_transform"](h_l, s_l, p)
+        kl, metrics = self.fns["kl"](chosen, rejected, self.fns["aggregation"], p)
         inner = h_w - h_l if kl is None else h_w - h_l - kl
         gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * beta if p["gamma_beta_ratio"] else 0.0)
         logits = beta * inner - gamma
         if p["length_alpha"]:
             logits = logits - float(p["length_alpha"]) * (chosen.lengths - rejected.lengths)
-        losses = self.parts["pair_loss"].fn(PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l), p)
+        losses = self.fns["pair_loss"](PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l), p)
+        # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
+        losses, selected = losses if isinstance(losses, tuple) else (losses, None)
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
+        for fn in self.fns.values():
+            metrics.update(fn.metrics if isinstance(fn, StatefulPart) else {})
         rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
         metrics.update({
             "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
@@ -183,6 +212,8 @@ class Objective:
             metrics["logratio/margins"] = margins.mean()
             metrics["logratio/accuracies"] = (margins > 0).float().mean()
         weights = self._pair_weights(inputs.pair_weights, losses)
+        if selected is not None:
+            weights = selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
         return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins, weights)
 
     @staticmethod
