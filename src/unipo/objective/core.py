@@ -31,6 +31,8 @@ class LossOutput:
     - ``logits`` ``[B]``: the combined logit z;
     - ``log_ratio_margins`` ``[B]``: the plain DPO margin Σ_t ρ_t(y_w) − Σ_t ρ_t(y_l), ρ_t = a_t − r_t, whatever
       the variant (None without reference log-probs), so that variants compare on one scale;
+    - ``extras``: ``mean_logps/chosen`` and ``mean_logps/rejected`` ``[B]``, the policy's mean token log-prob of
+      each response (detached; f-DPO's calibration, :func:`unipo.eval.metrics.fdpo_calibration`);
     - ``pair_weights`` ``[B]``: the pairs' weights when given, times the pair loss's selection when it selects
       pairs (β-DPO's filtering); ``loss`` is then Σ w_i ℓ_i / Σ w_i.
     """
@@ -214,7 +216,8 @@ class Objective:
         weights = self._pair_weights(inputs.pair_weights, losses)
         if selected is not None:
             weights = selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
-        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins, weights)
+        mean_logps = {f"mean_logps/{s.name}": (s.logps.sum(-1) / s.lengths).detach() for s in (chosen, rejected)}
+        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins, weights, mean_logps)
 
     @staticmethod
     def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:
