@@ -47,8 +47,9 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
                 chunk_size: int = 1024) -> dict[str, list[float]]:
     """Per pair: the variant's own reward margin (β-scaled, as the loss sees it; ``None`` where the variant
     needs inputs that evaluation does not have, such as a token signal that exists only during training),
-    the plain DPO log-ratio margin Δ and the policy's mean token log-prob of each response. Scored by :func:`unipo.training.step.preference_step`, the trainer's
-    own step; the reference's log-probs come from the pairs when they carry them (the reference cache)."""
+    the plain DPO log-ratio margin Δ and the policy's mean token log-prob of each response. Scored by
+    :func:`unipo.training.step.preference_step`, the trainer's own step; the reference's log-probs come from the
+    pairs when they carry them (the reference cache)."""
     from unipo.layout import PackedBatch
     from unipo.training.reference import Reference
     from unipo.training.step import preference_step
