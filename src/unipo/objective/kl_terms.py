@@ -57,10 +57,10 @@ def tdpo_kl(chosen: Side, rejected: Side, agg: Aggregation, params: Params) -> t
 
 
 @register("kl", "tisdpo", params={"kl_eta": Param(
-    1.0, "η: weight of the weighted KL term (1 in the paper's Eq. 12; the authors' released code uses "
+    1.0, "η: weight of the weighted KL term (1 in the paper's Eq. 16; the authors' released code uses "
          "alpha = 0.5 when its KL term is on, and leaves it off by default: the tisdpo_nokl preset)", lo=0)},
           formula="D = η·(Σ_t w_t KL(π_θ‖π_ref)_t (y_w) − Σ_t w_t KL(π_θ‖π_ref)_t (y_l))",
-          source="TIS-DPO (Liu et al., ICLR 2025) Eq. 12",
+          source="TIS-DPO (Liu et al., ICLR 2025 version) Eq. 16",
           needs=Needs(inputs=("kl",), kl_direction="policy||ref", reference=True, live_reference=True))
 def tisdpo_kl(chosen: Side, rejected: Side, agg: Aggregation, params: Params) -> tuple[torch.Tensor, Metrics]:
     """TIS-DPO's weighted sequential KL term (policy ‖ reference), weighted by the token weights. Note the

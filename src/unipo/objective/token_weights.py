@@ -26,7 +26,7 @@ def no_weights(side: Side, params: Params) -> Weights:
 
 @register("weights", "given", formula="ω_t = w_t (an input tensor)",
           needs=Needs(inputs=("weights",), signal="sparsepo_masks", signal_when="kl_masks"),
-          source="TIS-DPO (Liu et al., ICLR 2025) Eq. 10: importance weights; "
+          source="TIS-DPO (Liu et al., ICLR 2025 version) Eq. 15–19: importance weights; "
                  "SparsePO (Christopoulou et al. 2024) Eq. 6: token masks m^u")
 def given_weights(side: Side, params: Params) -> Weights:
     """Weights supplied per token: TIS-DPO's precomputed importance weights (no gradient) or SparsePO's
@@ -39,7 +39,7 @@ def given_weights(side: Side, params: Params) -> Weights:
     "bmc_reference_weighting": Param(False, "weight the reference term by the reference's own confidence "
                                             "(the authors' released code)", kind="bool")},
           formula="λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens, 1 elsewhere",
-          source="BMC (Jiang et al., ICLR 2025), Eq. 9", needs=Needs(inputs=("diff_mask",)))
+          source="BMC (Jiang et al., ICLR 2025 version), Eq. 4–6", needs=Needs(inputs=("diff_mask",)))
 def bmc_weights(side: Side, params: Params) -> Weights:
     """BMC's confidence weights: tokens where the pseudo-winning and the losing response differ are
     up-weighted by the policy's (detached) inverse probability, capped at δ. With
