@@ -12,6 +12,7 @@ import torch
 from unipo.eval.metrics import (
     distinct_n,
     expected_calibration_error,
+    fdpo_calibration,
     kl_estimate,
     mean_entropy,
     pairwise_calibration,
@@ -198,3 +199,22 @@ def test_entropy_of_known_distributions():
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert mean_entropy(ent, mask) == pytest.approx(2.0)
     assert math.isnan(mean_entropy(ent, torch.zeros_like(mask)))
+
+
+def test_fdpo_calibration_is_the_released_codes_ece_by_hand():
+    """alecwangcq/f-divergence-dpo cali/cali_plot.py: confidence exp(mean log-prob of y_w), correct when y_w's mean
+    log-prob beats y_l's, np.digitize bins [k/10, (k+1)/10), a confidence of 1 in no bin but counted in N."""
+    chosen = [math.log(0.05), math.log(0.08), math.log(0.55), math.log(0.95), 0.0, math.log(0.5)]
+    rejected = [-4.0, -1.0, -0.1, -3.0, -1.0, -5.0]
+    # bins: [0, .1): conf .05 (right), .08 (wrong) → |0.5 − 0.065|·2; [.5, .6): .55 (wrong), .5 (right, on the
+    # left edge) → |0.5 − 0.525|·2; [.9, 1): .95 (right) → 0.05; the confidence of exactly 1: no bin
+    expected = (abs(0.5 - 0.065) * 2 + abs(0.5 - 0.525) * 2 + 0.05) / 6
+    ece, bins = fdpo_calibration(chosen, rejected)
+    assert ece == pytest.approx(expected, abs=1e-12)
+    assert [b["count"] for b in bins] == [2, 0, 0, 0, 0, 2, 0, 0, 0, 1]
+    assert bins[5]["confidence"] == pytest.approx(0.525) and bins[5]["accuracy"] == 0.5
+    # not unipo's pairwise ECE of the same pairs' likelihood margins
+    assert pairwise_calibration(np.array(chosen) - np.array(rejected))[0] != pytest.approx(ece)
+    assert math.isnan(fdpo_calibration([], [])[0])
+    with pytest.raises(ValueError, match="differ in length"):
+        fdpo_calibration([0.1], [0.1, 0.2])

@@ -25,7 +25,8 @@ def test_reference_cache_gives_the_same_scores(tiny_model_dir, data, tmp_path, m
     assert len(caches) == (0 if variant == "tdpo2" else 1)  # KL variants need the live reference
     again = evaluate_run(run, str(data), out=tmp_path / "again.json", **kw)  # read from the cache
     for res in (cached, again):
-        for key in ("reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece"):
+        for key in ("reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin", "ece", "ece_fdpo"):
             assert res["metrics"][key] == pytest.approx(live["metrics"][key], rel=1e-4, abs=1e-6), key
     assert live["metrics"]["margin"] != 0  # the trained policy differs from its reference
+    assert 0 <= live["metrics"]["ece_fdpo"] <= 1  # the f-DPO code's calibration, beside unipo's pairwise ece
     assert json.loads((tmp_path / "again.json").read_text())["metrics"]["n_pairs"] == 12

@@ -1,4 +1,4 @@
-"""TIS-DPO weights pipeline (Liu et al., ICLR 2025, Eq. 13): `unipo weights estimate` / `show` on a tiny model.
+"""TIS-DPO weights pipeline (Liu et al., ICLR 2025, Eq. 19): `unipo weights estimate` / `show` on a tiny model.
 
 The weights are checked against log-probabilities computed here independently (plain transformers
 forward + log_softmax over each full sequence, token ids built with the chat template directly).

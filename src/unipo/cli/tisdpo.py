@@ -1,4 +1,4 @@
-"""``unipo weights``: TIS-DPO token weights (Liu et al., ICLR 2025, §4.2, Eq. 13).
+"""``unipo weights``: TIS-DPO token weights (Liu et al., ICLR 2025, §6.1, Eq. 19).
 
 Examples::
 
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
         description="Build a contrastive pair of models (π+, π−) with method P (prompts), S (SFT on chosen / "
                     "rejected) or D (DPO on the data / swapped data), score every response token with both "
                     "and write w_t = k·exp(μ·clamp(log π+ − log π−, L, U)) (μ = +1 chosen, −1 rejected; TIS-DPO "
-                    "Eq. 13) or the released code's rank mapping. Rows are appended as they are scored; "
+                    "Eq. 19) or the released code's rank mapping. Rows are appended as they are scored; "
                     "rerunning the same command resumes. Trained models are cached and reused.")
     e.set_defaults(func=run_estimate)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from unipo.errors import UnipoError
 from unipo.eval.generation import generation_metrics
-from unipo.eval.metrics import pairwise_calibration, reward_accuracy_and_margin
+from unipo.eval.metrics import fdpo_calibration, pairwise_calibration, reward_accuracy_and_margin
 from unipo.objective import Objective
 
 
@@ -46,14 +46,15 @@ def run_config(run_dir: str | Path) -> dict[str, Any]:
 def pair_scores(policy, reference, objective: Objective, pairs: list[dict], collate, *, batch_size: int,
                 chunk_size: int = 1024) -> dict[str, list[float]]:
     """Per pair: the variant's own reward margin (β-scaled, as the loss sees it; ``None`` where the variant
-    needs inputs that evaluation does not have, such as a token signal that exists only during training) and
-    the plain DPO log-ratio margin Δ. Scored by :func:`unipo.training.step.preference_step`, the trainer's
-    own step; the reference's log-probs come from the pairs when they carry them (the reference cache)."""
+    needs inputs that evaluation does not have, such as a token signal that exists only during training),
+    the plain DPO log-ratio margin Δ and the policy's mean token log-prob of each response. Scored by
+    :func:`unipo.training.step.preference_step`, the trainer's own step; the reference's log-probs come from the
+    pairs when they carry them (the reference cache)."""
     from unipo.layout import PackedBatch
     from unipo.training.reference import Reference
     from unipo.training.step import preference_step
 
-    variant, dpo = [], []
+    variant, dpo, mean_w, mean_l = [], [], [], []
     device = next(policy.parameters()).device
     ref = Reference("copy", reference) if reference is not None else Reference("adapter")
     # the plain DPO objective scores the variants whose inputs evaluation cannot supply (a token signal that
@@ -75,7 +76,9 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
         else:
             variant.extend((out.chosen_rewards - out.rejected_rewards).float().tolist())
         dpo.extend(out.log_ratio_margins.float().tolist())
-    return {"variant_margins": variant, "dpo_margins": dpo}
+        mean_w.extend(out.extras["mean_logps/chosen"].double().tolist())
+        mean_l.extend(out.extras["mean_logps/rejected"].double().tolist())
+    return {"variant_margins": variant, "dpo_margins": dpo, "mean_logps_chosen": mean_w, "mean_logps_rejected": mean_l}
 
 
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
@@ -105,6 +108,8 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     else:
         metrics.update({k: dpo[k] for k in keys})
         metrics["ece"], bins = pairwise_calibration(dpo_margins)
+    # the f-DPO authors' calibration (cali/cali_plot.py), beside unipo's pairwise ECE
+    metrics["ece_fdpo"], _ = fdpo_calibration(scores["mean_logps_chosen"], scores["mean_logps_rejected"])
     prompts = [p["prompt_ids"] for p in pairs[:n_prompts]]
     if n_samples > 0 and prompts:
         gen = generation_metrics(policy, reference, tokenizer, prompts, n_samples=n_samples,

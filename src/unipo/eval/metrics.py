@@ -5,7 +5,8 @@ tensors and returns Python floats (or lists of dicts of floats), so results seri
 
 Why these metrics: f-DPO (Wang et al., ICLR 2024, "Beyond Reverse KL", arXiv 2309.16240) reports that
 the choice of divergence trades off alignment accuracy, generation diversity and expected calibration
-error (ECE); evaluating a variant therefore needs all three, plus the KL to the reference model that
+error (ECE); evaluating a variant therefore needs all three (unipo's pairwise ECE, :func:`pairwise_calibration`,
+and the f-DPO code's, :func:`fdpo_calibration`), plus the KL to the reference model that
 the objective regularises (the reward-vs-KL frontier of Gao et al. 2023, "Scaling Laws for Reward
 Model Overoptimization", arXiv 2210.10760).
 
@@ -26,6 +27,7 @@ __all__ = [
     "reward_accuracy_and_margin",
     "expected_calibration_error",
     "pairwise_calibration",
+    "fdpo_calibration",
     "distinct_n",
     "sentence_bleu",
     "self_bleu",
@@ -154,8 +156,9 @@ def pairwise_calibration(
     far the probabilities are from 1. We therefore evaluate both orderings of every pair: (σ(m), label
     1) for (y_w, y_l) and (1 − σ(m) = σ(−m), label 0) for (y_l, y_w). The reliability diagram is then
     symmetric about 0.5, and a model that always says 0.5 is perfectly calibrated only if it is right
-    half the time. This is the calibration of the pairwise preference probability the f-DPO paper
-    (Wang et al., ICLR 2024) reports as ECE.
+    half the time. This is unipo's own ECE (the ``ece`` of ``unipo eval``): the calibration of the pairwise
+    preference probability. It is NOT what the f-DPO authors' released code computes (see
+    :func:`fdpo_calibration`, logged as ``ece_fdpo``).
 
     ``margins`` must already include β (implicit reward margins, as in
     :func:`reward_accuracy_and_margin`). Returns ``(ece, bins)`` as
@@ -166,6 +169,45 @@ def pairwise_calibration(
     probs = np.concatenate([p, 1.0 - p])
     labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
     return expected_calibration_error(probs, labels, n_bins=n_bins, strategy=strategy)
+
+
+def fdpo_calibration(
+    chosen_mean_logps: ArrayLike, rejected_mean_logps: ArrayLike, n_bins: int = 10,
+) -> tuple[float, list[dict[str, float | int | None]]]:
+    """The ECE of the f-DPO authors' released code (alecwangcq/f-divergence-dpo, ``cali/cali_plot.py``).
+
+    Per pair, from the policy's mean token log-probability of each response (the code's ``chosen_score /
+    chosen_length``): the confidence is exp(mean token log-prob of the CHOSEN response); the prediction is
+    correct when the chosen response's mean token log-prob exceeds the rejected one's. Bins are ``np.digitize``
+    on ``linspace(0, 1, n_bins + 1)``, i.e. [k/M, (k+1)/M) closed on the left; a confidence of exactly 1 (mean
+    log-prob 0) falls in no bin but still counts in N, as there. ECE = Σ_b n_b |acc_b − conf_b| / N.
+    Unlike :func:`pairwise_calibration` it compares the chosen response's per-token likelihood with how often
+    the likelihood ranks the pair right, not the implied preference probability; this is the number the
+    f-DPO paper's calibration figures come from.
+
+    Returns ``(ece, bins)`` like :func:`expected_calibration_error` (NaN for no pairs).
+    """
+    lw = _to_numpy(chosen_mean_logps).reshape(-1)
+    ll = _to_numpy(rejected_mean_logps).reshape(-1)
+    if lw.shape != ll.shape:
+        raise ValueError(f"chosen and rejected log-probs differ in length: {lw.size} vs {ll.size}")
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    conf = np.exp(lw)
+    correct = (lw > ll).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.digitize(conf, edges)
+    ece, bins = 0.0, []
+    for b in range(1, n_bins + 1):
+        sel = idx == b
+        count = int(sel.sum())
+        c = a = None
+        if count:
+            c, a = float(conf[sel].mean()), float(correct[sel].mean())
+            ece += abs(a - c) * count
+        bins.append({"lower": float(edges[b - 1]), "upper": float(edges[b]), "count": count,
+                     "confidence": c, "accuracy": a})
+    return (float(ece / conf.size) if conf.size else math.nan), bins
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,13 +30,13 @@ __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "wr
 #: Preferred column order; other numeric metrics follow alphabetically.
 COLUMN_ORDER: tuple[str, ...] = (
     "greedy_pass_rate", "pass_rate", "win_rate", "reward_accuracy", "margin", "dpo_reward_accuracy", "dpo_margin",
-    "ece", "kl", "kl_k3", "distinct_1", "distinct_2", "self_bleu", "entropy", "response_length",
+    "ece", "ece_fdpo", "kl", "kl_k3", "distinct_1", "distinct_2", "self_bleu", "entropy", "response_length",
 )
 
 #: "max": higher is better; "min": lower is better; None: no best value is marked.
 DIRECTIONS: dict[str, str | None] = {
     "reward_accuracy": "max", "margin": "max", "dpo_reward_accuracy": "max", "dpo_margin": "max",
-    "ece": "min", "kl": None, "kl_k3": None, "kl_std_err": None, "kl_per_token": None,
+    "ece": "min", "ece_fdpo": "min", "kl": None, "kl_k3": None, "kl_std_err": None, "kl_per_token": None,
     "distinct_1": "max", "distinct_2": "max", "self_bleu": "min", "entropy": "max", "pass_rate": "max",
     "greedy_pass_rate": "max", "n_pairs": None, "win_rate": "max", "judge_undecided": None,
     "response_length": None, "n": None, "n_prompts": None, "n_samples": None, "margin_std": None,
@@ -132,7 +132,10 @@ _HOW_TO_READ = """\
 Reward accuracy is the share of held-out preference pairs whose implicit reward (β times the policy /
 reference log-ratio) ranks the chosen response above the rejected one (ties count half); the margin is
 the mean reward difference. ECE measures how well the implied probability σ(margin) that the chosen
-response wins matches how often it does (both orderings of each pair are scored; lower is better).
+response wins matches how often it does (both orderings of each pair are scored; lower is better): unipo's
+own pairwise ECE. ECE (f-DPO code), `ece_fdpo`, is what the f-DPO authors' released code computes: confidence
+exp(mean token log-prob of the chosen response) against how often the chosen response has the higher mean
+token log-prob.
 KL(π ‖ π_ref) is estimated from the policy's own samples, in nats per response: it is the price paid
 for the reward, so compare runs on the reward-vs-KL plot rather than on KL alone (a run that did not
 train has KL 0). Distinct-n (unique n-grams, higher = more diverse), self-BLEU (samples of the same

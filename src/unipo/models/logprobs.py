@@ -7,7 +7,7 @@ taken in float32 (never log of a softmax), whatever the dtype of the hidden stat
 
 KL directions (over the whole vocabulary, at every response position):
 - ``"ref||policy"``: KL(π_ref ‖ π_θ) = Σ_v q_v (log q_v − log p_v) — TDPO (Zeng et al. 2024, Eq. 4), SparsePO;
-- ``"policy||ref"``: KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v − log q_v) — TIS-DPO (Liu et al. 2025, Eq. 12).
+- ``"policy||ref"``: KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v − log q_v) — TIS-DPO (Liu et al. 2025, Eq. 16).
 Gradients flow into the policy's hidden states and head weight only; the reference side is constant.
 """
 

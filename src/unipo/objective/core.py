@@ -19,7 +19,7 @@ import torch
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
 from unipo.objective.listwise import check_groups, per_pair_max
-from unipo.objective.registry import KINDS, SIDE_INPUTS, parts
+from unipo.objective.registry import KINDS, SIDE_INPUTS, StatefulPart, parts
 from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
 
 
@@ -35,7 +35,10 @@ class LossOutput:
     - with several rejected responses per pair (``ObjectiveInputs.rejected_pair``), each pair's rejected
       values are those of its STRONGEST rejected response (the largest reward, the largest log-ratio; the
       smallest logit), so a pair counts as accurate when the chosen beats every rejected response;
-    - ``pair_weights`` ``[B]``: the pairs' weights when given; ``loss`` is then Σ w_i ℓ_i / Σ w_i.
+    - ``extras``: ``mean_logps/chosen`` and ``mean_logps/rejected`` ``[B]``, the policy's mean token log-prob of
+      each response (detached; f-DPO's calibration, :func:`unipo.eval.metrics.fdpo_calibration`);
+    - ``pair_weights`` ``[B]``: the pairs' weights when given, times the pair loss's selection when it selects
+      pairs (β-DPO's filtering); ``loss`` is then Σ w_i ℓ_i / Σ w_i.
     """
 
     losses: torch.Tensor
@@ -81,6 +84,28 @@ class Objective:
         self.config = variant if isinstance(variant, ObjectiveConfig) else resolve(variant, params)
         self.parts = {kind: self.config.part(kind) for kind in KINDS}
         self.params = self.config.params
+        # a stateful part (a class) gets its own instance per objective; a plain part is its function
+        self.fns = {kind: part.fn(self.params) if part.stateful else part.fn for kind, part in self.parts.items()}
+        self.training = True
+
+    def train(self, mode: bool = True) -> Objective:
+        """Training mode (the default) lets stateful parts update their statistics; ``train(False)`` (held-out
+        scoring) freezes them. ``preference_step`` sets it from the policy's mode."""
+        self.training = mode
+        for fn in self.fns.values():
+            if isinstance(fn, StatefulPart):
+                fn.training = mode
+        return self
+
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The stateful parts' state by kind (plain floats; empty for a stateless objective)."""
+        return {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
+        for kind, part_state in state.items():
+            fn = self.fns.get(kind)
+            if isinstance(fn, StatefulPart):
+                fn.load_state_dict(part_state)
 
     @property
     def requirements(self) -> Requirements:
@@ -125,13 +150,13 @@ class Objective:
 
     def _score(self, side: Side) -> tuple[torch.Tensor, ...]:
         """Return (s, h, aggregated policy term, aggregated prior term, policy token weights) for one side."""
-        agg = self.parts["aggregation"].fn
-        prior = self.parts["prior"].fn(side, self.params)
-        pw, zw = self.parts["weights"].fn(side, self.params)
+        agg = self.fns["aggregation"]
+        prior = self.fns["prior"](side, self.params)
+        pw, zw = self.fns["weights"](side, self.params)
         pol = agg(side.logps if pw is None else side.logps * pw, side.mask)  # inputs are zero on padding
         pri = torch.zeros_like(pol) if prior is None else agg(prior if zw is None else prior * zw, side.mask)
         s = pol - pri
-        return s, self.parts["link"].fn(s, self.params), pol, pri, pw
+        return s, self.fns["link"](s, self.params), pol, pri, pw
 
     def _auxiliary(self, chosen: Side, rejected: Side) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
         """The terms added to the pair loss: NLL of the chosen response, L1 on token masks, the learned
@@ -162,8 +187,9 @@ class Objective:
                     f"several rejected responses need a listwise pair loss ({names}: the preset listwise_dpo, or "
                     f"pair_loss: plackett_luce)")
         per_token = sorted(req.inputs - {"ref_logps"})
-        if per_token or req.kl_direction or not self.parts["kl"].neutral or req.signal:
-            what = ", ".join(per_token + ([f"kl={self.parts['kl'].name}"] if not self.parts["kl"].neutral else []))
+        token_level = [f"{kind}={self.parts[kind].name}" for kind in ("weights", "kl") if not self.parts[kind].neutral]
+        if per_token or req.kl_direction or token_level or req.signal:
+            what = ", ".join(per_token + token_level)
             return (f"several rejected responses per pair work with sequence-level parts only; this objective "
                     f"also reads per-token inputs ({what})")
         return None
@@ -187,23 +213,30 @@ class Objective:
         def each(x: torch.Tensor) -> torch.Tensor:  # a chosen-side [B] value, once per comparison
             return x if groups is None else x[groups]
 
+        # each side knows the other's mask (SamPO samples the longer response down to the shorter's length)
+        if groups is None:
+            chosen, rejected = replace(chosen, partner_mask=rejected.mask), replace(rejected, partner_mask=chosen.mask)
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
         s_l, h_l, pol_l, pri_l, wl = self._score(rejected)
-        h_w = self.parts["chosen_transform"].fn(h_w, s_w, p)
-        h_l = self.parts["rejected_transform"].fn(h_l, s_l, p)
-        kl, metrics = self.parts["kl"].fn(chosen, rejected, self.parts["aggregation"].fn, p)
+        h_w = self.fns["chosen_transform"](h_w, s_w, p)
+        h_l = self.fns["rejected_transform"](h_l, s_l, p)
+        kl, metrics = self.fns["kl"](chosen, rejected, self.fns["aggregation"], p)
         inner = each(h_w) - h_l if kl is None else h_w - h_l - kl
         gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * beta if p["gamma_beta_ratio"] else 0.0)
         logits = beta * inner - gamma
         if p["length_alpha"]:
             logits = logits - float(p["length_alpha"]) * (each(chosen.lengths) - rejected.lengths)
-        losses = self.parts["pair_loss"].fn(PairTerms(
+        losses = self.fns["pair_loss"](PairTerms(
             logits, beta, each(h_w), h_l, each(pol_w), pol_l, each(pri_w), pri_l, groups,
             None if groups is None else n_pairs), p)
+        # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
+        losses, selected = losses if isinstance(losses, tuple) else (losses, None)
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
+        for fn in self.fns.values():
+            metrics.update(fn.metrics if isinstance(fn, StatefulPart) else {})
         rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
         if groups is not None:  # per pair: the strongest rejected response (the chosen must beat every one)
             metrics["rewards/rejected_all"] = rl.mean()
@@ -225,8 +258,11 @@ class Objective:
             metrics["logratio/margins"] = margins.mean()
             metrics["logratio/accuracies"] = (margins > 0).float().mean()
         weights = self._pair_weights(inputs.pair_weights, losses)
+        if selected is not None:
+            weights = selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
+        mean_logps = {f"mean_logps/{s.name}": (s.logps.sum(-1) / s.lengths).detach() for s in (chosen, rejected)}
         z = logits.detach() if groups is None else -per_pair_max(-logits.detach(), groups, n_pairs)
-        return LossOutput(losses + aux, metrics, rw, rl, z, margins, weights)
+        return LossOutput(losses + aux, metrics, rw, rl, z, margins, weights, mean_logps)
 
     @staticmethod
     def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:

@@ -8,13 +8,16 @@ tens of thousands (log-sigmoids via softplus, exponentials capped).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from unipo.objective.links import capped_exp
+from unipo.objective.moving import MovingStats
 from unipo.objective.protocols import Params
-from unipo.objective.registry import Param, PresetSpec, register
+from unipo.objective.registry import Param, PresetSpec, StatefulPart, register
 from unipo.objective.sides import PairTerms
 
 
@@ -163,3 +166,80 @@ def cal_dpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     target = 0.5 / t.beta
     calibration = (t.chosen - target) ** 2 + (t.rejected + target) ** 2
     return nls(t.logits / t.beta) + float(params["cal_weight"]) * calibration
+
+
+@register("pair_loss", "simper", formula="−exp(h_w) + exp(h_l)",
+          source="SimPER (Xiao et al., ICLR 2025, arXiv 2502.00883); released code tengxiao1/SimPER "
+                 "scripts/simper_trainer.py (loss_type 'SimPER')", uses_logit=False,
+          preset=PresetSpec("simper", "−exp(ā(y_w)) + exp(ā(y_l))  (ā: mean token log-prob; exp(ā) = 1/perplexity)",
+                            "Xiao et al., ICLR 2025 (SimPER, arXiv 2502.00883); the released code",
+                            "no hyperparameter: β only scales the logged rewards; no reference model",
+                            {"prior": "none", "aggregation": "mean"}))
+def simper_loss(t: PairTerms, params: Params) -> torch.Tensor:
+    """SimPER: raise the chosen response's inverse perplexity exp(ā(y_w)) and lower the rejected one's. With the
+    preset's constant prior and mean aggregation h = ā, the mean token log-probability (exp capped at e^80)."""
+    return capped_exp(t.rejected) - capped_exp(t.chosen)
+
+
+@register("pair_loss", "beta_dpo", params={
+    "beta_dpo_alpha": Param(0.6, "a: how strongly β follows the batch's margin (0 = static β)", lo=0),
+    "beta_dpo_filter": Param(0.2, "ρ: the share of each batch's pairs filtered out", lo=0, hi=1, hi_open=True),
+    "beta_dpo_momentum": Param(0.9, "m: momentum of the moving mean and std of the margin", lo=0, hi=1,
+                               hi_open=True),
+    "beta_dpo_seed": Param(0, "seed of the pair sampler (with the step count)", lo=0)},
+          formula="−log σ(β_b·z/β) on the pairs kept,  β_b = β(1 + a(mean_kept(M) − M₀)),  M = z/β,  pair i kept "
+                  "with probability ∝ exp(−(M_i − M₀)²/(2σ₀²))",
+          source="β-DPO (Wu et al., NeurIPS 2024, arXiv 2407.08639); released code junkangwu/beta-DPO trainers.py "
+                 "(preference_loss, mode_loss 'beta_DPO'; update_and_sync_tensor_mean)",
+          preset=PresetSpec("beta_dpo", "−log σ(β_b Δ) averaged over the (1 − ρ)·B pairs drawn with probability ∝ "
+                                        "exp(−(Δ_i − M₀)²/(2σ₀²)),  β_b = max(10⁻³, β(1 + a(mean_kept Δ − M₀)))",
+                            "Wu et al., NeurIPS 2024 (β-DPO, arXiv 2407.08639); read: the released code",
+                            "M₀, σ₀: moving mean/std (m = 0.9, from 0) of Δ, updated before use, in training only; "
+                            "per process and per micro-batch (the released code all-gathers the global batch); "
+                            "a = 0.6, ρ = 0.2 as in the authors' README"))
+class BetaDPOLoss(StatefulPart):
+    """β-DPO: a batch-level β that grows with the batch's margin above its moving mean, and β-guided filtering
+    that keeps (1 − ρ) of the pairs, drawn without replacement with Gaussian weights around the moving mean
+    (outliers, likely noisy labels, are dropped). Statistics are per process and per micro-batch: nothing is
+    all-reduced (the released code all-gathers the global batch). In evaluation (``training`` false) the
+    statistics are frozen and every pair is kept."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.stats = MovingStats(float(params["beta_dpo_momentum"]))
+        self.seed = int(params["beta_dpo_seed"])
+
+    def _keep(self, margin: torch.Tensor, keep_share: float) -> torch.Tensor:
+        """Indices of the pairs kept: drawn without replacement ∝ exp(−½((M − M₀)/σ₀)²) (uniform when σ₀ = 0),
+        on a CPU generator seeded from the seed and the step count (reproducible on any device)."""
+        m = margin.detach().to("cpu", torch.float64)
+        std = self.stats.std
+        w = torch.exp(-0.5 * ((m - self.stats.mean) / std) ** 2) if std > 0 else torch.ones_like(m)
+        w = w.clamp_min(1e-300)  # far outliers underflow to 0; multinomial needs enough non-zero weights
+        k = max(1, int(m.numel() * keep_share))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stats.steps)
+        return torch.multinomial(w, k, replacement=False, generator=g).to(margin.device)
+
+    def __call__(self, t: PairTerms, params: Params) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        margin = (t.logits / t.beta).detach()  # M = Δ for DPO's parts
+        if self.training:
+            self.stats.update(margin)
+            idx = self._keep(margin, 1.0 - float(params["beta_dpo_filter"]))
+        else:
+            idx = torch.arange(margin.numel(), device=margin.device)
+        beta_b = max(1e-3, t.beta * (1 + float(params["beta_dpo_alpha"]) * (float(margin[idx].mean())
+                                                                             - self.stats.mean)))
+        self.metrics = {"beta_dpo/beta": torch.tensor(beta_b), "beta_dpo/margin_mean": torch.tensor(self.stats.mean),
+                        "beta_dpo/margin_std": torch.tensor(self.stats.std),
+                        "beta_dpo/kept": torch.tensor(float(idx.numel()) / margin.numel())}
+        losses = nls(t.logits * (beta_b / t.beta))
+        if not self.training:
+            return losses
+        selected = torch.zeros_like(losses).index_fill(0, idx, 1.0)
+        return losses, selected
+
+    def state_dict(self) -> dict[str, float]:
+        return self.stats.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.stats.load_state_dict(state)

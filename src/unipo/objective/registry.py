@@ -12,6 +12,11 @@ pair loss). Each part is a small function registered here under ``(kind, name)``
 Adding a part means writing one function in the module of its kind and decorating it with
 :func:`register`; a part may also declare the preset that names it (``preset=``), so that a new variant
 is one function and its formula test.
+
+A part that keeps state across batches (β-DPO's and α-DPO's moving statistics) is registered as a CLASS
+instead (:class:`StatefulPart`): each :class:`~unipo.objective.Objective` makes its own instance from the
+resolved parameters, so two objectives never share state; the instance is called like the function would
+be, updates its state only while ``training`` is true, and its ``state_dict`` travels with checkpoints.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ KINDS: dict[str, str] = {
     "link": "f-DPO link f' applied to each side's sequence log-ratio",
     "chosen_transform": "one-sided transform of the chosen side",
     "rejected_transform": "one-sided transform of the rejected side",
-    "kl": "sequential KL term subtracted inside the sigmoid (TDPO / SparsePO / TIS-DPO)",
+    "kl": "term D subtracted inside the sigmoid: a sequential KL (TDPO / SparsePO / TIS-DPO) or a margin (α-DPO)",
     "pair_loss": "the shape of the pairwise loss",
 }
 
@@ -131,6 +136,24 @@ class PresetSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
+class StatefulPart:
+    """Base of the parts that keep state across batches (registered as classes, see the module docstring).
+
+    An instance is made per objective with the resolved parameters; ``training`` is set by
+    :meth:`unipo.objective.Objective.train`; ``metrics`` holds detached scalars of the last call (logged with
+    the objective's); ``state_dict`` / ``load_state_dict`` give the state as plain floats (JSON)."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        self.training = True
+        self.metrics: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Part:
     """A registered part: a function plus what a user, a validator and the training layer need to know."""
@@ -151,6 +174,11 @@ class Part:
     #: for pair losses: whether it takes several rejected responses per pair (``PairTerms.groups``) and
     #: reduces each pair's comparisons to one loss (:mod:`unipo.objective.listwise`)
     listwise: bool = False
+
+    @property
+    def stateful(self) -> bool:
+        """Registered as a :class:`StatefulPart` class: each objective makes its own instance."""
+        return isinstance(self.fn, type)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class Side:
     kl_weights: torch.Tensor | None = None  # weights on the KL term (SparsePO m^d)
     diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
     prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
+    #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler reads its lengths
+    partner_mask: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -7,10 +7,12 @@ Each function returns ``(policy_weights, prior_weights)``: usually one tensor fo
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from unipo.objective.protocols import Params
-from unipo.objective.registry import Needs, Param, register
+from unipo.objective.registry import Needs, Param, PresetSpec, register
 from unipo.objective.sides import Side
 
 Weights = tuple[torch.Tensor | None, torch.Tensor | None]
@@ -24,7 +26,7 @@ def no_weights(side: Side, params: Params) -> Weights:
 
 @register("weights", "given", formula="ω_t = w_t (an input tensor)",
           needs=Needs(inputs=("weights",), signal="sparsepo_masks", signal_when="kl_masks"),
-          source="TIS-DPO (Liu et al., ICLR 2025) Eq. 10: importance weights; "
+          source="TIS-DPO (Liu et al., ICLR 2025 version) Eq. 15–19: importance weights; "
                  "SparsePO (Christopoulou et al. 2024) Eq. 6: token masks m^u")
 def given_weights(side: Side, params: Params) -> Weights:
     """Weights supplied per token: TIS-DPO's precomputed importance weights (no gradient) or SparsePO's
@@ -37,7 +39,7 @@ def given_weights(side: Side, params: Params) -> Weights:
     "bmc_reference_weighting": Param(False, "weight the reference term by the reference's own confidence "
                                             "(the authors' released code)", kind="bool")},
           formula="λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens, 1 elsewhere",
-          source="BMC (Jiang et al., ICLR 2025), Eq. 9", needs=Needs(inputs=("diff_mask",)))
+          source="BMC (Jiang et al., ICLR 2025 version), Eq. 4–6", needs=Needs(inputs=("diff_mask",)))
 def bmc_weights(side: Side, params: Params) -> Weights:
     """BMC's confidence weights: tokens where the pseudo-winning and the losing response differ are
     up-weighted by the policy's (detached) inverse probability, capped at δ. With
@@ -51,3 +53,59 @@ def bmc_weights(side: Side, params: Params) -> Weights:
         ref_inv_p = torch.exp(-side.ref_logps.detach()).clamp(max=delta)
         return policy_w, 1.0 + diff * ref_inv_p
     return policy_w, policy_w
+
+
+@register("weights", "hdpo", params={
+    "hdpo_alpha": Param(0.95, "α: the scale of the policy's log-probability (α < 1 sharpens the policy, lowers its "
+                              "entropy; α = 1 is DPO)", lo=0, lo_open=True)},
+          formula="ω_t = α on the policy term, 1 on the prior term: s = Σ_t (α a_t − log ζ_t)",
+          source="H-DPO (Omura et al. 2024, \"Entropy Controllable Direct Preference Optimization\", arXiv 2411.07595)",
+          preset=PresetSpec("hdpo", "−log σ(β[(α log π − log π_ref)(y_w) − (α log π − log π_ref)(y_l)])",
+                            "Omura et al. 2024 (H-DPO), arXiv 2411.07595: the loss as the paper states it (no "
+                            "released code was found)",
+                            "in the MI-DPO view: s = α·Σ(a − r/α), the score against the prior ζ ∝ π_ref^(1/α), scaled "
+                            "by α so that β is H-DPO's β; α = 0.95 is unipo's default (the paper sweeps α ≤ 1)"))
+def hdpo_weights(side: Side, params: Params) -> Weights:
+    """H-DPO's entropy control: the policy's log-probability is multiplied by α and the prior's is not, which is
+    the MI-DPO score against a tempered reference ζ ∝ π_ref^(1/α) (times α). Occupies the weights slot, so it
+    does not combine with BMC or given (TIS-DPO / SparsePO) weights."""
+    return torch.full_like(side.logps, float(params["hdpo_alpha"])), None
+
+
+def _sampo_seed(seed: int, name: str, own: list[int], other: list[int]) -> int:
+    """A stable 63-bit seed from the sampler's seed, the side and the batch's lengths (no Python ``hash``:
+    it is salted per process)."""
+    text = f"{seed}|{name}|{own}|{other}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+@register("weights", "sampo", params={
+    "sampo_seed": Param(0, "seed of the token sampler (same seed and same batch: same tokens, same loss)", lo=0)},
+          formula="ω_t = 1 on min(|y_w|, |y_l|) tokens drawn uniformly without replacement from the response, 0 "
+                  "elsewhere (the shorter response keeps every token)",
+          source="SamPO (Lu et al. 2024, arXiv 2406.10957); released code LuJunru/SamPO dpo_trainer.py::"
+                 "get_batch_logps (len_norm)",
+          preset=PresetSpec("sampo", "−log σ(β(Σ_{t∈S_w} ρ_t(y_w) − Σ_{t∈S_l} ρ_t(y_l))),  |S_w| = |S_l| = "
+                                     "min(|y_w|, |y_l|), S drawn uniformly without replacement",
+                            "Lu et al. 2024 (SamPO), arXiv 2406.10957; the released code LuJunru/SamPO",
+                            "one token subset per side for policy AND reference (the paper's down-sampled KL); the "
+                            "released code draws the policy's and the reference's subsets independently (two "
+                            "forward passes, torch.multinomial each). Seeded: the subsets are a function of "
+                            "sampo_seed and the batch's lengths"))
+def sampo_weights(side: Side, params: Params) -> Weights:
+    """SamPO's down-sampling: the longer response of each pair keeps a uniformly drawn subset of as many tokens
+    as the shorter one has, so both sequence log-ratios sum the same number of token terms. The draw uses a CPU
+    generator seeded from ``sampo_seed`` and the batch's lengths: reproducible, the same on every device, and
+    different across batches of different lengths."""
+    mask = side.mask
+    own = mask.sum(-1)
+    other = side.partner_mask.sum(-1) if side.partner_mask is not None else own
+    keep = torch.minimum(own, other)
+    g = torch.Generator().manual_seed(_sampo_seed(int(params["sampo_seed"]), side.name, own.tolist(),
+                                                  other.tolist()))
+    keys = torch.rand(mask.shape, generator=g, dtype=torch.float64).to(mask.device)
+    keys = keys.masked_fill(~mask, float("inf"))  # padding sorts last
+    rank = keys.argsort(-1).argsort(-1)
+    chosen = (rank < keep[:, None]) & mask
+    w = chosen.to(side.logps.dtype)
+    return w, w

@@ -34,7 +34,7 @@ class EstimateArguments:
 
 @dataclass
 class TransformArguments:
-    """From log-probability differences to weights (TIS-DPO Eq. 13, or the released code's ranks)."""
+    """From log-probability differences to weights (TIS-DPO Eq. 19, or the released code's ranks)."""
 
     _argument_group_name = "transform"
 

@@ -1,4 +1,4 @@
-"""The contrastive pair of models (π+, π−) of TIS-DPO (Liu et al., ICLR 2025, §4.2).
+"""The contrastive pair of models (π+, π−) of TIS-DPO (Liu et al., ICLR 2025, §6.1).
 
 - ``prompt`` (P): the base model itself, under a positive and a negative system prompt
   (:mod:`unipo.tisdpo.prompts`); nothing is trained.
@@ -34,7 +34,7 @@ from unipo.errors import ConfigError
 
 METHODS = ("prompt", "sft", "dpo")
 DEFAULT_LORA = {"r": 16, "alpha": 32}
-#: the paper's settings (full fine-tuning): S lr 5e-5 × 3 epochs, D lr 1e-5 × 1 epoch (§5.1)
+#: the paper's settings (full fine-tuning): S lr 5e-5 × 3 epochs, D lr 1e-5 × 1 epoch (§7.1)
 PAPER_TRAINING = {
     "sft": {"variant": {"preset": "reference_free", "beta": 1e-6, "nll_weight": 1.0},
             "learning_rate": 5e-5, "num_epochs": 3.0},

@@ -1,6 +1,6 @@
 """``unipo weights estimate``: score every response token with (π+, π−) and write TIS-DPO weights.
 
-Liu et al., ICLR 2025 (TIS-DPO), §4.2 and Eq. 13: for each token y_t of each response,
+Liu et al., ICLR 2025 (TIS-DPO), §6.1 and Eq. 19: for each token y_t of each response,
 d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t), and w_t = k·exp(μ·clamp(d_t, L, U)) with μ = +1 on
 the chosen and −1 on the rejected response (:mod:`unipo.tisdpo.transform`).
 
@@ -52,7 +52,7 @@ class EstimateOptions:
     """Settings of one ``unipo weights estimate`` run (see docs/tisdpo.md)."""
 
     method: str = "dpo"
-    transform: str = "paper"  # paper (Eq. 13) | rank (the released code)
+    transform: str = "paper"  # paper (Eq. 19) | rank (the released code)
     lower: float = PAPER_DEFAULTS["lower"]
     upper: float = PAPER_DEFAULTS["upper"]
     k: float = PAPER_DEFAULTS["k"]
@@ -249,7 +249,7 @@ class _EstimateRun(ResumablePipeline):
             "system_prompts": list(self.systems) if self.systems else None,
             "lora": opts.lora if trained else None,
             "train_overrides": opts.train_overrides if trained else None,
-            "paper": "Liu et al., ICLR 2025 (TIS-DPO), Eq. 13",
+            "paper": "Liu et al., ICLR 2025 (TIS-DPO), Eq. 19",
         }
 
     def check_resume(self, old: dict[str, Any], new: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Contrastive system prompts for the (P) construction of TIS-DPO (Liu et al., ICLR 2025, §4.2, "(P)").
+"""Contrastive system prompts for the (P) construction of TIS-DPO (Liu et al., ICLR 2025, §6.1, "(P)").
 
 In (P), π+ and π− are the same model, conditioned on a positive and a negative system prompt (the idea of
 contrastive prompting, as in RLCD, Yang et al. 2023). The paper uses a harmless pair and a helpful pair;

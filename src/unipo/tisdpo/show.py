@@ -1,4 +1,4 @@
-"""``unipo weights show``: look at TIS-DPO token weights (Liu et al., ICLR 2025, Eq. 13).
+"""``unipo weights show``: look at TIS-DPO token weights (Liu et al., ICLR 2025, Eq. 19).
 
 Writes, into ``--out DIR``:
 
@@ -128,7 +128,7 @@ td.prompt {{ background: #f4f4f4; font-size: 90%; }}
 th {{ text-align: left; padding: 6px; }}
 </style></head><body>
 <h2>TIS-DPO token weights</h2>
-<p>{html.escape(source)} · weights w<sub>t</sub> (Liu et al., ICLR 2025, Eq. 13): red above 1, blue below,
+<p>{html.escape(source)} · weights w<sub>t</sub> (Liu et al., ICLR 2025, Eq. 19): red above 1, blue below,
 white at 1. Hover a token for its weight.</p>
 <p>scale: {legend}</p>
 <table><tr><th>chosen</th><th>rejected</th></tr>

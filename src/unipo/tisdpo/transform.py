@@ -1,6 +1,6 @@
 """From per-token log-probability differences to TIS-DPO importance weights.
 
-Liu et al., ICLR 2025 (TIS-DPO), Eq. 13 and §4.2: with d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t)
+Liu et al., ICLR 2025 (TIS-DPO), Eq. 19 and §6.1: with d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t)
 from a contrastive pair of models,
 
     w_t = k · exp(μ · clamp(d_t, L, U)),   μ = +1 on the chosen response, −1 on the rejected response,
@@ -32,7 +32,7 @@ from unipo.errors import ConfigError
 __all__ = ["EOS_CHOICES", "PAPER_DEFAULTS", "RANK_RANGE", "RANK_TIES", "check_transform", "paper_weights",
            "rank_weights", "side_sign"]
 
-#: the paper's clamp bounds and scale (L, U, k), TIS-DPO §5.1
+#: the paper's clamp bounds and scale (L, U, k), TIS-DPO §7.1
 PAPER_DEFAULTS = {"lower": -0.5, "upper": 1.5, "k": 1.0}
 #: the released code's weight range
 RANK_RANGE = (0.7, 1.3)
@@ -42,7 +42,7 @@ EOS_CHOICES = ("auto", "zero", "weight")
 
 
 def side_sign(side: str) -> float:
-    """μ of Eq. 13: +1 on the chosen response, −1 on the rejected response."""
+    """μ of Eq. 19: +1 on the chosen response, −1 on the rejected response."""
     if side not in ("chosen", "rejected"):
         raise ValueError(f"side must be 'chosen' or 'rejected', not {side!r}")
     return 1.0 if side == "chosen" else -1.0
@@ -64,7 +64,7 @@ def check_transform(transform: str, lower: float, upper: float, k: float,
 
 def paper_weights(diffs: Sequence[float], side: str, *, lower: float = -0.5, upper: float = 1.5,
                   k: float = 1.0) -> list[float]:
-    """TIS-DPO Eq. 13: ``w_t = k·exp(μ·clamp(d_t, L, U))`` for every token of one response."""
+    """TIS-DPO Eq. 19: ``w_t = k·exp(μ·clamp(d_t, L, U))`` for every token of one response."""
     mu = side_sign(side)
     return [k * math.exp(mu * min(max(d, lower), upper)) for d in diffs]
 

@@ -55,6 +55,7 @@ def preference_step(policy: torch.nn.Module, reference: Reference, batch: Packed
     if token_signal is not None:
         token_signal.train(policy.training)  # its dropout follows the policy's mode
         signal = token_signal(ref, batch)
+    objective.train(policy.training)  # stateful parts (β-DPO, α-DPO) update their statistics only in training
     out = objective.loss(objective_inputs(batch, ref, pol, signal))
     if signal is not None:
         out.metrics.update(signal.metrics)

@@ -17,6 +17,9 @@ from unipo.objective import Objective
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
 
+#: the objective's stateful parts' state in a checkpoint (β-DPO / α-DPO moving statistics), when there is any
+OBJECTIVE_STATE = "unipo_objective_state.json"
+
 
 class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
@@ -71,6 +74,13 @@ class PreferenceTrainer(Trainer):
 
     def _save(self, output_dir=None, state_dict=None):
         super()._save(output_dir, state_dict)
+        objective_state = self.objective.state_dict()
+        if objective_state and self.args.should_save:  # β-DPO / α-DPO moving statistics (this process's)
+            import json
+
+            out = output_dir or self.args.output_dir
+            with open(f"{out}/{OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
+                json.dump(objective_state, f)
         if self.token_signal is not None and self.args.should_save:
             from safetensors.torch import save_file
 
@@ -80,9 +90,14 @@ class PreferenceTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = f"{resume_from_checkpoint}/unipo_signal.safetensors"
+        import json
         import os
 
+        state_path = f"{resume_from_checkpoint}/{OBJECTIVE_STATE}"
+        if os.path.exists(state_path):  # every process resumes from the saving process's statistics
+            with open(state_path, encoding="utf-8") as f:
+                self.objective.load_state_dict(json.load(f))
+        path = f"{resume_from_checkpoint}/unipo_signal.safetensors"
         if self.token_signal is not None and os.path.exists(path):
             from safetensors.torch import load_file
 
