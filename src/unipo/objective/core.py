@@ -134,7 +134,10 @@ class Objective:
         prior's regulariser (each only when its weight is non-zero)."""
         p, total, metrics = self.params, 0.0, {}
         if p["nll_weight"]:
-            nll = -chosen.logps.sum(-1) / chosen.lengths
+            if p["nll_token_mean"]:  # one mean over the batch's chosen tokens (TRL's CPO / ORPO / "sft"), spread so
+                nll = -chosen.logps.sum(-1) * (chosen.lengths.numel() / chosen.lengths.sum())  # its mean is it
+            else:
+                nll = -chosen.logps.sum(-1) / chosen.lengths
             total = total + float(p["nll_weight"]) * nll
             metrics["nll"] = nll.detach().mean()
         if p["l1_weight"]:
@@ -151,6 +154,8 @@ class Objective:
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
         """The objective on typed inputs (see :class:`~unipo.objective.sides.ObjectiveInputs`)."""
         chosen, rejected = self._check(inputs.chosen), self._check(inputs.rejected)
+        chosen, rejected = (replace(chosen, other_lengths=rejected.lengths),
+                            replace(rejected, other_lengths=chosen.lengths))
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
@@ -164,6 +169,10 @@ class Objective:
         if p["length_alpha"]:
             logits = logits - float(p["length_alpha"]) * (chosen.lengths - rejected.lengths)
         losses = self.parts["pair_loss"].fn(PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l), p)
+        factor = self.parts["pair_weighting"].fn(chosen, rejected, p)
+        if factor is not None:
+            losses = losses * factor.detach()
+            metrics["pair_weighting/mean"] = factor.detach().mean()
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
         rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
@@ -215,7 +224,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
                  chosen_prior_offsets: torch.Tensor | None = None,
                  rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
-                 **params: Any) -> LossOutput:
+                 chosen_log_sum_sq_probs: torch.Tensor | None = None,
+                 rejected_log_sum_sq_probs: torch.Tensor | None = None, **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -236,7 +246,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
         chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
         chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
-        pair_weights=pair_weights,
+        pair_weights=pair_weights, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
+        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs,
     )
 
 

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "rejected_transform": "one-sided transform of the rejected side",
     "kl": "sequential KL term subtracted inside the sigmoid (TDPO / SparsePO / TIS-DPO)",
     "pair_loss": "the shape of the pairwise loss",
+    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
 }
 
 #: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
@@ -43,6 +44,8 @@ SIDE_INPUTS: dict[str, str] = {
     "kl_weights": "weights on the per-position KL (SparsePO masks m^d, from a token signal)",
     "diff_mask": "BMC: 1 on tokens where the pseudo-winning and the losing response differ",
     "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
+    "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
+                        "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
@@ -207,6 +210,7 @@ def _load_parts() -> None:
         kl_terms,
         links,
         pair_losses,
+        pair_weighting,
         priors,
         token_weights,
         transforms,

@@ -22,6 +22,7 @@ KEYWORDS = {
     "kl_weights": "{}_kl_weights",
     "diff_mask": "{}_diff_mask",
     "prior_offsets": "{}_prior_offsets",
+    "log_sum_sq_probs": "{}_log_sum_sq_probs",
 }
 
 
@@ -43,6 +44,9 @@ class Side:
     kl_weights: torch.Tensor | None = None  # weights on the KL term (SparsePO m^d)
     diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
     prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
+    log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
+    #: |y| of the OTHER response of the pair ``[B]``: set by the objective, not an input (LD-DPO's shared length)
+    other_lengths: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
