@@ -415,3 +415,37 @@ def test_orpo_default_nll_differs_from_trl_only_by_its_reduction_and_the_prompt(
         odds_term = float(-trainer.odds_ratio_loss(*seq.chunk(2))[0].mean())
     assert abs(no_nll - odds_term) < 1e-6
     assert abs(full - loss_t) > 1e-3
+
+
+def test_wpo_clamp_is_the_authors_released_weight():
+    """``wpo_clamp: true`` is the weight of the authors' released code (wzhouad/WPO, scripts/run_wpo.py,
+    ``WPOTrainer.get_batch_logps``), written out here from logits: log-probs minus log Σ_v p_v², averaged over the
+    response tokens, the pair's weight exp(chosen + rejected) clamped at 1. Rows whose labels are the argmax
+    tokens have weight ≥ 1, so the clamp acts."""
+    g = torch.Generator().manual_seed(5)
+    logits = 3.0 * torch.randn(2 * B, T + 1, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2 * B, T + 1), generator=g)
+    labels[[0, B], 1:] = logits[[0, B], :-1].argmax(-1)  # pair 0: both responses are the policy's greedy tokens
+    labels[:, 0] = -100
+    for i in range(2 * B):
+        labels[i, 2 + i % (T - 1):] = -100
+    # the released code's lines
+    tgt, lg = labels[:, 1:].clone(), logits[:, :-1, :]
+    loss_mask = tgt != -100
+    tgt[tgt == -100] = 0
+    per_token_logps = torch.gather(torch.log_softmax(lg, -1), 2, tgt.unsqueeze(2)).squeeze(2)
+    per_token_logps = per_token_logps - torch.log((torch.softmax(lg, -1) ** 2).sum(-1))
+    avg = (per_token_logps * loss_mask).sum(-1) / loss_mask.sum(-1)
+    released = torch.clamp(torch.exp(avg[:B] + avg[B:]), max=1)
+    assert float(released[0]) == 1.0 and float(released[1:].max()) < 1.0
+    # unipo: the factor is the ratio of wpo's losses to dpo's
+    logps = torch.log_softmax(lg, -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    sq = torch.logsumexp(2 * torch.log_softmax(lg, -1), -1)
+    kw = dict(policy_chosen_logps=logps[:B], policy_rejected_logps=logps[B:], chosen_mask=loss_mask[:B],
+              rejected_mask=loss_mask[B:], ref_chosen_logps=logps[:B] * 0.9, ref_rejected_logps=logps[B:] * 1.1,
+              chosen_log_sum_sq_probs=sq[:B], rejected_log_sum_sq_probs=sq[B:])
+    dpo = unipo.compute_loss("dpo", **kw).losses
+    clamped = unipo.compute_loss("wpo", wpo_clamp=True, **kw).losses
+    torch.testing.assert_close(clamped / dpo, released, rtol=1e-12, atol=0)
+    unclamped = unipo.compute_loss("wpo", **kw).losses / dpo
+    assert float(unclamped[0]) > 1.0  # TRL's form (the default) does not clamp

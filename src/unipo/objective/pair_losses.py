@@ -175,13 +175,16 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 @register("pair_loss", "orpo",
           formula="−β·log σ(log odds(y_w) − log odds(y_l)),  log odds(y) = ā(y) − log(1 − exp(ā(y)))",
           source="ORPO (Hong et al., EMNLP 2024, arXiv 2403.07691) Eq. 4–7, as TRL computes it "
-                 "(trl/experimental/orpo/orpo_trainer.py::odds_ratio_loss, TRL 1.16)",
+                 "(trl/experimental/orpo/orpo_trainer.py::odds_ratio_loss, TRL 1.16) and the authors' released "
+                 "code (xfactlab/orpo src/orpo_trainer.py::compute_loss)",
           uses_logit=False, uses_scores=False,
           preset=PresetSpec("orpo", "NLL(y_w) − λ·log σ(log(odds(y_w)/odds(y_l))),  odds(y) = P/(1 − P),  "
                                     "P = exp(mean_t log π_θ(y_t))",
-                            "Hong et al., EMNLP 2024 (ORPO, arXiv 2403.07691); formula read from TRL's code",
+                            "Hong et al., EMNLP 2024 (ORPO, arXiv 2403.07691); formula read from TRL's code and the "
+                            "authors' released code (xfactlab/orpo)",
                             "λ is β (0.1, TRL's default); reference-free; the NLL is over the chosen RESPONSE tokens "
-                            "(TRL's covers the prompt too; nll_token_mean: true gives its batch token mean)",
+                            "(TRL's and the released code's cover the prompt too; nll_token_mean: true gives their "
+                            "batch token mean)",
                             config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
 def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the
