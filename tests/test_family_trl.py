@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import unipo
-from unipo.errors import UnipoError
+from unipo.errors import ConfigError, UnipoError
 from unipo.models.logprobs import token_logps
 
 trl = pytest.importorskip("trl")
@@ -181,6 +181,16 @@ def test_cpo_nll_token_mean_is_the_batch_token_mean():
     assert abs(float(run64("cpo", x).loss.detach()) - float(expected)) > 1e-3
 
 
+def test_orpo_refuses_a_prior_it_would_ignore():
+    """ORPO reads the policy's log-probs only: a reference (computed for nothing) or a learned prior (never
+    trained) is a configuration error, as are the margins and links it would ignore."""
+    for extra, msg in (({"prior": "reference"}, "would ignore prior=reference"),
+                       ({"prior": "learned"}, "would ignore prior=learned"),
+                       ({"gamma": 0.5}, "would ignore gamma"), ({"link": "js"}, "would ignore link=js")):
+        with pytest.raises(ConfigError, match=msg):
+            unipo.resolve({"preset": "orpo", **extra})
+
+
 def test_wpo_composes_and_ld_rejects_nothing_it_should_not():
     x = inputs64(4)
     ipo = run64({"preset": "ipo"}, x).losses.detach()
@@ -301,7 +311,7 @@ def test_wpo_agrees_with_trl_use_weighting(beta):
     torch.testing.assert_close(h_u.grad, h_t.grad, rtol=1e-4, atol=1e-6)
     unweighted = unipo.compute_loss("dpo", policy_chosen_logps=lp_w, policy_rejected_logps=lp_l, chosen_mask=m_w,
                                     rejected_mask=m_l, ref_chosen_logps=r_w, ref_rejected_logps=r_l, beta=beta)
-    assert abs(float(unweighted.loss) - float(loss_t)) > 1e-3  # the weights matter on this batch
+    assert abs(float(unweighted.loss.detach()) - float(loss_t.detach())) > 1e-3  # the weights matter on this batch
 
 
 @pytest.mark.parametrize("ld_alpha,beta", [(0.5, 0.1), (0.2, 0.5), (0.0, 0.3)])

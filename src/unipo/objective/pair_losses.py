@@ -177,7 +177,7 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
           source="ORPO (Hong et al., EMNLP 2024, arXiv 2403.07691) Eq. 4–7, as TRL computes it "
                  "(trl/experimental/orpo/orpo_trainer.py::odds_ratio_loss, TRL 1.16) and the authors' released "
                  "code (xfactlab/orpo src/orpo_trainer.py::compute_loss)",
-          uses_logit=False, uses_scores=False,
+          uses_logit=False, uses_scores=False, uses_prior=False,
           preset=PresetSpec("orpo", "NLL(y_w) − λ·log σ(log(odds(y_w)/odds(y_l))),  odds(y) = P/(1 − P),  "
                                     "P = exp(mean_t log π_θ(y_t))",
                             "Hong et al., EMNLP 2024 (ORPO, arXiv 2403.07691); formula read from TRL's code and the "
