@@ -26,9 +26,11 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 # independent formula tests in test_objective_formulas.py); they are not read from the registry that the
 # renderer reads, so a wrong part, value or formula in either one makes these tests fail.
 
-KINDS = ["prior", "weights", "aggregation", "link", "chosen_transform", "rejected_transform", "kl", "pair_loss"]
+KINDS = ["prior", "weights", "aggregation", "link", "chosen_transform", "rejected_transform", "kl", "pair_loss",
+         "pair_weighting"]
 PLAIN_DPO = {"prior": "reference", "weights": "none", "aggregation": "sum", "link": "reverse_kl",
-             "chosen_transform": "none", "rejected_transform": "none", "kl": "none", "pair_loss": "sigmoid"}
+             "chosen_transform": "none", "rejected_transform": "none", "kl": "none", "pair_loss": "sigmoid",
+             "pair_weighting": "none"}
 
 
 def table_rows(out: str) -> dict[str, tuple[str, ...]]:
@@ -74,7 +76,7 @@ def test_table_rows_by_hand(capsys):
     assert rows["bmc"][:2] == ("weights=bmc", "beta=0.05, bmc_delta=2")
     assert rows["reference_free"][:2] == ("prior=none", "-")
     assert ("Default parts (plain DPO): prior=reference, weights=none, aggregation=sum, link=reverse_kl, "
-            "chosen_transform=none, rejected_transform=none, kl=none, pair_loss=sigmoid.") in out
+            "chosen_transform=none, rejected_transform=none, kl=none, pair_loss=sigmoid, pair_weighting=none.") in out
     assert "Global defaults: beta=0.1, gamma=0, gamma_beta_ratio=none, length_alpha=0," in out
 
 
@@ -105,14 +107,15 @@ def test_explain_simpo_by_hand(capsys):
     assert "formula: Σ_t M_t x_t / |y|" in parts_["aggregation"][2]
     assert "formula: −log σ(z)" in parts_["pair_loss"][2]
     assert params == {"beta": ("*", "2"), "gamma": ("*", "0.5"), "gamma_beta_ratio": (" ", "none"),
-                      "length_alpha": (" ", "0"), "nll_weight": (" ", "0"), "l1_weight": (" ", "0"),
-                      "prior_reg_weight": (" ", "0")}
+                      "length_alpha": (" ", "0"), "nll_weight": (" ", "0"), "nll_token_mean": (" ", "false"),
+                      "l1_weight": (" ", "0"), "prior_reg_weight": (" ", "0")}
     assert "\nNeeds a reference model: no\n" in out
     assert "\nInputs: policy_chosen_logps, policy_rejected_logps, chosen_mask, rejected_mask\n" in out
     assert "\n  loss:   −log σ(β(ā(y_w) − ā(y_l)) − γ)\n" in out
     assert ("\n  preset=simpo, prior=none, weights=none, aggregation=mean, link=reverse_kl, chosen_transform=none, "
-            "rejected_transform=none, kl=none, pair_loss=sigmoid, beta=2, gamma=0.5, gamma_beta_ratio=none, "
-            "length_alpha=0, nll_weight=0, l1_weight=0, prior_reg_weight=0\n") in out
+            "rejected_transform=none, kl=none, pair_loss=sigmoid, pair_weighting=none, beta=2, gamma=0.5, "
+            "gamma_beta_ratio=none, length_alpha=0, nll_weight=0, nll_token_mean=false, l1_weight=0, "
+            "prior_reg_weight=0\n") in out
 
 
 def test_explain_tdpo2_by_hand(capsys):
@@ -166,6 +169,7 @@ def test_every_preset_explains_as_a_configuration_that_is_the_preset(capsys):
         inputs[f"{side}_kl"] = torch.rand(3, 4, generator=g)
         inputs[f"{side}_diff_mask"] = (torch.rand(3, 4, generator=g) > 0.5).float()
         inputs[f"{side}_prior_offsets"] = torch.randn(3, 4, generator=g) * 0.1
+        inputs[f"{side}_log_sum_sq_probs"] = -torch.rand(3, 4, generator=g)
     for name in PRESETS:
         rc, out, _ = run(capsys, name, "--json")
         assert rc == 0

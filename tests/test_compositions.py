@@ -41,13 +41,14 @@ def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         d[f"{side}_kl"] = torch.rand(B, T, generator=g, dtype=torch.float64) * 0.1
         d[f"{side}_diff_mask"] = (torch.rand(B, T, generator=g) > 0.4).double()
         d[f"{side}_prior_offsets"] = (torch.randn(B, T, generator=g, dtype=torch.float64) * 0.01).requires_grad_(True)
+        d[f"{side}_log_sum_sq_probs"] = -torch.rand(B, T, generator=g, dtype=torch.float64)
     return d
 
 
 def compositions() -> list[dict[str, str]]:
     """Every (prior, link, rejected transform, chosen transform, pair loss), with the KL term, the token
-    weights and the aggregation sampled (seeded) for each: the part kinds that interact through the sign of h
-    exhaustively, the rest broadly."""
+    weights, the aggregation and the pair weighting sampled (seeded) for each: the part kinds that interact
+    through the sign of h exhaustively, the rest broadly."""
     rng = random.Random(0)
     names = {kind: sorted(parts(kind)) for kind in KINDS}
     out = []
@@ -55,7 +56,8 @@ def compositions() -> list[dict[str, str]]:
                                                        names["chosen_transform"], names["pair_loss"]):
         out.append({"prior": prior, "link": link, "rejected_transform": rt, "chosen_transform": ct,
                     "pair_loss": loss, "kl": rng.choice(names["kl"]), "weights": rng.choice(names["weights"]),
-                    "aggregation": rng.choice(names["aggregation"])})
+                    "aggregation": rng.choice(names["aggregation"]),
+                    "pair_weighting": rng.choice(names["pair_weighting"])})
     return out
 
 

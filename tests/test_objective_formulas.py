@@ -44,6 +44,7 @@ def make_batch(seed=0, dtype=torch.float64):
         "diff_l": (torch.rand(B, T, generator=g) > 0.5).to(dtype),
         "m_w": mw, "m_l": ml,
     }
+    d["q_w"], d["q_l"] = -d["k_w"], -d["k_l"]  # WPO's log Σ_v π(v)²
     # garbage in the padding must not leak into the loss
     for k in ("a_w", "a_l", "r_w", "r_l"):
         m = d["m_w"] if k.endswith("w") else d["m_l"]
@@ -59,7 +60,8 @@ def run(variant, d, **params):
         variant, policy_chosen_logps=d["a_w"], policy_rejected_logps=d["a_l"],
         chosen_mask=d["m_w"], rejected_mask=d["m_l"], ref_chosen_logps=d["r_w"], ref_rejected_logps=d["r_l"],
         chosen_weights=d["w_w"], rejected_weights=d["w_l"], chosen_kl=d["k_w"], rejected_kl=d["k_l"],
-        chosen_diff_mask=d["diff_w"], rejected_diff_mask=d["diff_l"], **params,
+        chosen_diff_mask=d["diff_w"], rejected_diff_mask=d["diff_l"], chosen_log_sum_sq_probs=d["q_w"],
+        rejected_log_sum_sq_probs=d["q_l"], **params,
     )
 
 
@@ -151,6 +153,21 @@ FORMULAS["aot_pair"] = aot_pair_formula
 # and 0.5·(mse(ρ_w, 1/(2β)) + mse(ρ_l, −1/(2β))), whose batch mean equals the mean of the per-pair terms
 FORMULAS["cal_dpo"] = lambda d: (lambda rw, rl, nw, nl: -ls(rw - rl) + 0.5 * (
     (rw - 1 / (2 * 0.1)) ** 2 + (rl + 1 / (2 * 0.1)) ** 2))(*quantities(d))
+# WPO, LD-DPO, AlphaPO, CPO, ORPO (float64 to 1e-10 and TRL parity: tests/test_family_trl.py)
+FORMULAS["wpo"] = lambda d: f_dpo(d) * torch.exp(S(d["a_w"].detach() - d["q_w"], d["m_w"]) / d["m_w"].sum(-1)
+                                                 + S(d["a_l"].detach() - d["q_l"], d["m_l"]) / d["m_l"].sum(-1))
+FORMULAS["ld_dpo"] = lambda d: (lambda lp: -ls(0.1 * (
+    S((d["a_w"] - d["r_w"]) * torch.where(torch.arange(T) < lp[:, None], 1.0, 0.5), d["m_w"])
+    - S((d["a_l"] - d["r_l"]) * torch.where(torch.arange(T) < lp[:, None], 1.0, 0.5), d["m_l"]))))(
+    torch.minimum(d["m_w"].sum(-1), d["m_l"].sum(-1)))
+FORMULAS["alphapo"] = lambda d: (lambda r: -ls(2.0 * (r(d["a_w"], d["m_w"]) - r(d["a_l"], d["m_l"])) - 0.5))(
+    lambda a, m: (1 - torch.exp(-0.25 * S(a, m) / m.sum(-1))) / 0.25)
+FORMULAS["cpo"] = lambda d: -ls(0.1 * (S(d["a_w"], d["m_w"]) - S(d["a_l"], d["m_l"]))) - S(d["a_w"], d["m_w"]) / d[
+    "m_w"].sum(-1)
+FORMULAS["orpo"] = lambda d: (lambda pw, pl: -0.1 * ls(torch.log(pw / (1 - pw)) - torch.log(pl / (1 - pl)))
+                              - torch.log(pw))(torch.exp(S(d["a_w"], d["m_w"]) / d["m_w"].sum(-1)),
+                                               torch.exp(S(d["a_l"], d["m_l"]) / d["m_l"].sum(-1)))
+
 # listwise DPO on ordinary pairs (one rejected each) is DPO; its K > 1 formula: tests/test_listwise.py
 FORMULAS["listwise_dpo"] = f_dpo
 
@@ -345,7 +362,8 @@ def test_extreme_log_ratios_are_finite(variant, dtype, magnitude):
               ref_chosen_logps=zeros, ref_rejected_logps=zeros, chosen_weights=torch.ones_like(zeros),
               rejected_weights=torch.ones_like(zeros), chosen_kl=torch.ones_like(zeros),
               rejected_kl=torch.ones_like(zeros), chosen_diff_mask=torch.ones_like(zeros),
-              rejected_diff_mask=torch.ones_like(zeros), chosen_prior_offsets=zeros, rejected_prior_offsets=zeros)
+              rejected_diff_mask=torch.ones_like(zeros), chosen_prior_offsets=zeros, rejected_prior_offsets=zeros,
+              chosen_log_sum_sq_probs=zeros, rejected_log_sum_sq_probs=zeros)
     out = unipo.compute_loss(variant, **kw)
     assert torch.isfinite(out.losses).all(), out.losses
     ga, gb = torch.autograd.grad(out.losses.sum(), [a_w, a_l])

@@ -127,24 +127,27 @@ class ForwardOutput:
     - ``logps``: per-token log-probs of each side's response tokens ``[B, T]`` (zeros on padding);
     - ``hidden``: the final hidden states ``[N, H]`` that predict each side's real tokens;
     - ``kl``: the per-position KL ``[B, T]`` against the reference, when asked for (else None);
-    - ``output``: the model's own output (``.hidden_states`` of every layer when requested).
+    - ``output``: the model's own output (``.hidden_states`` of every layer when requested);
+    - ``log_sum_sq``: log Σ_v p_v² of the next-token distribution ``[B, T]`` (no gradient), when asked for.
     """
 
     logps: Sides[torch.Tensor]
     hidden: Sides[torch.Tensor]
     kl: Sides[torch.Tensor] | None
     output: Any
+    log_sum_sq: Sides[torch.Tensor] | None = None
 
 
 def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torch.Tensor], *,
                    chunk_size: int = 1024, reference: ReferenceOutputs | None = None,
                    kl_direction: str | None = None, head_dtype: torch.dtype | None = None,
-                   **extra: Any) -> ForwardOutput:
+                   log_sum_sq: bool = False, **extra: Any) -> ForwardOutput:
     """Per-token log-probs of the chosen and rejected responses of ``batch``.
 
     With ``kl_direction`` (and ``reference`` holding the reference's ``hidden`` and ``head``), also the
     per-position KL over the vocabulary in that direction. ``head_dtype`` casts the hidden states before
-    the LM head (bf16 matmuls under mixed precision). ``extra`` goes to the model call
+    the LM head (bf16 matmuls under mixed precision). ``log_sum_sq``: also log Σ_v p_v² per position, from the
+    same chunked head pass (WPO). ``extra`` goes to the model call
     (e.g. ``output_hidden_states=True``).
     """
     batch = PackedBatch.from_dict(batch)
@@ -152,16 +155,20 @@ def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, tor
         raise UnipoError(f"a per-position KL ({kl_direction}) needs the reference's hidden states and head")
     hidden, out = hidden_states(model, batch, **extra)
     head = unwrap(model).get_output_embeddings()
-    logps, hiddens, kls = {}, {}, {}
+    logps, hiddens, kls, sqs = {}, {}, {}, {}
     for side, layout in batch.sides.items():
         h = gather_side(hidden, layout)
         if head_dtype is not None:
             h = h.to(head_dtype)
         labels = layout.labels[layout.mask]
-        lp, kl = token_logps(h, head, labels, chunk_size=chunk_size,
-                             ref_hidden=reference.hidden[side].to(h.dtype) if kl_direction else None,
-                             ref_head=reference.head if kl_direction else None, kl_direction=kl_direction)
+        lp, kl, *sq = token_logps(h, head, labels, chunk_size=chunk_size,
+                                  ref_hidden=reference.hidden[side].to(h.dtype) if kl_direction else None,
+                                  ref_head=reference.head if kl_direction else None, kl_direction=kl_direction,
+                                  log_sum_sq=log_sum_sq)
         logps[side], hiddens[side] = scatter_tokens(lp, layout.mask), h
         if kl is not None:
             kls[side] = scatter_tokens(kl, layout.mask)
-    return ForwardOutput(Sides(**logps), Sides(**hiddens), Sides(**kls) if kls else None, out)
+        if sq:
+            sqs[side] = scatter_tokens(sq[0], layout.mask)
+    return ForwardOutput(Sides(**logps), Sides(**hiddens), Sides(**kls) if kls else None, out,
+                         Sides(**sqs) if sqs else None)

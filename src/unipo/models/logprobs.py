@@ -9,6 +9,10 @@ KL directions (over the whole vocabulary, at every response position):
 - ``"ref||policy"``: KL(π_ref ‖ π_θ) = Σ_v q_v (log q_v − log p_v) — TDPO (Zeng et al. 2024, Eq. 4), SparsePO;
 - ``"policy||ref"``: KL(π_θ ‖ π_ref) = Σ_v p_v (log p_v − log q_v) — TIS-DPO (Liu et al. 2025, Eq. 16).
 Gradients flow into the policy's hidden states and head weight only; the reference side is constant.
+
+On request the forward pass also returns log Σ_v p_v² of the policy's next-token distribution at each position
+(no gradient): WPO's aligned weights (Zhou et al. 2024, arXiv 2406.11827; TRL's ``log_sum_sq_probs``) need this
+statistic of the whole vocabulary, which costs one more log-sum-exp over each chunk's logits and no extra matmul.
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
 
 
 class _ChunkedHead(torch.autograd.Function):
-    """logps[n] = log softmax(h_n W^T + b)[label_n]; optionally kl[n] against a reference head."""
+    """logps[n] = log softmax(h_n W^T + b)[label_n]; optionally kl[n] against a reference head, and
+    sq[n] = log Σ_v p_v² (``sq``; without gradient, an empty tensor when not asked for)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, direction, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, ref_hidden, ref_weight, ref_bias, direction, chunk_size,
+                sq=False):
         n = hidden.shape[0]
         w = weight.to(hidden.dtype)
         b = bias.to(hidden.dtype) if bias is not None else None
@@ -41,6 +47,7 @@ class _ChunkedHead(torch.autograd.Function):
         logps = hidden.new_empty(n, dtype=acc)
         lse_all = hidden.new_empty(n, dtype=acc)
         kl = hidden.new_empty(n, dtype=acc) if do_kl else None
+        log_sum_sq = hidden.new_empty(n if sq else 0, dtype=acc)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             for s in range(0, n, chunk_size):
                 e = min(s + chunk_size, n)
@@ -48,6 +55,8 @@ class _ChunkedHead(torch.autograd.Function):
                 lse = torch.logsumexp(z, dim=-1)
                 lse_all[s:e] = lse
                 logps[s:e] = z.gather(-1, labels[s:e, None]).squeeze(-1) - lse
+                if sq:  # log Σ_v p_v² = logsumexp(2z) − 2·logsumexp(z)
+                    log_sum_sq[s:e] = torch.logsumexp(2 * z, dim=-1) - 2 * lse
                 if do_kl:
                     logp = z - lse[:, None]
                     logq = F.log_softmax(_logits(ref_hidden[s:e], rw, rb).to(acc), dim=-1)
@@ -57,13 +66,14 @@ class _ChunkedHead(torch.autograd.Function):
                         kl[s:e] = (logp.exp() * (logp - logq)).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, labels, lse_all, ref_hidden, ref_weight, ref_bias, kl)
         ctx.direction, ctx.chunk_size = direction, chunk_size
+        ctx.mark_non_differentiable(log_sum_sq)
         if do_kl:
             ctx.mark_non_differentiable(lse_all)
-            return logps, kl
-        return logps, lse_all.detach()
+            return logps, kl, log_sum_sq
+        return logps, lse_all.detach(), log_sum_sq
 
     @staticmethod
-    def backward(ctx, g_logps, g_kl):
+    def backward(ctx, g_logps, g_kl, g_sq=None):
         hidden, weight, bias, labels, lse_all, ref_hidden, ref_weight, ref_bias, kl = ctx.saved_tensors
         do_kl = ref_hidden is not None
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
@@ -105,31 +115,32 @@ class _ChunkedHead(torch.autograd.Function):
                     part = dz.sum(0)
                     grad_b = part if grad_b is None else grad_b.add_(part)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None, None)
+                grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None, None, None)
 
 
 def token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
                 ref_hidden: torch.Tensor | None = None, ref_head: torch.nn.Linear | None = None,
-                kl_direction: str | None = None, chunk_size: int = 1024
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                kl_direction: str | None = None, chunk_size: int = 1024, log_sum_sq: bool = False
+                ) -> tuple[torch.Tensor | None, ...]:
     """Per-token log-probabilities of ``labels`` ([N]) from ``hidden`` ([N, H]) through ``head``.
 
     With ``ref_hidden``/``ref_head``/``kl_direction`` also returns the per-position KL between the policy
-    and reference next-token distributions ([N], differentiable in the policy only); else ``None``.
+    and reference next-token distributions ([N], differentiable in the policy only); else ``None``. With
+    ``log_sum_sq`` a third tensor: log Σ_v p_v² of the policy's next-token distribution ([N], no gradient).
     """
     if kl_direction is not None and kl_direction not in KL_DIRECTIONS:
         raise ValueError(f"kl_direction must be one of {KL_DIRECTIONS}, got {kl_direction!r}")
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=torch.float32)
-        return empty, (empty if kl_direction else None)
+        return (empty, (empty if kl_direction else None)) + ((empty,) if log_sum_sq else ())
     do_kl = kl_direction is not None
-    logps, second = _ChunkedHead.apply(
+    logps, second, sq = _ChunkedHead.apply(
         hidden, head.weight, head.bias, labels,
         ref_hidden.detach() if do_kl else None, ref_head.weight.detach() if do_kl else None,
         (ref_head.bias.detach() if do_kl and ref_head.bias is not None else None),
-        kl_direction, int(chunk_size),
+        kl_direction, int(chunk_size), bool(log_sum_sq),
     )
-    return logps, (second if do_kl else None)
+    return (logps, (second if do_kl else None)) + ((sq,) if log_sum_sq else ())
 
 
 def token_logps_reference(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,

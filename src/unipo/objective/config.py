@@ -177,6 +177,10 @@ def _validate(selected: dict[str, Part], params: dict[str, Any]) -> None:
         if unused:
             raise ConfigError(f"pair_loss={loss.name} compares the policy's and the prior's log-probabilities "
                               f"directly and would ignore {', '.join(unused)}; drop them or use another pair loss")
+    if not loss.uses_prior and selected["prior"].needs.reference:
+        raise ConfigError(f"pair_loss={loss.name} reads the policy's log-probabilities only and would ignore "
+                          f"prior={selected['prior'].name} (a reference would be computed for nothing, a learned "
+                          f"prior never trained); use prior: none")
     directions = {p.needs.kl_direction for p in selected.values() if p.needs.kl_direction}
     if len(directions) > 1:
         raise ConfigError(f"these parts need per-position KL in different directions {sorted(directions)}; "

@@ -163,7 +163,10 @@ class Objective:
         prior's regulariser (each only when its weight is non-zero)."""
         p, total, metrics = self.params, 0.0, {}
         if p["nll_weight"]:
-            nll = -chosen.logps.sum(-1) / chosen.lengths
+            if p["nll_token_mean"]:  # one mean over the batch's chosen tokens (TRL's CPO / ORPO / "sft"), spread so
+                nll = -chosen.logps.sum(-1) * (chosen.lengths.numel() / chosen.lengths.sum())  # its mean is it
+            else:
+                nll = -chosen.logps.sum(-1) / chosen.lengths
             total = total + float(p["nll_weight"]) * nll
             metrics["nll"] = nll.detach().mean()
         if p["l1_weight"]:
@@ -233,6 +236,10 @@ class Objective:
             None if groups is None else n_pairs), p)
         # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
         losses, selected = losses if isinstance(losses, tuple) else (losses, None)
+        factor = self.fns["pair_weighting"](chosen, rejected, p)
+        if factor is not None:
+            losses = losses * factor.detach()
+            metrics["pair_weighting/mean"] = factor.detach().mean()
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
@@ -294,7 +301,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
                  chosen_prior_offsets: torch.Tensor | None = None,
                  rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
-                 rejected_pair: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 rejected_pair: torch.Tensor | None = None, chosen_log_sum_sq_probs: torch.Tensor | None = None,
+                 rejected_log_sum_sq_probs: torch.Tensor | None = None, **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -317,7 +325,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
         chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
         chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
-        pair_weights=pair_weights, rejected_pair=rejected_pair,
+        pair_weights=pair_weights, rejected_pair=rejected_pair, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
+        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs,
     )
 
 

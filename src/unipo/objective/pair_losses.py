@@ -243,3 +243,33 @@ class BetaDPOLoss(StatefulPart):
 
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.stats.load_state_dict(state)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 − eˣ) for x < 0, stably (log1p(−eˣ) below −log 2, log(−expm1(x)) above: Mächler 2012). A log-prob
+    cannot be positive: x is clamped at −eps of its dtype, so that a probability rounded to 1 stays finite."""
+    x = x.clamp(max=-torch.finfo(x.dtype).eps)
+    return torch.where(x < -math.log(2.0), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+@register("pair_loss", "orpo",
+          formula="−β·log σ(log odds(y_w) − log odds(y_l)),  log odds(y) = ā(y) − log(1 − exp(ā(y)))",
+          source="ORPO (Hong et al., EMNLP 2024, arXiv 2403.07691) Eq. 4–7, as TRL computes it "
+                 "(trl/experimental/orpo/orpo_trainer.py::odds_ratio_loss, TRL 1.16) and the authors' released "
+                 "code (xfactlab/orpo src/orpo_trainer.py::compute_loss)",
+          uses_logit=False, uses_scores=False, uses_prior=False,
+          preset=PresetSpec("orpo", "NLL(y_w) − λ·log σ(log(odds(y_w)/odds(y_l))),  odds(y) = P/(1 − P),  "
+                                    "P = exp(mean_t log π_θ(y_t))",
+                            "Hong et al., EMNLP 2024 (ORPO, arXiv 2403.07691); formula read from TRL's code and the "
+                            "authors' released code (xfactlab/orpo)",
+                            "λ is β (0.1, TRL's default); reference-free; the NLL is over the chosen RESPONSE tokens "
+                            "(TRL's and the released code's cover the prompt too; nll_token_mean: true gives their "
+                            "batch token mean)",
+                            config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
+def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+    """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the
+    preset: P = exp(ā) is the length-normalised sequence probability); its NLL term is the objective's
+    ``nll_weight``. β plays the paper's λ and multiplies the log-sigmoid (it is not a temperature here)."""
+    pw, pl = t.policy_chosen, t.policy_rejected
+    log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
+    return t.beta * nls(log_odds)

@@ -22,6 +22,7 @@ DEFAULT_PARTS: dict[str, str] = {
     "rejected_transform": "none",
     "kl": "none",
     "pair_loss": "sigmoid",
+    "pair_weighting": "none",
 }
 
 #: parameters every objective has (margins and auxiliary terms; 0 disables a term)
@@ -32,7 +33,10 @@ GLOBAL_PARAM_SPECS: dict[str, Param] = {
     "gamma_beta_ratio": Param(None, "γ/β, the SimPO authors' convention: γ = ratio·β (None: unused)",
                               kind="optional_number"),
     "length_alpha": Param(0.0, "α_len, R-DPO's length penalty: z = β·Δ − α(|y_w| − |y_l|)"),
-    "nll_weight": Param(0.0, "λ_nll, + λ·NLL(y_w) (RPO / CPO), mean over chosen tokens", lo=0),
+    "nll_weight": Param(0.0, "λ_nll, + λ·NLL(y_w) (RPO / CPO / ORPO), mean over chosen tokens", lo=0),
+    "nll_token_mean": Param(False, "NLL reduction: false = each pair's mean over its chosen tokens, then the mean over "
+                                   "pairs; true = one mean over every chosen token of the batch (TRL's CPO / ORPO / "
+                                   "'sft' terms; depends on how the batch is split)", kind="bool"),
     "l1_weight": Param(0.0, "λ_L1, + λ·mean|m| on SparsePO masks (token and KL masks, both sides)", lo=0),
     "prior_reg_weight": Param(0.0, "λ_g, + λ·(mean g²(y_w) + mean g²(y_l)) on the learned prior's offsets",
                               lo=0),
@@ -129,6 +133,15 @@ _PRESETS = [
        pair_loss="apo_down"),
     _p("discopop", "(1 − σ(βΔ/τ))(−log σ(βΔ)) + σ(βΔ/τ) exp(−βΔ)", "Chan Lu et al. 2024, Eq. 5",
        pair_loss="discopop"),
+    _p("cpo", "−log σ(β(Σa(y_w) − Σa(y_l))) + λ·NLL(y_w)", "Xu et al., ICML 2024 (CPO, arXiv 2401.08417), Eq. 3 "
+       "+ NLL; formula read from TRL's CPOTrainer (loss_type sigmoid, cpo_alpha = λ = 1)",
+       "reference-free; NLL a mean per pair over chosen tokens (nll_token_mean: true = TRL's batch token mean)",
+       prior="none", nll_weight=1.0),
+    _p("alphapo", "−log σ(β(r_α(y_w) − r_α(y_l)) − γ),  r_α(y) = (1 − exp(−α·ā(y)))/α",
+       "Gupta et al., ICML 2025 (AlphaPO, arXiv 2501.03884); formula read from TRL's CPOTrainer "
+       "(loss_type alphapo)", "SimPO with the f-DPO α link on the mean log-prob (f_alpha = AlphaPO's α, "
+       "0 < α < 1 here; α → 0 is SimPO); β, γ as simpo; α = 0.25 (TRL's default α = 0 is plain SimPO)",
+       prior="none", aggregation="mean", link="alpha", f_alpha=0.25, beta=2.0, gamma=0.5),
 ]
 
 

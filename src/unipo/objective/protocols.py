@@ -50,7 +50,13 @@ class PairLoss(Protocol):
         """Per-pair losses ``[B]``."""
 
 
+class PairWeighting(Protocol):
+    def __call__(self, chosen: Side, rejected: Side, params: Params) -> torch.Tensor | None:
+        """A factor ``[B]`` (no gradient) that multiplies each pair's loss, or None (= 1)."""
+
+
 PROTOCOLS: dict[str, type] = {
     "prior": Prior, "weights": TokenWeights, "aggregation": Aggregation, "link": Link,
     "chosen_transform": Transform, "rejected_transform": Transform, "kl": KLTerm, "pair_loss": PairLoss,
+    "pair_weighting": PairWeighting,
 }

@@ -38,6 +38,7 @@ KINDS: dict[str, str] = {
     "rejected_transform": "one-sided transform of the rejected side",
     "kl": "term D subtracted inside the sigmoid: a sequential KL (TDPO / SparsePO / TIS-DPO) or a margin (α-DPO)",
     "pair_loss": "the shape of the pairwise loss",
+    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
 }
 
 #: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
@@ -48,6 +49,8 @@ SIDE_INPUTS: dict[str, str] = {
     "kl_weights": "weights on the per-position KL (SparsePO masks m^d, from a token signal)",
     "diff_mask": "BMC: 1 on tokens where the pseudo-winning and the losing response differ",
     "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
+    "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
+                        "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
@@ -174,6 +177,9 @@ class Part:
     #: for pair losses: whether it takes several rejected responses per pair (``PairTerms.groups``) and
     #: reduces each pair's comparisons to one loss (:mod:`unipo.objective.listwise`)
     listwise: bool = False
+    #: for pair losses: whether the loss reads the prior at all (ORPO does not: a reference or learned prior with it
+    #: would be computed and ignored)
+    uses_prior: bool = True
 
     @property
     def stateful(self) -> bool:
@@ -209,7 +215,8 @@ PART_PRESETS: list[tuple[str, str, PresetSpec]] = []
 
 def register(kind: str, name: str, *, params: dict[str, Param] | None = None, formula: str = "",
              source: str = "", needs: Needs | None = None, uses_logit: bool = True, uses_scores: bool = True,
-             neutral: bool = False, preset: PresetSpec | None = None, listwise: bool = False) -> Callable:
+             neutral: bool = False, preset: PresetSpec | None = None, listwise: bool = False,
+             uses_prior: bool = True) -> Callable:
     """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
     :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
     if kind not in KINDS:
@@ -223,7 +230,7 @@ def register(kind: str, name: str, *, params: dict[str, Param] | None = None, fo
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
         _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit,
-                                     uses_scores, neutral, listwise)
+                                     uses_scores, neutral, listwise, uses_prior)
         if preset is not None:
             PART_PRESETS.append((kind, name, preset))
         return fn
@@ -239,6 +246,7 @@ def _load_parts() -> None:
         links,
         listwise,
         pair_losses,
+        pair_weighting,
         priors,
         token_weights,
         transforms,

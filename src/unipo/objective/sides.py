@@ -22,6 +22,7 @@ KEYWORDS = {
     "kl_weights": "{}_kl_weights",
     "diff_mask": "{}_diff_mask",
     "prior_offsets": "{}_prior_offsets",
+    "log_sum_sq_probs": "{}_log_sum_sq_probs",
 }
 
 
@@ -43,13 +44,21 @@ class Side:
     kl_weights: torch.Tensor | None = None  # weights on the KL term (SparsePO m^d)
     diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
     prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
-    #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler reads its lengths
+    log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
+    #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's
+    #: shared length read its lengths (:attr:`other_lengths`)
     partner_mask: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
         """|y| = Σ_t M_t, as a float tensor ``[B]``."""
         return self.mask.sum(-1).to(self.logps.dtype)
+
+    @property
+    def other_lengths(self) -> torch.Tensor:
+        """|y| of the OTHER response of the pair ``[B]`` (from :attr:`partner_mask`; this side's own lengths
+        when the objective has not set a partner)."""
+        return self.lengths if self.partner_mask is None else self.partner_mask.sum(-1).to(self.logps.dtype)
 
     def optional(self) -> dict[str, torch.Tensor | None]:
         """The optional per-token inputs by field name."""

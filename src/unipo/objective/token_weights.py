@@ -109,3 +109,26 @@ def sampo_weights(side: Side, params: Params) -> Weights:
     chosen = (rank < keep[:, None]) & mask
     w = chosen.to(side.logps.dtype)
     return w, w
+
+
+@register("weights", "ld", params={
+    "ld_alpha": Param(0.5, "α: weight of the tokens past the shorter response's length (1 = DPO; TRL's ld_alpha)",
+                      lo=0, hi=1)},
+          formula="ω_t = 1 for t ≤ min(|y_w|, |y_l|), α after (on π_θ and π_ref alike)",
+          source="LD-DPO (Liu et al. 2024, arXiv 2409.06411), as TRL's DPOTrainer ld_alpha computes it "
+                 "(trl/trainer/dpo_trainer.py, TRL 1.16)",
+          preset=PresetSpec("ld_dpo", "−log σ(β(ρ̂(y_w) − ρ̂(y_l))),  ρ̂(y) = Σ_{t≤l_p} ρ_t + α Σ_{t>l_p} ρ_t,  "
+                                      "l_p = min(|y_w|, |y_l|)",
+                            "Liu et al. 2024 (LD-DPO, arXiv 2409.06411); formula read from TRL's code",
+                            "α scales both the policy's and the reference's log-probs of the excess tokens, as TRL "
+                            "does; the paper tunes α per model (TRL has no default): 0.5 here"))
+def length_desensitised_weights(side: Side, params: Params) -> Weights:
+    """LD-DPO: the tokens of the longer response beyond the shorter one's length (its 'excess') count α times, on
+    both terms of the log-ratio, so the verbose tail no longer dominates the sequence log-ratio. Positions are
+    counted over response tokens (the mask's running sum), as TRL does."""
+    position = torch.cumsum(side.mask.to(torch.int64), dim=-1)
+    shared = torch.minimum(side.lengths, side.other_lengths)
+    w = torch.where(position.to(side.logps.dtype) > shared[:, None],
+                    torch.full((), float(params["ld_alpha"]), dtype=side.logps.dtype, device=side.logps.device),
+                    torch.ones((), dtype=side.logps.dtype, device=side.logps.device))
+    return w, w

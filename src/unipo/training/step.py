@@ -31,6 +31,7 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
             "kl": policy.kl[name] if policy.kl is not None else None,
             "weights": layout.weights,
             "diff_mask": layout.diff_mask,
+            "log_sum_sq_probs": policy.log_sum_sq[name] if policy.log_sum_sq is not None else None,
             **(signal.inputs.get(name, {}) if signal is not None else {}),
         }
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
@@ -49,7 +50,8 @@ def preference_step(policy: torch.nn.Module, reference: Reference, batch: Packed
     ref = reference.outputs(policy, batch, chunk_size=chunk_size, need_layers=need_layers, head_dtype=head_dtype,
                             need_hidden=kl_direction is not None or token_signal is not None)
     pol = response_logps(policy, batch, chunk_size=chunk_size, reference=ref, kl_direction=kl_direction,
-                         head_dtype=head_dtype)
+                         head_dtype=head_dtype,
+                         log_sum_sq="log_sum_sq_probs" in objective.requirements.inputs)  # WPO's weights
     ref = ref.with_logps(batch, chunk_size, head_dtype)
     signal = None
     if token_signal is not None:
