@@ -241,6 +241,26 @@ class LearnedPrior(nn.Module):
         return SignalOutput(out, metrics)
 
 
+# -- the signal inside the policy ------------------------------------------------------------------------
+#: the attribute under which a token signal is a submodule of the policy (:func:`attach_signal`)
+SIGNAL_ATTRIBUTE = "unipo_token_signal"
+
+
+def attach_signal(policy: nn.Module, signal: nn.Module) -> None:
+    """Make ``signal`` a submodule of ``policy`` (``policy.unipo_token_signal``), so that whatever engine
+    wraps the policy manages it as its own parameters: DDP all-reduces its gradients, FSDP2 / ZeRO-3 shard it
+    with the root unit, the optimizer and the clipping see it, and the engine's checkpoints save and restore
+    it. It is still called on its own, after the policy's forward (:func:`unipo.training.step.preference_step`).
+    ``PreferenceTrainer`` keeps its keys out of the saved model (:func:`is_signal_key`) and writes them to
+    ``unipo_signal.safetensors`` instead."""
+    policy.add_module(SIGNAL_ATTRIBUTE, signal)
+
+
+def is_signal_key(name: str) -> bool:
+    """Whether a state-dict key or parameter name of the policy belongs to an attached token signal."""
+    return name.startswith(SIGNAL_ATTRIBUTE + ".") or f".{SIGNAL_ATTRIBUTE}." in name
+
+
 # -- configuration -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SignalType:
