@@ -5,6 +5,7 @@ A token signal is an ``nn.Module`` with ``forward(ref: ReferenceOutputs, batch: 
 SignalOutput``: per side, ``[B, T]`` tensors named by the objective input they fill (``weights``: SparsePO's
 m^u, ``kl_weights``: SparsePO's m^d, ``prior_offsets``: the learned prior's g), and detached metrics (mask
 sparsity, mean mask, prior offsets) logged with the objective's. ``PreferenceTrainer(token_signal=...)``
+makes it a submodule of the policy (:func:`attach_signal`: the engine that wraps the policy manages it),
 calls it on the output of the reference pass, optimises its parameters in their own parameter group
 (weight decay ``module.weight_decay``) and saves its state as ``unipo_signal.safetensors``. Class
 attributes read by the training layer:
