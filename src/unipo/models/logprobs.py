@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unipo.errors import UnipoError
+
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
 
@@ -114,6 +116,10 @@ def full_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
     averaged over the ranks, as FSDP2 averages every other gradient; anything else is returned as is."""
     if weight is None:
         return None
+    if weight.numel() == 0 and hasattr(weight, "ds_id"):
+        raise UnipoError("the LM head's weight is partitioned by DeepSpeed ZeRO-3 outside the head's own forward, "
+                         "where unipo's chunked log-prob head reads it: ZeRO-3 is not supported by unipo's training "
+                         "path (use configs/accelerate/fsdp.yaml, FSDP2, or zero2.yaml; docs/scaling.md)")
     try:
         from torch.distributed.tensor import DTensor, Partial
     except ImportError:  # a torch without distributed support
