@@ -5,13 +5,16 @@
 robustness tests:
 
 * ``fail_rate`` / ``fail_statuses``: answer that fraction of requests with one of these statuses
-  (429 responses carry ``Retry-After: retry_after``);
+  (429 responses carry ``Retry-After: retry_after``, 5xx ones ``Retry-After: retry_after_5xx`` unless it
+  is None, so that the client's retries do not wait out its own backoff);
 * ``delay_rate`` / ``delay_s``: sleep before answering (to trip client timeouts);
 * ``die_after``: from the N-th request on, behave as a dead server: in a subprocess (``exit_on_die``) exit
   abruptly (``os._exit``) on receiving it; in-process, drop every connection unanswered (the client sees
   the connection closed, a transport failure) until ``die_after`` is set back to ``None``;
 * markers in the user message: ``[[none]]`` answers "None", ``[[empty]]`` answers "",
-  ``[[always-500]]`` always fails with 500, ``[[bad-request]]`` answers 400;
+  ``[[always-500]]`` always fails with 500, ``[[bad-request]]`` answers 400, ``[[judge]]`` answers "A" if
+  the text between "Answer A:" and "Answer B:" contains "POLICY", else "B" (a judge that always prefers
+  the policy);
 * ``api_key``: require ``Authorization: Bearer <api_key>`` (401 otherwise);
 * ``GET /stats``: request counts and the largest number of requests in flight at once.
 
@@ -39,6 +42,7 @@ from pathlib import Path
 class ChatServer:
     def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
                  fail_rate: float = 0.0, fail_statuses: tuple[int, ...] = (500,), retry_after: float = 0.2,
+                 retry_after_5xx: float | None = 0.02,
                  delay_rate: float = 0.0, delay_s: float = 0.0, die_after: int | None = None,
                  exit_on_die: bool = False, api_key: str | None = None, seed: int = 0, work_s: float = 0.02,
                  max_tokens_cap: int = 24) -> None:
@@ -48,6 +52,7 @@ class ChatServer:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.fail_rate, self.fail_statuses, self.retry_after = fail_rate, tuple(fail_statuses), retry_after
+        self.retry_after_5xx = retry_after_5xx
         self.delay_rate, self.delay_s, self.die_after, self.exit_on_die = delay_rate, delay_s, die_after, exit_on_die
         self.api_key, self.work_s, self.max_tokens_cap = api_key, work_s, max_tokens_cap
         self.rng = random.Random(seed)
@@ -122,17 +127,21 @@ class ChatServer:
         with self.lock:
             roll, delay_roll = self.rng.random(), self.rng.random()
             status = self.rng.choice(self.fail_statuses) if self.fail_statuses else 500
+        again = {} if self.retry_after_5xx is None else {"Retry-After": f"{self.retry_after_5xx:g}"}
         if "[[always-500]]" in text:
-            return 500, {"error": {"message": "internal error (always)"}}, {}
+            return 500, {"error": {"message": "internal error (always)"}}, again
         if "[[bad-request]]" in text:
             return 400, {"error": {"message": "bad request"}}, {}
         if roll < self.fail_rate:
-            extra = {"Retry-After": f"{self.retry_after:g}"} if status == 429 else {}
+            extra = {"Retry-After": f"{self.retry_after:g}"} if status == 429 else again if status >= 500 else {}
             return status, {"error": {"message": f"injected {status}"}}, extra
         if delay_roll < self.delay_rate:
             time.sleep(self.delay_s)
         time.sleep(self.work_s)  # so that concurrent requests overlap
-        if "[[none]]" in text:
+        if "[[judge]]" in text:
+            first = text.split("Answer A:", 1)[-1].split("Answer B:", 1)[0]
+            content, finish = ("A" if "POLICY" in first else "B"), "stop"
+        elif "[[none]]" in text:
             content, finish = "None", "stop"
         elif "[[empty]]" in text:
             content, finish = "", "stop"

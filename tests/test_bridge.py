@@ -19,7 +19,6 @@ from unipo.bridge.prompts import clean_output, get_template, render_context
 from unipo.cli import main as cli_main
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError
-from unipo.io.chat_client import parse_retry_after
 from unipo.io.files import RunLock
 
 QA_ROWS = [
@@ -88,15 +87,6 @@ def test_render_context():
 def test_edit_distance(a, b, d):
     assert edit_distance(list(a), list(b)) == d
     assert edit_distance(list(b), list(a)) == d
-
-
-@pytest.mark.unit
-def test_parse_retry_after():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("0.5") == 0.5
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
-    assert abs(parse_retry_after("Thu, 01 Jan 2099 00:00:10 GMT", now=4070908800.0) - 10.0) < 1e-6
 
 
 # ------------------------------------------------------------------------------------- input and resume

@@ -249,7 +249,7 @@ def test_bridge_defaults_are_the_pipeline_defaults():
     assert (gen.batch_size, gen.device, gen.dtype, gen.temperature) == (
         local["batch_size"], local["device"], local["dtype"], local["temperature"])
     assert gen.temperature == server["temperature"] and gen.max_new_tokens == opts.max_new_tokens
-    for name in ("concurrency", "timeout", "max_retries", "backoff", "max_backoff"):
+    for name in ("concurrency", "timeout", "max_retries"):
         assert getattr(net, name) == server[name], name
     assert net.max_consecutive_failures == server["max_consecutive_transport_failures"]
     assert build_parser().parse_args(["bridge", "--data", "d", "--out", "o", "--no-plot"]).plot is False
@@ -288,3 +288,25 @@ def test_demo_defaults():
     demo = DemoArguments()
     assert (demo.model, demo.steps, demo.variants) == (DEFAULTS["model"], DEFAULTS["steps"], DEFAULTS["variants"])
     assert demo.out == _signature_defaults(run_demo)["out_dir"]
+
+
+def test_server_options_fall_back_to_the_openai_environment(monkeypatch):
+    """Without --editor / --editor-url, `unipo bridge` uses OPENAI_BASE_URL; `unipo eval` uses it for
+    --judge-model without --judge-url. Without the variable, the old messages say what to give."""
+    from unipo.bridge.config import EditorArguments, GenerationArguments, ServerArguments
+    from unipo.bridge.editors import OpenAICompatEditor
+    from unipo.cli.bridge import _build_editor
+    from unipo.cli.eval import eval_kwargs
+    from unipo.errors import UnipoError
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(UnipoError, match="give exactly one of --editor"):
+        _build_editor(EditorArguments(editor_model="m"), GenerationArguments(), ServerArguments())
+    assert "judge" not in eval_kwargs(EvalOptions(), JudgeOptions(judge_model="m"))
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env-host:8000/v1")
+    ed = _build_editor(EditorArguments(editor_model="m"), GenerationArguments(), ServerArguments())
+    assert isinstance(ed, OpenAICompatEditor) and ed.url == "http://env-host:8000/v1/chat/completions"
+    with pytest.raises(UnipoError, match="needs --editor-model"):
+        _build_editor(EditorArguments(), GenerationArguments(), ServerArguments())
+    assert eval_kwargs(EvalOptions(), JudgeOptions(judge_model="m"))["judge"]["judge_url"] is None

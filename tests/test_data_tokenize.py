@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from unipo.data.bmc_align import diff_masks
 from unipo.data.tokenize import (
     PrepSummary,
     TemplateError,
@@ -271,6 +272,28 @@ def test_bmc_masks_computed_once_and_aligned(tok):
     cut, _ = one([row], tok, bmc_masks=True, max_length=len(pair.prompt_ids) + 3)
     assert cut.chosen_diff_mask == pair.chosen_diff_mask[:3]
 
+
+
+def test_bmc_alignment_and_exemption_options(tok):
+    """The punctuation exemption is off by default (neither the paper nor the released code has it);
+    bmc_alignment: difflib gives the released code's alignment over prompt + response."""
+    row = {"prompt": "Q:", "chosen": " The dog barked.", "rejected": " The cat barked!"}
+
+    def marked(**kw) -> str:
+        p, _ = one([row], tok, bmc_masks=True, **kw)
+        return tok.decode([t for t, m in zip(p.chosen_ids, p.chosen_diff_mask, strict=True) if m])
+
+    assert "dog" in marked() and "." in marked()
+    assert "dog" in marked(bmc_exempt="stopwords_punctuation") and "." not in marked(bmc_exempt="stopwords_punctuation")
+    the = {"prompt": "Q:", "chosen": " the dog", "rejected": " a dog"}
+    p, _ = one([the], tok, bmc_masks=True, bmc_exempt="none")
+    assert "the" in tok.decode([t for t, m in zip(p.chosen_ids, p.chosen_diff_mask, strict=True) if m])
+    p, _ = one([row], tok, bmc_masks=True, bmc_alignment="difflib", bmc_exempt="none")
+    want = diff_masks(p.chosen_ids, p.rejected_ids, alignment="difflib", prompt_ids=p.prompt_ids,
+                      pad_id=tok.pad_token_id, stopword_ids=frozenset())
+    assert (p.chosen_diff_mask, p.rejected_diff_mask) == want
+    with pytest.raises(ConfigError, match="bmc_exempt must be one of stopwords, stopwords_punctuation, none"):
+        one([row], tok, bmc_masks=True, bmc_exempt="punct")
 
 # ----------------------------------------------------------------------------------------- real data
 

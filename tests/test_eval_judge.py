@@ -150,3 +150,28 @@ def test_endpoint_verdicts_undo_the_alternating_order():
     v = endpoint_verdicts(AlwaysPolicy(), ["p1", "p2", "p3"], ["POLICY 1", "POLICY 2", "POLICY 3"],
                           ["ref 1", "ref 2", "ref 3"])
     assert v == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.integration
+def test_endpoint_judge_through_a_flaky_server_with_the_openai_environment(tiny_model_dir, monkeypatch):
+    """The judge's client on a real loopback server that fails a third of its requests (500, 503, 429 +
+    Retry-After) and requires a key: the URL and key come from OPENAI_BASE_URL / OPENAI_API_KEY, every
+    verdict arrives (the server prefers the answer marked POLICY, whichever side it is shown on), and the
+    key is sent only in the Authorization header."""
+    from tests.chat_server import ChatServer
+    from unipo.eval.judge import JUDGE_LABELS
+    from unipo.io.chat_client import ChatClient
+
+    secret = "sk-judge-test-2b9d-do-not-log"
+    with ChatServer(tiny_model_dir, api_key=secret, fail_rate=0.35, fail_statuses=(500, 503, 429),
+                    retry_after=0.05, seed=3) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", secret)
+        client = ChatClient(None, "tiny", labels=JUDGE_LABELS, max_retries=8)
+        prompts = [f"q{i} [[judge]]" for i in range(6)]
+        v = endpoint_verdicts(client, prompts, [f"POLICY {i}" for i in range(6)], [f"ref {i}" for i in range(6)])
+        assert v == [1.0] * 6
+        codes = srv.stats["statuses"]
+        assert sum(codes.get(c, 0) for c in ("500", "503", "429")) > 0 and client.stats["retries"] > 0
+        assert set(srv.stats["auth_headers"]) == {f"Bearer {secret}"}
+        assert secret not in repr(client.__dict__) + repr(client.describe())

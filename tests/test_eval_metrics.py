@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -102,9 +103,10 @@ def test_distinct_n_by_hand():
 
 
 def test_sentence_bleu_by_hand():
-    # p1 = 2/3, p2 = 1/2, no trigram / 4-gram match -> epsilon 0.1 over 1 n-gram (or 0 -> max(1, 0)).
+    # p1 = 2/3, p2 = 1/2; trigram: no match -> epsilon 0.1 over 1 trigram; no 4-gram in a 3-token hypothesis:
+    # left out (sacrebleu's effective order), so the mean is over 3 orders
     assert sentence_bleu("the cat sat", ["the cat ran"], max_n=2) == pytest.approx(math.sqrt(1 / 3))
-    assert sentence_bleu("the cat sat", ["the cat ran"]) == pytest.approx((2 / 3 * 1 / 2 * 0.1 * 0.1) ** 0.25)
+    assert sentence_bleu("the cat sat", ["the cat ran"]) == pytest.approx((2 / 3 * 1 / 2 * 0.1) ** (1 / 3))
     # Brevity penalty: c = 2, r = 4 -> exp(1 - 2) ; p1 = p2 = 1.
     assert sentence_bleu("a b", ["a b c d"], max_n=2) == pytest.approx(math.exp(-1))
     # Clipping: "the" counted at most once (its max count in a reference).
@@ -121,20 +123,40 @@ def test_self_bleu_by_hand():
     assert self_bleu(["a b", "a b", "c d"], max_n=1) == pytest.approx(2 / 3)
     assert self_bleu(["the cat sat", "the cat ran"], max_n=2) == pytest.approx(math.sqrt(1 / 3))
     assert self_bleu([[1, 2, 3, 4], [1, 2, 3, 4]]) == pytest.approx(1.0)
-    # Identical 3-token samples have no 4-gram: p4 = epsilon / 1 (as NLTK's method1 does).
-    assert self_bleu([[1, 2, 3], [1, 2, 3]]) == pytest.approx(0.1 ** 0.25)
+    # Identical 3-token samples have no 4-gram: that order is left out (NLTK's method 1 would floor it)
+    assert self_bleu([[1, 2, 3], [1, 2, 3]]) == pytest.approx(1.0)
+    # token ids that read alike as text stay distinct tokens: 12 is not "1 2"
+    assert self_bleu([[12, 3], [1, 2, 3]], max_n=1) == pytest.approx((0.5 * math.exp(1 - 3 / 2) + 1 / 3) / 2)
     assert math.isnan(self_bleu(["only one"]))
 
 
-def test_self_bleu_matches_nltk_if_installed():
-    nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")
-    samples = ["the cat sat on the mat", "a cat sat on a mat", "the dog ran far away from the mat",
-               "cat mat sat"]
-    toks = [s.split() for s in samples]
-    sm = nltk_bleu.SmoothingFunction().method1
-    ref = np.mean([nltk_bleu.sentence_bleu(toks[:i] + toks[i + 1:], toks[i], smoothing_function=sm)
-                   for i in range(len(toks))])
-    assert self_bleu(samples) == pytest.approx(ref)
+def _bleu_written_out(hyp: list, refs: list[list], max_n: int = 4, eps: float = 0.1) -> float:
+    """Papineni et al. 2002 with Chen & Cherry's smoothing 1 and effective order, from the definitions."""
+    def grams(t, n):
+        return Counter(tuple(t[i:i + n]) for i in range(len(t) - n + 1))
+    logs = []
+    for n in range(1, max_n + 1):
+        h = grams(hyp, n)
+        if not h:
+            break
+        best = Counter()
+        for r in refs:
+            best |= grams(r, n)
+        match = sum(min(c, best[g]) for g, c in h.items())
+        if match == 0 and n == 1:
+            return 0.0
+        logs.append(math.log((match or eps) / sum(h.values())))
+    r = min((len(x) for x in refs), key=lambda k: (abs(k - len(hyp)), k))
+    bp = 1.0 if len(hyp) >= r else math.exp(1 - r / len(hyp))
+    return bp * math.exp(sum(logs) / len(logs))
+
+
+def test_self_bleu_matches_the_formula_written_out():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        samples = [list(rng.integers(0, 6, size=rng.integers(1, 12))) for _ in range(rng.integers(2, 5))]
+        want = np.mean([_bleu_written_out(samples[i], samples[:i] + samples[i + 1:]) for i in range(len(samples))])
+        assert self_bleu(samples) == pytest.approx(want, rel=1e-9, abs=1e-12), samples
 
 
 def test_kl_estimators_on_known_categoricals():

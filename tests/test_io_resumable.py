@@ -153,3 +153,21 @@ def test_chat_client_messages_name_the_callers_options(monkeypatch):
     client = ChatClient("http://127.0.0.1:9/v1/", "m", api_key_env="UNIPO_TEST_KEY")
     assert client.url == "http://127.0.0.1:9/v1/chat/completions"
     assert "sk-secret-value" not in repr(client) + repr(client.__dict__) + json.dumps(client.describe())
+
+
+def test_chat_client_falls_back_to_the_openai_environment(monkeypatch):
+    """OPENAI_BASE_URL / OPENAI_API_KEY serve when no URL / key variable is given; an explicit one wins."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(UnipoError, match="no server: give --url or set OPENAI_BASE_URL"):
+        ChatClient(None, "m")
+    assert ChatClient("http://h/v1", "m")._api_key is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env-host:8000/v1/")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("UNIPO_TEST_KEY", "sk-explicit")
+    client = ChatClient(None, "m")
+    assert client.url == "http://env-host:8000/v1/chat/completions" and client._api_key.reveal() == "sk-from-env"
+    assert client.describe()["api_key_env"] == "OPENAI_API_KEY"
+    assert "sk-from-env" not in repr(client.__dict__) + json.dumps(client.describe())
+    explicit = ChatClient("http://other/v1", "m", api_key_env="UNIPO_TEST_KEY")
+    assert explicit.url == "http://other/v1/chat/completions" and explicit._api_key.reveal() == "sk-explicit"

@@ -151,7 +151,24 @@ FORMULAS["aot_pair"] = aot_pair_formula
 # and 0.5·(mse(ρ_w, 1/(2β)) + mse(ρ_l, −1/(2β))), whose batch mean equals the mean of the per-pair terms
 FORMULAS["cal_dpo"] = lambda d: (lambda rw, rl, nw, nl: -ls(rw - rl) + 0.5 * (
     (rw - 1 / (2 * 0.1)) ** 2 + (rl + 1 / (2 * 0.1)) ** 2))(*quantities(d))
+# listwise DPO on ordinary pairs (one rejected each) is DPO; its K > 1 formula: tests/test_listwise.py
+FORMULAS["listwise_dpo"] = f_dpo
 
+
+
+def _bmc_formula(beta: float, delta: float):
+    """BMC's loss (Jiang et al., ICLR 2025) with Table 8's (β, δ), written out again."""
+    def f(d):
+        lam_w = 1 + d["diff_w"] * torch.clamp(torch.exp(-d["a_w"].detach()), max=delta)
+        lam_l = 1 + d["diff_l"] * torch.clamp(torch.exp(-d["a_l"].detach()), max=delta)
+        return -ls(beta * (S(lam_w * (d["a_w"] - d["r_w"]), d["m_w"]) - S(lam_l * (d["a_l"] - d["r_l"]), d["m_l"])))
+    return f
+
+
+# the paper's per-task settings, Table 8: QA β 0.05 δ 3.0; math 0.05 / 2.5; instruction following 0.01 / 2.0
+FORMULAS["bmc_qa"] = _bmc_formula(0.05, 3.0)
+FORMULAS["bmc_math"] = _bmc_formula(0.05, 2.5)
+FORMULAS["bmc_if"] = _bmc_formula(0.01, 2.0)
 
 def test_every_preset_has_a_formula_test():
     untested = set(unipo.variants()) - set(FORMULAS) - {"learned_prior"}

@@ -3,7 +3,8 @@
 This module sits below ``unipo.data``, ``unipo.models`` and ``unipo.training`` (it imports only torch) and
 holds the contract between them:
 
-* the segment ids of every position (:data:`PAD_SEGMENT`, :data:`PROMPT`, :data:`CHOSEN`, :data:`REJECTED`);
+* the segment ids of every position (:data:`PAD_SEGMENT`, :data:`PROMPT`, :data:`CHOSEN`, :data:`REJECTED`;
+  with several rejected responses per pair the k-th is ``REJECTED + k``, :func:`rejected_segment`);
 * :class:`PackedBatch` (with one :class:`SideLayout` per response side): what
   :func:`unipo.data.batching.collate_pairs` produces and what the model forward consumes;
 * :func:`gather_side` / :func:`scatter_tokens`: between the packed ``[rows × L]`` positions and the
@@ -29,6 +30,15 @@ U = TypeVar("U")
 PAD_SEGMENT, PROMPT, CHOSEN, REJECTED = -1, 0, 1, 2
 SIDES = ("chosen", "rejected")
 SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
+#: the most rejected responses one pair may have (segment ids are int8)
+MAX_REJECTED = 100
+
+
+def rejected_segment(k: int) -> int:
+    """The segment id of a pair's k-th rejected response (k = 0, 1, …): each response of a sequence has its
+    own id, so that every rejected response is its own branch over the shared prompt."""
+    return REJECTED + k
+
 #: optional per-token data columns of a side, by :class:`SideLayout` field → batch key pattern
 SIDE_COLUMNS = {"weights": "{}_weights", "diff_mask": "{}_diff_mask", "ref_logps": "ref_{}_logps"}
 #: every optional per-token key a collated batch may carry
@@ -92,7 +102,10 @@ class PackedBatch:
       when several sequences share a row, else ``None``;
     - ``chosen`` / ``rejected``: :class:`SideLayout`;
     - ``index`` (long ``[B]``): each pair's row in its dataset, when known;
-    - ``pair_weights`` (float ``[B]``): each pair's weight in the loss (a data column), when given.
+    - ``pair_weights`` (float ``[B]``): each pair's weight in the loss (a data column), when given;
+    - ``rejected_pair`` (long ``[N]``): with several rejected responses per pair, the pair of each row of
+      ``rejected`` (whose tensors are then ``[N, T]``, N the number of rejected responses, each pair's rows
+      contiguous and in pair order); None when every pair has one.
     """
 
     input_ids: torch.Tensor
@@ -103,6 +116,7 @@ class PackedBatch:
     documents: torch.Tensor | None = None
     index: torch.Tensor | None = None
     pair_weights: torch.Tensor | None = None
+    rejected_pair: torch.Tensor | None = None
 
     def side(self, name: str) -> SideLayout:
         return Sides(self.chosen, self.rejected)[name]
@@ -126,11 +140,12 @@ class PackedBatch:
             sides[side] = SideLayout(batch[f"{side}_src"], batch[f"{side}_labels"], batch[f"{side}_mask"],
                                      **columns)
         return cls(batch["input_ids"], batch["position_ids"], batch["segments"], sides["chosen"],
-                   sides["rejected"], batch.get("documents"), batch.get("index"), batch.get("pair_weight"))
+                   sides["rejected"], batch.get("documents"), batch.get("index"), batch.get("pair_weight"),
+                   batch.get("rejected_pair"))
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
-        for key in ("documents", "index"):
+        for key in ("documents", "index", "rejected_pair"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.pair_weights is not None:
@@ -163,7 +178,8 @@ def scatter_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = None,
                       dtype: torch.dtype | None = None) -> torch.Tensor:
     """``[rows, 1, L, L]`` mask from segment and sequence ids: causal, within one sequence (``documents``;
-    all of a row when not given), no padding keys, rejected never sees chosen.
+    all of a row when not given), no padding keys, and a response sees only the prompt and itself (rejected
+    never sees chosen, nor another rejected response of its pair).
 
     Boolean (True = attend) by default, as SDPA takes it; with ``dtype`` an additive float mask (0 / min)
     for eager attention. Padding queries attend to themselves only, so no row is fully masked.
@@ -171,7 +187,7 @@ def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = N
     n, length = segments.shape
     causal = torch.ones(length, length, dtype=torch.bool, device=segments.device).tril()
     q, k = segments[:, :, None], segments[:, None, :]
-    allowed = causal[None] & (k != PAD_SEGMENT) & ~((q == REJECTED) & (k == CHOSEN))
+    allowed = causal[None] & (k != PAD_SEGMENT) & ((k == PROMPT) | (k == q))
     if documents is not None:
         allowed = allowed & (documents[:, :, None] == documents[:, None, :])
     eye = torch.eye(length, dtype=torch.bool, device=segments.device)[None]

@@ -36,10 +36,12 @@ class EditorArguments:
     editor: str | None = field(default=None, metadata={
         "help": "local editor: a built-in model name (smollm2-135m-instruct) or a checkpoint directory"})
     editor_url: str | None = field(default=None, metadata={
-        "help": "base URL of an OpenAI-compatible API, e.g. http://host:8000/v1"})
+        "help": "base URL of an OpenAI-compatible API, e.g. http://host:8000/v1 (without --editor: "
+                "OPENAI_BASE_URL if set)"})
     editor_model: str | None = field(default=None, metadata={"help": "model name to send to --editor-url"})
     api_key_env: str | None = field(default=None, metadata={
-        "help": "environment variable holding the API key (never logged or written)", "metavar": "VAR"})
+        "help": "environment variable holding the API key (never logged or written; default OPENAI_API_KEY if "
+                "set)", "metavar": "VAR"})
 
 
 @dataclass
@@ -81,11 +83,10 @@ class ServerArguments:
     _argument_group_name = "server robustness (--editor-url)"
 
     concurrency: int = field(default=4, metadata={"help": "requests in flight at most"})
-    timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per request (the openai SDK's timeout)"})
     max_retries: int = field(default=5, metadata={
-        "help": "retries on timeouts, connection errors and 5xx (429s are waited out separately)"})
-    backoff: float = field(default=1.0, metadata={"help": "first retry delay in seconds (doubles)"})
-    max_backoff: float = field(default=60.0, metadata={"help": "longest delay between retries, in seconds"})
+        "help": "the openai SDK's retries on timeouts, connection errors, 408, 409, 429 and 5xx (backoff 0.5 s "
+                "doubling to 8 s, or the server's Retry-After up to 2 min)"})
     max_consecutive_failures: int = field(default=8, metadata={
         "help": "stop the run when this many rows in a row could not reach the server (0: never)"})
     extra_body: str | None = field(default=None, metadata={

@@ -6,8 +6,8 @@ editors here take :class:`EditJob` s and yield ``(key, EditResult)`` as results 
 pipeline (:mod:`unipo.bridge.pipeline`) can append each row the moment it is ready.
 
 :class:`OpenAICompatEditor` drives any OpenAI-compatible chat-completions server through
-:class:`unipo.io.chat_client.ChatClient` (bounded concurrency, retries with backoff, ``429`` +
-``Retry-After``; the API key comes from an environment variable and is never logged or written).
+:class:`unipo.io.chat_client.ChatClient` (the openai SDK's timeouts, retries and ``Retry-After`` handling,
+bounded concurrency; the API key comes from an environment variable and is never logged or written).
 """
 
 from __future__ import annotations
@@ -172,10 +172,10 @@ class OpenAICompatEditor(Editor):
     """Any server that implements ``POST /v1/chat/completions`` (OpenAI, vLLM, llama.cpp, TGI, ...).
 
     ``options`` are :class:`~unipo.io.chat_client.ChatClient`'s (``api_key_env``, ``concurrency``,
-    ``timeout``, ``max_retries``, ``backoff``, ...).
+    ``timeout``, ``max_retries``, ...); ``base_url`` None means ``OPENAI_BASE_URL``.
     """
 
-    def __init__(self, base_url: str, model: str, **options: Any) -> None:
+    def __init__(self, base_url: str | None, model: str, **options: Any) -> None:
         super().__init__()
         self.client = ChatClient(base_url, model, labels=EDITOR_LABELS, **options)
         self.name = model

@@ -79,6 +79,9 @@ def read_pairs(source: str | Path) -> Iterator[BridgePair]:
     name = str(source)
     for n, raw in load_rows(source):
         pair = normalize_row(raw, file=name, row_number=n)
+        if pair.more_rejected:
+            raise DataError(f"bridging rewrites one rejected response; this row has {len(pair.all_rejected)} (give "
+                            "one rejected response per row)", file=name, row=n, field="rejected")
         yield BridgePair(
             n, pair.prompt, _response_text(pair.chosen, file=name, row=n, field="chosen"),
             _response_text(pair.rejected, file=name, row=n, field="rejected"),

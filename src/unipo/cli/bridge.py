@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from unipo.bridge.config import (
     BRIDGE_OPTIONS,
@@ -49,11 +50,14 @@ def register(subparsers) -> None:
 def _build_editor(ed: EditorArguments, gen: GenerationArguments, net: ServerArguments):
     from unipo.bridge.editors import LocalEditor, OpenAICompatEditor
 
-    if bool(ed.editor) == bool(ed.editor_url):
-        raise UnipoError("give exactly one of --editor (local model) or --editor-url (server)")
-    if ed.editor_url:
+    server = ed.editor_url or (None if ed.editor else os.environ.get("OPENAI_BASE_URL"))
+    if bool(ed.editor) == bool(ed.editor_url) and not server:
+        raise UnipoError("give exactly one of --editor (local model) or --editor-url (server; default: "
+                         "OPENAI_BASE_URL)")
+    if server:
         if not ed.editor_model:
-            raise UnipoError("--editor-url needs --editor-model (the model name the server expects)")
+            raise UnipoError("a server editor (--editor-url or OPENAI_BASE_URL) needs --editor-model (the model "
+                             "name the server expects)")
         extra = None
         if net.extra_body:
             try:
@@ -63,9 +67,8 @@ def _build_editor(ed: EditorArguments, gen: GenerationArguments, net: ServerArgu
             if not isinstance(extra, dict):
                 raise UnipoError("--extra-body must be a JSON object")
         return OpenAICompatEditor(
-            ed.editor_url, ed.editor_model, api_key_env=ed.api_key_env, concurrency=net.concurrency,
-            timeout=net.timeout, max_retries=net.max_retries, backoff=net.backoff,
-            max_backoff=net.max_backoff, temperature=gen.temperature, extra_body=extra,
+            server, ed.editor_model, api_key_env=ed.api_key_env, concurrency=net.concurrency,
+            timeout=net.timeout, max_retries=net.max_retries, temperature=gen.temperature, extra_body=extra,
             max_consecutive_transport_failures=net.max_consecutive_failures,
         )
     return LocalEditor(ed.editor, batch_size=gen.batch_size, device=gen.device, dtype=gen.dtype,

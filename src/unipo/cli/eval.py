@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import yaml
@@ -22,8 +23,8 @@ def eval_kwargs(opts: EvalOptions, judge: JudgeOptions) -> dict[str, Any]:
     """The keywords of :func:`unipo.eval.evaluate.evaluate_run` (and ``compare``'s ``eval_kwargs``)."""
     kw: dict[str, Any] = {"limit": opts.limit, "n_prompts": opts.n_prompts, "n_samples": opts.n_samples,
                           "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "task": opts.task}
-    if judge.judge or judge.judge_url:
-        if judge.judge_url and not judge.judge_model:
+    if judge.judge or judge.judge_url or (judge.judge_model and os.environ.get("OPENAI_BASE_URL")):
+        if not judge.judge and not judge.judge_model:
             raise ConfigError("--judge-url needs --judge-model")
         kw["judge"] = {"judge": judge.judge, "judge_url": judge.judge_url, "judge_model": judge.judge_model,
                        "api_key_env": judge.api_key_env}

@@ -7,6 +7,11 @@ is processed once per pair instead of twice (TRL's layout is two rows ``[prompt 
 ``[prompt | rejected]``), and the first token of each response is predicted from the same last prompt
 position. ``share_prompt=False`` gives that plain two-sequence layout (used to test the fast path against).
 
+A pair with several rejected responses (listwise rows, :mod:`unipo.objective.listwise`) is ONE sequence
+``[prompt | chosen | rejected_1 | … | rejected_K]``: each rejected response has its own segment id
+(:func:`unipo.layout.rejected_segment`) and positions that restart at the end of the prompt, and sees only the
+prompt and itself, so the prompt is computed once for all K + 1 responses.
+
 Without packing every sequence is a row, padded to the longest. With ``packing=True`` several sequences
 share a row (first-fit decreasing into rows no longer than the longest sequence, :func:`pack_rows`): each
 keeps its own position ids, and ``documents`` (the sequence id of every position) makes the mask
@@ -23,7 +28,8 @@ from typing import Any
 
 import torch
 
-from unipo.layout import CHOSEN, PAD_SEGMENT, PROMPT, REJECTED, SEGMENT_OF, TOKEN_COLUMNS
+from unipo.errors import UnipoError
+from unipo.layout import CHOSEN, MAX_REJECTED, PAD_SEGMENT, PROMPT, SEGMENT_OF, TOKEN_COLUMNS, rejected_segment
 
 
 def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -36,40 +42,53 @@ def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: tor
 
 @dataclass
 class _Sequence:
-    """One contiguous run of tokens with its own positions; ``src[side] = (pair, local source positions)``."""
+    """One contiguous run of tokens with its own positions; ``src``: for each response in it, ``(side, row,
+    local source positions)``, ``row`` its row in that side's ``[B, T]`` (or ``[N, T]``) layout."""
 
     ids: list[int]
     segments: list[int]
     positions: list[int]
-    src: dict[str, tuple[int, list[int]]]
+    src: list[tuple[str, int, list[int]]]
+
+
+def rejected_responses(example: dict[str, Any]) -> list[list[int]]:
+    """A tokenized pair's rejected responses: ``rejected_ids`` then, for a listwise row, ``more_rejected_ids``."""
+    return [list(example["rejected_ids"]), *(list(r) for r in example.get("more_rejected_ids") or ())]
 
 
 def _sequences(examples: Sequence[dict[str, Any]], share_prompt: bool) -> list[_Sequence]:
-    """The sequences a batch is made of: one ``[prompt | chosen | rejected]`` per pair (shared prompt), or
-    ``[prompt | chosen]`` for every pair followed by ``[prompt | rejected]`` for every pair."""
-    seqs = []
+    """The sequences a batch is made of: one ``[prompt | chosen | rejected_1 | … | rejected_K]`` per pair (shared
+    prompt; every rejected response a branch over the prompt, with its own segment id and positions that
+    continue from the prompt), or ``[prompt | chosen]`` for every pair followed by ``[prompt | rejected_k]`` for
+    every rejected response. Rejected rows are numbered pair by pair (pair 0's K_0 responses first)."""
+    seqs, rejected, row = [], [], 0
     for i, ex in enumerate(examples):
-        p, c, r = list(ex["prompt_ids"]), list(ex["chosen_ids"]), list(ex["rejected_ids"])
+        p, c, rs = list(ex["prompt_ids"]), list(ex["chosen_ids"]), rejected_responses(ex)
+        rejected.append([(row + k, p, r) for k, r in enumerate(rs)])
+        row += len(rs)
         n_p = len(p)
-        if share_prompt:
-            seqs.append(_Sequence(
-                ids=p + c + r, segments=[PROMPT] * n_p + [CHOSEN] * len(c) + [REJECTED] * len(r),
-                positions=list(range(n_p + len(c))) + list(range(n_p, n_p + len(r))),
-                src={"chosen": (i, [n_p - 1 + j for j in range(len(c))]),
-                     "rejected": (i, [n_p - 1] + [n_p + len(c) + j - 1 for j in range(1, len(r))])}))
-        else:
+        if not share_prompt:
             seqs.append(_plain_sequence(i, p, c, "chosen"))
+            continue
+        seq = _Sequence(ids=p + c, segments=[PROMPT] * n_p + [CHOSEN] * len(c), positions=list(range(n_p + len(c))),
+                        src=[("chosen", i, [n_p - 1 + j for j in range(len(c))])])
+        for k, r in enumerate(rs):
+            start = len(seq.ids)
+            seq.src.append(("rejected", rejected[-1][k][0], [n_p - 1] + [start + j - 1 for j in range(1, len(r))]))
+            seq.ids += r
+            seq.segments += [rejected_segment(k)] * len(r)
+            seq.positions += list(range(n_p, n_p + len(r)))
+        seqs.append(seq)
     if not share_prompt:  # rejected sequences after all chosen ones
-        seqs += [_plain_sequence(i, list(ex["prompt_ids"]), list(ex["rejected_ids"]), "rejected")
-                 for i, ex in enumerate(examples)]
+        seqs += [_plain_sequence(j, p, r, "rejected") for group in rejected for j, p, r in group]
     return seqs
 
 
-def _plain_sequence(pair: int, prompt: list[int], response: list[int], side: str) -> _Sequence:
+def _plain_sequence(row: int, prompt: list[int], response: list[int], side: str) -> _Sequence:
     """``[prompt | response]``: response token j is predicted from position len(prompt) - 1 + j."""
     n_p, n_r = len(prompt), len(response)
     return _Sequence(ids=prompt + response, segments=[PROMPT] * n_p + [SEGMENT_OF[side]] * n_r,
-                     positions=list(range(n_p + n_r)), src={side: (pair, list(range(n_p - 1, n_p - 1 + n_r)))})
+                     positions=list(range(n_p + n_r)), src=[(side, row, list(range(n_p - 1, n_p - 1 + n_r)))])
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -94,10 +113,12 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_prompt: bool = True,
                   packing: bool = False, one_row: bool = False) -> dict[str, torch.Tensor]:
-    """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids`` and optional
-    per-token columns) into the layout described in the module docstring; ``packing`` puts several
-    sequences in one row (:func:`pack_rows`), ``one_row`` all of them in a single row with no padding at all
-    (for segment attention, :mod:`unipo.models.segment_attention`, whose cost does not grow with the row)."""
+    """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, for listwise rows
+    ``more_rejected_ids``, and optional per-token columns) into the layout described in the module docstring;
+    ``packing`` puts several sequences in one row (:func:`pack_rows`), ``one_row`` all of them in a single row
+    with no padding at all (for segment attention, :mod:`unipo.models.segment_attention`, whose cost does not
+    grow with the row). When some pair has several rejected responses, the rejected tensors have one row per
+    rejected response and ``rejected_pair`` names each row's pair (:class:`unipo.layout.PackedBatch`)."""
     seqs = _sequences(examples, share_prompt)
     lengths = [len(s.ids) for s in seqs]
     if one_row:
@@ -105,15 +126,16 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
     else:
         length = max(lengths)
         layout = pack_rows(lengths, length) if packing else [[j] for j in range(len(seqs))]
+    responses = {"chosen": [list(ex["chosen_ids"]) for ex in examples],
+                 "rejected": [r for ex in examples for r in rejected_responses(ex)]}
+    flat_src: dict[str, list[list[int]]] = {side: [[] for _ in labels] for side, labels in responses.items()}
     rows, segs, poss, docs = [], [], [], []
-    b = len(examples)
-    flat_src: dict[str, list[list[int]]] = {"chosen": [[] for _ in range(b)], "rejected": [[] for _ in range(b)]}
     for r, members in enumerate(layout):
         ids, seg, pos, doc = [], [], [], []
         for j in members:
             s = seqs[j]
-            for side, (pair, local) in s.src.items():
-                flat_src[side][pair] = [r * length + len(ids) + k for k in local]
+            for side, row, local in s.src:
+                flat_src[side][row] = [r * length + len(ids) + k for k in local]
             ids += s.ids
             seg += s.segments
             pos += s.positions
@@ -128,18 +150,36 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
         "segments": _pad2d(segs, length, PAD_SEGMENT, torch.int8),
         "documents": _pad2d(docs, length, -1, torch.int32),
     }
-    for side in ("chosen", "rejected"):
-        labels = [list(ex[f"{side}_ids"]) for ex in examples]
+    for side, labels in responses.items():
         t = max(len(x) for x in labels)
         batch[f"{side}_src"] = _pad2d(flat_src[side], t, 0, torch.long)
         batch[f"{side}_labels"] = _pad2d(labels, t, 0, torch.long)
         batch[f"{side}_mask"] = _pad2d([[1] * len(x) for x in labels], t, 0, torch.bool)
+    batch.update(_pair_columns(examples, batch))
+    return batch
+
+
+def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The optional columns: per-token data columns, pair weights, dataset indices, and ``rejected_pair``."""
+    out = {}
+    counts = [len(rejected_responses(ex)) for ex in examples]
+    listwise = any(k > 1 for k in counts)
+    if max(counts) > MAX_REJECTED:
+        raise UnipoError(f"a pair has {max(counts)} rejected responses; at most {MAX_REJECTED} are supported")
     for key in TOKEN_COLUMNS:
         if examples[0].get(key) is not None:
             side = "chosen" if "chosen" in key else "rejected"
-            batch[key] = _pad2d([ex[key] for ex in examples], batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
+            values = [ex[key] for ex in examples]
+            if listwise and side == "rejected":
+                if key != "ref_rejected_logps":
+                    raise UnipoError(f"the per-token column {key} is not supported for pairs with several rejected "
+                                     "responses (listwise rows work with sequence-level variants)")
+                values = [v for ex in examples for v in [ex[key], *(ex.get("ref_more_rejected_logps") or [])]]
+            out[key] = _pad2d(values, batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
+    if listwise:
+        out["rejected_pair"] = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     if examples[0].get("pair_weight") is not None:
-        batch["pair_weight"] = torch.tensor([float(ex["pair_weight"]) for ex in examples], dtype=torch.float32)
+        out["pair_weight"] = torch.tensor([float(ex["pair_weight"]) for ex in examples], dtype=torch.float32)
     if "index" in examples[0]:
-        batch["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
-    return batch
+        out["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
+    return out

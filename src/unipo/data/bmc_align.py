@@ -1,11 +1,22 @@
 """Token alignment for BMC: which tokens differ between the two responses of a pair.
 
 BMC (Jiang et al., ICLR 2025, "Bridging and Modeling Correlations in Pairwise Data for Direct Preference
-Optimization") up-weights the token log-ratios on the tokens where the (pseudo-)winning and the losing
-response differ: λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on those tokens, 1 elsewhere (see docs/variants.md).
-"Differ" comes from a minimal edit-distance (Levenshtein) alignment of the two token sequences: tokens that
-are substituted, inserted or deleted are marked 1, matched tokens 0. As in the authors' code, tokens whose
-text is an English stop-word are not marked; neither are tokens that are pure punctuation or whitespace.
+Optimization", arXiv 2408.07471) up-weights the token log-ratios on the tokens where the (pseudo-)winning
+and the losing response differ: λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on those tokens, 1 elsewhere (Eq. 4–6 of
+the ICLR 2025 version; see docs/variants.md). Which tokens "differ" is an alignment of the two token
+sequences, in one of two ways (``alignment``):
+
+- ``"levenshtein"`` (default; the paper's words): a minimal edit-distance alignment with unit costs, from
+  rapidfuzz's ``Levenshtein.opcodes`` on the token-id lists. Substituted, inserted and deleted tokens are
+  marked 1, matched tokens 0.
+- ``"difflib"`` (the released code, YJiangcm/BMC ``scripts/dpo_bmc_trainer.py``, ``find_modifications``):
+  ``difflib.SequenceMatcher(None, rejected, chosen)`` (autojunk on) over the whole prompt + response rows,
+  right-padded to a common length with the pad id, as that trainer builds them; ``replace`` / ``delete``
+  mark the rejected row, ``replace`` / ``insert`` the chosen row; the response part is kept.
+
+Then some marked tokens are unmarked (``exempt``): ``"stopwords"`` (default; the released code drops
+English stop-words, NLTK's list), ``"stopwords_punctuation"`` (also punctuation- and whitespace-only
+tokens: neither the paper nor the released code does this) or ``"none"``.
 
 The masks are computed once per pair at data preparation (``unipo.data.tokenize.prepare_pairs`` with
 ``bmc_masks=True``), not in the training loop.
@@ -13,6 +24,7 @@ The masks are computed once per pair at data preparation (``unipo.data.tokenize.
 
 from __future__ import annotations
 
+import difflib
 import string
 import unicodedata
 from collections.abc import Container, Sequence
@@ -21,8 +33,17 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
-__all__ = ["StopTokens", "diff_masks", "edit_alignment", "edit_distance", "is_stop_text", "load_stopwords"]
+from unipo.errors import ConfigError
+
+__all__ = ["ALIGNMENTS", "EXEMPTIONS", "StopTokens", "diff_masks", "difflib_alignment", "edit_alignment",
+           "edit_distance", "is_stop_text", "load_stopwords"]
+
+#: ways to align the two responses (see the module docstring)
+ALIGNMENTS = ("levenshtein", "difflib")
+#: which differing tokens are not marked
+EXEMPTIONS = ("stopwords", "stopwords_punctuation", "none")
 
 
 @lru_cache(maxsize=1)
@@ -32,31 +53,33 @@ def load_stopwords() -> frozenset[str]:
     return frozenset(w.strip().lower() for w in text.splitlines() if w.strip() and not w.startswith("#"))
 
 
-def is_stop_text(text: str) -> bool:
-    """Whether a token's decoded ``text`` is not worth marking: a stop-word, punctuation or whitespace.
+def _is_punctuation(t: str) -> bool:
+    return all(ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P") for ch in t)
 
-    The text is stripped and lower-cased first; curly apostrophes count as straight ones ("don’t");
-    empty text counts as whitespace. (A byte-level BPE token holding part of a UTF-8 character decodes
-    to "\\ufffd", which is neither, so it can be marked.)
+
+def is_stop_text(text: str, *, punctuation: bool = False) -> bool:
+    """Whether a token's decoded ``text`` is exempt from the diff mask: an English stop-word, or (with
+    ``punctuation``) punctuation / whitespace only, empty text included.
+
+    The text is stripped and lower-cased first; curly apostrophes count as straight ones ("don’t").
+    (A byte-level BPE token holding part of a UTF-8 character decodes to "\\ufffd", which is neither.)
     """
     t = text.strip().lower().replace("\u2019", "'")
-    if not t:
+    if t and t in load_stopwords():
         return True
-    if t in load_stopwords():
-        return True
-    return all(ch.isspace() or ch in string.punctuation or unicodedata.category(ch).startswith("P")
-               for ch in t)
+    return punctuation and _is_punctuation(t)
 
 
 class StopTokens(Container[int]):
-    """A lazily filled set of the token ids of ``tokenizer`` whose text is a stop-word or punctuation.
+    """A lazily filled set of the token ids of ``tokenizer`` that :func:`is_stop_text` exempts.
 
     Behaves like ``set[int]`` for ``in``: each id is decoded once, the first time it is asked about,
     so nothing is paid for the (large) part of the vocabulary that never appears in a difference.
+    ``punctuation``: also punctuation- and whitespace-only tokens.
     """
 
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, *, punctuation: bool = False):
+        self.tokenizer, self.punctuation = tokenizer, punctuation
         self._cache: dict[int, bool] = {}
 
     def __contains__(self, token_id: object) -> bool:
@@ -65,108 +88,84 @@ class StopTokens(Container[int]):
         tid = int(token_id)
         hit = self._cache.get(tid)
         if hit is None:
-            hit = self._cache[tid] = is_stop_text(self.tokenizer.decode([tid]))
+            hit = self._cache[tid] = is_stop_text(self.tokenizer.decode([tid]), punctuation=self.punctuation)
         return hit
 
 
-def _common_affix(a: Sequence, b: Sequence) -> tuple[int, int, int]:
-    """``(lo, hi_a, hi_b)`` with ``a[:lo] == b[:lo]`` the common prefix and ``a[hi_a:] == b[hi_b:]`` the
-    common suffix of what remains (``lo <= hi_a``, ``lo <= hi_b``). Matching them first never changes the
-    edit distance, and the edits compared here are meant to be small."""
-    lo = 0
-    while lo < len(a) and lo < len(b) and a[lo] == b[lo]:
-        lo += 1
-    hi_a, hi_b = len(a), len(b)
-    while hi_a > lo and hi_b > lo and a[hi_a - 1] == b[hi_b - 1]:
-        hi_a -= 1
-        hi_b -= 1
-    return lo, hi_a, hi_b
+def _ints(seq: Sequence) -> list[int]:
+    return [int(t) for t in seq]
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
     """Levenshtein distance between two token sequences: insertions, deletions and substitutions cost 1.
 
-    Tokens are any values compared with ``==`` (token ids, or words for a whitespace split). Used by
-    ``unipo bridge`` to measure how far the editor moved y_l; the alignment itself is
-    :func:`edit_alignment`.
+    Tokens are any hashable values compared by their hash (token ids, or words for a whitespace split);
+    rapidfuzz's ``Levenshtein.distance``. Used by ``unipo bridge`` to measure how far the editor moved y_l.
     """
-    lo, hi_a, hi_b = _common_affix(a, b)
-    a, b = a[lo:hi_a], b[lo:hi_b]
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    prev = list(range(len(b) + 1))
-    for i, x in enumerate(a, start=1):
-        cur = [i] + [0] * len(b)
-        for j, y in enumerate(b, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y))
-        prev = cur
-    return prev[-1]
+    return int(Levenshtein.distance(list(a), list(b)))
+
+
+def _flags_from_opcodes(opcodes: Any, n_a: int, n_b: int) -> tuple[list[int], list[int]]:
+    """Per-token flags from difflib-style opcodes ``(tag, i1, i2, j1, j2)``: 1 where not ``equal``."""
+    fa, fb = [0] * n_a, [0] * n_b
+    for tag, i1, i2, j1, j2 in opcodes:
+        if tag != "equal":
+            fa[i1:i2] = [1] * (i2 - i1)
+            fb[j1:j2] = [1] * (j2 - j1)
+    return fa, fb
 
 
 def edit_alignment(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[int]]:
     """Minimal Levenshtein alignment of ``a`` and ``b``: per-token flags, 1 where not matched.
 
-    Unit costs for substitution, insertion and deletion. Returns ``(flags_a, flags_b)``: 1 on the tokens
-    of ``a`` that are substituted or deleted and on the tokens of ``b`` that are substituted or inserted.
-    Ties between optimal alignments are broken towards matches, then substitutions, when tracing back
-    from the end. The common prefix and suffix are matched first (this never changes the distance); the
-    rest is an O(n·m) dynamic programme vectorised row by row with numpy (the in-row recurrence
-    D[i, j] = min(t_j, D[i, j-1] + 1) is solved with a cumulative minimum of t_j - j).
+    Unit costs for substitution, insertion and deletion (rapidfuzz ``Levenshtein.opcodes``; token ids are
+    compared by value, Python or numpy integers alike). Returns
+    ``(flags_a, flags_b)``: 1 on the tokens of ``a`` that are substituted or deleted and on the tokens of
+    ``b`` that are substituted or inserted. Where several alignments have the minimal cost, rapidfuzz picks
+    one (docs/bridge.md compares it with a DP that breaks ties towards matches).
     """
-    a_arr = np.asarray(list(a), dtype=np.int64)
-    b_arr = np.asarray(list(b), dtype=np.int64)
-    fa = [0] * len(a_arr)
-    fb = [0] * len(b_arr)
-    lo, hi_a, hi_b = _common_affix(a_arr, b_arr)
-    x, y = a_arr[lo:hi_a], b_arr[lo:hi_b]
-    n, m = len(x), len(y)
-    if n == 0 or m == 0:
-        for i in range(lo, hi_a):
-            fa[i] = 1
-        for j in range(lo, hi_b):
-            fb[j] = 1
-        return fa, fb
+    return _flags_from_opcodes(Levenshtein.opcodes(a, b).as_list(), len(a), len(b))
 
-    cols = np.arange(m + 1, dtype=np.int32)
-    dist = np.empty((n + 1, m + 1), dtype=np.int32)
-    dist[0] = cols
-    tmp = np.empty(m + 1, dtype=np.int32)
-    for i in range(1, n + 1):
-        prev = dist[i - 1]
-        tmp[0] = i
-        np.minimum(prev[1:] + 1, prev[:-1] + (y != x[i - 1]), out=tmp[1:])
-        dist[i] = np.minimum.accumulate(tmp - cols) + cols
 
-    i, j = n, m
-    while i > 0 or j > 0:
-        d = dist[i, j]
-        if i > 0 and j > 0 and x[i - 1] == y[j - 1] and d == dist[i - 1, j - 1]:
-            i, j = i - 1, j - 1
-        elif i > 0 and j > 0 and d == dist[i - 1, j - 1] + 1:
-            fa[lo + i - 1] = 1
-            fb[lo + j - 1] = 1
-            i, j = i - 1, j - 1
-        elif i > 0 and d == dist[i - 1, j] + 1:
-            fa[lo + i - 1] = 1
-            i -= 1
-        else:
-            fb[lo + j - 1] = 1
-            j -= 1
-    return fa, fb
+def difflib_alignment(rejected: Sequence[int], chosen: Sequence[int], *, prompt: Sequence[int] = (),
+                      pad_id: int = -1) -> tuple[list[int], list[int]]:
+    """The released BMC code's alignment: ``(flags_rejected, flags_chosen)`` over the two responses.
+
+    As YJiangcm/BMC ``scripts/dpo_bmc_trainer.py`` (``find_modifications`` on ``concatenated_input_ids``):
+    the rows are ``prompt + response``, right-padded with ``pad_id`` to the longer one's length, and
+    aligned by ``difflib.SequenceMatcher(None, rejected_row, chosen_row)`` with autojunk on (so the rejected
+    row is ``a`` and the chosen row ``b``, whose frequent tokens count as junk when it has ≥ 200 tokens).
+    ``replace`` / ``delete`` mark the rejected row, ``replace`` / ``insert`` the chosen row. The released
+    trainer pads to the longest row of the whole batch; here each pair is its own batch.
+    """
+    p = _ints(prompt)
+    rows = [p + _ints(rejected), p + _ints(chosen)]
+    width = max(len(r) for r in rows)
+    rows = [r + [int(pad_id)] * (width - len(r)) for r in rows]
+    matcher = difflib.SequenceMatcher(None, rows[0], rows[1])
+    fr, fc = _flags_from_opcodes(matcher.get_opcodes(), width, width)
+    return fr[len(p):len(p) + len(rejected)], fc[len(p):len(p) + len(chosen)]
 
 
 def diff_masks(chosen_ids: Sequence[int], rejected_ids: Sequence[int], tokenizer: Any = None,
-               stopword_ids: Container[int] | None = None) -> tuple[list[int], list[int]]:
-    """BMC difference masks of a pair: 1 on the tokens that differ from the other response, else 0.
+               stopword_ids: Container[int] | None = None, *, alignment: str = "levenshtein",
+               prompt_ids: Sequence[int] = (), pad_id: int = -1) -> tuple[list[int], list[int]]:
+    """BMC difference masks of a pair ``(chosen_mask, rejected_mask)``: 1 on the tokens that differ from
+    the other response, else 0.
 
-    ``chosen_ids`` / ``rejected_ids`` are the response token ids. Tokens are aligned with
-    :func:`edit_alignment`; then tokens in ``stopword_ids`` are set to 0. If ``stopword_ids`` is None and
-    a ``tokenizer`` is given, the stop tokens are found by decoding (see :class:`StopTokens`); with
-    neither, no token is exempted. Pass one :class:`StopTokens` for many pairs to reuse its cache.
+    ``chosen_ids`` / ``rejected_ids`` are the response token ids. ``alignment``: ``"levenshtein"``
+    (:func:`edit_alignment`, the paper's) or ``"difflib"`` (:func:`difflib_alignment`, the released code's;
+    it also reads ``prompt_ids`` and ``pad_id``). Then tokens in ``stopword_ids`` are set to 0. If
+    ``stopword_ids`` is None and a ``tokenizer`` is given, the stop-words are found by decoding (see
+    :class:`StopTokens`); with neither, no token is exempted. Pass one :class:`StopTokens` for many pairs
+    to reuse its cache.
     """
-    ma, mb = edit_alignment(chosen_ids, rejected_ids)
+    if alignment == "levenshtein":
+        ma, mb = edit_alignment(chosen_ids, rejected_ids)
+    elif alignment == "difflib":
+        mb, ma = difflib_alignment(rejected_ids, chosen_ids, prompt=prompt_ids, pad_id=pad_id)
+    else:
+        raise ConfigError(f"bmc_alignment must be one of {', '.join(ALIGNMENTS)}, not {alignment!r}")
     stops = stopword_ids if stopword_ids is not None else (StopTokens(tokenizer) if tokenizer else None)
     if stops is not None:
         ma = [0 if f and int(t) in stops else f for f, t in zip(ma, chosen_ids, strict=True)]

@@ -88,10 +88,20 @@ class PreferencePair:
     rejected: list[Message] | str
     conversational: bool
     extras: dict = field(default_factory=dict)
+    #: a listwise row's further rejected responses (its 'rejected' was a list of K > 1): ``rejected`` is the
+    #: first, these the others, in the row's order
+    more_rejected: list = field(default_factory=list)
+
+    @property
+    def all_rejected(self) -> list:
+        """Every rejected response: ``[rejected, *more_rejected]``."""
+        return [self.rejected, *self.more_rejected]
 
     def to_row(self) -> dict:
-        """The pair as an explicit-prompt row (``prompt``, ``chosen``, ``rejected`` and the extras)."""
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected, **self.extras}
+        """The pair as an explicit-prompt row (``prompt``, ``chosen``, ``rejected`` — a list for a listwise
+        row — and the extras)."""
+        rejected = self.all_rejected if self.more_rejected else self.rejected
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": rejected, **self.extras}
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -425,13 +435,56 @@ def _text_common_prefix(a: str, b: str) -> int:
     return n
 
 
+def _rejected_list(value: Any, prompt: Any, file: str, row: int) -> list[tuple[str, Any]]:
+    """``[(field name, response), ...]``: the row's rejected responses. A list whose items are text or lists
+    (not one conversation's message objects) is a listwise row's K rejected responses."""
+    if not isinstance(value, list) or (value and all(isinstance(x, dict) for x in value)):
+        return [("rejected", value)]
+    if not value:
+        raise DataError("the list of rejected responses is empty: give at least one", file=file, row=row,
+                        field="rejected")
+    for k, item in enumerate(value):
+        if not isinstance(item, str | list):
+            raise DataError(f"rejected response {k} is a {type(item).__name__}; with several rejected responses "
+                            "each one is text or a list of messages", file=file, row=row, field=f"rejected[{k}]")
+    if prompt is None and len(value) > 1:
+        raise DataError("several rejected responses need an explicit 'prompt' column (the prompt cannot be "
+                        "inferred from a common prefix)", file=file, row=row, field="prompt")
+    return [(f"rejected[{k}]", item) for k, item in enumerate(value)]
+
+
+def _explicit_prompt(prompt: Any, chosen: Any, rejecteds: list[tuple[str, Any]], extras: dict, f: str,
+                     r: int) -> PreferencePair:
+    """A row with a ``prompt`` column: all text, or messages (responses as messages or plain text)."""
+    if isinstance(prompt, str):
+        for name, val in (("chosen", chosen), *rejecteds):
+            if not isinstance(val, str):
+                raise DataError(f"the prompt is text but this field is a {type(val).__name__}; use text "
+                                "for all three fields, or messages for all three", file=f, row=r, field=name)
+            if not val.strip():
+                raise DataError("empty response", file=f, row=r, field=name)
+        rest = [val for _, val in rejecteds]
+        return PreferencePair(prompt, chosen, rest[0], False, extras, rest[1:])
+    if isinstance(prompt, dict):
+        prompt = [prompt]
+    msgs = _check_messages(prompt, "prompt", f, r)
+    responses = []
+    for name, val in (("chosen", chosen), *rejecteds):
+        resp = _as_response_messages(val, name, f, r)
+        _check_response_messages(resp, name, f, r)
+        responses.append(resp)
+    return PreferencePair(msgs, responses[0], responses[1], True, extras, responses[2:])
+
+
 def normalize_row(row: dict, *, file: str, row_number: int) -> PreferencePair:
     """Turn one raw row into a :class:`PreferencePair`, or raise :class:`~unipo.errors.DataError`.
 
     Handles explicit prompts, implicit prompts (longest common prefix / common leading messages),
     conversational rows and the HH-RLHF raw format (see the module docstring). Errors name ``file``,
     ``row_number`` and the field: a missing field, a wrong type, a malformed message, or an empty response.
-    Identical chosen and rejected responses are accepted when the prompt is explicit.
+    Identical chosen and rejected responses are accepted when the prompt is explicit. With an explicit
+    prompt, ``rejected`` may be a list of K responses (text, or lists of messages): one chosen against
+    several rejected (listwise rows, :attr:`PreferencePair.more_rejected`).
     """
     f, r = file, row_number
     if not isinstance(row, dict):
@@ -442,27 +495,12 @@ def normalize_row(row: dict, *, file: str, row_number: int) -> PreferencePair:
             raise DataError(f"missing field (the row's columns: {cols}); a preference row needs 'chosen' "
                             "and 'rejected', and optionally 'prompt'", file=f, row=r, field=name)
     extras = {k: v for k, v in row.items() if k not in _CORE_FIELDS}
-    chosen, rejected = row["chosen"], row["rejected"]
-    prompt = row.get("prompt")
+    chosen, prompt = row["chosen"], row.get("prompt")
+    rejecteds = _rejected_list(row["rejected"], prompt, f, r)
 
     if prompt is not None:
-        if isinstance(prompt, str):
-            for name, val in (("chosen", chosen), ("rejected", rejected)):
-                if not isinstance(val, str):
-                    raise DataError(f"the prompt is text but this field is a {type(val).__name__}; use text "
-                                    "for all three fields, or messages for all three", file=f, row=r,
-                                    field=name)
-                if not val.strip():
-                    raise DataError("empty response", file=f, row=r, field=name)
-            return PreferencePair(prompt, chosen, rejected, False, extras)
-        if isinstance(prompt, dict):
-            prompt = [prompt]
-        msgs = _check_messages(prompt, "prompt", f, r)
-        c = _as_response_messages(chosen, "chosen", f, r)
-        j = _as_response_messages(rejected, "rejected", f, r)
-        _check_response_messages(c, "chosen", f, r)
-        _check_response_messages(j, "rejected", f, r)
-        return PreferencePair(msgs, c, j, True, extras)
+        return _explicit_prompt(prompt, chosen, rejecteds, extras, f, r)
+    rejected = rejecteds[0][1]
 
     # Implicit prompt.
     if isinstance(chosen, str) and isinstance(rejected, str):

@@ -24,9 +24,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from unipo.data.bmc_align import StopTokens, diff_masks
+from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row
 from unipo.errors import ConfigError, DataError
+from unipo.layout import MAX_REJECTED
 
 __all__ = [
     "DROP_REASONS",
@@ -36,6 +37,7 @@ __all__ = [
     "TokenizerFacts",
     "prepare_pairs",
     "tokenize_pair",
+    "tokenize_responses",
     "tokenizer_fingerprint",
 ]
 
@@ -70,6 +72,7 @@ class TokenizedPair:
     chosen_diff_mask: list[int] | None = None
     rejected_diff_mask: list[int] | None = None
     pair_weight: float | None = None  # multiplies the pair's loss (PrepOptions.pair_weight_column)
+    more_rejected_ids: list[list[int]] | None = None  # a listwise row's 2nd … K-th rejected responses
 
     def to_dict(self) -> dict:
         """The pair as a dict (the collator's input: ``prompt_ids``, ``chosen_ids``, ... and ``row``)."""
@@ -88,6 +91,9 @@ class PrepSummary:
     truncated_response: int = 0
     conversational: int = 0
     text: int = 0
+    #: rows with several rejected responses (listwise), and their rejected responses in all
+    listwise: int = 0
+    listwise_rejected: int = 0
     max_length: int = 0
     max_prompt_length: int | None = None
     truncation_mode: str = "keep_end"
@@ -129,6 +135,8 @@ class PrepSummary:
             f"data: {self.source}",
             f"  rows read:  {self.rows_read}",
             f"  pairs kept: {self.pairs_kept}" + (f" ({', '.join(kinds)})" if kinds else ""),
+            *([f"  listwise:   {self.listwise} rows with several rejected responses ({self.listwise_rejected} "
+               f"rejected responses in them)"] if self.listwise else []),
             f"  truncated:  {self.truncated_prompt} prompts ({prompt_rule}), {self.truncated_response} "
             f"pairs' responses (to fit max_length {self.max_length})",
             f"  dropped:    {self.rows_dropped}",
@@ -239,7 +247,7 @@ def _strip_after_end_of_turn(ids: list[int], tok: _Tok) -> list[int]:
     return ids
 
 
-def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) -> tuple[list, list, list]:
+def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) -> tuple[list, list[list]]:
     if not tok.has_template:
         raise TemplateError("this row is conversational (lists of messages) but the tokenizer has no chat "
                         "template: use a tokenizer with a chat template (e.g. an instruct model's), or give "
@@ -249,7 +257,7 @@ def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) ->
     prompt_text = _render(tok, pair.prompt, True, file, row, "prompt")
     prompt_ids = _ids(tok.tokenizer, prompt_text)
     responses = []
-    for name, msgs in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+    for name, msgs in _named_responses(pair):
         assert isinstance(msgs, list)
         full_text = _render(tok, pair.prompt + msgs, False, file, row, name)
         if not full_text.startswith(prompt_text):
@@ -268,10 +276,17 @@ def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) ->
         if resp and resp[-1] not in tok.specials and tok.eos is not None:
             resp.append(tok.eos)  # a template without an end-of-turn token: end with EOS
         responses.append(resp)
-    return prompt_ids, responses[0], responses[1]
+    return prompt_ids, responses
 
 
-def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list, list]:
+def _named_responses(pair: PreferencePair) -> list[tuple[str, Any]]:
+    """``(field, response)`` for the chosen and every rejected response of ``pair``."""
+    rejected = [("rejected", pair.rejected)] if not pair.more_rejected else \
+        [(f"rejected[{k}]", r) for k, r in enumerate(pair.all_rejected)]
+    return [("chosen", pair.chosen), *rejected]
+
+
+def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list[list]]:
     assert isinstance(pair.prompt, str)
     plain = _ids(tok.tokenizer, pair.prompt) if pair.prompt else []
     prompt_ids = ([tok.bos] if tok.adds_bos else []) + plain
@@ -281,7 +296,7 @@ def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list, list]:
         start = tok.bos if tok.bos is not None else tok.eos
         prompt_ids = [start] if start is not None else []
     responses = []
-    for resp_text in (pair.chosen, pair.rejected):
+    for _, resp_text in _named_responses(pair):
         assert isinstance(resp_text, str)
         full = _ids(tok.tokenizer, pair.prompt + resp_text)
         if full[:len(plain)] == plain:
@@ -291,7 +306,17 @@ def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list, list]:
         if tok.eos is not None and (not resp or resp[-1] != tok.eos):
             resp.append(tok.eos)
         responses.append(resp)
-    return prompt_ids, responses[0], responses[1]
+    return prompt_ids, responses
+
+
+def tokenize_responses(pair: PreferencePair, tokenizer: Any, *, file: str = "<rows>",
+                       row: int = 0) -> tuple[list[int], list[list[int]]]:
+    """``(prompt_ids, [chosen_ids, rejected_ids, *more_rejected_ids])`` of one normalised pair (a listwise row
+    has several rejected responses), before any truncation; see :func:`tokenize_pair`."""
+    tok = tokenizer if isinstance(tokenizer, _Tok) else _Tok(tokenizer)
+    if pair.conversational:
+        return _conversational_ids(pair, tok, file, row)
+    return _text_ids(pair, tok)
 
 
 def tokenize_pair(pair: PreferencePair, tokenizer: Any, *, file: str = "<rows>",
@@ -300,10 +325,8 @@ def tokenize_pair(pair: PreferencePair, tokenizer: Any, *, file: str = "<rows>",
 
     See the module docstring for the conventions; ``file`` / ``row`` only label errors.
     """
-    tok = tokenizer if isinstance(tokenizer, _Tok) else _Tok(tokenizer)
-    if pair.conversational:
-        return _conversational_ids(pair, tok, file, row)
-    return _text_ids(pair, tok)
+    prompt_ids, responses = tokenize_responses(pair, tokenizer, file=file, row=row)
+    return prompt_ids, responses[0], responses[1]
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -371,7 +394,9 @@ class PrepOptions:
       they are truncated alongside. A ``tokenizer`` column, if present, must equal
       :func:`tokenizer_fingerprint` of the tokenizer.
     - ``bmc_masks``: compute the BMC difference masks (:func:`unipo.data.bmc_align.diff_masks`) on the
-      full responses, then truncate them alongside.
+      full responses, then truncate them alongside; ``bmc_alignment`` (``levenshtein``: the paper's,
+      ``difflib``: the released code's) and ``bmc_exempt`` (``stopwords``, ``stopwords_punctuation`` or
+      ``none``) say how (docs/bridge.md).
     - ``pair_weight_column``: a numeric column whose value (finite, ≥ 0) multiplies the pair's loss; a row
       without it, or with another value, is invalid (``on_invalid`` applies).
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
@@ -381,6 +406,8 @@ class PrepOptions:
     max_prompt_length: int | None = 256
     truncation_mode: str = "keep_end"
     bmc_masks: bool = False
+    bmc_alignment: str = "levenshtein"
+    bmc_exempt: str = "stopwords"
     weights_columns: tuple[str, str] | None = None
     limit: int | None = None
     on_too_long: str = "truncate"
@@ -390,7 +417,8 @@ class PrepOptions:
 
     def validate(self) -> None:
         for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
-                             ("on_invalid", _ON_INVALID)):
+                             ("on_invalid", _ON_INVALID), ("bmc_alignment", ALIGNMENTS),
+                             ("bmc_exempt", EXEMPTIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.max_length < 2:
@@ -435,14 +463,24 @@ class _PairReader:
 
     def __init__(self, tokenizer: Any, opts: PrepOptions, summary: PrepSummary):
         self.tokenizer, self.tok, self.opts, self.summary = tokenizer, _Tok(tokenizer), opts, summary
-        self.stops = StopTokens(tokenizer) if opts.bmc_masks else None
+        self.stops = (StopTokens(tokenizer, punctuation=opts.bmc_exempt == "stopwords_punctuation")
+                      if opts.bmc_exempt != "none" else frozenset())
+        pad = getattr(tokenizer, "pad_token_id", None)
+        self.pad_id = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.fingerprint: str | None = None
 
     def read(self, rec: SourceRow) -> TokenizedPair | None:
         file, rown, summary = rec.file, rec.row, self.summary
         try:
             pair = normalize_row(rec.data, file=file, row_number=rown)
-            prompt_ids, chosen_ids, rejected_ids = tokenize_pair(pair, self.tok, file=file, row=rown)
+            if pair.more_rejected and (self.opts.weights_columns or self.opts.bmc_masks):
+                raise DataError("per-token weights and BMC masks are for one rejected response; this row has "
+                                f"{len(pair.all_rejected)} (listwise rows work with sequence-level variants)",
+                                file=file, row=rown, field="rejected")
+            if len(pair.all_rejected) > MAX_REJECTED:
+                raise DataError(f"{len(pair.all_rejected)} rejected responses; at most {MAX_REJECTED} are "
+                                "supported", file=file, row=rown, field="rejected")
+            prompt_ids, responses = tokenize_responses(pair, self.tok, file=file, row=rown)
             pair_weight = self._pair_weight(pair, file, rown)
         except TemplateError:
             raise
@@ -455,14 +493,17 @@ class _PairReader:
             return None
         summary.conversational += pair.conversational
         summary.text += not pair.conversational
-        weights = self._weights(pair, chosen_ids, rejected_ids, file, rown)
+        weights = self._weights(pair, responses[0], responses[1], file, rown)
         summary.prompt_tokens_total += len(prompt_ids)
-        summary.response_tokens_total += len(chosen_ids) + len(rejected_ids)
+        summary.response_tokens_total += len(responses[0]) + len(responses[1])
         summary.prompt_tokens_max = max(summary.prompt_tokens_max, len(prompt_ids))
-        summary.response_tokens_max = max(summary.response_tokens_max, len(chosen_ids), len(rejected_ids))
-        out = self._truncated(prompt_ids, chosen_ids, rejected_ids, weights, file, rown)
+        summary.response_tokens_max = max(summary.response_tokens_max, *map(len, responses))
+        out = self._truncated(prompt_ids, responses, weights, file, rown)
         if out is not None:
             out.pair_weight = pair_weight
+            if len(responses) > 2:
+                summary.listwise += 1
+                summary.listwise_rejected += len(responses) - 1
         return out
 
     def _pair_weight(self, pair: PreferencePair, file: str, rown: int) -> float | None:
@@ -492,14 +533,15 @@ class _PairReader:
         return [_read_weights(pair.extras.get(col), col, len(ids), file, rown)
                 for col, ids in zip(columns, (chosen_ids, rejected_ids), strict=True)]
 
-    def _truncated(self, prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int],
-                   weights: list[list[float] | None], file: str, rown: int) -> TokenizedPair | None:
+    def _truncated(self, prompt_ids: list[int], responses: list[list[int]], weights: list[list[float] | None],
+                   file: str, rown: int) -> TokenizedPair | None:
+        """``responses``: the chosen, then every rejected response; each keeps its start to fit max_length."""
         opts, summary = self.opts, self.summary
         prompt_cut = opts.max_prompt_length is not None and len(prompt_ids) > opts.max_prompt_length
         if prompt_cut:
             prompt_ids = _truncate(prompt_ids, opts.max_prompt_length, opts.truncation_mode)  # type: ignore[arg-type]
         room = opts.max_length - len(prompt_ids)
-        response_cut = len(chosen_ids) > room or len(rejected_ids) > room
+        response_cut = any(len(ids) > room for ids in responses)
         if opts.on_too_long == "drop" and (prompt_cut or response_cut):
             summary._drop("too_long", rown)
             return None
@@ -510,15 +552,19 @@ class _PairReader:
                                 f"within max_length={opts.max_length}", file=file, row=rown, field="prompt")
             summary._drop("prompt_too_long", rown)
             return None
-        if not chosen_ids[:room] or not rejected_ids[:room]:
+        if not all(ids[:room] for ids in responses):
             summary._drop("empty_response", rown)
             return None
+        chosen_ids, rejected_ids = responses[0], responses[1]
         masks: list[list[int] | None] = [None, None]
         if opts.bmc_masks:  # aligned on the full responses, so a cut at the end does not look like an edit
-            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=self.stops)
+            masks[0], masks[1] = diff_masks(chosen_ids, rejected_ids, stopword_ids=self.stops,
+                                            alignment=opts.bmc_alignment, prompt_ids=prompt_ids,
+                                            pad_id=-1 if self.pad_id is None else self.pad_id)
         weights = [w[:room] if w is not None else None for w in weights]
         masks = [m[:room] if m is not None else None for m in masks]
         summary.truncated_prompt += prompt_cut
         summary.truncated_response += response_cut
+        more = [ids[:room] for ids in responses[2:]] or None
         return TokenizedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], rown, weights[0], weights[1],
-                             masks[0], masks[1])
+                             masks[0], masks[1], more_rejected_ids=more)

@@ -73,7 +73,9 @@ class JudgeOptions:
     judge: str | None = field(default=None, metadata={
         "help": "local reward model (a sequence-classification checkpoint)"})
     judge_url: str | None = field(default=None, metadata={
-        "help": "base URL of an OpenAI-compatible judge endpoint, e.g. http://host:8000/v1"})
+        "help": "base URL of an OpenAI-compatible judge endpoint, e.g. http://host:8000/v1 (default: "
+                "OPENAI_BASE_URL, when --judge-model is given)"})
     judge_model: str | None = field(default=None, metadata={"help": "model name at --judge-url"})
     api_key_env: str | None = field(default=None, metadata={
-        "help": "environment variable holding the judge endpoint's API key", "metavar": "VAR"})
+        "help": "environment variable holding the judge endpoint's API key (default OPENAI_API_KEY if set)",
+        "metavar": "VAR"})

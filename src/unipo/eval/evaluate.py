@@ -59,7 +59,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
     # the plain DPO objective scores the variants whose inputs evaluation cannot supply (a token signal that
     # exists only during training): found on the first batch, then used for every batch (one pass each)
     scorer: Objective | None = objective
-    plain = Objective("dpo")
+    plain = Objective("listwise_dpo")  # plain DPO on pairs; it also scores pairs with several rejected responses
     for start in tqdm(range(0, len(pairs), batch_size), desc="scoring held-out pairs", leave=False, disable=None):
         batch = PackedBatch.from_dict(collate(pairs[start:start + batch_size])).to(device)
         out = None
@@ -185,7 +185,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
               max_prompt_length: int | None) -> dict[str, Any]:
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
-    from unipo.training.train import log, plan_training, prepare_data
+    from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
 
     cfg_dict = run_config(run_dir)
     objective = Objective(cfg_dict["objective"])
@@ -197,6 +197,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     tokenizer = load_tokenizer(str(run_dir))
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
                                   diff_masks=plan.diff_masks)
+    check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
         f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")

@@ -4,7 +4,8 @@ Both models answer each prompt greedily; a judge decides which answer is better:
 
 - a local reward model (a sequence-classification checkpoint with one output, as trained by TRL's
   RewardTrainer): the higher score wins, equal scores count half;
-- any OpenAI-compatible chat-completions endpoint (through :class:`unipo.io.chat_client.ChatClient`): asked
+- any OpenAI-compatible chat-completions endpoint (through :class:`unipo.io.chat_client.ChatClient`, on the
+  openai SDK; ``judge_url`` defaults to ``OPENAI_BASE_URL``, the key to ``OPENAI_API_KEY``): asked
   which of two answers, shown in an order that alternates between prompts to cancel position bias, is
   better; an unparseable verdict counts half and is reported.
 

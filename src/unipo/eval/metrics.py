@@ -15,8 +15,8 @@ Sources for each metric are cited in its docstring.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Hashable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -201,54 +201,46 @@ def distinct_n(samples: Sequence[str | Sequence[Hashable]], n: int) -> float:
     return len(unique) / total if total else 0.0
 
 
+@lru_cache(maxsize=8)
+def _bleu(max_n: int, epsilon: float) -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU(tokenize="none", smooth_method="floor", smooth_value=epsilon, effective_order=True,
+                max_ngram_order=max_n)
+
+
+def _joined(tokens: Sequence[Hashable]) -> str:
+    return " ".join(str(t) for t in tokens)
+
+
 def sentence_bleu(
     hypothesis: str | Sequence[Hashable], references: Sequence[str | Sequence[Hashable]],
     max_n: int = 4, epsilon: float = 0.1,
 ) -> float:
-    """Sentence-level BLEU with uniform weights, brevity penalty and smoothing method 1.
+    """Sentence-level BLEU in [0, 1]: sacrebleu's ``BLEU.sentence_score`` on whitespace tokens.
 
-    BLEU (Papineni et al. 2002, ACL): BP · exp(Σ_{n=1..N} (1/N) log p_n), with p_n the modified
-    (clipped) n-gram precision: each hypothesis n-gram count is clipped to its maximum count in any
-    single reference, divided by the number of hypothesis n-grams (at least 1). Brevity penalty
-    BP = 1 if c > r else exp(1 − r/c), with c the hypothesis length and r the reference length closest
-    to c (the shorter on a tie), as NLTK's ``sentence_bleu`` does.
-
-    Smoothing method 1 of Chen & Cherry 2014 ("A Systematic Comparison of Smoothing Techniques for
-    Sentence-Level BLEU", WMT): a precision with zero matches gets ε (default 0.1) added to its
-    numerator, p_n = ε / (number of hypothesis n-grams). As in NLTK, a hypothesis with no matching
-    unigram scores 0, and an empty hypothesis scores 0.
+    BLEU (Papineni et al. 2002, ACL): BP · exp(Σ_n (1/N) log p_n), p_n the clipped n-gram precision,
+    BP = exp(1 − r/c) when the hypothesis length c is below the closest reference length r (the shorter
+    on a tie). sacrebleu settings: ``tokenize="none"`` (strings are split on whitespace; token-id lists
+    are used as they are), smoothing ``floor`` = method 1 of Chen & Cherry 2014 (a precision with no match
+    gets ε = ``epsilon`` as its numerator), ``effective_order=True`` (sacrebleu's sentence-level setting:
+    orders longer than the hypothesis are left out, where NLTK would floor them too). No matching
+    n-gram at all, an empty hypothesis or no reference: 0.
     """
     hyp = _tokens(hypothesis)
     refs = [_tokens(r) for r in references]
     if not hyp or not refs:
         return 0.0
-    log_p = 0.0
-    for n in range(1, max_n + 1):
-        hyp_counts = Counter(_ngrams(hyp, n))
-        max_ref: Counter = Counter()
-        for r in refs:
-            for g, c in Counter(_ngrams(r, n)).items():
-                if c > max_ref[g]:
-                    max_ref[g] = c
-        numerator = sum(min(c, max_ref[g]) for g, c in hyp_counts.items())
-        denominator = max(1, sum(hyp_counts.values()))
-        if numerator == 0:
-            if n == 1:
-                return 0.0
-            numerator = epsilon
-        log_p += math.log(numerator / denominator) / max_n
-    c = len(hyp)
-    r = min((len(ref) for ref in refs), key=lambda rl: (abs(rl - c), rl))
-    bp = 1.0 if c > r else math.exp(1.0 - r / c)
-    return bp * math.exp(log_p)
+    score = _bleu(max_n, float(epsilon)).sentence_score(_joined(hyp), [_joined(r) for r in refs])
+    return score.score / 100.0
 
 
 def self_bleu(samples: Sequence[str | Sequence[Hashable]], max_n: int = 4, epsilon: float = 0.1) -> float:
     """Self-BLEU: the mean BLEU of each sample against all the other samples as references.
 
-    Zhu et al. 2018, "Texygen: A Benchmarking Platform for Text Generation Models" (SIGIR), which
-    uses NLTK's sentence BLEU with smoothing method 1; see :func:`sentence_bleu` (our own
-    implementation). Higher means less diverse. Needs at least two samples; returns NaN otherwise.
+    Zhu et al. 2018, "Texygen: A Benchmarking Platform for Text Generation Models" (SIGIR); each
+    sentence BLEU is sacrebleu's (see :func:`sentence_bleu`, smoothing method 1 as Texygen's NLTK call).
+    Higher means less diverse. Needs at least two samples; returns NaN otherwise.
     """
     items = [_tokens(s) for s in samples]
     if len(items) < 2:

@@ -1,28 +1,29 @@
-"""A robust client for OpenAI-compatible chat-completions servers, shared by ``unipo bridge`` (the editor)
-and ``unipo eval`` (the judge).
+"""One client for OpenAI-compatible chat-completions servers, shared by ``unipo bridge`` (the editor) and
+``unipo eval`` (the judge), on the official ``openai`` SDK.
 
-:class:`ChatClient` speaks ``POST {base_url}/chat/completions`` with the standard library only
-(``urllib``), with a bounded number of concurrent requests (a thread pool), retries with exponential
-backoff and jitter on timeouts, connection errors and 5xx, and honours ``429`` + ``Retry-After`` by
-pausing every worker. The API key is read from an environment variable, sent only in the
-``Authorization`` header, and never appears in a repr, a log line, an error message or an output file.
+The SDK does the HTTP: its timeouts (``timeout``), its retries (``max_retries``: timeouts, connection errors,
+408, 409, 429 and 5xx, exponential backoff 0.5 s doubling to 8 s with jitter) and its ``Retry-After`` /
+``retry-after-ms`` handling (a server-given delay up to 2 minutes is waited out before the retry). This module
+adds what a run over many rows needs: at most ``concurrency`` requests in flight (a thread pool; the SDK's
+sync client is thread-safe), per-job results instead of exceptions, a stop on 401/403/404 and when
+``max_consecutive_transport_failures`` jobs in a row could not reach the server, and counts of requests,
+retries and 429s (from httpx event hooks).
+
+Where the server and key come from: ``base_url`` (the caller's ``--...-url``), else ``OPENAI_BASE_URL``; the key
+from the environment variable the caller names (``--api-key-env``), else ``OPENAI_API_KEY``, else none (the
+placeholder ``EMPTY`` is sent, as vLLM's docs do). The key is held in an object whose repr hides it, given
+only to the SDK (which sends it in the ``Authorization`` header), and never appears in a repr, a log line, an
+error message or an output file.
 
 :class:`ChatJob` is one request, :class:`ChatResult` its answer (or the reason it failed);
-:meth:`ChatClient.stream` yields ``(key, ChatResult)`` as results complete. :class:`ClientLabels` says
-how error messages name the server and the command-line options that configure it.
+:meth:`ChatClient.stream` yields ``(key, ChatResult)`` as results complete. :class:`ClientLabels` says how
+error messages name the server and the command-line options that configure it.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
-import json
 import os
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,8 +31,10 @@ from typing import Any
 
 from unipo.errors import UnipoError
 
-__all__ = ["ChatClient", "ChatFatalError", "ChatJob", "ChatResult", "ChatStopped", "ClientLabels",
-           "parse_retry_after"]
+__all__ = ["ChatClient", "ChatFatalError", "ChatJob", "ChatResult", "ChatStopped", "ClientLabels"]
+
+#: what the SDK is given when no key is configured (it refuses an empty one); servers without auth ignore it
+NO_KEY = "EMPTY"
 
 
 class ChatFatalError(UnipoError):
@@ -76,7 +79,6 @@ class ClientLabels:
     thread_prefix: str = "unipo-chat"
 
 
-_RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 _FATAL_STATUSES = {401, 403, 404}
 
 
@@ -97,90 +99,53 @@ class _Secret:
     __str__ = __repr__
 
 
-class _RetryableError(Exception):
-    def __init__(self, message: str, *, retry_after: float | None = None, rate_limited: bool = False,
-                 transport: bool = True) -> None:
-        super().__init__(message)
-        self.retry_after, self.rate_limited, self.transport = retry_after, rate_limited, transport
-
-
-class _PermanentError(Exception):
-    """This request cannot succeed (e.g. 400): record it as failed and go on."""
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _api_key_from_env(env_name: str | None, option: str) -> _Secret | None:
-    """The key held by ``env_name`` (unset: an error naming ``option``; empty: no key)."""
-    if not env_name:
-        return None
-    key = os.environ.get(env_name)
-    if key is None:
-        raise UnipoError(f"environment variable {env_name} (given by {option}) is not set")
+def _api_key(env_name: str | None, option: str) -> _Secret | None:
+    """The key held by ``env_name`` (unset: an error naming ``option``), else by ``OPENAI_API_KEY``."""
+    if env_name:
+        key = os.environ.get(env_name)
+        if key is None:
+            raise UnipoError(f"environment variable {env_name} (given by {option}) is not set")
+    else:
+        key = os.environ.get("OPENAI_API_KEY")
     return _Secret(key) if key else None
 
 
-def _chat_url(base_url: str, option: str) -> str:
-    url = base_url.rstrip("/")
+def _base_url(base_url: str | None, option: str) -> str:
+    """``base_url``, else ``OPENAI_BASE_URL``, without a trailing ``/chat/completions``."""
+    url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip().rstrip("/")
+    if not url:
+        raise UnipoError(f"no server: give {option} or set OPENAI_BASE_URL")
     if not url.startswith(("http://", "https://")):
-        raise UnipoError(f"{option} must start with http:// or https://, got {base_url!r}")
-    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+        raise UnipoError(f"{option} must start with http:// or https://, got {url!r}")
+    return url.removesuffix("/chat/completions")
 
 
-def _parse_answer(raw: bytes, url: str) -> ChatResult:
-    try:
-        data = json.loads(raw)
-        choice = data["choices"][0]
-        text = (choice.get("message") or {}).get("content")
-        if text is None:
-            text = choice.get("text")  # a completions-style answer
-        return ChatResult(text=text if text is not None else "", finish_reason=choice.get("finish_reason"))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise _RetryableError(f"malformed response from {url}: {raw[:200]!r}", transport=False) from None
+class _Counter(threading.local):
+    requests = 0
 
 
 class ChatClient:
     """Any server that implements ``POST /v1/chat/completions`` (OpenAI, vLLM, llama.cpp, TGI, ...)."""
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str | None = None,
-                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 5,
-                 backoff: float = 1.0, max_backoff: float = 60.0, max_rate_limited: int = 30,
-                 temperature: float = 0.0, extra_body: dict[str, Any] | None = None,
-                 max_consecutive_transport_failures: int = 8, labels: ClientLabels | None = None) -> None:
+    def __init__(self, base_url: str | None, model: str, *, api_key_env: str | None = None,
+                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 5, temperature: float = 0.0,
+                 extra_body: dict[str, Any] | None = None, max_consecutive_transport_failures: int = 8,
+                 labels: ClientLabels | None = None) -> None:
         self.labels = labels or ClientLabels()
-        self.url = _chat_url(base_url, self.labels.url_option)
+        self.base_url = _base_url(base_url, self.labels.url_option)
+        self.url = self.base_url + "/chat/completions"
         self.model = model
-        self.api_key_env = api_key_env
-        self._api_key = _api_key_from_env(api_key_env, self.labels.key_option)
+        self.api_key_env = api_key_env or ("OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else None)
+        self._api_key = _api_key(api_key_env, self.labels.key_option)
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
         self.max_retries = max(0, int(max_retries))
-        self.backoff = float(backoff)
-        self.max_backoff = float(max_backoff)
-        self.max_rate_limited = int(max_rate_limited)
         self.temperature = float(temperature)
         self.extra_body = dict(extra_body or {})
         self.max_consecutive_transport_failures = int(max_consecutive_transport_failures)
         self._stop = threading.Event()
-        self._pause_until = 0.0
         self._lock = threading.Lock()
-        self._rng = random.Random()
+        self._attempts = _Counter()
         self.stats = {"requests": 0, "retries": 0, "rate_limited": 0}
 
     def describe(self) -> dict[str, Any]:
@@ -192,120 +157,85 @@ class ChatClient:
         return f"{type(self).__name__}({self.url!r}, {self.model!r})"
 
     def stop(self) -> None:
-        """Ask workers to give up promptly (used on abort and Ctrl-C)."""
+        """Ask workers to give up promptly (used on abort and Ctrl-C): jobs not yet started are not sent."""
         self._stop.set()
 
-    # -- one HTTP exchange ------------------------------------------------------------------------
-    def _request(self, job: ChatJob) -> urllib.request.Request:
-        body = {"model": self.model, "messages": job.messages, "max_tokens": job.max_tokens,
-                "temperature": self.temperature, **self.extra_body}
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
-        return urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
-                                      method="POST")
-
-    def _post(self, job: ChatJob) -> ChatResult:
-        req = self._request(job)
+    # -- the SDK client -----------------------------------------------------------------------------
+    def _on_request(self, request: Any) -> None:
+        self._attempts.requests += 1
         with self._lock:
             self.stats["requests"] += 1
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise self._http_error(exc) from None
-        except TimeoutError as exc:
-            raise _RetryableError(f"timed out after {self.timeout:g}s ({self.url})") from exc
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                raise _RetryableError(f"timed out after {self.timeout:g}s ({self.url})") from None
-            raise _RetryableError(f"cannot reach {self.url}: {reason}") from None
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
-            raise _RetryableError(f"connection to {self.url} failed: {type(exc).__name__}: {exc}") from None
-        return _parse_answer(raw, self.url)
 
-    def _http_error(self, exc: urllib.error.HTTPError) -> Exception:
-        """The exception to raise for an error status: retry, give up on this job, or stop the run."""
-        status = exc.code
-        try:
-            detail = exc.read()[:300].decode("utf-8", "replace")
-        except Exception:  # noqa: BLE001 - the body is only for the message
-            detail = ""
-        detail = self._redact(detail).strip()
-        msg = f"HTTP {status} from {self.url}" + (f": {detail}" if detail else "")
-        retry_after = parse_retry_after(exc.headers.get("Retry-After"))
-        if status == 429:
-            return _RetryableError(msg, retry_after=retry_after, rate_limited=True, transport=False)
-        if status in _FATAL_STATUSES:
-            labels = self.labels
-            hint = (f" (check {labels.key_option})" if status in (401, 403) else
-                    f" (check {labels.url_option} and {labels.model_option})")
-            return ChatFatalError(msg + hint)
-        if status in _RETRY_STATUSES or status >= 500:
-            return _RetryableError(msg, retry_after=retry_after, transport=status >= 500)
-        return _PermanentError(msg)
+    def _on_response(self, response: Any) -> None:
+        if response.status_code == 429:
+            with self._lock:
+                self.stats["rate_limited"] += 1
+
+    def _sdk(self) -> Any:
+        """A fresh ``openai.OpenAI`` for one :meth:`stream` (closed at its end); the hooks count attempts."""
+        import openai
+
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request],
+                                                      "response": [self._on_response]})
+        key = self._api_key.reveal() if self._api_key else NO_KEY
+        return openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+                             max_retries=self.max_retries, http_client=http)
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key.reveal(), "***") if self._api_key else text
 
-    # -- one job with retries -----------------------------------------------------------------------
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(max(0.0, seconds)):
+    # -- one job ------------------------------------------------------------------------------------
+    def run_job(self, sdk: Any, job: ChatJob) -> ChatResult:
+        """One request, retried by the SDK; an error result when it keeps failing (never raises for that).
+
+        Raises :class:`ChatFatalError` on 401/403/404 and :class:`ChatStopped` when the run is stopping."""
+        if self._stop.is_set():
             raise ChatStopped()
-
-    def _wait_for_pause(self) -> None:
-        while True:
-            with self._lock:
-                delay = self._pause_until - time.monotonic()
-            if delay <= 0:
-                return
-            self._sleep(delay)
-
-    def _backoff_delay(self, attempt: int) -> float:
-        # exponential backoff with "full jitter" in [cap/2, cap]
-        cap = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return cap * (0.5 + 0.5 * self._rng.random())
-
-    def _pause_everyone(self, exc: _RetryableError, rate_limited: int) -> None:
-        """The server asked us to slow down: every worker waits (``Retry-After``, else backoff)."""
-        delay = exc.retry_after if exc.retry_after is not None else self._backoff_delay(min(rate_limited, 10))
-        delay = min(delay, max(self.max_backoff, 1.0))
+        self._attempts.requests = 0
+        try:
+            resp = sdk.chat.completions.create(model=self.model, messages=job.messages, max_tokens=job.max_tokens,
+                                               temperature=self.temperature, extra_body=self.extra_body or None)
+            result = self._answer(resp)
+        except Exception as exc:  # noqa: BLE001 - sorted by _failure
+            result = self._failure(exc)
+        result.attempts = max(1, self._attempts.requests)
         with self._lock:
-            self._pause_until = max(self._pause_until, time.monotonic() + delay)
+            self.stats["retries"] += result.attempts - 1
+        if result.error and result.attempts > 1:
+            result.error = f"failed after {result.attempts} attempts: {result.error}"
+        return result
 
-    def run_job(self, job: ChatJob) -> ChatResult:
-        """One request with retries; returns an error result when it keeps failing (never raises for that)."""
-        failures = rate_limited = attempts = 0
-        while True:
-            if self._stop.is_set():
-                raise ChatStopped()
-            self._wait_for_pause()
-            attempts += 1
-            try:
-                result = self._post(job)
-                result.attempts = attempts
-                return result
-            except _PermanentError as exc:
-                return ChatResult(error=str(exc), attempts=attempts)
-            except _RetryableError as exc:
-                if exc.rate_limited:
-                    rate_limited += 1
-                    with self._lock:
-                        self.stats["rate_limited"] += 1
-                    if rate_limited > self.max_rate_limited:
-                        return ChatResult(error=f"still rate-limited after {rate_limited} tries: {exc}",
-                                          attempts=attempts)
-                    self._pause_everyone(exc, rate_limited)
-                    continue
-                failures += 1
-                if failures > self.max_retries:
-                    return ChatResult(error=f"failed after {attempts} attempts: {exc}", attempts=attempts,
-                                      transport_error=exc.transport)
-                with self._lock:
-                    self.stats["retries"] += 1
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff_delay(failures - 1)
-                self._sleep(min(delay, self.max_backoff))
+    def _answer(self, resp: Any) -> ChatResult:
+        try:
+            choice = resp.choices[0]
+            text = choice.message.content
+            return ChatResult(text=text if text is not None else "", finish_reason=choice.finish_reason)
+        except (AttributeError, IndexError, TypeError, KeyError):
+            return ChatResult(error=f"malformed response from {self.url}: {str(resp)[:200]!r}")
+
+    def _failure(self, exc: Exception) -> ChatResult:
+        """The result for an exception the SDK raised after its retries, or :class:`ChatFatalError`."""
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            detail = self._redact(str(getattr(exc, "message", "") or "")[:300]).strip()
+            msg = f"HTTP {status} from {self.url}" + (f": {detail}" if detail else "")
+            if status in _FATAL_STATUSES:
+                labels = self.labels
+                hint = (f" (check {labels.key_option})" if status in (401, 403) else
+                        f" (check {labels.url_option} and {labels.model_option})")
+                raise ChatFatalError(msg + hint) from None
+            return ChatResult(error=msg, transport_error=status >= 500)
+        if isinstance(exc, openai.APITimeoutError):
+            return ChatResult(error=f"timed out after {self.timeout:g}s ({self.url})", transport_error=True)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return ChatResult(error=f"cannot reach {self.url}: {self._redact(str(cause))[:200]}",
+                              transport_error=True)
+        if isinstance(exc, openai.OpenAIError):
+            return ChatResult(error=f"malformed response from {self.url}: {self._redact(str(exc))[:200]}")
+        raise exc
 
     # -- many jobs, bounded concurrency -------------------------------------------------------------
     def stream(self, jobs: Iterable[ChatJob]) -> Iterator[tuple[int, ChatResult]]:
@@ -316,12 +246,13 @@ class ChatClient:
         """
         self._stop.clear()
         it = iter(jobs)
+        sdk = self._sdk()
         pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=self.labels.thread_prefix)
         pending: dict[Future, int] = {}
         consecutive = 0
         try:
             while True:
-                self._fill(pool, pending, it)
+                self._fill(pool, pending, it, sdk)
                 if not pending:
                     return
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -334,14 +265,15 @@ class ChatClient:
         finally:
             self.stop()
             pool.shutdown(wait=True, cancel_futures=True)
+            sdk.close()
 
-    def _fill(self, pool: ThreadPoolExecutor, pending: dict[Future, int], jobs: Iterator[ChatJob]) -> None:
+    def _fill(self, pool: ThreadPoolExecutor, pending: dict[Future, int], jobs: Iterator[ChatJob], sdk: Any) -> None:
         """Submit jobs until ``2 × concurrency`` are queued or in flight (or none are left)."""
         while len(pending) < 2 * self.concurrency:
             job = next(jobs, None)
             if job is None:
                 return
-            pending[pool.submit(self.run_job, job)] = job.key
+            pending[pool.submit(self.run_job, sdk, job)] = job.key
 
     def _check_reachable(self, consecutive: int, result: ChatResult) -> None:
         if consecutive >= self.max_consecutive_transport_failures > 0:

@@ -18,7 +18,8 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
-from unipo.objective.registry import KINDS, SIDE_INPUTS
+from unipo.objective.listwise import check_groups, per_pair_max
+from unipo.objective.registry import KINDS, SIDE_INPUTS, parts
 from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
 
 
@@ -31,6 +32,9 @@ class LossOutput:
     - ``logits`` ``[B]``: the combined logit z;
     - ``log_ratio_margins`` ``[B]``: the plain DPO margin Σ_t ρ_t(y_w) − Σ_t ρ_t(y_l), ρ_t = a_t − r_t, whatever
       the variant (None without reference log-probs), so that variants compare on one scale;
+    - with several rejected responses per pair (``ObjectiveInputs.rejected_pair``), each pair's rejected
+      values are those of its STRONGEST rejected response (the largest reward, the largest log-ratio; the
+      smallest logit), so a pair counts as accurate when the chosen beats every rejected response;
     - ``pair_weights`` ``[B]``: the pairs' weights when given; ``loss`` is then Σ w_i ℓ_i / Σ w_i.
     """
 
@@ -148,9 +152,41 @@ class Objective:
             metrics["prior/offset_rms"] = reg.detach().div(2).sqrt().mean()
         return total, metrics
 
+    def listwise_refusal(self) -> str | None:
+        """Why this objective cannot take several rejected responses per pair, or None when it can: that needs
+        a pair loss registered ``listwise`` and sequence-level parts only (:mod:`unipo.objective.listwise`)."""
+        loss, req = self.parts["pair_loss"], self.requirements
+        if not loss.listwise:
+            names = ", ".join(n for n, part in parts("pair_loss").items() if part.listwise)
+            return (f"pair_loss={loss.name} compares the chosen response with ONE rejected response; rows with "
+                    f"several rejected responses need a listwise pair loss ({names}: the preset listwise_dpo, or "
+                    f"pair_loss: plackett_luce)")
+        per_token = sorted(req.inputs - {"ref_logps"})
+        if per_token or req.kl_direction or not self.parts["kl"].neutral or req.signal:
+            what = ", ".join(per_token + ([f"kl={self.parts['kl'].name}"] if not self.parts["kl"].neutral else []))
+            return (f"several rejected responses per pair work with sequence-level parts only; this objective "
+                    f"also reads per-token inputs ({what})")
+        return None
+
+    def _groups(self, rejected_pair: torch.Tensor | None, chosen: Side, rejected: Side) -> torch.Tensor | None:
+        if rejected_pair is None:
+            return None
+        refusal = self.listwise_refusal()
+        if refusal:
+            raise UnipoError(refusal)
+        return check_groups(rejected_pair.to(chosen.logps.device), chosen.logps.shape[0], rejected.logps.shape[0])
+
     def loss(self, inputs: ObjectiveInputs) -> LossOutput:
-        """The objective on typed inputs (see :class:`~unipo.objective.sides.ObjectiveInputs`)."""
+        """The objective on typed inputs (see :class:`~unipo.objective.sides.ObjectiveInputs`). With
+        ``rejected_pair`` every chosen-side term is repeated for each rejected row of its pair (one logit per
+        comparison) and the listwise pair loss gives one loss per pair (:mod:`unipo.objective.listwise`)."""
         chosen, rejected = self._check(inputs.chosen), self._check(inputs.rejected)
+        groups = self._groups(inputs.rejected_pair, chosen, rejected)
+        n_pairs = chosen.logps.shape[0]
+
+        def each(x: torch.Tensor) -> torch.Tensor:  # a chosen-side [B] value, once per comparison
+            return x if groups is None else x[groups]
+
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
@@ -158,15 +194,20 @@ class Objective:
         h_w = self.parts["chosen_transform"].fn(h_w, s_w, p)
         h_l = self.parts["rejected_transform"].fn(h_l, s_l, p)
         kl, metrics = self.parts["kl"].fn(chosen, rejected, self.parts["aggregation"].fn, p)
-        inner = h_w - h_l if kl is None else h_w - h_l - kl
+        inner = each(h_w) - h_l if kl is None else h_w - h_l - kl
         gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * beta if p["gamma_beta_ratio"] else 0.0)
         logits = beta * inner - gamma
         if p["length_alpha"]:
-            logits = logits - float(p["length_alpha"]) * (chosen.lengths - rejected.lengths)
-        losses = self.parts["pair_loss"].fn(PairTerms(logits, beta, h_w, h_l, pol_w, pol_l, pri_w, pri_l), p)
+            logits = logits - float(p["length_alpha"]) * (each(chosen.lengths) - rejected.lengths)
+        losses = self.parts["pair_loss"].fn(PairTerms(
+            logits, beta, each(h_w), h_l, each(pol_w), pol_l, each(pri_w), pri_l, groups,
+            None if groups is None else n_pairs), p)
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
         rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
+        if groups is not None:  # per pair: the strongest rejected response (the chosen must beat every one)
+            metrics["rewards/rejected_all"] = rl.mean()
+            rl = per_pair_max(rl, groups, n_pairs)
         metrics.update({
             "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
             "rewards/accuracies": (rw > rl).float().mean(),
@@ -177,13 +218,15 @@ class Objective:
         })
         margins = None
         if chosen.ref_logps is not None and rejected.ref_logps is not None:
+            rho_l = (rejected.logps - rejected.ref_logps).sum(-1)
             margins = ((chosen.logps - chosen.ref_logps).sum(-1)
-                       - (rejected.logps - rejected.ref_logps).sum(-1)).detach()
+                       - (rho_l if groups is None else per_pair_max(rho_l, groups, n_pairs))).detach()
             # the plain DPO log-ratio, comparable across variants (a transformed score, e.g. MinorDPO's, is not)
             metrics["logratio/margins"] = margins.mean()
             metrics["logratio/accuracies"] = (margins > 0).float().mean()
         weights = self._pair_weights(inputs.pair_weights, losses)
-        return LossOutput(losses + aux, metrics, rw, rl, logits.detach(), margins, weights)
+        z = logits.detach() if groups is None else -per_pair_max(-logits.detach(), groups, n_pairs)
+        return LossOutput(losses + aux, metrics, rw, rl, z, margins, weights)
 
     @staticmethod
     def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:
@@ -215,7 +258,7 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
                  chosen_prior_offsets: torch.Tensor | None = None,
                  rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
-                 **params: Any) -> LossOutput:
+                 rejected_pair: torch.Tensor | None = None, **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -223,7 +266,9 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
     tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
     SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets. ``pair_weights`` ([batch], ≥ 0) makes ``.loss`` the weighted mean of the pairs' losses. Returns a
+    offsets. ``pair_weights`` ([batch], ≥ 0) makes ``.loss`` the weighted mean of the pairs' losses.
+    ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
+    rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
     """
     objective = Objective(variant, **params)
@@ -236,7 +281,7 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
         chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
         chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
-        pair_weights=pair_weights,
+        pair_weights=pair_weights, rejected_pair=rejected_pair,
     )
 
 

@@ -92,8 +92,16 @@ _PRESETS = [
        "masks come in as chosen/rejected_weights (m^u) and chosen/rejected_kl_weights (m^d; m^u if absent)",
        weights="given", kl="tdpo", kl_masks=True),
     _p("bmc", "−log σ(β(Σλρ(ỹ_w) − Σλρ(y_l))),  λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens",
-       "Jiang et al., ICLR 2025, Eq. 9", "β 0.01–0.05 and δ 1.5–3.5 in the paper", weights="bmc",
-       beta=0.05, bmc_delta=2.0),
+       "Jiang et al., ICLR 2025, Eq. 9",
+       "β 0.01–0.05 and δ 1.5–3.5 in the paper; this default (0.05, 2.0) is none of its Table 8 settings: "
+       "bmc_qa, bmc_math and bmc_if are", weights="bmc", beta=0.05, bmc_delta=2.0),
+    _p("bmc_qa", "bmc with the paper's question-answering setting", "Jiang et al., ICLR 2025, Table 8 (QA)",
+       "β 0.05, δ 3.0", weights="bmc", beta=0.05, bmc_delta=3.0),
+    _p("bmc_math", "bmc with the paper's mathematical-reasoning setting", "Jiang et al., ICLR 2025, Table 8 (math)",
+       "β 0.05, δ 2.5", weights="bmc", beta=0.05, bmc_delta=2.5),
+    _p("bmc_if", "bmc with the paper's instruction-following setting",
+       "Jiang et al., ICLR 2025, Table 8 (instruction following)", "β 0.01, δ 2.0", weights="bmc", beta=0.01,
+       bmc_delta=2.0),
     _p("tisdpo", "−log σ(β(Σwρ(y_w) − Σwρ(y_l)) − ηβ(ΣwKLp(y_w) − ΣwKLp(y_l)))",
        "Liu et al., ICLR 2025, Eq. 12",
        "η = kl_eta = 1 as in the paper; the released code (exlaw/TIS-DPO, trainers.py::tisdpo_loss) uses 0.5 "

@@ -148,6 +148,9 @@ class Part:
     uses_scores: bool = True
     #: the no-op part of its kind (no KL term, no transform): nothing to combine with or to report
     neutral: bool = False
+    #: for pair losses: whether it takes several rejected responses per pair (``PairTerms.groups``) and
+    #: reduces each pair's comparisons to one loss (:mod:`unipo.objective.listwise`)
+    listwise: bool = False
 
     @property
     def params(self) -> dict[str, Any]:
@@ -178,7 +181,7 @@ PART_PRESETS: list[tuple[str, str, PresetSpec]] = []
 
 def register(kind: str, name: str, *, params: dict[str, Param] | None = None, formula: str = "",
              source: str = "", needs: Needs | None = None, uses_logit: bool = True, uses_scores: bool = True,
-             neutral: bool = False, preset: PresetSpec | None = None) -> Callable:
+             neutral: bool = False, preset: PresetSpec | None = None, listwise: bool = False) -> Callable:
     """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
     :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
     if kind not in KINDS:
@@ -192,7 +195,7 @@ def register(kind: str, name: str, *, params: dict[str, Param] | None = None, fo
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
         _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit,
-                                     uses_scores, neutral)
+                                     uses_scores, neutral, listwise)
         if preset is not None:
             PART_PRESETS.append((kind, name, preset))
         return fn
@@ -206,6 +209,7 @@ def _load_parts() -> None:
         aggregation,
         kl_terms,
         links,
+        listwise,
         pair_losses,
         priors,
         token_weights,

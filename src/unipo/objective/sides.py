@@ -57,16 +57,22 @@ class Side:
 @dataclass(frozen=True)
 class ObjectiveInputs:
     """The objective's inputs for one batch: one :class:`Side` per response, and optionally a weight per pair
-    (``[B]``, ≥ 0): the batch loss is then Σ w_i ℓ_i / Σ w_i instead of the mean."""
+    (``[B]``, ≥ 0): the batch loss is then Σ w_i ℓ_i / Σ w_i instead of the mean.
+
+    Several rejected responses per pair (listwise, :mod:`unipo.objective.listwise`): ``rejected`` holds one
+    row per rejected response (``[N, T]``, each pair's rows contiguous, in pair order) and ``rejected_pair``
+    (long ``[N]``) the pair of each row; None means one rejected row per pair, row i for pair i."""
 
     chosen: Side
     rejected: Side
     pair_weights: torch.Tensor | None = None
+    rejected_pair: torch.Tensor | None = None
 
     @classmethod
     def from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                      chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
-                     pair_weights: torch.Tensor | None = None, **optional: torch.Tensor | None) -> ObjectiveInputs:
+                     pair_weights: torch.Tensor | None = None, rejected_pair: torch.Tensor | None = None,
+                     **optional: torch.Tensor | None) -> ObjectiveInputs:
         """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …)."""
         allowed = {p.format(n) for p in KEYWORDS.values() for n in SIDE_NAMES}
         unknown = set(optional) - allowed
@@ -77,18 +83,20 @@ class ObjectiveInputs:
                                   ("rejected", policy_rejected_logps, rejected_mask)):
             extra = {attr: optional.get(pattern.format(name)) for attr, pattern in KEYWORDS.items()}
             sides[name] = Side(name, logps, mask, **extra)
-        return cls(sides["chosen"], sides["rejected"], pair_weights)
+        return cls(sides["chosen"], sides["rejected"], pair_weights, rejected_pair)
 
     def with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]) -> ObjectiveInputs:
         """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
         return ObjectiveInputs(replace(self.chosen, **per_side.get("chosen", {})),
-                               replace(self.rejected, **per_side.get("rejected", {})), self.pair_weights)
+                               replace(self.rejected, **per_side.get("rejected", {})), self.pair_weights,
+                               self.rejected_pair)
 
 
 @dataclass(frozen=True)
 class PairTerms:
-    """What a pair loss receives, each ``[batch]``: the combined logit z = β(h_w − h_l − D) − γ − α_len(|y_w| −
-    |y_l|) and, for the losses that treat the sides separately, the per-side scores."""
+    """What a pair loss receives, each ``[batch]`` (``[comparisons]`` with ``groups``): the combined logit
+    z = β(h_w − h_l − D) − γ − α_len(|y_w| − |y_l|) and, for the losses that treat the sides separately, the
+    per-side scores."""
 
     logits: torch.Tensor  # z
     beta: float
@@ -98,3 +106,8 @@ class PairTerms:
     policy_rejected: torch.Tensor
     prior_chosen: torch.Tensor  # aggregated prior log-probs only (AOT); zeros for a constant prior
     prior_rejected: torch.Tensor
+    #: several rejected responses per pair: every tensor above is then [N] (one entry per comparison of a
+    #: chosen with one of its rejected responses) and ``groups`` [N] names each one's pair (of ``num_pairs``);
+    #: only pair losses registered ``listwise`` receive it (:mod:`unipo.objective.listwise`)
+    groups: torch.Tensor | None = None
+    num_pairs: int | None = None

@@ -229,6 +229,10 @@ class _EstimateRun(ResumablePipeline):
                                     limit=opts.limit, on_invalid=opts.on_invalid)
         if not pairs:
             raise UnipoError(f"{self.data}: no usable preference pairs\n{prep.format()}")
+        listwise = next((p for p in pairs if p.more_rejected_ids), None)
+        if listwise is not None:
+            raise UnipoError(f"{self.data}, row {listwise.row}: TIS-DPO token weights are for one rejected response "
+                             f"per pair; this row has {1 + len(listwise.more_rejected_ids)}")
         self.normalized = {p.row: normalize_row(self.raw[p.row], file=self.data, row_number=p.row) for p in pairs}
         self.systems = system_prompts(opts.prompt_pair, opts.positive_system, opts.negative_system) \
             if opts.method == "prompt" else None

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from unipo.data.bmc_align import ALIGNMENTS as BMC_ALIGNMENTS
+from unipo.data.bmc_align import EXEMPTIONS as BMC_EXEMPTIONS
 from unipo.errors import ConfigError
 
 REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
@@ -98,6 +100,14 @@ class TrainConfig:
     weight_column: str | None = field(default=None, metadata={
         "help": "a numeric column whose value (finite, >= 0) multiplies each pair's loss: the batch loss is then "
                 "the weighted mean; a row without a valid value is invalid (on_invalid applies)"})
+    bmc_alignment: str = field(default="levenshtein", metadata={
+        "help": "BMC diff masks: how the two responses are aligned: levenshtein (the paper's minimal edit "
+                "distance) or difflib (the released code's SequenceMatcher over the padded prompt + response rows)",
+        "choices": BMC_ALIGNMENTS})
+    bmc_exempt: str = field(default="stopwords", metadata={
+        "help": "BMC diff masks: differing tokens left unmarked: stopwords (English stop-words, as the released "
+                "code), stopwords_punctuation (also punctuation/whitespace-only tokens) or none",
+        "choices": BMC_EXEMPTIONS})
     token_signal: dict | str | None = field(default=None, metadata={
         "help": "token signal trained (or computed) with the policy from the reference's hidden states: "
                 "{type: sparsepo_masks, common: true} | {type: activation_masks} | {type: learned_prior} | none; "

@@ -125,16 +125,20 @@ def fingerprint(model_path: str, tokenizer_fp: str, pairs: list[dict], *, ref_dt
     h.update(json.dumps([model_path, [file_digest(f) for f in files], tokenizer_fp, ref_dtype,
                          share_prompt]).encode())
     for ex in pairs:
-        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            h.update(len(ex[key]).to_bytes(4, "little"))
-            h.update(torch.tensor(ex[key], dtype=torch.int32).numpy().tobytes())
+        more = ex.get("more_rejected_ids") or []  # listwise rows only: other datasets keep their keys
+        for ids in (ex["prompt_ids"], ex["chosen_ids"], ex["rejected_ids"], *more):
+            h.update(len(ids).to_bytes(4, "little"))
+            h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())
+        if more:
+            h.update(b"more_rejected:%d" % len(more))
     return h.hexdigest()[:24]
 
 
 def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate, *, batch_size: int,
                          chunk_size: int, cache_file: Path, device: torch.device, progress: bool = True,
                          autocast_dtype: torch.dtype | None = None) -> list[dict]:
-    """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` lists to every pair, from the cache when present.
+    """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` lists to every pair (and, for a listwise pair,
+    ``ref_more_rejected_logps``: one list per further rejected response), from the cache when present.
 
     The cache is a ``torch.save`` file named by :func:`fingerprint`; a changed model, tokenizer, dataset or
     truncation changes the name, so a stale cache is never read.
@@ -142,27 +146,37 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     if cache_file.exists():
         cached = torch.load(cache_file, weights_only=True)
         if len(cached["chosen"]) == len(pairs):
-            for ex, c, r in zip(pairs, cached["chosen"], cached["rejected"], strict=True):
+            more = cached.get("more_rejected") or [[] for _ in pairs]
+            for ex, c, r, m in zip(pairs, cached["chosen"], cached["rejected"], more, strict=True):
                 ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
+                if m:
+                    ex["ref_more_rejected_logps"] = [x.tolist() for x in m]
             return pairs
     from tqdm.auto import tqdm
 
-    chosen, rejected = [], []
+    chosen, rejected, more_rejected = [], [], []
     ref_model.eval()
     for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not progress):
         part = pairs[start:start + batch_size]
         batch = PackedBatch.from_dict(collate(part)).to(device)
         out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False,
                              autocast_dtype=autocast_dtype, head_dtype=autocast_dtype)
+        row = 0  # the rejected rows: each pair's K responses in turn (unipo.layout.PackedBatch.rejected_pair)
         for i, ex in enumerate(part):
             c = out.logps.chosen[i, : len(ex["chosen_ids"])].float().cpu()
-            r = out.logps.rejected[i, : len(ex["rejected_ids"])].float().cpu()
+            rs = [out.logps.rejected[row + k, : len(ids)].float().cpu()
+                  for k, ids in enumerate([ex["rejected_ids"], *(ex.get("more_rejected_ids") or [])])]
+            row += len(rs)
             chosen.append(c)
-            rejected.append(r)
-            ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
+            rejected.append(rs[0])
+            more_rejected.append(rs[1:])
+            ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), rs[0].tolist()
+            if rs[1:]:
+                ex["ref_more_rejected_logps"] = [x.tolist() for x in rs[1:]]
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
-    torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+    listwise = {"more_rejected": more_rejected} if any(more_rejected) else {}
+    torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
     os.replace(tmp, cache_file)
     return pairs
 

@@ -113,6 +113,7 @@ def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
 
     options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
+                          bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
                           pair_weight_column=cfg.weight_column)
     pairs, summary = prepare_pairs(source, tokenizer, options)
@@ -127,6 +128,19 @@ def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
     return rows, summary
 
 
+def check_listwise_rows(objective: Objective, rows: list[dict[str, Any]], source: str) -> None:
+    """Refuse rows with several rejected responses (listwise, ``more_rejected_ids``) when the objective cannot
+    train on them (:meth:`Objective.listwise_refusal`: a pair loss that compares one rejected response, or
+    per-token parts)."""
+    row = next((r for r in rows if r.get("more_rejected_ids")), None)
+    if row is None:
+        return
+    refusal = objective.listwise_refusal()
+    if refusal:
+        n = 1 + len(row["more_rejected_ids"])
+        raise ConfigError(f"{source}: row {row['row']} (and maybe others) has {n} rejected responses, but {refusal}")
+
+
 @dataclass
 class RunData:
     train: list[dict[str, Any]]
@@ -138,9 +152,11 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     """Training pairs, and evaluation pairs from ``eval_data`` or a seeded ``eval_fraction`` hold-out."""
     cfg, columns = plan.cfg, {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks}
     train_rows, summary = prepare_data(cfg, tokenizer, cfg.data, cfg.limit, **columns)
+    check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
     if cfg.eval_data:
         eval_rows, _ = prepare_data(cfg, tokenizer, cfg.eval_data, cfg.eval_limit, **columns)
+        check_listwise_rows(plan.objective, eval_rows, cfg.eval_data)
     elif cfg.eval_fraction > 0:
         n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
         perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
