@@ -9,7 +9,8 @@ precision, no gradient checkpointing and ``logging_steps=1``.
         --data pairs.json --batch-size 4 --warmup 3 --steps 8 --precision fp32
 
 ``--mode`` for TRL: ``default`` = a resident reference copy (TRL's default); ``best`` =
-``precompute_ref_log_probs=True`` (and bf16 when the precision is bf16). For unipo: ``default`` = reference
+``precompute_ref_log_probs=True`` (and bf16 when the precision is bf16); ``--liger 1`` adds
+``use_liger_kernel=True`` (bench/gpu.py). For unipo: ``default`` = reference
 ``copy`` (unipo's default without LoRA); ``best`` = reference ``precomputed``.
 """
 
@@ -199,6 +200,7 @@ def build_trl(args, pairs, tokenizer, out_dir: str, timer: StepTimer):
         use_cpu=not torch.cuda.is_available(), logging_steps=1, save_strategy="no", report_to=[],
         gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
         max_length=args.max_length, beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=best,
+        use_liger_kernel=bool(args.liger),
     )
     columns = {k: [p[k] for p in pairs] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     dataset = Dataset.from_dict(columns)
@@ -232,6 +234,8 @@ def main(argv=None) -> int:
                     "segment attention, else several pairs per row)")
     ap.add_argument("--attention", choices=("auto", "sdpa"), default="auto",
                     help="unipo: auto = segment attention where exact; sdpa = dense 4-D mask")
+    ap.add_argument("--liger", type=int, choices=(0, 1), default=0,
+                    help="TRL: use_liger_kernel=True (Liger's fused linear + DPO loss; needs liger-kernel and CUDA)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     args = ap.parse_args(argv)
     if args.framework == "trl" and args.variant != "dpo":

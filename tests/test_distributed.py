@@ -1,5 +1,6 @@
 """Data parallel on CPU: two processes (gloo, launched by torchrun) with the same global batch give the
-same losses and metrics as one process."""
+same losses and metrics as one process: plain DPO through ``unipo train``, and the token-level variants (with
+their token signals) through the training stages (``tests/ddp_worker.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import ROWS, write_jsonl
 
@@ -42,3 +44,31 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=5e-4), key  # float reduction order differs
+
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+
+
+def test_token_level_variants_under_ddp(tiny_model_dir, tmp_path):
+    """tdpo2 (per-position KL), sparsepo (mask networks) and learned_prior (prior head) through the Trainer:
+    2 DDP processes with batch 2 each take the steps of 1 process with batch 4 (losses, final policy and token
+    signal), and after 3 steps both processes hold exactly the same parameters, the token signal's included:
+    it is a submodule of the policy, so DDP all-reduces its gradients."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun is installed with torch, next to this Python"
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    args = [str(tiny_model_dir), str(data), str(tmp_path)]
+    _run(["nice", "-n", "10", sys.executable, str(WORKER), *args, "4"])
+    _run(["nice", "-n", "10", torchrun, "--nproc_per_node", "2", "--master_port", "29537", str(WORKER), *args, "2"])
+    for variant in ("tdpo2", "sparsepo", "learned_prior"):
+        one, *two = (torch.load(tmp_path / f"{variant}-world{w}-rank{r}.pt") for w, r in ((1, 0), (2, 0), (2, 1)))
+        assert len(one["losses"]) == 3
+        assert two[0]["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-5), variant
+        signal = [k for k in one["state"] if k.startswith("unipo_token_signal.")]
+        assert (len(signal) > 0) == (variant != "tdpo2"), variant
+        for key, value in one["state"].items():
+            assert torch.equal(two[0]["state"][key], two[1]["state"][key]), f"{variant} {key}: ranks differ"
+            torch.testing.assert_close(two[0]["state"][key], value, rtol=1e-3, atol=1e-5,
+                                       msg=lambda m, k=key, v=variant: f"{v} {k}: {m}")
+        if variant == "learned_prior":  # the zero-initialised output layer of the prior head has trained
+            assert two[0]["state"]["unipo_token_signal.net.2.weight"].abs().sum() > 0

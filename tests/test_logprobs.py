@@ -87,3 +87,16 @@ def test_peak_memory_does_not_scale_with_tokens_times_vocab(direction):
     # the largest allocation is a [chunk, vocab] float32 block (64 × 5000 × 4 = 1.28 MB), never N × vocab
     assert peaks[2048] <= 64 * v * 4 * 1.5
     assert peaks[2048] < 2048 * v * 4 / 10
+
+
+def test_a_zero3_partitioned_head_is_refused_with_the_way_out():
+    """DeepSpeed ZeRO-3 leaves a module's weight as an empty tensor (with ``ds_id``) outside its forward: the
+    chunked head would read nothing, so it refuses and names the configurations that work."""
+    from unipo.errors import UnipoError
+    from unipo.models.logprobs import token_logps
+
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = torch.nn.Parameter(torch.empty(0))
+    head.weight.ds_id = 7
+    with pytest.raises(UnipoError, match="ZeRO-3.*fsdp.yaml"):
+        token_logps(torch.randn(3, 4), head, torch.tensor([1, 2, 3]))

@@ -202,19 +202,21 @@ def test_gradient_reaches_mask_network_not_reference(models, tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
     assert {"mask/zero_frac", "mask/mean", "mask_kl/zero_frac"} <= set(trainer._metrics["train"])
 
-    # its own optimiser group, with its weight decay; clipped before and zeroed after every step
+    # a submodule of the policy (what the engine wraps: DDP all-reduces its gradients, FSDP shards it,
+    # Trainer's clipping and zero_grad include it), in its own optimiser group with its weight decay
+    assert policy.unipo_token_signal is signal
+    assert {id(p) for p in signal.parameters()} <= {id(p) for p in policy.parameters()}
     opt = trainer.create_optimizer()
     group = opt.param_groups[-1]
     assert group["weight_decay"] == pytest.approx(0.01)
     assert {id(p) for p in group["params"]} == {id(p) for p in signal.parameters()}
     assert all(id(p) not in {id(q) for q in group["params"]} for g in opt.param_groups[:-1] for p in g["params"])
-    for p in signal.parameters():
-        if p.grad is not None:
-            p.grad.mul_(1e6)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(policy.parameters()))
     before = [p.detach().clone() for p in signal.parameters()]
     opt.step()
-    assert all(p.grad is None for p in signal.parameters())
     assert any(not torch.equal(b, p) for b, p in zip(before, signal.parameters(), strict=True))
+    policy.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in signal.parameters())
 
 
 @pytest.mark.integration
@@ -279,6 +281,8 @@ def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
     state = load_file(tmp_path / "full" / "unipo_signal.safetensors")
     assert set(state) == set(load_file(tmp_path / "full" / "checkpoint-4" / "unipo_signal.safetensors"))
+    saved_model = load_file(tmp_path / "full" / "model.safetensors")  # the signal is kept out of the model
+    assert saved_model and not any("unipo_token_signal" in k for k in saved_model)
     spec = json.loads((tmp_path / "full" / "unipo_signal.json").read_text())
     if variant == "sparsepo":
         assert spec["type"] == "sparsepo_masks"

@@ -49,8 +49,9 @@ def make_tiny_tokenizer(chat_template: bool = True):
 
 
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
-                    chat_template: bool = True) -> Path:
-    """Write a tiny random Llama causal LM and its tokenizer to ``out_dir``; return the path."""
+                    chat_template: bool = True, tie_word_embeddings: bool = True) -> Path:
+    """Write a tiny random Llama causal LM and its tokenizer to ``out_dir``; return the path
+    (``tie_word_embeddings=False``: a separate LM head)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -59,7 +60,7 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=1024, tie_word_embeddings=True,
+        max_position_embeddings=1024, tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -31,6 +31,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def keep_root_unsharded(model: torch.nn.Module) -> None:
+    """Under FSDP2 (``fully_shard``), keep the root unit's parameters gathered from its forward to the end of
+    the backward (``reshard_after_forward=False`` on the root only, torch's own default for a root; accelerate
+    passes its configured value to the root too). unipo reads the root's parameters after the forward (the LM
+    head, a token signal that is a submodule) and takes the decoder's hidden states rather than the root's
+    output, so FSDP's pre-backward hook on that output would never gather them again
+    (:mod:`unipo.models.sharding`). A no-op for any other module."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # a torch without distributed support
+        return
+    if isinstance(model, FSDPModule):
+        model.set_reshard_after_forward(False, recurse=False)
+
+
 @contextmanager
 def _capture_decoder_output(model: torch.nn.Module):
     store: dict = {}
@@ -80,6 +95,7 @@ def hidden_states(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torc
                   **_attention_kwargs(model, batch), **extra)
     if _accepts_logits_to_keep(model):
         kwargs["logits_to_keep"] = 1
+    keep_root_unsharded(model)
     with _capture_decoder_output(model) as store:
         out = model(**kwargs)
     return store["hidden"], out

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unipo.errors import UnipoError
+
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
 
@@ -118,6 +120,27 @@ class _ChunkedHead(torch.autograd.Function):
                 grad_b.to(bias.dtype) if need_b else None, None, None, None, None, None, None, None)
 
 
+def full_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
+    """``weight`` as a plain tensor: a sharded ``DTensor`` (an FSDP2 parameter whose module's forward did not
+    gather it, :mod:`unipo.models.sharding`) is all-gathered, and its gradient comes back reduce-scattered and
+    averaged over the ranks, as FSDP2 averages every other gradient; anything else is returned as is."""
+    if weight is None:
+        return None
+    if weight.numel() == 0 and hasattr(weight, "ds_id"):
+        raise UnipoError("the LM head's weight is partitioned by DeepSpeed ZeRO-3 outside the head's own forward, "
+                         "where unipo's chunked log-prob head reads it: ZeRO-3 is not supported by unipo's training "
+                         "path (use configs/accelerate/fsdp.yaml, FSDP2, or zero2.yaml; docs/scaling.md)")
+    try:
+        from torch.distributed.tensor import DTensor, Partial
+    except ImportError:  # a torch without distributed support
+        return weight
+    if not isinstance(weight, DTensor):
+        return weight
+    if not weight.requires_grad:
+        return weight.full_tensor()
+    return weight.full_tensor(grad_placements=[Partial("avg")] * weight.device_mesh.ndim)
+
+
 def token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
                 ref_hidden: torch.Tensor | None = None, ref_head: torch.nn.Linear | None = None,
                 kl_direction: str | None = None, chunk_size: int = 1024, log_sum_sq: bool = False
@@ -134,11 +157,12 @@ def token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tenso
         empty = hidden.new_zeros(0, dtype=torch.float32)
         return (empty, (empty if kl_direction else None)) + ((empty,) if log_sum_sq else ())
     do_kl = kl_direction is not None
+    ref_weight = full_weight(ref_head.weight).detach() if do_kl else None
+    ref_bias = full_weight(ref_head.bias).detach() if do_kl and ref_head.bias is not None else None
     logps, second, sq = _ChunkedHead.apply(
-        hidden, head.weight, head.bias, labels,
-        ref_hidden.detach() if do_kl else None, ref_head.weight.detach() if do_kl else None,
-        (ref_head.bias.detach() if do_kl and ref_head.bias is not None else None),
-        kl_direction, int(chunk_size), bool(log_sum_sq),
+        hidden, full_weight(head.weight), full_weight(head.bias), labels,
+        ref_hidden.detach() if do_kl else None, ref_weight, ref_bias, kl_direction, int(chunk_size),
+        bool(log_sum_sq),
     )
     return (logps, (second if do_kl else None)) + ((sq,) if log_sum_sq else ())
 

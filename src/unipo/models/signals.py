@@ -5,6 +5,7 @@ A token signal is an ``nn.Module`` with ``forward(ref: ReferenceOutputs, batch: 
 SignalOutput``: per side, ``[B, T]`` tensors named by the objective input they fill (``weights``: SparsePO's
 m^u, ``kl_weights``: SparsePO's m^d, ``prior_offsets``: the learned prior's g), and detached metrics (mask
 sparsity, mean mask, prior offsets) logged with the objective's. ``PreferenceTrainer(token_signal=...)``
+makes it a submodule of the policy (:func:`attach_signal`: the engine that wraps the policy manages it),
 calls it on the output of the reference pass, optimises its parameters in their own parameter group
 (weight decay ``module.weight_decay``) and saves its state as ``unipo_signal.safetensors``. Class
 attributes read by the training layer:
@@ -239,6 +240,26 @@ class LearnedPrior(nn.Module):
         metrics = {f"prior/offset_{s}_mean": out[s]["prior_offsets"].detach()[batch.side(s).mask].float().mean()
                    for s in SIDES}
         return SignalOutput(out, metrics)
+
+
+# -- the signal inside the policy ------------------------------------------------------------------------
+#: the attribute under which a token signal is a submodule of the policy (:func:`attach_signal`)
+SIGNAL_ATTRIBUTE = "unipo_token_signal"
+
+
+def attach_signal(policy: nn.Module, signal: nn.Module) -> None:
+    """Make ``signal`` a submodule of ``policy`` (``policy.unipo_token_signal``), so that whatever engine
+    wraps the policy manages it as its own parameters: DDP all-reduces its gradients, FSDP2 / ZeRO-3 shard it
+    with the root unit, the optimizer and the clipping see it, and the engine's checkpoints save and restore
+    it. It is still called on its own, after the policy's forward (:func:`unipo.training.step.preference_step`).
+    ``PreferenceTrainer`` keeps its keys out of the saved model (:func:`is_signal_key`) and writes them to
+    ``unipo_signal.safetensors`` instead."""
+    policy.add_module(SIGNAL_ATTRIBUTE, signal)
+
+
+def is_signal_key(name: str) -> bool:
+    """Whether a state-dict key or parameter name of the policy belongs to an attached token signal."""
+    return name.startswith(SIGNAL_ATTRIBUTE + ".") or f".{SIGNAL_ATTRIBUTE}." in name
 
 
 # -- configuration -----------------------------------------------------------------------------------

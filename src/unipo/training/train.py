@@ -8,7 +8,8 @@ Four stages, each a function:
 2. :func:`load_data` and :func:`load_models` — tokenizer, pairs (with a summary of what was truncated or
    dropped), policy (+ LoRA), reference (a copy, or precomputed log-probs), token signal;
 3. :func:`build_trainer` — transformers' Trainer with the objective as its loss (:class:`PreferenceTrainer`);
-4. :func:`write_outputs` — model, tokenizer, resolved config, metrics, data summary, model card.
+4. :func:`save_final_model` (every process) and :func:`write_outputs` — model, tokenizer, resolved config,
+   metrics, data summary, model card.
 
 Plots and other extras come in through Trainer callbacks (``train(cfg, callbacks=[...])``): the training
 layer imports nothing from the pipelines above it.
@@ -264,12 +265,21 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
 
 
 # -- 4. write ---------------------------------------------------------------------------------------------
+def save_final_model(trainer, out_dir: Path) -> None:
+    """The trained model (with a token signal, also ``unipo_signal.safetensors``: PreferenceTrainer._save), called
+    by EVERY process: under FSDP and DeepSpeed gathering the full state dict is a collective (Trainer writes on
+    the main process only). Under FSDP the final model is gathered whole (``FULL_STATE_DICT``) whatever the
+    checkpoints' state-dict type, so the output directory holds a model that ``from_pretrained`` loads."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out_dir))
+
+
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
-    """Model, tokenizer, token signal, resolved config, metrics, data summary and model card."""
+    """Tokenizer, token signal spec, resolved config, metrics, data summary and model card (main process)."""
     from unipo.training.outputs import model_card, write_config, write_metrics
 
-    out_dir = plan.out_dir
-    trainer.save_model(str(out_dir))  # with a token signal, also unipo_signal.safetensors (PreferenceTrainer._save)
+    out_dir = plan.out_dir  # the model itself is saved by every process before (save_final_model)
     models.tokenizer.save_pretrained(str(out_dir))
     if plan.signal is not None:
         (out_dir / "unipo_signal.json").write_text(json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
@@ -331,6 +341,7 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     try:
         trainer.train(resume_from_checkpoint=resume_from)
         final: dict[str, Any] = trainer.evaluate() if data.eval else {}
+        save_final_model(trainer, plan.out_dir)
         if not trainer.is_world_process_zero():
             return {"output_dir": str(plan.out_dir), "final": final}
         history = trainer.state.log_history

@@ -13,6 +13,7 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
+from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
@@ -25,11 +26,15 @@ class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
                  token_signal: torch.nn.Module | None = None, **kwargs):
-        # a token signal (SparsePO mask network, learned prior head, ...) must exist before the optimizer
+        # a token signal (SparsePO mask network, learned prior head, ...) is a submodule of the policy before the
+        # engine wraps it: DDP all-reduces its gradients, FSDP / ZeRO-3 shard it, Trainer's optimizer, gradient
+        # clipping and engine checkpoints include it (models.signals.attach_signal)
         self.token_signal = token_signal
+        model = kwargs.get("model", args[0] if args else None)
+        if token_signal is not None and model is not None \
+                and getattr(model, SIGNAL_ATTRIBUTE, None) is not token_signal:
+            attach_signal(model, token_signal)
         super().__init__(*args, **kwargs)
-        if token_signal is not None:
-            self.token_signal.to(self.accelerator.device)
         self.objective = objective
         self.chunk_size = chunk_size
         self.head_dtype = head_dtype
@@ -39,6 +44,7 @@ class PreferenceTrainer(Trainer):
         self.ref_model = None
         if ref_model is not None:
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                # sharded for inference under the engine (FSDP / ZeRO-3): not a full copy per process
                 self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
             else:
                 self.ref_model = ref_model.to(self.accelerator.device)
@@ -49,67 +55,80 @@ class PreferenceTrainer(Trainer):
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
     def create_optimizer(self, model=None):
+        """Trainer's optimizer, with the token signal's parameters moved out of the model's groups into their
+        own (weight decay ``token_signal.weight_decay``, the run's learning rate)."""
         optimizer = super().create_optimizer(model)
         if self.token_signal is not None and not getattr(self, "_signal_group_added", False):
             params = [p for p in self.token_signal.parameters() if p.requires_grad]
+            ids = {id(p) for p in params}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
             if params:
                 optimizer.add_param_group({"params": params, "lr": self.args.learning_rate,
                                            "weight_decay": float(getattr(self.token_signal, "weight_decay", 0.0)),
                                            "initial_lr": self.args.learning_rate})
-                # Trainer clips, and zeroes after the step, the MODEL's gradients only: the signal's are
-                # all-reduced across processes (it is not wrapped in DDP) and clipped (separately, at the same
-                # max_grad_norm) before each optimizer step, and zeroed after it
-                def pre_step(*_):
-                    grads = [p.grad for p in params if p.grad is not None]
-                    if grads and self.accelerator.num_processes > 1:
-                        for g in grads:
-                            torch.distributed.all_reduce(g, op=torch.distributed.ReduceOp.AVG)
-                    if grads and self.args.max_grad_norm and self.args.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
-
-                optimizer.register_step_pre_hook(pre_step)
-                optimizer.register_step_post_hook(lambda *_: self.token_signal.zero_grad(set_to_none=True))
             self._signal_group_added = True
         return optimizer
 
     def _save(self, output_dir=None, state_dict=None):
-        super()._save(output_dir, state_dict)
-        objective_state = self.objective.state_dict()
-        if objective_state and self.args.should_save:  # β-DPO / α-DPO moving statistics (this process's)
-            import json
-
-            out = output_dir or self.args.output_dir
-            with open(f"{out}/{OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
-                json.dump(objective_state, f)
-        if self.token_signal is not None and self.args.should_save:
+        """The model without the token signal's keys (it is not part of the model a user loads), the signal's
+        weights in ``unipo_signal.safetensors`` beside it, and the objective's state (β-DPO / α-DPO moving
+        statistics, this process's) in ``unipo_objective_state.json``."""
+        self._save_objective_state(output_dir)
+        if self.token_signal is None:
+            return super()._save(output_dir, state_dict)
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        signal_state = {k.split(SIGNAL_ATTRIBUTE + ".", 1)[1]: v for k, v in state_dict.items() if is_signal_key(k)}
+        super()._save(output_dir, {k: v for k, v in state_dict.items() if not is_signal_key(k)})
+        if self.args.should_save:
             from safetensors.torch import save_file
 
+            if not signal_state:  # a state dict that does not hold the signal (PEFT's adapter-only one)
+                signal_state = self.token_signal.state_dict()
             out = output_dir or self.args.output_dir
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.token_signal.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in signal_state.items()},
                       f"{out}/unipo_signal.safetensors")
 
+    def _save_objective_state(self, output_dir: str | None) -> None:
+        objective_state = self.objective.state_dict()
+        if objective_state and self.args.should_save:
+            import json
+            import os
+
+            out = output_dir or self.args.output_dir
+            os.makedirs(out, exist_ok=True)
+            with open(f"{out}/{OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
+                json.dump(objective_state, f)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The model, then the token signal from ``unipo_signal.safetensors`` (under FSDP / DeepSpeed the
+        engine's own checkpoint already restored it, as part of the policy)."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        import json
         import os
 
         state_path = f"{resume_from_checkpoint}/{OBJECTIVE_STATE}"
         if os.path.exists(state_path):  # every process resumes from the saving process's statistics
+            import json
+
             with open(state_path, encoding="utf-8") as f:
                 self.objective.load_state_dict(json.load(f))
+        if self.token_signal is None or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return
         path = f"{resume_from_checkpoint}/unipo_signal.safetensors"
-        if self.token_signal is not None and os.path.exists(path):
+        if os.path.exists(path):
             from safetensors.torch import load_file
 
             self.token_signal.load_state_dict(load_file(path))
-        elif self.token_signal is not None and list(self.token_signal.parameters()):
+        elif list(self.token_signal.parameters()):
             import warnings
 
             warnings.warn(f"{path} not found: the token signal starts from its initial weights", stacklevel=2)
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """Trainer's warning about missing keys, without the keys of tied parameters: with tied embeddings the
-        checkpoint stores ``lm_head.weight`` once, as the embedding, and loading that fills both."""
+        checkpoint stores ``lm_head.weight`` once, as the embedding, and loading that fills both; nor those of
+        the token signal, which is restored from ``unipo_signal.safetensors``."""
         params = dict(self.model.named_parameters(remove_duplicate=False))
         missing = set(load_result.missing_keys)
         loaded = [p for name, p in params.items() if name not in missing]
@@ -117,7 +136,7 @@ class PreferenceTrainer(Trainer):
         def tied(key: str) -> bool:
             return key in params and any(params[key] is p for p in loaded)
 
-        kept = [k for k in load_result.missing_keys if not tied(k)]
+        kept = [k for k in load_result.missing_keys if not tied(k) and not is_signal_key(k)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=kept))
 
     # -- the loss ------------------------------------------------------------------------------------
