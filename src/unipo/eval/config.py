@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TASKS = ("arithmetic", "none")
+ON_INVALID = ("error", "skip")
 
 
 @dataclass
@@ -62,6 +63,11 @@ class EvalOptions:
     batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
     task: str | None = field(default=None, metadata={
         "help": "a built-in task whose verifier scores the samples (null: none)", "choices": TASKS})
+    on_invalid: str | None = field(default=None, metadata={
+        "help": "a held-out row that fails validation: error (stop, naming file, row and field) or skip (counted "
+                "in eval.json's data_summary; compare: also the training rows, counted in each run's "
+                "data_summary.json); null: the run's (compare: the base config's) on_invalid",
+        "choices": ON_INVALID})
 
 
 @dataclass

@@ -125,16 +125,18 @@ def _check_ref_sync(cfg: TrainConfig, reference: str) -> None:
 
 # -- 2. load ----------------------------------------------------------------------------------------------
 def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
-                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False):
+                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
+                 counted_in: str = "data_summary.json"):
     """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
-    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary."""
+    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary. ``counted_in``:
+    the file where the calling command records skipped rows (named by an invalid-row error's way out)."""
     from unipo.data.tokenize import PrepOptions, prepare_pairs
 
     options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
                           bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
-                          pair_weight_column=cfg.weight_column)
+                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in)
     pairs, summary = prepare_pairs(source, tokenizer, options)
     log(summary.format())
     if not pairs:
