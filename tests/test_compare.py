@@ -97,9 +97,9 @@ def test_sweep_of_the_learning_rate_trains_each_value(tiny_model_dir, tmp_path):
                  "--variants", "dpo", "--sweep", "learning_rate=0,1e-2", "--out", str(out), "--n-samples", "0",
                  "--set", "progress=false"]) == 0
     rows = {r["run"]: r for r in csv.DictReader((out / "metrics.csv").open())}
-    assert {"dpo_learning_rate=0", "dpo_learning_rate=0.01"} <= set(rows)
+    assert {"dpo_learning_rate=0", "dpo_learning_rate=1e-2"} <= set(rows)
     assert float(rows["dpo_learning_rate=0"]["margin"]) == 0
-    assert abs(float(rows["dpo_learning_rate=0.01"]["margin"])) > 1e-4
-    for name, lr in (("dpo_learning_rate=0", 0), ("dpo_learning_rate=0.01", 0.01)):
+    assert abs(float(rows["dpo_learning_rate=1e-2"]["margin"])) > 1e-4
+    for name, lr in (("dpo_learning_rate=0", 0), ("dpo_learning_rate=1e-2", 0.01)):
         run_cfg = yaml.safe_load((out / "runs" / name / "unipo_config.yaml").read_text())
         assert run_cfg["learning_rate"] == lr

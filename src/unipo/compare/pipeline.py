@@ -26,7 +26,15 @@ def run_name(variant: Any) -> str:
         return variant.replace("_", "-")
     spec = dict(variant)
     name = str(spec.pop("preset", spec.pop("variant", "dpo"))).replace("_", "-")
-    return name + "".join(f"_{k}={v}" for k, v in sorted(spec.items()))
+    return name + "".join(f"_{k}={v}" for k, v in sorted(_flat(spec).items()))
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``token_signal.learning_rate``), for directory names."""
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 #: TrainConfig keys that a sweep or a variant mapping may not set: each run's own directory and lifecycle

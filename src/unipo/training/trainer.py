@@ -62,7 +62,7 @@ class PreferenceTrainer(Trainer):
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
     def create_optimizer(self, model=None):
         """Trainer's optimizer, with the token signal's parameters moved out of the model's groups into their
-        own (weight decay ``token_signal.weight_decay``, the run's learning rate)."""
+        own (weight decay ``token_signal.weight_decay``, its own ``learning_rate`` or the run's)."""
         optimizer = super().create_optimizer(model)
         if self.token_signal is not None and not getattr(self, "_signal_group_added", False):
             params = [p for p in self.token_signal.parameters() if p.requires_grad]
@@ -70,9 +70,12 @@ class PreferenceTrainer(Trainer):
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in ids]
             if params:
-                optimizer.add_param_group({"params": params, "lr": self.args.learning_rate,
+                # its own peak learning rate if it has one (token_signal {learning_rate: ...}), else the policy's;
+                # the schedule (warm-up, decay) scales both groups alike
+                lr = getattr(self.token_signal, "learning_rate", None) or self.args.learning_rate
+                optimizer.add_param_group({"params": params, "lr": lr,
                                            "weight_decay": float(getattr(self.token_signal, "weight_decay", 0.0)),
-                                           "initial_lr": self.args.learning_rate})
+                                           "initial_lr": lr})
             self._signal_group_added = True
         return optimizer
 
