@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from tests.helpers import ROWS, write_jsonl
 from unipo.cli import main
@@ -44,3 +45,61 @@ def test_compare_three_variants(tiny_model_dir, tmp_path, capsys):
     assert "dpo: trained earlier, not retrained" in err and "dpo: evaluating" in err
     assert (out / "runs" / "dpo" / "eval.json").exists()
     assert (out / "runs" / "dpo" / "model.safetensors").stat().st_mtime_ns == before
+
+
+# ---- --sweep over training keys (issue 14: MinorDPO's claim is robustness to a higher learning rate) ----
+
+@pytest.mark.unit
+def test_sweep_crosses_training_keys_into_each_runs_config(tmp_path):
+    from unipo.cli.eval import parse_sweep
+    from unipo.compare.pipeline import expand_sweep, run_config_for, run_name
+    from unipo.training.config import TrainConfig
+
+    base = TrainConfig.from_dict({"data": "pairs.jsonl", "learning_rate": 1e-6, "max_steps": 5})
+    sweep = parse_sweep(["learning_rate=5e-7,1e-6,5e-6", "beta=0.2"])
+    specs = expand_sweep(["dpo", {"preset": "minordpo", "max_steps": 7}], sweep)
+    configs = {run_name(s): run_config_for(base, s, tmp_path) for s in specs}
+    assert len(configs) == 6
+    got = sorted((c.variant["preset"], c.learning_rate, c.max_steps, c.objective_spec().get("beta"))
+                 for c in configs.values())
+    assert got == sorted((p, lr, steps, 0.2) for p, steps in (("dpo", 5), ("minordpo", 7))
+                         for lr in (5e-7, 1e-6, 5e-6))  # YAML's '5e-7' (a string) read as a number
+    for name, cfg in configs.items():
+        assert "learning_rate" not in cfg.variant and "max_steps" not in cfg.variant  # the objective's spec
+        assert cfg.output_dir == str(tmp_path / "runs" / name) and cfg.resume and not cfg.plots
+    assert len({c.output_dir for c in configs.values()}) == 6
+    assert base.learning_rate == 1e-6 and base.variant == "dpo"  # the base is not changed
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("sweep,message", [
+    ({"output_dir": ["a", "b"]}, "output_dir cannot be set per variant or swept"),
+    ({"learning_rate": ["fast"]}, "learning_rate must be a number"),
+    ({"lerning_rate": [1e-6]}, "lerning_rate"),  # neither a training key nor an objective key
+])
+def test_bad_sweeps_fail_before_any_training(sweep, message, tmp_path):
+    from unipo.compare.pipeline import compare
+    from unipo.errors import ConfigError
+    from unipo.training.config import TrainConfig
+
+    base = TrainConfig.from_dict({"data": "pairs.jsonl", "model": "/no/model/needed"})
+    with pytest.raises(ConfigError, match=message):
+        compare(base, ["dpo"], tmp_path / "out", sweep=sweep)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_sweep_of_the_learning_rate_trains_each_value(tiny_model_dir, tmp_path):
+    """learning_rate=0 leaves the policy its reference (held-out margin exactly 0); 1e-2 moves it."""
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    out = tmp_path / "report"
+    assert main(["compare", "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "2",
+                 "--variants", "dpo", "--sweep", "learning_rate=0,1e-2", "--out", str(out), "--n-samples", "0",
+                 "--set", "progress=false"]) == 0
+    rows = {r["run"]: r for r in csv.DictReader((out / "metrics.csv").open())}
+    assert {"dpo_learning_rate=0", "dpo_learning_rate=1e-2"} <= set(rows)
+    assert float(rows["dpo_learning_rate=0"]["margin"]) == 0
+    assert abs(float(rows["dpo_learning_rate=1e-2"]["margin"])) > 1e-4
+    for name, lr in (("dpo_learning_rate=0", 0), ("dpo_learning_rate=1e-2", 0.01)):
+        run_cfg = yaml.safe_load((out / "runs" / name / "unipo_config.yaml").read_text())
+        assert run_cfg["learning_rate"] == lr

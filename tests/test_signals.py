@@ -226,6 +226,50 @@ def test_learned_prior_group_has_no_decay_by_default(models, tmp_path):
     assert trainer.create_optimizer().param_groups[-1]["weight_decay"] == 0.0
 
 
+@pytest.mark.integration
+def test_learned_prior_has_its_own_learning_rate_on_the_policys_schedule(models, tmp_path):
+    """token_signal {learning_rate: 0.05}: its param group peaks at 0.05 while the policy's peaks at 1e-3, and
+    the linear schedule scales both alike: lr_t = lr_0·(1 − t/T) (transformers' linear schedule, no warm-up)."""
+    policy, ref = models
+    trainer = make_trainer(tmp_path, policy, ref, Objective("learned_prior"),
+                           LearnedPrior(ref.config.hidden_size, learning_rate=0.05), lr_scheduler_type="linear")
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    opt, sched = trainer.optimizer, trainer.lr_scheduler
+    assert [g["lr"] for g in opt.param_groups][-1] == pytest.approx(0.05)
+    assert all(g["lr"] == pytest.approx(1e-3) for g in opt.param_groups[:-1])
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[-1]["lr"] == pytest.approx(0.05 * (1 - 3 / 10))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - 3 / 10))
+    without = make_trainer(tmp_path, policy, ref, Objective("learned_prior"), LearnedPrior(ref.config.hidden_size))
+    assert without.create_optimizer().param_groups[-1]["lr"] == pytest.approx(1e-3)  # default: the policy's
+
+
+@pytest.mark.unit
+def test_learned_prior_initialisations():
+    torch.manual_seed(0)
+    zero = LearnedPrior(16)
+    assert not zero.net[-1].weight.any() and not zero.net[-1].bias.any()  # starts exactly at DPO
+    normal = LearnedPrior(16, head_size=20000, init="normal", init_std=0.05)
+    w = normal.net[-1].weight.double()
+    assert w.std().item() == pytest.approx(0.05, rel=0.03) and abs(w.mean().item()) < 0.002
+    assert not normal.net[-1].bias.any()
+    default_std = LearnedPrior(16, head_size=20000, init="normal").net[-1].weight.double().std().item()
+    assert default_std == pytest.approx(0.01, rel=0.03)
+    torch_init = LearnedPrior(16, head_size=400, init="torch").net[-1].weight  # PyTorch: U(±1/sqrt(fan_in))
+    assert torch_init.abs().max().item() <= 1 / 400 ** 0.5 and torch_init.abs().max().item() > 0.5 / 400 ** 0.5
+    assert LearnedPrior(16, init_zero=False).init == "torch" and LearnedPrior(16, init_zero=True).init == "zero"
+    for kw, message in (({"init": "xavier"}, "init must be one of"), ({"init_std": 0.1}, "goes with init: normal"),
+                        ({"init": "normal", "init_std": 0}, "goes with init: normal"),
+                        ({"init": "zero", "init_zero": True}, "not both"),
+                        ({"learning_rate": 0}, "learning_rate must be > 0")):
+        with pytest.raises(ConfigError, match=message):
+            LearnedPrior(16, **kw)
+    with pytest.raises(ConfigError, match="init must be one of"):  # refused in the plan, before any model loads
+        resolve_signal_spec({"type": "learned_prior", "init": "xavier"}, Objective("learned_prior").config)
+
+
 # -- configuration -------------------------------------------------------------------------------------
 @pytest.mark.unit
 def test_signal_spec_resolution():

@@ -26,3 +26,14 @@ class DataError(UnipoError, ValueError):
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
         self.file, self.row, self.field = file, row, field
+
+    def with_way_out(self, way_out: str) -> DataError:
+        """The same error (file, row, field kept) with ``way_out`` appended to its message."""
+        err = DataError(f"{self}; {way_out}")
+        err.file, err.row, err.field = self.file, self.row, self.field
+        return err
+
+
+def skip_invalid_hint(counted_in: str = "data_summary.json") -> str:
+    """The way out that ends every invalid-row error of the commands that read pairs (``--on-invalid``)."""
+    return f"pass --on-invalid skip to drop such rows; they are counted in {counted_in}"

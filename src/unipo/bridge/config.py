@@ -103,6 +103,10 @@ class BridgeRunArguments:
         "help": "tokenizer for the edit distance (null: the local editor's; whitespace words for a server "
                 "editor)"})
     limit: int | None = field(default=None, metadata={"help": "only the first N rows"})
+    on_invalid: str = field(default="error", metadata={
+        "help": "a row that fails validation (e.g. a blank response, as real HH-RLHF has): error (stop, naming "
+                "file, row and field) or skip (counted in OUT.summary.json: invalid, invalid_messages)",
+        "choices": ("error", "skip")})
     retry_failed: bool = field(default=False, metadata={"help": "redo rows recorded as failed"})
     overwrite: bool = field(default=False, metadata={"help": "delete OUT and its sidecars and start again"})
     plot: bool = field(default=True, metadata={"help": "write the edit-distance histogram PNG"})

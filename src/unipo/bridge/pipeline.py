@@ -37,7 +37,7 @@ from typing import Any
 from unipo.bridge.editors import EditJob, Editor, EditorStopped, EditResult
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
-from unipo.errors import DataError, UnipoError
+from unipo.errors import DataError, UnipoError, skip_invalid_hint
 from unipo.io.files import read_jsonl_repairing, sidecar_paths
 from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 
@@ -67,26 +67,34 @@ def _response_text(value: Any, *, file: str, row: int, field: str) -> str:
     return value[0]["content"]
 
 
-def read_pairs(source: str | Path) -> Iterator[BridgePair]:
+def read_pairs(source: str | Path, *, on_invalid: str = "error",
+               invalid: list[tuple[int, str]] | None = None) -> Iterator[BridgePair]:
     """Yield the pairs of ``source`` with their 1-based row numbers.
 
     Reading and normalising is :mod:`unipo.data.formats`' (``load_rows`` / ``normalize_row``): explicit
     or implicit prompts, text or conversational rows, and Anthropic HH raw transcripts (which become
     conversational). Extra columns are not carried over (per-token weights would not fit the edited text).
+    A row that fails validation raises (``on_invalid="error"``, with the way out) or is skipped and appended
+    to ``invalid`` as (row, message) (``"skip"``).
     """
     from unipo.data.formats import load_rows, normalize_row
 
     name = str(source)
     for n, raw in load_rows(source):
-        pair = normalize_row(raw, file=name, row_number=n)
-        if pair.more_rejected:
-            raise DataError(f"bridging rewrites one rejected response; this row has {len(pair.all_rejected)} (give "
-                            "one rejected response per row)", file=name, row=n, field="rejected")
-        yield BridgePair(
-            n, pair.prompt, _response_text(pair.chosen, file=name, row=n, field="chosen"),
-            _response_text(pair.rejected, file=name, row=n, field="rejected"),
-            conversational=pair.conversational,
-        )
+        try:
+            pair = normalize_row(raw, file=name, row_number=n)
+            if pair.more_rejected:
+                raise DataError(f"bridging rewrites one rejected response; this row has {len(pair.all_rejected)} "
+                                "(give one rejected response per row)", file=name, row=n, field="rejected")
+            chosen = _response_text(pair.chosen, file=name, row=n, field="chosen")
+            rejected = _response_text(pair.rejected, file=name, row=n, field="rejected")
+        except DataError as exc:
+            if on_invalid == "error":
+                raise exc.with_way_out(skip_invalid_hint("OUT.summary.json (invalid)")) from None
+            if invalid is not None:
+                invalid.append((n, str(exc)))
+            continue
+        yield BridgePair(n, pair.prompt, chosen, rejected, conversational=pair.conversational)
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -182,6 +190,7 @@ class BridgeOptions:
     max_new_tokens_cap: int = 2048
     progress_every: float = 10.0  # seconds between progress lines (0: none)
     plot: bool = True
+    on_invalid: str = "error"  # a row that fails validation: error | skip (counted in the summary)
 
 
 def _as_message(text: str) -> list[dict[str, str]]:
@@ -225,12 +234,17 @@ class _BridgeRun(ResumablePipeline[BridgePair]):
         self.tokenize, self.tokenizer_name = make_tokenize(tokenizer)
         self.counts = {"edited": 0, "dropped_none": 0, "failed": 0, "truncated": 0}
         self.by_row: dict[int, BridgePair] = {}
+        self.invalid: list[tuple[int, str]] = []  # input rows skipped as invalid (on_invalid: skip)
         self._last_log = 0.0
 
     def load(self) -> list[BridgePair]:
-        pairs = list(read_pairs(self.data))
+        self.invalid = []
+        pairs = list(read_pairs(self.data, on_invalid=self.opts.on_invalid, invalid=self.invalid))
         if self.opts.limit is not None:
             pairs = pairs[: self.opts.limit]
+            self.invalid = [(n, m) for n, m in self.invalid if not pairs or n < pairs[-1].row]
+        if self.invalid:
+            self.log(f"skipped {len(self.invalid)} invalid rows (on_invalid: skip), e.g. {self.invalid[0][1]}")
         if not pairs:
             raise DataError(f"{self.data}: no rows")
         self.by_row = {p.row: p for p in pairs}
@@ -310,6 +324,7 @@ class _BridgeRun(ResumablePipeline[BridgePair]):
 
     def summarize(self, items: list[BridgePair], meta: dict[str, Any], elapsed: float) -> dict[str, Any]:
         return summarize(self.paths, items, self.counts, self.tokenizer_name, elapsed=elapsed,
+                         invalid=self.invalid,
                          plot=self.opts.plot, meta=meta)
 
     def format_summary(self, summary: dict[str, Any]) -> str:
@@ -326,8 +341,10 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def summarize(paths: BridgePaths, pairs: list[BridgePair], this_run: dict[str, int], tokenizer_name: str,
-              *, elapsed: float, plot: bool = True, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Counts over the whole output (all runs so far), the edit-distance distribution, and the PNG."""
+              *, elapsed: float, plot: bool = True, meta: dict[str, Any] | None = None,
+              invalid: list[tuple[int, str]] | None = None) -> dict[str, Any]:
+    """Counts over the whole output (all runs so far), the edit-distance distribution, and the PNG;
+    ``invalid``: the (row, message) of the input rows skipped as invalid (``on_invalid: skip``)."""
     state = load_state(paths)
     rows = {p.row for p in pairs}
     edited = [r for row, r in state.edited.items() if row in rows]
@@ -345,6 +362,8 @@ def summarize(paths: BridgePaths, pairs: list[BridgePair], this_run: dict[str, i
         "dropped_none": dropped,
         "failed": failed,
         "pending": len(pairs) - len(edited) - dropped - failed,
+        "invalid": len(invalid or []),
+        "invalid_messages": [msg for _, msg in (invalid or [])[:5]],
         "this_run": {**this_run, "seconds": round(elapsed, 2)},
         "template": (meta or {}).get("template"),
         "editor": (meta or {}).get("editor"),
@@ -393,7 +412,8 @@ def format_summary(s: dict[str, Any]) -> str:
     ed = s["edit_distance"]
     lines = [
         f"rows read {s['rows_read']}: edited {s['edited']}, dropped as None {s['dropped_none']}, "
-        f"failed {s['failed']}, pending {s['pending']}  (this run: {s['this_run']})",
+        f"failed {s['failed']}, pending {s['pending']}  (this run: {s['this_run']})"
+        + (f"; {s['invalid']} invalid input rows skipped" if s.get("invalid") else ""),
     ]
     if ed.get("count"):
         lines.append(f"edit distance ({ed['unit']}): median {ed['median']}, mean {ed['mean']}, "

@@ -101,6 +101,7 @@ def run_bridge_command(args: argparse.Namespace) -> int:
             raise UnipoError(f"--{flag.replace('_', '-')} must be at least 1")
     editor = _build_editor(ed, gen, net)
     options = BridgeOptions(limit=run.limit, retry_failed=run.retry_failed, overwrite=run.overwrite,
+                            on_invalid=run.on_invalid,
                             keep_truncated=gen.keep_truncated, max_new_tokens=gen.max_new_tokens, plot=run.plot)
     summary = run_bridge(io.data, io.out, editor, template, options=options,
                          tokenizer=_load_tokenizer(run.tokenizer))

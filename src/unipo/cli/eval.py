@@ -23,6 +23,8 @@ def eval_kwargs(opts: EvalOptions, judge: JudgeOptions) -> dict[str, Any]:
     """The keywords of :func:`unipo.eval.evaluate.evaluate_run` (and ``compare``'s ``eval_kwargs``)."""
     kw: dict[str, Any] = {"limit": opts.limit, "n_prompts": opts.n_prompts, "n_samples": opts.n_samples,
                           "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "task": opts.task}
+    if opts.on_invalid is not None:
+        kw["on_invalid"] = opts.on_invalid
     if judge.judge or judge.judge_url or (judge.judge_model and os.environ.get("OPENAI_BASE_URL")):
         if not judge.judge and not judge.judge_model:
             raise ConfigError("--judge-url needs --judge-model")
@@ -80,6 +82,9 @@ def run_compare(args: argparse.Namespace) -> int:
     src = to_dataclass(args, ConfigSource)
     base_keys = ("data", "model", "max_steps", "seed")
     over = {k: v for k, v in given(args, CompareArguments).items() if k in base_keys}
+    on_invalid = to_dataclass(args, EvalOptions).on_invalid
+    if on_invalid is not None:  # --on-invalid covers the training rows too
+        over["on_invalid"] = on_invalid
     base = TrainConfig.load(src.config, {**over, **parse_assignments(src.set)})
     variants = [yaml.safe_load(v) if v.strip().startswith("{") else v for v in a.variants]
     runs = compare(base, variants, a.out, eval_data=a.eval_data, sweep=parse_sweep(a.sweep),

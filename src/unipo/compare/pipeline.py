@@ -26,11 +26,44 @@ def run_name(variant: Any) -> str:
         return variant.replace("_", "-")
     spec = dict(variant)
     name = str(spec.pop("preset", spec.pop("variant", "dpo"))).replace("_", "-")
-    return name + "".join(f"_{k}={v}" for k, v in sorted(spec.items()))
+    return name + "".join(f"_{k}={v}" for k, v in sorted(_flat(spec).items()))
+
+
+def _flat(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``token_signal.learning_rate``), for directory names."""
+    out: dict[str, Any] = {}
+    for k, v in spec.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+#: TrainConfig keys that a sweep or a variant mapping may not set: each run's own directory and lifecycle
+UNSWEPT_KEYS = frozenset({"variant", "output_dir", "resume", "overwrite"})
+
+
+def is_training_key(key: str) -> bool:
+    """A key of the training configuration (``learning_rate``, ``max_steps``, ...) rather than of the objective.
+    ``beta`` is the objective's (TrainConfig's ``beta`` is only a shortcut for it); no other TrainConfig key is
+    also a part kind or parameter of the objective."""
+    return key in TrainConfig.keys() and key != "beta"
+
+
+def split_spec(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """A variant (a preset name, or a mapping that may hold training keys, e.g. from ``--sweep
+    learning_rate=...``) → (the objective's spec, the TrainConfig overrides of that run)."""
+    if not isinstance(spec, dict):
+        return spec, {}
+    training = {k: v for k, v in spec.items() if is_training_key(k)}
+    refused = sorted(set(training) & UNSWEPT_KEYS)
+    if refused:
+        raise ConfigError(f"compare: {', '.join(refused)} cannot be set per variant or swept (each run has its own "
+                          f"directory under OUT/runs)")
+    return {k: v for k, v in spec.items() if k not in training}, training
 
 
 def expand_sweep(variants: list[Any], sweep: dict[str, list[Any]] | None) -> list[Any]:
-    """Cross every variant with every value of every swept parameter (e.g. {beta: [0.05, 0.1]})."""
+    """Cross every variant with every value of every swept key: an objective parameter (``{beta: [0.05,
+    0.1]}``) or a training key (``{learning_rate: [5e-7, 1e-6]}``, :func:`split_spec` tells them apart)."""
     out: list[Any] = list(variants)
     for key, values in (sweep or {}).items():
         new = []
@@ -75,8 +108,7 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = expand_sweep(variants, sweep)
-    for spec in specs:  # fail fast on a bad variant before any training
-        resolve(spec if isinstance(spec, dict) else {"preset": spec})
+    configs = {run_name(spec): run_config_for(base, spec, out) for spec in specs}  # fail fast, before training
     held_out = eval_data or base.eval_data or base.data
     if held_out is None:
         raise ConfigError("compare needs data (and ideally held-out eval_data)")
@@ -91,20 +123,15 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
             if _trained(run_dir):
                 log(f"{name}: trained earlier, not retrained")
             else:
-                cfg = copy.deepcopy(base)
-                cfg.variant = spec
-                cfg.output_dir = str(run_dir)
-                cfg.resume = True  # an interrupted variant continues from its last checkpoint
-                cfg.plots = False
                 log(f"{name}: training")
-                train(cfg)
+                train(configs[name])
             log(f"{name}: evaluating on {held_out}")
             evaluate_run(run_dir, held_out, **eval_kwargs)
         record = json.loads((run_dir / "eval.json").read_text())
         objective = resolve(read_config(run_dir)["objective"])
         runs[name] = {"metrics": record["metrics"], "calibration_bins": record.get("calibration_bins"),
                       "history": [h for h in read_metrics(run_dir / "metrics.jsonl") if "loss" in h],
-                      "config": {"variant": objective.name, **objective.changes()}}
+                      "config": {"variant": objective.name, **objective.changes(), **split_spec(spec)[1]}}
     if include_reference and specs:
         ref_file = out / "reference_eval.json"
         if not ref_file.exists():
@@ -134,6 +161,18 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
     files = write_report(out, runs, title=title)
     log(f"report: {files['report']}")
     return runs
+
+
+def run_config_for(base: TrainConfig, spec: Any, out: Path) -> TrainConfig:
+    """The training configuration of one variant's run: ``base`` with the variant's objective, its training
+    keys (validated as ``unipo train`` validates them) and its directory ``OUT/runs/NAME``."""
+    objective, training = split_spec(spec)
+    resolve(objective if isinstance(objective, dict) else {"preset": objective})
+    cfg = TrainConfig.from_dict({**copy.deepcopy(base.to_dict()), **training, "variant": objective,
+                                 "output_dir": str(out / "runs" / run_name(spec)),
+                                 "resume": True,  # an interrupted variant continues from its last checkpoint
+                                 "plots": False}, source=f"compare, variant {run_name(spec)}")
+    return cfg
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

@@ -117,8 +117,8 @@ def _suffix(path: Path) -> str | None:
 
 def _open_text(path: Path) -> io.TextIOBase:
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")  # type: ignore[return-value]
-    return open(path, encoding="utf-8")  # noqa: SIM115
+        return gzip.open(path, "rt", encoding="utf-8-sig")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig")  # noqa: SIM115  (utf-8-sig: a leading byte-order mark is dropped)
 
 
 def _iter_jsonl(path: Path, file: str) -> Iterator[SourceRow]:

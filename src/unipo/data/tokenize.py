@@ -26,7 +26,7 @@ from typing import Any
 
 from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row
-from unipo.errors import ConfigError, DataError
+from unipo.errors import ConfigError, DataError, skip_invalid_hint
 from unipo.layout import MAX_REJECTED
 
 __all__ = [
@@ -400,6 +400,8 @@ class PrepOptions:
     - ``pair_weight_column``: a numeric column whose value (finite, ≥ 0) multiplies the pair's loss; a row
       without it, or with another value, is invalid (``on_invalid`` applies).
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
+    - ``invalid_counted_in``: the file in which the calling command counts skipped rows; the invalid-row
+      error ends with the way out (:func:`unipo.errors.skip_invalid_hint`).
     """
 
     max_length: int = 512
@@ -414,6 +416,8 @@ class PrepOptions:
     on_invalid: str = "error"
     split: str = "train"
     pair_weight_column: str | None = None
+    #: where the command that reads the pairs counts skipped rows (named in the invalid-row error's way out)
+    invalid_counted_in: str = "data_summary.json"
 
     def validate(self) -> None:
         for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
@@ -486,7 +490,7 @@ class _PairReader:
             raise
         except DataError as exc:
             if self.opts.on_invalid == "error":
-                raise
+                raise exc.with_way_out(skip_invalid_hint(self.opts.invalid_counted_in)) from None
             summary._drop("invalid", rown)
             if len(summary.invalid_messages) < 5:
                 summary.invalid_messages.append(str(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TASKS = ("arithmetic", "none")
+ON_INVALID = ("error", "skip")
 
 
 @dataclass
@@ -38,7 +39,9 @@ class CompareArguments:
         "help": "preset names, or YAML mappings such as '{preset: simpo, weights: bmc}'"})
     out: str = field(metadata={"help": "report directory (report.md, metrics.csv/json, plots, runs/)"})
     sweep: list[str] = field(default_factory=list, metadata={
-        "help": "cross every variant with these parameter values, e.g. beta=0.05,0.1 (repeatable)",
+        "help": "cross every variant with these values of an objective parameter (beta=0.05,0.1) or a training "
+                "key (learning_rate=5e-7,1e-6,5e-6; any TrainConfig key but output_dir/resume/overwrite); "
+                "repeatable: the sweeps are crossed",
         "action": "extend", "metavar": "KEY=V1,V2"})
     eval_data: str | None = field(default=None, metadata={
         "help": "held-out pairs every variant is evaluated on (null: the base config's eval_data, else its data)"})
@@ -62,6 +65,11 @@ class EvalOptions:
     batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
     task: str | None = field(default=None, metadata={
         "help": "a built-in task whose verifier scores the samples (null: none)", "choices": TASKS})
+    on_invalid: str | None = field(default=None, metadata={
+        "help": "a held-out row that fails validation: error (stop, naming file, row and field) or skip (counted "
+                "in eval.json's data_summary; compare: also the training rows, counted in each run's "
+                "data_summary.json); null: the run's (compare: the base config's) on_invalid",
+        "choices": ON_INVALID})
 
 
 @dataclass

@@ -165,13 +165,15 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
                  n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
                  task: str | None = None, seed: int = 0, out: str | Path | None = None,
                  judge: dict[str, Any] | None = None, reference_cache: bool = True, max_length: int | None = None,
-                 max_prompt_length: int | None = None) -> dict[str, Any]:
+                 max_prompt_length: int | None = None, on_invalid: str | None = None) -> dict[str, Any]:
     """Evaluate a run directory against its reference model; write ``eval.json``; return the result.
 
     With ``reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
     reference cache (:func:`with_reference_logps`) for variants without a per-position KL term.
     ``max_length`` / ``max_prompt_length``: truncation of the held-out pairs (None: the run's training
-    truncation); what was truncated is printed and recorded in ``eval.json`` (``truncation``)."""
+    truncation); what was truncated is printed and recorded in ``eval.json`` (``truncation``).
+    ``on_invalid``: error | skip for held-out rows that fail validation (None: the run's setting); what was
+    dropped is recorded in ``eval.json`` (``data_summary``)."""
     from unipo.io.rundir import RunDirLock
 
     out_path = Path(out) if out else Path(run_dir) / "eval.json"
@@ -179,7 +181,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
         result = _evaluate(run_dir, data, reference=reference, limit=limit, n_prompts=n_prompts, n_samples=n_samples,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
                            reference_cache=reference_cache, max_length=max_length,
-                           max_prompt_length=max_prompt_length)
+                           max_prompt_length=max_prompt_length, on_invalid=on_invalid)
         out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
     return result
 
@@ -187,7 +189,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
 def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: int | None, n_prompts: int,
               n_samples: int, max_new_tokens: int, batch_size: int, task: str | None, seed: int,
               judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
-              max_prompt_length: int | None) -> dict[str, Any]:
+              max_prompt_length: int | None, on_invalid: str | None = None) -> dict[str, Any]:
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
     from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
@@ -197,11 +199,11 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
     # held-out pairs are scored unweighted: the training data's pair-weight column does not apply to them
     cfg = TrainConfig.from_dict({**{k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()}, **lengths,
-                                 "weight_column": None})
+                                 "weight_column": None, **({"on_invalid": on_invalid} if on_invalid else {})})
     plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
-                                  diff_masks=plan.diff_masks)
+                                  diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)")
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
@@ -222,6 +224,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     result["truncation"] = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
                             "truncated_prompts": summary.truncated_prompt,
                             "truncated_responses": summary.truncated_response}
+    result["data_summary"] = summary.to_dict()
     return result
 
 

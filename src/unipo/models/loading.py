@@ -17,10 +17,27 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def resolve_model_path(name: str) -> str:
-    """A built-in source name → its cached checkpoint; an existing path → itself; else a hub name."""
+    """A built-in source name → its cached checkpoint; an existing directory → itself; else a hub name.
+
+    Neither an existing directory nor a well-formed hub name (``NAME`` or ``ORG/NAME``, as
+    ``huggingface_hub.utils.validate_repo_id`` accepts) is refused here, before anything loads, with both
+    readings named (rather than with the hub's own validation message)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     if is_builtin(name):
         return str(resolve_builtin(name))
-    return str(Path(name)) if Path(name).exists() else name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        raise UnipoError(f"model {name!r} is a file, not a model directory (give the directory that holds "
+                         f"config.json and the weights)")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise UnipoError(f"model {name!r} is not a directory and not a hub name (a hub name is NAME or ORG/NAME; "
+                         f"the built-in model is smollm2-135m-instruct); check the path") from None
+    return name
 
 
 def _cpu_flags() -> set[str] | None:

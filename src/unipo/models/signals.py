@@ -105,8 +105,12 @@ class SparsePOMasks(nn.Module):
     needs_hidden_states = True
 
     def __init__(self, num_layers: int, hidden_size: int, common: bool = True, dropout: float = 0.01,
-                 weight_decay: float = 0.01):
+                 weight_decay: float = 0.01, learning_rate: float | None = None):
         super().__init__()
+        if learning_rate is not None and not float(learning_rate) > 0:
+            raise ConfigError(f"token_signal sparsepo_masks: learning_rate must be > 0, got {learning_rate}")
+        #: its own peak learning rate (None: the policy's), in its own optimizer param group
+        self.learning_rate = float(learning_rate) if learning_rate is not None else None
         if num_layers < 1 or hidden_size < 1:
             raise ConfigError(f"SparsePOMasks needs num_layers >= 1 and hidden_size >= 1, got {num_layers}, "
                               f"{hidden_size}")
@@ -217,14 +221,34 @@ class LearnedPrior(nn.Module):
     """
 
     needs_hidden_states = False
+    #: output-layer initialisations: zero (g = 0, training starts exactly at DPO), normal (N(0, init_std²)
+    #: weights, zero bias: a small random prior from step 1), torch (PyTorch's default Linear init)
+    INITS = ("zero", "normal", "torch")
 
-    def __init__(self, hidden_size: int, init_zero: bool = True, head_size: int = 64, weight_decay: float = 0.0):
+    def __init__(self, hidden_size: int, init_zero: bool | None = None, head_size: int = 64,
+                 weight_decay: float = 0.0, learning_rate: float | None = None, init: str | None = None,
+                 init_std: float | None = None):
         super().__init__()
-        self.hidden_size = int(hidden_size)
+        if init_zero is not None and init is not None:
+            raise ConfigError("token_signal learned_prior: give init (zero | normal | torch) or the older init_zero, "
+                              "not both")
+        init = init if init is not None else ("torch" if init_zero is False else "zero")
+        if init not in self.INITS:
+            raise ConfigError(f"token_signal learned_prior: init must be one of {', '.join(self.INITS)}, got {init!r}")
+        if init_std is not None and (init != "normal" or not float(init_std) > 0):
+            raise ConfigError("token_signal learned_prior: init_std (> 0) goes with init: normal")
+        if learning_rate is not None and not float(learning_rate) > 0:
+            raise ConfigError(f"token_signal learned_prior: learning_rate must be > 0, got {learning_rate}")
+        self.hidden_size, self.init = int(hidden_size), init
         self.weight_decay = float(weight_decay)
+        #: its own peak learning rate (None: the policy's); PreferenceTrainer puts it in its own param group
+        self.learning_rate = float(learning_rate) if learning_rate is not None else None
         self.net = nn.Sequential(nn.Linear(self.hidden_size, head_size), nn.GELU(), nn.Linear(head_size, 1))
-        if init_zero:
+        if init == "zero":
             nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+        elif init == "normal":
+            nn.init.normal_(self.net[-1].weight, std=float(init_std if init_std is not None else 0.01))
             nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, ref: ReferenceOutputs, batch: PackedBatch | Mapping[str, torch.Tensor]) -> SignalOutput:
@@ -275,10 +299,12 @@ class SignalType:
 
 
 SIGNAL_TYPES: dict[str, SignalType] = {
-    "sparsepo_masks": SignalType(SparsePOMasks, ("common", "dropout", "weight_decay"), ("weights", "kl_weights"),
+    "sparsepo_masks": SignalType(SparsePOMasks, ("common", "dropout", "weight_decay", "learning_rate"),
+                                 ("weights", "kl_weights"),
                                  ("num_layers", "hidden_size")),
     "activation_masks": SignalType(ActivationMasks, ("layers",), ("weights",), ()),
-    "learned_prior": SignalType(LearnedPrior, ("init_zero", "head_size", "weight_decay"), ("prior_offsets",),
+    "learned_prior": SignalType(LearnedPrior, ("init", "init_std", "init_zero", "head_size", "weight_decay",
+                                               "learning_rate"), ("prior_offsets",),
                                 ("hidden_size",)),
 }
 #: objective inputs that only a token signal can supply (the others come from the data or the models)
@@ -330,6 +356,8 @@ def resolve_signal_spec(spec: Any, requirements: Any, *, data_weights: bool = Fa
         raise ConfigError(f"token_signal {kind}: unknown option(s) {sorted(unknown)}; allowed: "
                           f"{', '.join(signal.options)}")
     _check_fit(kind, signal, req, needed, data_weights, name)
+    if signal.sizes:  # the options' values are checked by building it once at size 1 (milliseconds)
+        build_signal(spec, num_layers=1, hidden_size=1)
     if kind == "activation_masks" and spec.get("layers") is not None:
         layers = spec["layers"]
         if not (layers in ("all", "last") or (isinstance(layers, list) and all(isinstance(i, int) for i in layers))):

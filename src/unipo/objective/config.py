@@ -85,6 +85,15 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+#: methods that are not an objective but a training behaviour: where ``unipo train`` configures them
+TRAINING_BEHAVIOURS = {
+    "tr_dpo": "TR-DPO (arXiv 2404.09656) changes where the reference comes from, not the loss: train variant "
+              "dpo (or any variant with a reference) with ref_sync: soft (ref_sync_alpha, ref_sync_steps) or "
+              "ref_sync: hard in the training configuration (docs/objective.md, 'Training behaviours')",
+}
+TRAINING_BEHAVIOURS["trdpo"] = TRAINING_BEHAVIOURS["tr_dpo"]
+
+
 def _params_owner() -> dict[str, str]:
     owner = {}
     for kind in KINDS:
@@ -106,6 +115,8 @@ def resolve(variant: str | Mapping[str, Any], overrides: Mapping[str, Any] | Non
         raise ConfigError(f"variant must be a preset name or a mapping, got {type(variant).__name__}")
     spec.update(overrides or {})
     preset_name = normalise_name(preset_name)
+    if preset_name in TRAINING_BEHAVIOURS:
+        raise ConfigError(f"{preset_name!r} is not a preset: {TRAINING_BEHAVIOURS[preset_name]}")
     if preset_name not in PRESETS:
         raise ConfigError(f"unknown variant {preset_name!r}{_suggest(preset_name, PRESETS)}; "
                           f"presets are: {', '.join(PRESETS)}")

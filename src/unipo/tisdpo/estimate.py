@@ -226,7 +226,9 @@ class _EstimateRun(ResumablePipeline):
         self.fingerprint = tokenizer_fingerprint(self.tokenizer)
         self.raw = _data_rows(self.data, opts.limit)
         pairs, prep = prepare_pairs(self.data, self.tokenizer, max_length=NO_TRUNCATION, max_prompt_length=None,
-                                    limit=opts.limit, on_invalid=opts.on_invalid)
+                                    limit=opts.limit, on_invalid=opts.on_invalid,
+                                    invalid_counted_in=f"{self.paths.summary} ('data')")
+        self.prep = prep
         if not pairs:
             raise UnipoError(f"{self.data}: no usable preference pairs\n{prep.format()}")
         listwise = next((p for p in pairs if p.more_rejected_ids), None)
@@ -333,7 +335,7 @@ class _EstimateRun(ResumablePipeline):
         rows = _read_rows(self.paths.out)
         options = {k: v for k, v in asdict(self.opts).items() if k not in ("overwrite", "progress")}
         summary = {**summarize(rows), "complete": len(rows) >= len(items), "pairs_total": len(items),
-                   "options": options}
+                   "options": options, "data": self.prep.to_dict()}
         self.paths.summary.write_text(json.dumps(summary, indent=1, default=str))
         return summary
 

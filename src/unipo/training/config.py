@@ -28,6 +28,10 @@ REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
 TRUNCATION_MODES = ("keep_end", "keep_start")
 ON_INVALID = ("error", "skip")
+#: TR-DPO reference updates (training/ref_sync.py)
+REF_SYNC = ("none", "soft", "hard")
+#: TR-DPO defaults: TRL's (``ref_model_mixup_alpha=0.6``, ``ref_model_sync_steps=512``)
+REF_SYNC_ALPHA, REF_SYNC_STEPS = 0.6, 512
 #: accepted by unipo.models.loading.resolve_dtype
 REF_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 #: transformers' SchedulerType values
@@ -120,6 +124,15 @@ class TrainConfig:
                 "LoRA adapters off), precomputed (one pass before training, cached), none (reference-free "
                 "variants); auto: none for reference-free variants, else adapter with LoRA, else copy",
         "choices": REFERENCE_MODES})
+    ref_sync: str = field(default="none", metadata={
+        "help": "TR-DPO (arXiv 2404.09656): the reference follows the policy every ref_sync_steps optimizer steps; "
+                "soft: ref <- alpha*policy + (1-alpha)*ref (parameter-wise), hard: ref <- policy; needs a live "
+                "reference copy (reference: copy, full fine-tuning)", "choices": REF_SYNC})
+    ref_sync_alpha: float | None = field(default=None, metadata={
+        "help": f"soft ref_sync only: the policy's share alpha in (0, 1] (null: {REF_SYNC_ALPHA}, TRL's default)"})
+    ref_sync_steps: int | None = field(default=None, metadata={
+        "help": f"ref_sync: update the reference after every N-th optimizer step (tau; null: {REF_SYNC_STEPS}, "
+                f"TRL's default)"})
     ref_dtype: str = field(default="auto", metadata={
         "help": "dtype of the reference model; auto: bfloat16 under bf16 precision, else float32",
         "choices": REF_DTYPES, "metavar": "DTYPE"})
@@ -237,6 +250,30 @@ class TrainConfig:
                               f"got {self.token_signal!r}")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        self._validate_ref_sync(source)
+
+    def _validate_ref_sync(self, source: str) -> None:
+        """TR-DPO keys: each only where it applies, in range (the reference mode is checked in the plan)."""
+        if self.ref_sync == "none":
+            given = [k for k in ("ref_sync_alpha", "ref_sync_steps") if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{source}: {', '.join(given)} given but ref_sync is none (set ref_sync: soft "
+                                  f"or hard, or drop {given[0]})")
+            return
+        if self.ref_sync == "hard" and self.ref_sync_alpha is not None:
+            raise ConfigError(f"{source}: ref_sync_alpha applies to ref_sync: soft only (a hard sync copies the "
+                              f"policy: alpha 1)")
+        if self.ref_sync_alpha is not None and not 0 < self.ref_sync_alpha <= 1:
+            raise ConfigError(f"{source}: ref_sync_alpha must be in (0, 1], got {self.ref_sync_alpha}")
+        if self.ref_sync_steps is not None and int(self.ref_sync_steps) < 1:
+            raise ConfigError(f"{source}: ref_sync_steps must be at least 1, got {self.ref_sync_steps}")
+
+    def ref_sync_schedule(self) -> tuple[float, int] | None:
+        """(alpha, tau) of the TR-DPO reference update, or None without one (hard: alpha 1)."""
+        if self.ref_sync == "none":
+            return None
+        alpha = 1.0 if self.ref_sync == "hard" else float(self.ref_sync_alpha or REF_SYNC_ALPHA)
+        return alpha, int(self.ref_sync_steps or REF_SYNC_STEPS)
 
     def objective_spec(self) -> dict[str, Any]:
         spec = dict(self.variant) if isinstance(self.variant, dict) else {"preset": self.variant}

@@ -101,21 +101,42 @@ def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, An
         raise ConfigError(f"token_signal {signal['type']} reads the reference model's hidden states during "
                           f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "
                           f"with LoRA)")
+    _check_ref_sync(cfg, reference)
     return reference
+
+
+def _check_ref_sync(cfg: TrainConfig, reference: str) -> None:
+    """TR-DPO's reference updates need a live reference copy of the policy (training/ref_sync.py)."""
+    if cfg.ref_sync == "none":
+        return
+    if reference in ("precomputed", "none"):
+        what = ("precomputed reference log-probs are computed once, before training, from the starting model"
+                if reference == "precomputed" else "reference: none means the objective reads no reference")
+        raise ConfigError(f"ref_sync: {cfg.ref_sync} updates a reference model during training, but {what}: "
+                          f"there is no model to update (use reference: copy, or ref_sync: none)")
+    if cfg.lora:
+        raise ConfigError(
+            f"ref_sync: {cfg.ref_sync} is not available with LoRA: the reference is then the policy with its "
+            f"adapters switched off (reference: adapter), i.e. the frozen base weights, so there is no separate "
+            f"reference to move; following the policy would mean merging the adapters into the base weights, "
+            f"which changes the model the saved adapters belong to (and a soft update has no adapter form at "
+            f"all). Train without lora (full fine-tuning, reference: copy) to use ref_sync")
 
 
 # -- 2. load ----------------------------------------------------------------------------------------------
 def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
-                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False):
+                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
+                 counted_in: str = "data_summary.json"):
     """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
-    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary."""
+    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary. ``counted_in``:
+    the file where the calling command records skipped rows (named by an invalid-row error's way out)."""
     from unipo.data.tokenize import PrepOptions, prepare_pairs
 
     options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
                           bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
-                          pair_weight_column=cfg.weight_column)
+                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in)
     pairs, summary = prepare_pairs(source, tokenizer, options)
     log(summary.format())
     if not pairs:
@@ -260,7 +281,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         reference_mode=plan.reference, chunk_size=cfg.chunk_size,
         head_dtype=torch.bfloat16 if models.precision == "bf16" else None,
         callbacks=[JsonlMetricsCallback(plan.out_dir / "metrics.jsonl"), *callbacks],
-        token_signal=models.token_signal,
+        token_signal=models.token_signal, ref_sync=cfg.ref_sync_schedule(),
     )
 
 

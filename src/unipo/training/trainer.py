@@ -15,6 +15,7 @@ from transformers import Trainer
 
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
+from unipo.training.ref_sync import REFERENCE_FILE, ReferenceSyncCallback
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
 
@@ -25,7 +26,7 @@ OBJECTIVE_STATE = "unipo_objective_state.json"
 class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
-                 token_signal: torch.nn.Module | None = None, **kwargs):
+                 token_signal: torch.nn.Module | None = None, ref_sync: tuple[float, int] | None = None, **kwargs):
         # a token signal (SparsePO mask network, learned prior head, ...) is a submodule of the policy before the
         # engine wraps it: DDP all-reduces its gradients, FSDP / ZeRO-3 shard it, Trainer's optimizer, gradient
         # clipping and engine checkpoints include it (models.signals.attach_signal)
@@ -51,12 +52,17 @@ class PreferenceTrainer(Trainer):
         # the reference computes exactly as the policy does: under the same autocast (mixed precision)
         autocast_dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
         self.reference = Reference(reference_mode, self.ref_model, autocast_dtype=autocast_dtype)
+        self.ref_sync = ref_sync
+        if ref_sync is not None:  # TR-DPO: the reference copy follows the policy (training/ref_sync.py)
+            if self.ref_model is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError("ref_sync needs a reference copy (reference: copy) outside DeepSpeed/FSDP")
+            self.add_callback(ReferenceSyncCallback(self.ref_model, *ref_sync))
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
     def create_optimizer(self, model=None):
         """Trainer's optimizer, with the token signal's parameters moved out of the model's groups into their
-        own (weight decay ``token_signal.weight_decay``, the run's learning rate)."""
+        own (weight decay ``token_signal.weight_decay``, its own ``learning_rate`` or the run's)."""
         optimizer = super().create_optimizer(model)
         if self.token_signal is not None and not getattr(self, "_signal_group_added", False):
             params = [p for p in self.token_signal.parameters() if p.requires_grad]
@@ -64,9 +70,12 @@ class PreferenceTrainer(Trainer):
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in ids]
             if params:
-                optimizer.add_param_group({"params": params, "lr": self.args.learning_rate,
+                # its own peak learning rate if it has one (token_signal {learning_rate: ...}), else the policy's;
+                # the schedule (warm-up, decay) scales both groups alike
+                lr = getattr(self.token_signal, "learning_rate", None) or self.args.learning_rate
+                optimizer.add_param_group({"params": params, "lr": lr,
                                            "weight_decay": float(getattr(self.token_signal, "weight_decay", 0.0)),
-                                           "initial_lr": self.args.learning_rate})
+                                           "initial_lr": lr})
             self._signal_group_added = True
         return optimizer
 
@@ -101,10 +110,24 @@ class PreferenceTrainer(Trainer):
             with open(f"{out}/{OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
                 json.dump(objective_state, f)
 
+    def _save_checkpoint(self, model, trial):
+        """With ref_sync, the reference it has reached goes into the checkpoint too, written before Trainer's
+        files (``trainer_state.json``, written last, marks a checkpoint complete)."""
+        if self.ref_sync is not None and self.args.should_save:
+            import os
+
+            from safetensors.torch import save_model
+
+            ckpt = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(ckpt, exist_ok=True)
+            save_model(self.ref_model, os.path.join(ckpt, REFERENCE_FILE))  # tied weights stored once
+        super()._save_checkpoint(model, trial)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """The model, then the token signal from ``unipo_signal.safetensors`` (under FSDP / DeepSpeed the
         engine's own checkpoint already restored it, as part of the policy)."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_reference(resume_from_checkpoint)
         import os
 
         state_path = f"{resume_from_checkpoint}/{OBJECTIVE_STATE}"
@@ -124,6 +147,23 @@ class PreferenceTrainer(Trainer):
             import warnings
 
             warnings.warn(f"{path} not found: the token signal starts from its initial weights", stacklevel=2)
+
+    def _load_reference(self, checkpoint: str) -> None:
+        """Resume TR-DPO with the reference the checkpoint recorded (a missing file is an error: the starting
+        model would silently replace a reference that had moved)."""
+        if self.ref_sync is None:
+            return
+        import os
+
+        from safetensors.torch import load_model
+
+        path = os.path.join(checkpoint, REFERENCE_FILE)
+        if not os.path.exists(path):
+            from unipo.errors import UnipoError
+
+            raise UnipoError(f"{path} not found: this checkpoint does not hold the synced reference that ref_sync "
+                             f"needs to resume exactly; pass --overwrite to start again")
+        load_model(self.ref_model, path, device=str(next(self.ref_model.parameters()).device))
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """Trainer's warning about missing keys, without the keys of tied parameters: with tied embeddings the
