@@ -53,20 +53,25 @@ def _finished(run: Path) -> bool:
 
 def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
             sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
-            include_reference: bool = True, title: str = "unipo comparison") -> dict[str, Any]:
+            include_reference: bool = True, title: str = "unipo comparison",
+            train_overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
-    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`)."""
+    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`). ``train_overrides``: per run
+    name (:func:`run_name`), training settings that differ from ``base`` (``{"dpo": {"learning_rate": 5e-5}}``)."""
     from unipo.io.rundir import RunDirLock, preflight
 
+    unknown = {k for o in (train_overrides or {}).values() for k in o} - set(TrainConfig.keys())
+    if unknown:
+        raise ConfigError(f"train_overrides: unknown training settings {sorted(unknown)}")
     preflight(out_dir, what="this comparison")
     with RunDirLock(out_dir, "unipo compare"):
         return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
-                        include_reference=include_reference, title=title)
+                        include_reference=include_reference, title=title, train_overrides=train_overrides or {})
 
 
 def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None,
              sweep: dict[str, list[Any]] | None, eval_kwargs: dict[str, Any] | None, include_reference: bool,
-             title: str) -> dict[str, Any]:
+             title: str, train_overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier, with_reference_logps
     from unipo.eval.report import write_report
     from unipo.training.outputs import read_metrics
@@ -91,7 +96,7 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
             if _trained(run_dir):
                 log(f"{name}: trained earlier, not retrained")
             else:
-                cfg = copy.deepcopy(base)
+                cfg = dataclasses.replace(copy.deepcopy(base), **train_overrides.get(name, {}))
                 cfg.variant = spec
                 cfg.output_dir = str(run_dir)
                 cfg.resume = True  # an interrupted variant continues from its last checkpoint
