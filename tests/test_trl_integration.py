@@ -94,9 +94,9 @@ def _unipo_step(unipo_models, tokenizer, rows, variant):
     examples = []
     for r in rows:
         ex = {k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
-        if "diff_mask" in objective.requirements.inputs:
+        if "diff_mask" in objective.requirements.inputs:  # unipo train's defaults (TrainConfig.bmc_*)
             ex["chosen_diff_mask"], ex["rejected_diff_mask"] = diff_masks(
-                r["chosen_ids"], r["rejected_ids"], stopword_ids=StopTokens(tokenizer))
+                r["chosen_ids"], r["rejected_ids"], stopword_ids=StopTokens(tokenizer), alignment="levenshtein")
         examples.append(ex)
     return preference_step(policy, reference, collate_for(policy, tokenizer.pad_token_id)(examples), objective)
 

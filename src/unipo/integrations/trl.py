@@ -52,7 +52,7 @@ try:
 except ImportError as exc:  # unipo itself never imports this module
     raise ImportError("unipo.integrations.trl needs TRL: pip install 'unipo[trl]' (or pip install trl)") from exc
 
-from unipo.data.bmc_align import StopTokens, diff_masks
+from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.errors import ConfigError
 from unipo.objective import LossOutput, Objective
 from unipo.objective.registry import SIDE_INPUTS
@@ -130,11 +130,16 @@ class UnipoDPOTrainer(DPOTrainer):
     ``{"preset": ..., part: ..., param: ...}`` or an :class:`~unipo.objective.Objective`). Every other argument
     is ``DPOTrainer``'s. Logged metrics are the objective's, under TRL's names (``rewards/*``, ``logps/*``)."""
 
-    def __init__(self, *args: Any, objective: str | Mapping[str, Any] | Objective = "dpo", **kwargs: Any):
+    def __init__(self, *args: Any, objective: str | Mapping[str, Any] | Objective = "dpo",
+                 bmc_alignment: str = "levenshtein", bmc_exempt: str = "stopwords", **kwargs: Any):
         config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
         self.objective = build_objective(objective, config)  # refused here, before TRL loads or tokenises anything
+        if bmc_alignment not in ALIGNMENTS or bmc_exempt not in EXEMPTIONS:
+            raise ConfigError(f"bmc_alignment must be one of {ALIGNMENTS} and bmc_exempt one of {EXEMPTIONS}; got "
+                              f"{bmc_alignment!r}, {bmc_exempt!r}")
+        self.bmc_alignment, self.bmc_exempt = bmc_alignment, bmc_exempt  # as unipo train's options of these names
         super().__init__(*args, **kwargs)
-        self._stops = None  # BMC's stop tokens, found once from the tokenizer
+        self._stops = None  # BMC's exempted tokens, found lazily from the tokenizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out, model_kwargs = self.unipo_loss(model, inputs)
@@ -166,7 +171,7 @@ class UnipoDPOTrainer(DPOTrainer):
         logps, mask = left_align(logps, shift_mask)
         ref = left_align(ref, shift_mask)[0] if ref is not None else None
         sides = {}
-        diffs = self._diff_masks(token_ids, mask) if "diff_mask" in self.objective.requirements.inputs else None
+        diffs = self._diff_masks(inputs, token_ids, mask) if "diff_mask" in self.objective.requirements.inputs else None
         for i, name in enumerate(("chosen", "rejected")):
             part = slice(None, logps.shape[0] // 2) if i == 0 else slice(logps.shape[0] // 2, None)
             width = int(mask[part].sum(-1).max())  # each side as narrow as its longest response
@@ -196,17 +201,24 @@ class UnipoDPOTrainer(DPOTrainer):
                 out = model(**ref_kwargs, labels=labels, fused_lm_head=True)
         return out.log_probs[:, -shift_mask.size(1):]
 
-    def _diff_masks(self, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """BMC difference masks ``[2B, T]`` of each pair's response tokens (:func:`unipo.data.bmc_align.diff_masks`
-        with the tokenizer's stop tokens, as ``unipo train`` computes them)."""
-        if self._stops is None:
-            self._stops = StopTokens(self._tokenizer)  # DPOTrainer's text tokenizer (a VLM's too)
+    def _diff_masks(self, inputs: Mapping[str, torch.Tensor], token_ids: torch.Tensor, mask: torch.Tensor
+                    ) -> torch.Tensor:
+        """BMC difference masks ``[2B, T]`` of each pair's response tokens: :func:`unipo.data.bmc_align.diff_masks`
+        with this trainer's ``bmc_alignment`` and ``bmc_exempt``, as ``unipo train`` computes them (difflib
+        also reads the prompt: the chosen row's tokens before its response)."""
+        if self._stops is None:  # DPOTrainer's text tokenizer (a VLM's too)
+            self._stops = (StopTokens(self._tokenizer, punctuation=self.bmc_exempt == "stopwords_punctuation")
+                           if self.bmc_exempt != "none" else frozenset())
         half = token_ids.shape[0] // 2
+        in_prompt = inputs["attention_mask"].bool() & ~inputs["completion_mask"].bool()
+        pad = self._tokenizer.pad_token_id
         out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
         for i in range(half):
             chosen = token_ids[i][mask[i]].tolist()
             rejected = token_ids[half + i][mask[half + i]].tolist()
-            m_c, m_r = diff_masks(chosen, rejected, stopword_ids=self._stops)
+            m_c, m_r = diff_masks(chosen, rejected, stopword_ids=self._stops, alignment=self.bmc_alignment,
+                                  prompt_ids=inputs["input_ids"][i][in_prompt[i]].tolist(),
+                                  pad_id=-1 if pad is None else pad)
             out[i, : len(m_c)] = torch.tensor(m_c, dtype=torch.float32)
             out[half + i, : len(m_r)] = torch.tensor(m_r, dtype=torch.float32)
         return out
