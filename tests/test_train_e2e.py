@@ -96,7 +96,8 @@ def test_a_split_batch_gives_the_steps_of_the_whole_batch(tiny_model_dir, data, 
     split = steps("split", "--per-device-batch-size", "2", "--set", "gradient_accumulation_steps=2")
     assert len(whole) == len(split) == 3
     for a, b in zip(whole, split, strict=True):
-        for key in ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/rejected"):
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "logps/rejected",
+                    "num_input_tokens_seen"):  # every micro-batch's tokens counted once
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=5e-4), key  # float reduction order differs
 
 
@@ -229,8 +230,11 @@ def test_resume_after_a_kill_matches_uninterrupted(tiny_model_dir, tmp_path, cap
     b = load_file(killed / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    steps = [json.loads(ln)["step"] for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
-    assert steps == list(range(1, 5)), "every step logged exactly once"
+    logged = [json.loads(ln) for ln in (killed / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert [h["step"] for h in logged] == list(range(1, 5)), "every step logged exactly once"
+    full = [json.loads(ln) for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert [h["num_input_tokens_seen"] for h in logged] == [h["num_input_tokens_seen"] for h in full], (
+        "the token count continues from the checkpoint")
 
 
 @pytest.mark.slow

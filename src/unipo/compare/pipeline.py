@@ -86,20 +86,25 @@ def _finished(run: Path) -> bool:
 
 def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
             sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
-            include_reference: bool = True, title: str = "unipo comparison") -> dict[str, Any]:
+            include_reference: bool = True, title: str = "unipo comparison",
+            train_overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
-    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`)."""
+    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`). ``train_overrides``: per run
+    name (:func:`run_name`), training settings that differ from ``base`` (``{"dpo": {"learning_rate": 5e-5}}``)."""
     from unipo.io.rundir import RunDirLock, preflight
 
+    unknown = {k for o in (train_overrides or {}).values() for k in o} - set(TrainConfig.keys())
+    if unknown:
+        raise ConfigError(f"train_overrides: unknown training settings {sorted(unknown)}")
     preflight(out_dir, what="this comparison")
     with RunDirLock(out_dir, "unipo compare"):
         return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
-                        include_reference=include_reference, title=title)
+                        include_reference=include_reference, title=title, train_overrides=train_overrides or {})
 
 
 def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None,
              sweep: dict[str, list[Any]] | None, eval_kwargs: dict[str, Any] | None, include_reference: bool,
-             title: str) -> dict[str, Any]:
+             title: str, train_overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
     from unipo.eval.evaluate import evaluate_models, evaluate_run, prompt_verifier, with_reference_logps
     from unipo.eval.report import write_report
     from unipo.training.outputs import read_metrics
@@ -108,7 +113,8 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = expand_sweep(variants, sweep)
-    configs = {run_name(spec): run_config_for(base, spec, out) for spec in specs}  # fail fast, before training
+    configs = {run_name(spec): run_config_for(base, spec, out, train_overrides.get(run_name(spec)))
+               for spec in specs}  # fail fast, before training
     held_out = eval_data or base.eval_data or base.data
     if held_out is None:
         raise ConfigError("compare needs data (and ideally held-out eval_data)")
@@ -163,12 +169,15 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
     return runs
 
 
-def run_config_for(base: TrainConfig, spec: Any, out: Path) -> TrainConfig:
-    """The training configuration of one variant's run: ``base`` with the variant's objective, its training
-    keys (validated as ``unipo train`` validates them) and its directory ``OUT/runs/NAME``."""
+def run_config_for(base: TrainConfig, spec: Any, out: Path,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The training configuration of one variant's run: ``base`` with the run's ``overrides`` (compare's
+    ``train_overrides``), the variant's objective, its training keys (validated as ``unipo train`` validates
+    them) and its directory ``OUT/runs/NAME``."""
     objective, training = split_spec(spec)
     resolve(objective if isinstance(objective, dict) else {"preset": objective})
-    cfg = TrainConfig.from_dict({**copy.deepcopy(base.to_dict()), **training, "variant": objective,
+    cfg = TrainConfig.from_dict({**copy.deepcopy(base.to_dict()), **(overrides or {}), **training,
+                                 "variant": objective,
                                  "output_dir": str(out / "runs" / run_name(spec)),
                                  "resume": True,  # an interrupted variant continues from its last checkpoint
                                  "plots": False}, source=f"compare, variant {run_name(spec)}")

@@ -377,7 +377,17 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
             raise
         rundir.remove_partial_checkpoints(plan.out_dir, log)
         raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
+    finally:
+        _finish_trackers(cfg.report_to)
     return {"output_dir": str(plan.out_dir), "final": final, "history": history}
+
+
+def _finish_trackers(report_to: list[str]) -> None:
+    """Close this run's wandb run after the final evaluation (transformers' WandbCallback leaves it open, and
+    the next training in the same process, e.g. the next variant of ``unipo compare``, would log into it)."""
+    wandb = sys.modules.get("wandb")
+    if "wandb" in report_to and wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _final_from_files(out_dir: Path) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
+from unipo.layout import PAD_SEGMENT
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
+from unipo.training.console import use_console
 from unipo.training.ref_sync import REFERENCE_FILE, ReferenceSyncCallback
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
@@ -58,6 +60,8 @@ class PreferenceTrainer(Trainer):
                 raise ValueError("ref_sync needs a reference copy (reference: copy) outside DeepSpeed/FSDP")
             self.add_callback(ReferenceSyncCallback(self.ref_model, *ref_sync))
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._tokens = 0  # real (not padding) tokens trained on since the last log, this process
+        use_console(self)  # one readable line per logging step instead of a raw dict
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
     def create_optimizer(self, model=None):
@@ -184,6 +188,8 @@ class PreferenceTrainer(Trainer):
         out = preference_step(model, self.reference, inputs, self.objective, token_signal=self.token_signal,
                               chunk_size=self.chunk_size, head_dtype=self.head_dtype)
         mode = "train" if model.training else "eval"
+        if model.training:
+            self._tokens += int((inputs["segments"] != PAD_SEGMENT).sum())
         for key, value in out.metrics.items():
             self._metrics[mode][key].append(float(value))
         return (out.loss, out) if return_outputs else out.loss
@@ -203,5 +209,12 @@ class PreferenceTrainer(Trainer):
                 t = torch.tensor(sum(values) / len(values), device=self.accelerator.device)
                 logs[prefix + key] = self.accelerator.reduce(t, "mean").item()
         self._metrics[mode].clear()
+        if mode == "train" and self.args.include_num_input_tokens_seen == "no":
+            # exact token count (Trainer's own counts padding, or guesses it from the pad id); kept in the
+            # checkpointed TrainerState, so it continues across a resume
+            t = torch.tensor(self._tokens, device=self.accelerator.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.reduce(t, "sum").item())
+            self._tokens = 0
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
         super().log(logs, *args, **kwargs)
 

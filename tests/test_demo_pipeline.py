@@ -1,0 +1,75 @@
+"""``unipo demo``'s per-variant settings and its before/after table (no model: training and evaluation are
+replaced by stand-ins that record what they were asked to do)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from unipo.demo import pipeline
+from unipo.demo.pipeline import IMPROVEMENT, VARIANT_SETTINGS, before_after_table
+from unipo.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+
+def _run(greedy: float, lr: float | None = None) -> dict:
+    return {"metrics": {"greedy_pass_rate": greedy, "pass_rate": 0.5, "reward_accuracy": 0.9, "margin": 1.0},
+            **({"settings": {"learning_rate": lr}} if lr else {})}
+
+
+def test_the_table_says_whether_each_variant_improved():
+    runs = {"reference": _run(0.03125), "dpo": _run(0.28125, 5e-5), "simpo": _run(0.5625, 1e-5),
+            "ipo": _run(0.09375, 1e-5), "cdpo": _run(0.03125 + IMPROVEMENT, 1e-5)}
+    rows = {line.split(" | ")[0].strip("| "): line for line in before_after_table(runs).splitlines()[2:]}
+    assert rows["dpo"].endswith("| yes (+0.250) |") and "| 5e-05 |" in rows["dpo"]
+    assert rows["simpo"].endswith("| yes (+0.531) |") and "| 1e-05 |" in rows["simpo"]
+    assert rows["ipo"].endswith("| no (+0.062) |")  # 2 of 32 problems more: not counted as an improvement
+    assert rows["cdpo"].endswith("| yes (+0.100) |")  # the threshold itself counts
+    assert rows["reference"].endswith("| – |")
+    assert "improved? (greedy, ≥ +0.1)" in before_after_table(runs).splitlines()[0]
+
+
+def test_each_variant_trains_with_its_own_settings(tmp_path, monkeypatch):
+    """run_demo hands VARIANT_SETTINGS to compare, which trains each variant with its own settings, and the
+    table reads back what each run was trained with."""
+    import unipo.eval.evaluate as evaluate
+    import unipo.eval.report as report
+    import unipo.training.train as train_module
+
+    trained = {}
+
+    def fake_train(cfg, callbacks=()):
+        trained[cfg.variant] = cfg
+        run = tmp_path / "demo" / "runs" / cfg.variant
+        run.mkdir(parents=True)
+        (run / "unipo_config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "objective": {"preset": cfg.variant}}))
+        (run / "metrics.jsonl").write_text(json.dumps({"loss": 0.5, "step": 1}) + "\n")
+
+    def fake_evaluate(run_dir, data, **kw):
+        (run_dir / "eval.json").write_text(json.dumps({"metrics": {"greedy_pass_rate": 0.5}}))
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(evaluate, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr(report, "write_report", lambda out, runs, title: {"report": out / "report.md"})
+    import unipo.compare.pipeline as compare_module
+
+    real_compare = compare_module.compare  # without the starting model's evaluation (it loads the model)
+    monkeypatch.setattr(compare_module, "compare",
+                        lambda *a, **kw: real_compare(*a, **{**kw, "include_reference": False}))
+    runs = pipeline.run_demo(str(tmp_path / "demo"), variants=["dpo", "simpo", "ipo"], progress=False)
+    for name in ("dpo", "simpo", "ipo"):
+        expected = VARIANT_SETTINGS.get(name, {}).get("learning_rate", pipeline.DEFAULTS["learning_rate"])
+        assert trained[name].learning_rate == expected, name
+        assert runs[name]["settings"]["learning_rate"] == expected
+    assert trained["dpo"].learning_rate != trained["simpo"].learning_rate
+
+
+def test_unknown_training_overrides_are_refused(tmp_path):
+    from unipo.compare.pipeline import compare
+    from unipo.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"unknown training settings \['learnig_rate'\]"):
+        compare(TrainConfig(data="x.jsonl"), ["dpo"], tmp_path, train_overrides={"dpo": {"learnig_rate": 1e-4}})

@@ -1,0 +1,218 @@
+"""The TRL drop-in (unipo.integrations.trl): TRL's DPOTrainer, data pipeline and DPOConfig with a unipo loss.
+
+Ground truth: unipo's own preference step (``unipo.training.step.preference_step``, packed segment-attention
+forward, a different code path from TRL's padded two-row forward with its fused LM head) on the same token ids,
+and for plain DPO TRL's own loss (``DPOTrainer.compute_loss`` with ``loss_type="sigmoid"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+trl = pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[test]' installs it)")
+
+from tests.helpers import ROWS  # noqa: E402
+from unipo.errors import ConfigError  # noqa: E402
+
+#: variants checked against unipo's own trainer: sequence-level (dpo, ipo), reference-free with mean
+#: aggregation and a margin (simpo), token-weighted (bmc: per-token weights from the difference masks) and a
+#: composition of parts no preset has (simpo's score with BMC weights and the JS link)
+VARIANTS = ["dpo", "simpo", "ipo", "bmc", {"preset": "simpo", "weights": "bmc", "link": "js"}]
+
+
+def _config(tmp_path, **kw):
+    from trl import DPOConfig
+
+    # bf16=False: TRL's config turns bf16 on where the machine has it, and accelerate then wraps the reference
+    # model's forward in bf16 autocast; the comparison is of the losses, in full precision
+    return DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, per_device_train_batch_size=4,
+                     disable_tqdm=True, bf16=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir, tmp_path_factory):
+    """(policy directory, reference directory): the tiny model, and a copy with seeded noise on every weight, so
+    that policy and reference differ (rewards, margins and losses are not all at their starting values)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    policy_dir = tmp_path_factory.mktemp("policy")
+    model.save_pretrained(policy_dir)
+    return policy_dir, tiny_model_dir
+
+
+def _load(path):
+    from transformers import AutoModelForCausalLM
+
+    # float64 weights: the two forwards then agree to ~1e-7 (TRL's fused LM head computes its log-softmax in float32)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def setup(models, tiny_model_dir, tmp_path_factory):
+    """A UnipoDPOTrainer on the 12 arithmetic pairs (TRL's own dataset preparation), and one batch of 4 pairs."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from unipo.integrations.trl import UnipoDPOTrainer
+
+    policy_dir, ref_dir = models
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = UnipoDPOTrainer(model=_load(policy_dir), ref_model=_load(ref_dir),
+                              args=_config(tmp_path_factory.mktemp("trl")), train_dataset=Dataset.from_list(ROWS),
+                              processing_class=tok, objective="dpo")
+    trainer.model.train()  # as in trainer.train() (the tiny model has no dropout): metrics are logged as "train"
+    rows = [trainer.train_dataset[i] for i in (0, 3, 5, 10)]
+    return trainer, rows, trainer.data_collator(rows)
+
+
+@pytest.fixture(scope="module")
+def unipo_models(models):
+    """unipo's side: the same policy and reference, loaded once (the steps below take no optimizer step)."""
+    from unipo.training.reference import Reference
+
+    return _load(models[0]), Reference("copy", _load(models[1]))
+
+
+def _unipo_step(unipo_models, tokenizer, rows, variant):
+    """unipo's own preference step on the same token ids (BMC's masks as ``unipo train`` computes them)."""
+    from unipo.data.bmc_align import StopTokens, diff_masks
+    from unipo.objective import Objective
+    from unipo.training.collate import collate_for
+    from unipo.training.step import preference_step
+
+    policy, reference = unipo_models
+    objective = Objective(variant)
+    examples = []
+    for r in rows:
+        ex = {k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        if "diff_mask" in objective.requirements.inputs:  # unipo train's defaults (TrainConfig.bmc_*)
+            ex["chosen_diff_mask"], ex["rejected_diff_mask"] = diff_masks(
+                r["chosen_ids"], r["rejected_ids"], stopword_ids=StopTokens(tokenizer), alignment="levenshtein")
+        examples.append(ex)
+    return preference_step(policy, reference, collate_for(policy, tokenizer.pad_token_id)(examples), objective)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v if isinstance(v, str) else "simpo+bmc+js")
+def test_loss_equals_unipos_own_trainer(setup, unipo_models, variant):
+    """Equal to float32 rounding (TRL's fused LM head returns float32 log-probs; the models are float64)."""
+    from unipo.integrations.trl import build_objective
+
+    trainer, rows, batch = setup
+    trainer.objective = build_objective(variant, trainer.args)
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+        ours = _unipo_step(unipo_models, trainer.processing_class, rows, variant)
+    assert abs(float(ours.metrics["rewards/margins"])) > 1e-3, "policy and reference differ"
+    assert float(loss) == pytest.approx(float(ours.loss), rel=2e-6)
+    logged = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    for key in ("rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+        assert logged[key] == pytest.approx(float(ours.metrics[key]), rel=1e-6, abs=1e-5), key
+
+
+@pytest.mark.integration
+def test_dpo_loss_and_gradient_equal_trls_and_unipos(setup, unipo_models):
+    """The drop-in's DPO loss equals TRL's own sigmoid loss on the same batch, and its gradient unipo's."""
+    from trl import DPOTrainer
+
+    from unipo.integrations.trl import build_objective
+
+    trainer, rows, batch = setup
+    trainer.objective = build_objective("dpo", trainer.args)
+    with torch.no_grad():
+        trl_loss = DPOTrainer.compute_loss(trainer, trainer.model, batch)
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, batch)
+    loss.backward()
+    grad = trainer.model.model.embed_tokens.weight.grad.clone()
+    trainer.model.zero_grad()
+    assert float(loss) == pytest.approx(float(trl_loss), rel=2e-6)
+    policy = unipo_models[0]
+    policy.zero_grad()
+    _unipo_step(unipo_models, trainer.processing_class, rows, "dpo").loss.backward()
+    torch.testing.assert_close(grad.double(), policy.model.embed_tokens.weight.grad, rtol=1e-4, atol=1e-7)
+    policy.zero_grad()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("variant", ["dpo", "ipo", {"preset": "dpo", "aggregation": "mean", "link": "js"}],
+                         ids=["dpo", "ipo", "dpo+mean+js"])
+def test_precomputed_reference_sums_give_the_same_loss(setup, variant):
+    """With precompute_ref_log_probs, TRL keeps one summed reference log-prob per response (its own
+    compute_ref_log_probs); spread over the tokens it gives the loss of the per-token reference."""
+    from unipo.integrations.trl import build_objective
+
+    trainer, _, batch = setup
+    trainer.objective = build_objective(variant, trainer.args)
+    with torch.no_grad():
+        live = trainer.compute_loss(trainer.model, batch)
+        ref_chosen, ref_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+        trainer.precompute_ref_logps = True
+        try:
+            precomputed = trainer.compute_loss(trainer.model, {**batch, "ref_chosen_logps": ref_chosen,
+                                                               "ref_rejected_logps": ref_rejected})
+        finally:
+            trainer.precompute_ref_logps = False
+    assert float(precomputed) == pytest.approx(float(live), rel=1e-6)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("variant, missing", [
+    ("tdpo2", "per-position KL over the vocabulary"),
+    ("tisdpo", "the per-token input 'weights'"),
+    ("tisdpo_nokl", "the per-token input 'weights' (token weights"),
+    ("sparsepo", "the token signal sparsepo_masks"),
+    ("learned_prior", "the per-token input 'prior_offsets'"),
+])
+def test_variants_whose_inputs_trl_cannot_give_are_refused(tmp_path, variant, missing):
+    from unipo.integrations.trl import build_objective
+
+    with pytest.raises(ConfigError, match="TRL's DPOTrainer gives per-token log-probs") as err:
+        build_objective(variant, _config(tmp_path))
+    assert missing in str(err.value) and f"unipo train --variant {variant}" in str(err.value)
+
+
+@pytest.mark.unit
+def test_trl_loss_options_and_beta(tmp_path):
+    from unipo.integrations.trl import build_objective
+
+    with pytest.raises(ConfigError, match=r"loss_type=\['ipo'\].*objective=\{'preset': 'ipo'\}"):
+        build_objective("dpo", _config(tmp_path, loss_type="ipo"))
+    with pytest.raises(ConfigError, match="precompute_ref_log_probs=True keeps one summed"):
+        build_objective("bmc", _config(tmp_path, precompute_ref_log_probs=True))
+    # a sequence-level variant is served by precomputed sums
+    assert build_objective("dpo", _config(tmp_path, precompute_ref_log_probs=True)).config.name == "dpo"
+    # DPOConfig.beta, when changed from TRL's default, is the objective's beta unless the objective gives one
+    assert build_objective("dpo", _config(tmp_path, beta=0.5)).params["beta"] == 0.5
+    assert build_objective("simpo", _config(tmp_path)).params["beta"] != 0.1  # TRL's default is not forced on it
+    with pytest.raises(ConfigError, match="give beta in one place"):
+        build_objective({"preset": "dpo", "beta": 0.2}, _config(tmp_path, beta=0.5))
+
+
+@pytest.mark.unit
+def test_left_align_moves_the_masked_values_to_the_front():
+    from unipo.integrations.trl import left_align
+
+    values = torch.tensor([[9.0, 1.0, 2.0, 9.0], [9.0, 9.0, 9.0, 3.0]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1]])
+    out, out_mask = left_align(values, mask)
+    assert out[out_mask].tolist() == [1.0, 2.0, 3.0]
+    assert out_mask.tolist() == [[True, True], [True, False]]
+
+
+@pytest.mark.unit
+def test_without_trl_the_integration_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)  # what `import trl` meets where TRL is not installed
+    monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'unipo\[trl\]'"):
+        importlib.import_module("unipo.integrations.trl")
+    monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
