@@ -134,6 +134,51 @@ def fingerprint(model_path: str, tokenizer_fp: str, pairs: list[dict], *, ref_dt
     return h.hexdigest()[:24]
 
 
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without an initialised process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gathered(obj, world: int) -> list:
+    """``obj`` of every rank, in rank order (``torch.distributed.all_gather_object``; ``[obj]`` alone)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _read_cache(cache_file: Path, n_pairs: int) -> dict | None:
+    if not cache_file.exists():
+        return None
+    cached = torch.load(cache_file, weights_only=True)
+    return cached if len(cached["chosen"]) == n_pairs else None
+
+
+def _reference_batch(ref_model: torch.nn.Module, part: list[dict], collate, *, chunk_size: int,
+                     device: torch.device, autocast_dtype: torch.dtype | None) -> list[tuple]:
+    """(chosen, rejected, further rejected) log-prob tensors of each pair of ``part``, one batch."""
+    batch = PackedBatch.from_dict(collate(part)).to(device)
+    out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False,
+                         autocast_dtype=autocast_dtype, head_dtype=autocast_dtype)
+    row, rows = 0, []  # the rejected rows: each pair's K responses in turn (unipo.layout.PackedBatch.rejected_pair)
+    for i, ex in enumerate(part):
+        # clone: each tensor owns its storage (not a view of the padded batch), so that the cache file's bytes
+        # do not depend on which process computed it or how it travelled
+        c = out.logps.chosen[i, : len(ex["chosen_ids"])].float().cpu().clone()
+        rs = [out.logps.rejected[row + k, : len(ids)].float().cpu().clone()
+              for k, ids in enumerate([ex["rejected_ids"], *(ex.get("more_rejected_ids") or [])])]
+        row += len(rs)
+        rows.append((c, rs[0], rs[1:]))
+    return rows
+
+
 def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate, *, batch_size: int,
                          chunk_size: int, cache_file: Path, device: torch.device, progress: bool = True,
                          autocast_dtype: torch.dtype | None = None) -> list[dict]:
@@ -142,42 +187,47 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
 
     The cache is a ``torch.save`` file named by :func:`fingerprint`; a changed model, tokenizer, dataset or
     truncation changes the name, so a stale cache is never read.
+
+    Under ``torch.distributed`` with W > 1 processes (torchrun, ``accelerate launch``) the work is split:
+    the batches are those of one process (``pairs[b·batch_size : (b+1)·batch_size]``), rank r computes
+    batches r, r+W, r+2W, …, the results are gathered once (``all_gather_object``) and every rank ends with
+    all pairs in their order; rank 0 writes the cache file, the others wait for it at a barrier. The cache
+    is used only when every rank finds it. Same batches, so the same values and the same file as one process.
     """
-    if cache_file.exists():
-        cached = torch.load(cache_file, weights_only=True)
-        if len(cached["chosen"]) == len(pairs):
-            more = cached.get("more_rejected") or [[] for _ in pairs]
-            for ex, c, r, m in zip(pairs, cached["chosen"], cached["rejected"], more, strict=True):
-                ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
-                if m:
-                    ex["ref_more_rejected_logps"] = [x.tolist() for x in m]
-            return pairs
+    rank, world = _rank_world()
+    cached = _read_cache(cache_file, len(pairs))
+    if all(hit for hit in _gathered(cached is not None, world)):
+        more = cached.get("more_rejected") or [[] for _ in pairs]
+        return _attach(pairs, cached["chosen"], cached["rejected"], more)
     from tqdm.auto import tqdm
 
-    chosen, rejected, more_rejected = [], [], []
     ref_model.eval()
-    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", disable=not progress):
-        part = pairs[start:start + batch_size]
-        batch = PackedBatch.from_dict(collate(part)).to(device)
-        out = reference_pass(None, ref_model, batch, chunk_size=chunk_size, need_hidden=False,
-                             autocast_dtype=autocast_dtype, head_dtype=autocast_dtype)
-        row = 0  # the rejected rows: each pair's K responses in turn (unipo.layout.PackedBatch.rejected_pair)
-        for i, ex in enumerate(part):
-            c = out.logps.chosen[i, : len(ex["chosen_ids"])].float().cpu()
-            rs = [out.logps.rejected[row + k, : len(ids)].float().cpu()
-                  for k, ids in enumerate([ex["rejected_ids"], *(ex.get("more_rejected_ids") or [])])]
-            row += len(rs)
-            chosen.append(c)
-            rejected.append(rs[0])
-            more_rejected.append(rs[1:])
-            ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), rs[0].tolist()
-            if rs[1:]:
-                ex["ref_more_rejected_logps"] = [x.tolist() for x in rs[1:]]
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    listwise = {"more_rejected": more_rejected} if any(more_rejected) else {}
-    torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
-    os.replace(tmp, cache_file)
+    starts = range(0, len(pairs), batch_size)
+    mine = {start: _reference_batch(ref_model, pairs[start:start + batch_size], collate, chunk_size=chunk_size,
+                                    device=device, autocast_dtype=autocast_dtype)
+            for start in tqdm(starts[rank::world], desc="reference log-probs", disable=not progress or rank > 0)}
+    computed = {start: rows for part in _gathered(mine, world) for start, rows in part.items()}
+    rows = [r for start in starts for r in computed[start]]
+    chosen, rejected, more_rejected = ([r[k] for r in rows] for k in range(3))
+    _attach(pairs, chosen, rejected, more_rejected)
+    if rank == 0:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        listwise = {"more_rejected": more_rejected} if any(more_rejected) else {}
+        torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
+        os.replace(tmp, cache_file)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return pairs
+
+
+def _attach(pairs: list[dict], chosen: list, rejected: list, more: list) -> list[dict]:
+    for ex, c, r, m in zip(pairs, chosen, rejected, more, strict=True):
+        ex["ref_chosen_logps"], ex["ref_rejected_logps"] = c.tolist(), r.tolist()
+        if m:
+            ex["ref_more_rejected_logps"] = [x.tolist() for x in m]
     return pairs
 
 

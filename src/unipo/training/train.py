@@ -18,6 +18,7 @@ layer imports nothing from the pipelines above it.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -242,6 +243,10 @@ def _precompute(plan: TrainingPlan, ref_model, model_path: str, tokenizer, data:
 
     cfg = plan.cfg
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun / accelerate launch: split the pass over the ranks
+        from accelerate import PartialState
+
+        device = PartialState().device  # initialises the process group the Trainer then uses
     ref_model.to(device)
     for name, rows in (("train", data.train), ("eval", data.eval)):
         if rows:
