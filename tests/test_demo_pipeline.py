@@ -65,6 +65,10 @@ def test_each_variant_trains_with_its_own_settings(tmp_path, monkeypatch):
         assert trained[name].learning_rate == expected, name
         assert runs[name]["settings"]["learning_rate"] == expected
     assert trained["dpo"].learning_rate != trained["simpo"].learning_rate
+    for key, expected in VARIANT_SETTINGS["dpo"].items():  # β and the number of steps reach training too
+        assert getattr(trained["dpo"], key) == expected, key
+    assert trained["simpo"].max_steps == pipeline.DEFAULTS["steps"] and trained["simpo"].beta is None
+    assert runs["dpo"]["settings"]["steps"] == VARIANT_SETTINGS["dpo"]["max_steps"]
 
 
 def test_unknown_training_overrides_are_refused(tmp_path):
