@@ -76,7 +76,8 @@ def _row_generator(seed: int, prompt_index: int, sample_index: int, device: torc
 @torch.no_grad()
 def sample_responses(
     model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], n_samples: int, max_new_tokens: int,
-    temperature: float = 1.0, batch_size: int = 8, seed: int = 0,
+    temperature: float = 1.0, batch_size: int = 8, seed: int = 0, top_p: float = 1.0,
+    prompt_ids: Sequence[int] | None = None,
 ) -> list[list[list[int]]]:
     """Sample ``n_samples`` responses per prompt by ancestral sampling; ``result[i][s]`` is a token list.
 
@@ -86,7 +87,13 @@ def sample_responses(
     (0 means greedy); only temperature 1 samples from π itself. Each (prompt, sample) has its own
     random stream derived from ``seed``, so the result is reproducible and does not depend on
     ``batch_size`` (up to floating-point differences between batch shapes). The global RNG is untouched.
+    ``top_p`` < 1 samples from the nucleus: the smallest set of most likely tokens whose probability reaches
+    ``top_p``, renormalised (Holtzman et al., "The Curious Case of Neural Text Degeneration", arXiv:1904.09751,
+    §3.1). ``prompt_ids``: the index of each prompt in its random stream (default 0, 1, ...), so a caller that
+    samples a subset of its prompts (a resumed run) draws what the full run would have.
     """
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
     if n_samples < 1 or max_new_tokens < 0:
         raise ValueError("n_samples must be >= 1 and max_new_tokens >= 0")
     if temperature < 0:
@@ -115,7 +122,7 @@ def sample_responses(
                 mask[b, width - len(r):] = 1
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            gens = [_row_generator(seed, i, s, device) for i, s in chunk]
+            gens = [_row_generator(seed, prompt_ids[i] if prompt_ids is not None else i, s, device) for i, s in chunk]
             done = [False] * len(rows)
             kwargs: dict[str, Any] = {"use_cache": True}
             if keep_kw:
@@ -128,6 +135,8 @@ def sample_responses(
                     next_tok = logits.argmax(-1)
                 else:
                     probs = torch.softmax(logits / temperature, dim=-1)
+                    if top_p < 1:
+                        probs = _nucleus(probs, top_p)
                     for b in range(len(rows)):
                         next_tok[b] = torch.multinomial(probs[b], 1, generator=gens[b])[0]
                 toks = next_tok.tolist()
@@ -152,6 +161,16 @@ def sample_responses(
         if was_training:
             model.train()
     return out
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` [B, V] restricted to each row's nucleus (the most likely tokens, in order, until their total
+    reaches ``top_p``; the token that crosses it is kept) and renormalised."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
+    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 @dataclass

@@ -110,6 +110,10 @@ class TrainConfig:
                 "LoRA adapters off), precomputed (one pass before training, cached), none (reference-free "
                 "variants); auto: none for reference-free variants, else adapter with LoRA, else copy",
         "choices": REFERENCE_MODES})
+    ref_model: str | None = field(default=None, metadata={
+        "help": "the reference model when it is not the starting model (a checkpoint directory or built-in name), "
+                "for reference: copy or precomputed; null: the starting model `model` (as DPO does). `unipo "
+                "iterate --reference fixed` sets it to the original model while each round starts from the last"})
     ref_dtype: str = field(default="auto", metadata={
         "help": "dtype of the reference model; auto: bfloat16 under bf16 precision, else float32",
         "choices": REF_DTYPES, "metavar": "DTYPE"})
