@@ -67,7 +67,7 @@ def text_length(prompt: str, response: str) -> float:
 
 def fails_on_undecodable(prompt: str, response: str) -> float:
     """A verifier that raises on a response holding an undecodable byte (U+FFFD; the tiny model writes many),
-    recorded as a failed sample, and scores the others by length."""
+    recorded as a failed sample, and scores the others by a checksum of their characters (varied)."""
     if "\ufffd" in response:
         raise ValueError("undecodable byte")
-    return float(len(response))
+    return float(sum(map(ord, response)) % 7)

@@ -3,15 +3,11 @@ the tiny model with each labeller, replay, both reference modes and resume (inte
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import pytest
 import torch
 
-from tests.helpers import naive_logps, read_jsonl, write_jsonl
-from unipo.errors import ConfigError, DataError
+from tests.helpers import naive_logps, write_jsonl
+from unipo.errors import ConfigError, DataError, UnipoError
 
 # -- unit: pairing -----------------------------------------------------------------------------------
 
@@ -83,13 +79,23 @@ def test_verifier_records_a_raising_call_as_failed_with_its_reason():
 
     lab = VerifierLabeller(None, "tests.helpers:fails_on_undecodable")
     out = lab.label(LabelBatch(["p", "p"], [[], []], ["ok text", "bad \ufffd"], [[], []]))
-    assert out[0].score == 7.0 and out[0].reason is None
+    assert out[0].score == float(sum(map(ord, "ok text")) % 7) and out[0].reason is None
     assert out[1].score is None and "ValueError: undecodable byte" in out[1].reason
     task = VerifierLabeller("arithmetic", None).label(LabelBatch(
         ["What is 2 + 3? Reply with only the number.", "hello"], [[], []], ["5", "5"], [[], []]))
     assert task[0].score == 1.0 and task[1].score is None and "not an arithmetic prompt" in task[1].reason
     with pytest.raises(ConfigError, match="cannot import"):
         VerifierLabeller(None, "tests.helpers:no_such_function")
+
+
+@pytest.mark.unit
+def test_arithmetic_partial_credit_by_hand():
+    from unipo.tasks.arithmetic import Problem, graded_score
+
+    p = Problem(7, 9)
+    cases = {"16": 1.0, " 16\n": 1.0, "16.": 0.5, "The answer is 16, since 7 + 9 = 16": 0.5,
+             "7 + 9 = 16": 0.25, "7 + 9 = 15": 0.0, "sixteen": 0.0, "160": 0.0}
+    assert {reply: graded_score(p, reply) for reply in cases} == cases
 
 
 @pytest.mark.unit
@@ -125,172 +131,84 @@ def test_bad_combinations_fail_before_any_work(tmp_path):
             check_config(IterateConfig(out=str(tmp_path), **kwargs))
 
 
-# -- integration: the command on the tiny model --------------------------------------------------------
-
-SMALL = ["--rounds", "1", "--samples", "3", "--prompts-per-round", "3", "--heldout", "2", "--max-new-tokens", "4",
-         "--steps", "2", "--batch-size", "2", "--eval-samples", "1", "--no-progress", "--set", "learning_rate=1e-2",
-         "--set", "warmup_ratio=0"]
-
-
-def _iterate(model, out, *extra) -> int:
-    from unipo.cli import main
-
-    return main(["iterate", "--model", str(model), "--out", str(out), *SMALL, *extra])
-
-
-def _hand_pairs(samples: list[dict]) -> list[tuple[int, int, int]]:
-    """Best vs worst per prompt, written out again: highest score (first of equals) vs lowest."""
-    by: dict[int, list[dict]] = {}
-    for s in samples:
-        if s["score"] is not None:
-            by.setdefault(s["prompt_index"], []).append(s)
-    out = []
-    for p, group in sorted(by.items()):
-        group.sort(key=lambda s: s["sample"])
-        hi = max(s["score"] for s in group)
-        lo = min(s["score"] for s in group)
-        if hi > lo:
-            out.append((p, next(s["sample"] for s in group if s["score"] == hi),
-                        next(s["sample"] for s in group if s["score"] == lo)))
-    return out
+# -- integration: the labellers and the sampler on the tiny model (the command itself: test_slow_iterate.py) -----
 
 
 @pytest.mark.integration
-def test_two_rounds_fixed_reference_replay_baseline_and_resume(tiny_model_dir, tmp_path):
-    from unipo.tasks.arithmetic import preference_rows, problems
-
-    offline = write_jsonl(tmp_path / "off.jsonl", preference_rows(problems(12, 3), 3))
-    out = tmp_path / "run"
-    args = ("--task", "arithmetic", "--verifier", "tests.helpers:text_length", "--rounds", "2", "--reference",
-            "fixed", "--data", str(offline), "--replay-ratio", "0.5")
-    assert _iterate(tiny_model_dir, out, *args) == 0
-    for t in (1, 2):
-        rd = out / f"round-{t}"
-        samples = read_jsonl(rd / "samples.jsonl")
-        assert len(samples) == 3 * 3 and all(s["score"] == float(len(s["response"])) for s in samples)
-        pairs = read_jsonl(rd / "pairs.jsonl")
-        assert [(p["prompt_index"], p["chosen_sample"], p["rejected_sample"]) for p in pairs] == _hand_pairs(samples)
-        train_rows = read_jsonl(rd / "train.jsonl")
-        assert len(train_rows) == len(pairs) + int(0.5 * len(pairs) / 0.5)
-        ev = json.loads((rd / "eval.json").read_text())
-        assert ev["pairs"] == len(pairs) and ev["kl"] != 0 and math.isfinite(ev["greedy_reward"])
-    import yaml
-
-    cfg2 = yaml.safe_load((out / "round-2" / "model" / "unipo_config.yaml").read_text())
-    assert cfg2["model"] == str(out / "round-1" / "model") and cfg2["ref_model_path"] == str(tiny_model_dir)
-    assert (out / "baseline" / "eval.json").exists()
-    report = (out / "report.md").read_text()
-    assert "| round 2 |" in report and "offline only (baseline)" in report and (out / "report.png").exists()
-    # interrupted in round 2's sampling: its last samples and everything after are gone, a line is torn
-    rd = out / "round-2"
-    kept = (rd / "samples.jsonl").read_text().splitlines()
-    for name in ("round.json", "eval.json", "pairs.jsonl", "train.jsonl"):
-        (rd / name).unlink()
-    (rd / "samples.jsonl").write_text("\n".join(kept[:4]) + "\n" + kept[4][:10])
-    (out / "report.md").unlink()
-    assert _iterate(tiny_model_dir, out, *args) == 0
-    assert (rd / "samples.jsonl").read_text().splitlines() == kept[:4] + [
-        line for line in kept[4:]]  # the missing samples drawn again, identically; the first four not redrawn
-    assert (out / "report.md").exists()
-    # other settings: refused, naming them
-    assert _iterate(tiny_model_dir, out, *args, "--samples", "4") == 2
-
-
-@pytest.mark.integration
-def test_reset_reference_and_failed_samples(tiny_model_dir, tmp_path):
-    out = tmp_path / "run"
-    assert _iterate(tiny_model_dir, out, "--task", "arithmetic", "--verifier",
-                    "tests.helpers:fails_on_undecodable", "--samples", "6") == 0
-    samples = read_jsonl(out / "round-1" / "samples.jsonl")
-    failed = [s for s in samples if s["status"] == "failed"]
-    assert failed and all("undecodable byte" in s["reason"] and s["score"] is None for s in failed)
-    import yaml
-
-    cfg = yaml.safe_load((out / "round-1" / "model" / "unipo_config.yaml").read_text())
-    assert cfg["reference"] == "copy" and cfg["ref_model"] is None  # reset: the round's own start
-
-
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from unipo.testing import make_tiny_tokenizer
-
-    tok = make_tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("rm") / "rm"
-    LlamaForSequenceClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.mark.integration
-def test_reward_model_labels_match_the_model_scored_by_hand(tiny_model_dir, reward_model, tmp_path):
+def test_reward_model_labels_match_the_model_scored_by_hand(tiny_reward_model_dir, tiny_model_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    out = tmp_path / "run"
-    assert _iterate(tiny_model_dir, out, "--task", "arithmetic", "--label", "reward-model",
-                    "--reward-model", str(reward_model)) == 0
-    samples = read_jsonl(out / "round-1" / "samples.jsonl")
-    rm = AutoModelForSequenceClassification.from_pretrained(reward_model).eval()
-    tok = AutoTokenizer.from_pretrained(reward_model)
-    for s in samples[:2]:  # one sequence at a time, no padding
-        text = tok.apply_chat_template([{"role": "user", "content": s["prompt"]},
-                                        {"role": "assistant", "content": s["response"]}], tokenize=False)
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")
-        assert s["score"] == pytest.approx(rm(**ids).logits[0, 0].item(), abs=1e-5)
-    assert _iterate(tiny_model_dir, tmp_path / "bad", "--task", "arithmetic", "--label", "reward-model",
-                    "--reward-model", str(tiny_model_dir)) == 2  # a causal LM: refused before any sampling
-    assert not (tmp_path / "bad" / "round-1").exists()
+    from unipo.iterate.labels import LabelBatch, RewardModelLabeller
+
+    lab = RewardModelLabeller(str(tiny_reward_model_dir), batch_size=3)
+    prompts, responses = ["What is 1 + 1?", "hi", "What is 2 + 2?"], ["2", "hello there friend", "4 maybe"]
+    got = lab.label(LabelBatch(prompts, [[]] * 3, responses, [[]] * 3))  # batched, padded
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_reward_model_dir)
+    for p, r, g in zip(prompts, responses, got, strict=True):  # one sequence at a time, no padding
+        text = tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+                                       tokenize=False)
+        with torch.no_grad():
+            want = rm(**tok(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
+        assert g.score == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ConfigError, match="not a sequence classifier"):
+        RewardModelLabeller(str(tiny_model_dir)).check()
 
 
 @pytest.mark.integration
-def test_judge_labels_come_from_the_server_and_an_unreachable_judge_stops_first(tiny_model_dir, tmp_path):
+def test_implicit_reward_is_beta_times_the_log_ratio_by_hand(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from unipo.iterate.labels import ImplicitLabeller, LabelBatch
+    from unipo.testing import make_tiny_model
+
+    pol = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ref = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "ref", seed=1)).eval()
+    lab = ImplicitLabeller(beta=0.5, batch_size=2)
+    lab.set_models(pol, ref, tokenizer=None)
+    prompts, responses = [[5, 6, 7], [8, 9]], [[10, 11], [12, 13, 14, 15]]
+    got = lab.label(LabelBatch(["a", "b"], prompts, ["", ""], responses))
+    with torch.no_grad():
+        for p, r, g in zip(prompts, responses, got, strict=True):
+            want = 0.5 * (naive_logps(pol, p, r).sum() - naive_logps(ref, p, r).sum())
+            assert g.score == pytest.approx(want.item(), abs=1e-4)
+
+
+@pytest.mark.integration
+def test_judge_ratings_come_from_the_server_and_an_unreachable_judge_fails_the_check(tiny_model_dir):
     from tests.chat_server import ChatServer
+    from unipo.iterate.judge import JudgeLabeller, parse_rating
+    from unipo.iterate.labels import LabelBatch
 
     server = ChatServer(tiny_model_dir, max_tokens_cap=4).start()
     try:
-        out = tmp_path / "run"
-        code = _iterate(tiny_model_dir, out, "--task", "arithmetic", "--label", "judge", "--judge-url",
-                        server.url, "--judge-model", "tiny")
-        samples = read_jsonl(out / "round-1" / "samples.jsonl")
-        assert len(samples) == 9
-        assert all((s["score"] is not None and 1 <= s["score"] <= 10) or "judge reply" in s["reason"]
-                   for s in samples)
-        assert server.stats["requests"] >= 1 + 9  # the reachability check, then one per sample
-        assert code in (0, 2)  # a random tiny judge may rate nothing: then no pair, a clear error
+        lab = JudgeLabeller(server.url, "tiny", concurrency=2)
+        lab.check()
+        got = lab.label(LabelBatch(["q1", "q2", "q3"], [[]] * 3, ["a", "b", "c"], [[]] * 3))
+        assert server.stats["requests"] == 1 + 3  # the check, then one request per sample
+        for g in got:  # a rating in range, or failed with the server's reply quoted
+            assert (g.score is not None and 1 <= g.score <= 10) or "judge reply is not a rating" in g.reason
+            if g.score is None:
+                assert parse_rating(g.reason.split(": ", 1)[1].strip("'\"")) is None
     finally:
         server.stop()
-    assert _iterate(tiny_model_dir, tmp_path / "down", "--task", "arithmetic", "--label", "judge", "--judge-url",
-                    "http://127.0.0.1:9/v1", "--judge-model", "tiny") == 2
-    assert not (tmp_path / "down" / "round-1").exists()
+    with pytest.raises(UnipoError, match="cannot be used"):
+        JudgeLabeller("http://127.0.0.1:9/v1", "tiny", timeout=2, max_retries=0).check()
 
 
 @pytest.mark.integration
-def test_implicit_reward_is_beta_log_ratio_and_alpha_recorded(tiny_model_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_sampling_a_subset_of_prompts_draws_what_the_full_run_drew(tiny_model_dir):
+    """What a resumed round relies on: each (prompt, sample) has its own stream, so sampling prompts 2 and 3
+    alone (a resume) gives the responses the run over prompts 0–3 gave them; the prefix shared by a prompt's
+    samples is computed once and copied, which must not change them."""
+    from unipo.eval.generation import sample_responses
+    from unipo.models.loading import load_model, load_tokenizer
 
-    from unipo.testing import make_tiny_model
-
-    ref_dir = make_tiny_model(tmp_path / "ref", seed=1)
-    out = tmp_path / "run"
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + {i}?"} for i in range(5)])
-    assert _iterate(tiny_model_dir, out, "--prompts", str(prompts), "--label", "implicit", "--label-reference",
-                    str(ref_dir), "--implicit-beta", "0.5") == 0
-    samples = read_jsonl(out / "round-1" / "samples.jsonl")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    pol = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    ref = AutoModelForCausalLM.from_pretrained(ref_dir).eval()
-    s = samples[0]
-    prompt = tok(tok.apply_chat_template([{"role": "user", "content": s["prompt"]}], tokenize=False,
-                                         add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-    response = s["token_ids"]  # as sampled (the end-of-turn token included when the model stopped)
-    with torch.no_grad():
-        want = 0.5 * (naive_logps(pol, prompt, response).sum() - naive_logps(ref, prompt, response).sum())
-    assert s["score"] == pytest.approx(want.item(), abs=1e-4)
-    ev = json.loads((out / "round-1" / "eval.json").read_text())
-    assert ev["alpha"] is not None and ev["alpha"] >= 0 and ev.get("greedy_reward") is None
-    assert isinstance(Path(out / "report.md").read_text(), str)
-
+    model, tok = load_model(str(tiny_model_dir), trainable=False), load_tokenizer(str(tiny_model_dir))
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    full = sample_responses(model, tok, prompts, 3, 5, batch_size=5, seed=3, top_p=0.9)
+    part = sample_responses(model, tok, prompts[2:], 3, 5, batch_size=2, seed=3, top_p=0.9, prompt_ids=[2, 3])
+    assert part == full[2:]
+    one_by_one = [sample_responses(model, tok, [p], 1, 5, batch_size=1, seed=3, top_p=0.9, prompt_ids=[i])[0][0]
+                  for i, p in enumerate(prompts)]  # sample 0 of each prompt, unbatched
+    assert one_by_one == [f[0] for f in full]

@@ -39,9 +39,9 @@ class JudgeLabeller:
     name = "judge"
 
     def __init__(self, url: str, model: str, api_key_env: str | None = None, concurrency: int = 4,
-                 timeout: float = 60.0, max_tokens: int = 8) -> None:
+                 timeout: float = 60.0, max_tokens: int = 8, max_retries: int = 5) -> None:
         self.client = ChatClient(url, model, api_key_env=api_key_env, concurrency=concurrency, timeout=timeout,
-                                 labels=LABELS)
+                                 max_retries=max_retries, labels=LABELS)
         self.max_tokens = max_tokens
 
     def describe(self) -> dict[str, Any]:

@@ -98,18 +98,25 @@ def _import_function(spec: str) -> Callable[[str, str], Any]:
     return fn
 
 
-def _task_verifier(task: str) -> Callable[[str, str], bool]:
+def _task_verifier(task: str, graded: bool = True) -> Callable[[str, str], float]:
+    """The task's checker: its graded score for labelling (:func:`unipo.tasks.arithmetic.graded_score`), or
+    the exact 0/1 verdict (``graded=False``) for the pass rate."""
     if task != "arithmetic":
         raise ConfigError(f"unknown task {task!r}; built-in tasks: arithmetic")
-    from unipo.tasks.arithmetic import parse_problem, verify
+    from unipo.tasks.arithmetic import graded_score, parse_problem, verify
 
-    def check(prompt: str, response: str) -> bool:
+    def check(prompt: str, response: str) -> float:
         problem = parse_problem(prompt)
         if problem is None:
             raise ValueError("not an arithmetic prompt ('What is A + B?')")
-        return verify(problem, response)
+        return graded_score(problem, response) if graded else float(verify(problem, response))
 
     return check
+
+
+def task_pass(task: str) -> Callable[[str, str], float]:
+    """The exact 0/1 verdict of a built-in task (what "pass rate" means in the report)."""
+    return _task_verifier(task, graded=False)
 
 
 class ImplicitLabeller:

@@ -31,7 +31,7 @@ import torch
 from unipo.errors import ConfigError, UnipoError
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
-from unipo.iterate.labels import ImplicitLabeller, make_labeller
+from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
 from unipo.iterate.pairs import dice_alpha, pair_rows, replay_mix, select_pairs
 from unipo.iterate.prompts import Prompt, read_prompts, render, task_prompts
 from unipo.iterate.sampling import GenerationClock, evaluate_policy, label_batch, sample_prompts
@@ -368,7 +368,8 @@ class _IterateRun:
         ids = [self.prompt_ids(p) for p in self.heldout]
         metrics = evaluate_policy(policy, self.original, self.tokenizer, self.heldout, ids, labeller,
                                   n_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.generation_batch_size, seed=cfg.seed + 7919)
+                                  batch_size=cfg.generation_batch_size, seed=cfg.seed + 7919,
+                                  passes=task_pass(cfg.task) if cfg.task else None)
         record = {**metrics, **stats, "timing": {"eval_s": time.perf_counter() - tic}}
         _write_json(path, record)
         self.log(f"{rd.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))

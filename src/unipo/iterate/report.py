@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 #: (key in a round's record, column title)
-COLUMNS = (("greedy_reward", "reward greedy"), ("sampled_reward", "reward sampled"), ("kl", "KL to original"),
+COLUMNS = (("greedy_pass_rate", "pass rate greedy"), ("sampled_pass_rate", "pass rate sampled"),
+           ("greedy_reward", "reward greedy"), ("sampled_reward", "reward sampled"), ("kl", "KL to original"),
            ("response_length", "length (tokens)"), ("pairs", "pairs made"), ("share_without_signal", "no signal"),
            ("offline_pairs", "offline pairs"), ("alpha", "DICE α"))
 TIMES = (("sample_s", "sample"), ("label_s", "label"), ("train_s", "train"), ("eval_s", "eval"))
@@ -28,7 +29,8 @@ def _name(key: str) -> str:
 
 
 def table(results: dict[str, dict[str, Any]], reward_name: str) -> str:
-    cols = [(k, t.replace("reward", reward_name)) for k, t in COLUMNS]
+    cols = [(k, t.replace("reward", reward_name)) for k, t in COLUMNS
+            if any(r.get(k) is not None for r in results.values())]
     lines = ["| | " + " | ".join(t for _, t in cols) + " | time (sample / label / train / eval, s) | tokens/s |",
              "|---" * (len(cols) + 3) + "|"]
     for key, rec in results.items():
@@ -52,9 +54,12 @@ def plot(results: dict[str, dict[str, Any]], path: Path, reward_name: str) -> No
     base = results.get("baseline")
     xs = [t for t, _ in rounds]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    panels = ((("greedy_reward", "greedy"), ("sampled_reward", "sampled")), (("kl", "KL"),),
+    first = ("greedy_pass_rate", "sampled_pass_rate") if any("greedy_pass_rate" in r for _, r in rounds) else (
+        "greedy_reward", "sampled_reward")
+    panels = (((first[0], "greedy"), (first[1], "sampled")), (("kl", "KL"),),
               (("response_length", "tokens"),), (("pairs", "pairs made"),))
-    titles = (reward_name, "KL(π ‖ original)", "response length", "pairs made / no-signal share")
+    titles = ("pass rate" if first[0] == "greedy_pass_rate" else reward_name, "KL(π ‖ original)",
+              "response length", "pairs made / no-signal share")
     for ax, series, title in zip(axes, panels, titles, strict=True):
         for key, label in series:
             ys = [r.get(key) for _, r in rounds]
@@ -76,13 +81,14 @@ def plot(results: dict[str, dict[str, Any]], path: Path, reward_name: str) -> No
 
 
 def write_report(out: Path, results: dict[str, dict[str, Any]], cfg: Any) -> None:
-    reward_name = "pass rate" if cfg.label == "verifier" else ("judge rating" if cfg.label == "judge" else "reward")
+    reward_name = {"verifier": "verifier score", "judge": "judge rating"}.get(cfg.label, "reward")
     lines = [f"# unipo iterate: {cfg.rounds} rounds from {cfg.model}", "",
              f"Prompts: {cfg.task or cfg.prompts}; labels: {cfg.label}; K = {cfg.samples} samples per prompt, "
              f"{cfg.prompts_per_round} prompts per round; reference: {cfg.reference}; replay γ = "
              f"{cfg.replay_ratio if cfg.data else 0}. Evaluated on {cfg.heldout} held-out prompts: {reward_name} "
-             f"of the greedy answer and of {cfg.eval_samples} samples at temperature 1, KL to the original model "
-             f"and length from those samples.", "", table(results, reward_name), "", "![rounds](report.png)", ""]
+             f"of the greedy answer and of {cfg.eval_samples} samples at temperature 1 (and, for a built-in task, "
+             f"the pass rate: the exact verdict), KL to the original model and length from those samples.", "",
+             table(results, reward_name), "", "![rounds](report.png)", ""]
     for key, rec in results.items():
         if rec.get("greedy_examples"):
             lines.append(f"- {_name(key)}, greedy answers: " + " · ".join(repr(x) for x in rec["greedy_examples"]))

@@ -69,12 +69,13 @@ def _mean(values: list[float]) -> float | None:
 
 
 def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Prompt], ids: list[list[int]],
-                    labeller: Any | None, *, n_samples: int, max_new_tokens: int, batch_size: int, seed: int
-                    ) -> dict[str, Any]:
+                    labeller: Any | None, *, n_samples: int, max_new_tokens: int, batch_size: int, seed: int,
+                    passes: Callable[[str, str], float] | None = None) -> dict[str, Any]:
     """Held-out metrics of ``policy``: mean label (the pass rate under a verifier) of its greedy answer and of
     ``n_samples`` samples at temperature 1, KL(π ‖ π_original) and the mean response length from those
     samples (:func:`unipo.eval.generation.generation_metrics`). ``labeller`` None (DICE's implicit reward,
-    which needs a round's reference): no reward columns."""
+    which needs a round's reference): no reward columns. ``passes`` (a built-in task's exact verdict): also
+    the pass rate, ``greedy_pass_rate`` and ``sampled_pass_rate``."""
     result: dict[str, Any] = {}
     for name, k, temperature, ref in (("greedy", 1, 0.0, None), ("sampled", n_samples, 1.0, original)):
         if k < 1:
@@ -93,6 +94,9 @@ def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Pr
             labels = labeller.label(batch)
             result[f"{name}_reward"] = _mean([lab.score for lab in labels if lab.score is not None])
             result[f"{name}_failed"] = sum(lab.score is None for lab in labels)
+        if passes is not None:
+            verdicts = [passes(p.text(), x) for p, t in zip(prompts, gen["samples"], strict=True) for x in t]
+            result[f"{name}_pass_rate"] = _mean(verdicts)
         if name == "greedy":
             result["greedy_examples"] = [t[0] for t in gen["samples"][:4]]
     return result
