@@ -20,8 +20,8 @@ REFERENCES = ("reset", "fixed")
 #: training settings of one round when neither ``--config`` nor a flag gives them (tuned on the arithmetic
 #: task from SmolLM2-135M-Instruct to finish two rounds in ~15 minutes on 2 CPU cores: docs/iterate.md)
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "variant": "dpo", "max_steps": 20, "learning_rate": 5e-5, "per_device_batch_size": 8, "warmup_ratio": 0.1,
-    "max_length": 512, "max_prompt_length": 384, "save_steps": 10, "save_total_limit": 1,
+    "variant": "dpo", "max_steps": 16, "learning_rate": 5e-5, "per_device_batch_size": 8, "warmup_ratio": 0.1,
+    "max_length": 512, "max_prompt_length": 384, "save_steps": 8, "save_total_limit": 1,
 }
 
 
@@ -41,9 +41,9 @@ class SourceArguments:
         "help": "prompts file (JSONL, JSON, Parquet, CSV): a `prompt` field (text or chat messages) per row, or "
                 "preference rows (their prompts)", "metavar": "FILE"})
     prompt_limit: int | None = field(default=None, metadata={"help": "read only the first N usable prompts"})
-    heldout: int = field(default=32, metadata={
+    heldout: int = field(default=24, metadata={
         "help": "prompts held out for each round's evaluation (the first N of the prompts file)"})
-    prompts_per_round: int = field(default=64, metadata={
+    prompts_per_round: int = field(default=48, metadata={
         "help": "training prompts sampled per round (the pool is cycled when rounds need more)"})
     rounds: int = field(default=2, metadata={"help": "rounds of sample → label → pair → train"})
     seed: int = field(default=0, metadata={"help": "seed of the prompts, sampling, replay and training"})
@@ -132,7 +132,7 @@ class RunArguments:
 
     _argument_group_name = "evaluation and run"
 
-    eval_samples: int = field(default=4, metadata={
+    eval_samples: int = field(default=2, metadata={
         "help": "samples per held-out prompt at temperature 1 (sampled reward, KL, length); greedy is one more"})
     overwrite: bool = field(default=False, metadata={"help": "delete OUT and start again"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})

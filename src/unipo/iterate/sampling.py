@@ -80,8 +80,14 @@ def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Pr
     for name, k, temperature, ref in (("greedy", 1, 0.0, None), ("sampled", n_samples, 1.0, original)):
         if k < 1:
             continue
-        gen = generation_metrics(policy, ref, tokenizer, ids, n_samples=k, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, batch_size=batch_size, seed=seed, keep_samples=True)
+        if ref is None:  # greedy: the answers only (generation_metrics would also score them)
+            eos = eos_token_ids(policy, tokenizer)
+            out = sample_responses(policy, tokenizer, ids, 1, max_new_tokens, temperature=0.0, batch_size=batch_size)
+            gen = {"samples": [[tokenizer.decode([x for x in o[0] if x not in eos], skip_special_tokens=True)]
+                               for o in out]}
+        else:
+            gen = generation_metrics(policy, ref, tokenizer, ids, n_samples=k, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, batch_size=batch_size, seed=seed, keep_samples=True)
         if ref is not None:
             result.update(kl=gen.get("kl"), kl_std_err=gen.get("kl_std_err"),
                           response_length=gen["response_length"], entropy=gen["entropy"],
