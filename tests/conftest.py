@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 #: every test carries exactly one of these markers (declared in pyproject.toml; see docs/testing.md)
 TIERS = ("unit", "integration", "slow")
 #: fixtures that build or load a model: a unit test may not use them
-MODEL_FIXTURES = {"tiny_model_dir"}
+MODEL_FIXTURES = {"tiny_model_dir", "tiny_reward_model_dir"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every collected test is checked
@@ -57,3 +57,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def hh_file() -> Path:
     """Real preference pairs: 200 raw HH-RLHF transcripts (implicit prompt; row 87 has a blank chosen answer)."""
     return HH_FILE
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama sequence classifier with one output (a reward model) and the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from unipo.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("rm") / "rm"
+    LlamaForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -56,3 +56,18 @@ def naive_logps(model, prompt, response):
     logits = model(input_ids=ids).logits[0].float()
     logp = F.log_softmax(logits, -1)
     return torch.stack([logp[len(prompt) - 1 + j, t] for j, t in enumerate(response)])
+
+
+
+def text_length(prompt: str, response: str) -> float:
+    """A ``unipo iterate --verifier`` for the tiny random model: the response's length in characters (its
+    samples differ in it, so every prompt has a signal)."""
+    return float(len(response))
+
+
+def fails_on_undecodable(prompt: str, response: str) -> float:
+    """A verifier that raises on a response holding an undecodable byte (U+FFFD; the tiny model writes many),
+    recorded as a failed sample, and scores the others by a checksum of their characters (varied)."""
+    if "\ufffd" in response:
+        raise ValueError("undecodable byte")
+    return float(sum(map(ord, response)) % 7)

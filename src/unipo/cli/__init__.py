@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "unipo.cli.eval",  # unipo eval, unipo compare
     "unipo.cli.bridge",  # unipo bridge
     "unipo.cli.tisdpo",  # unipo weights
+    "unipo.cli.iterate",  # unipo iterate
 ]
 
 

@@ -209,7 +209,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
         f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
-    ref_path = resolve_model_path(reference) if reference else cfg_dict["model_path"]
+    ref_path = resolve_model_path(reference) if reference else cfg_dict.get("ref_model_path", cfg_dict["model_path"])
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
     if reference_cache and not objective.requirements.live_reference:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,

@@ -76,7 +76,8 @@ def _row_generator(seed: int, prompt_index: int, sample_index: int, device: torc
 @torch.no_grad()
 def sample_responses(
     model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], n_samples: int, max_new_tokens: int,
-    temperature: float = 1.0, batch_size: int = 8, seed: int = 0,
+    temperature: float = 1.0, batch_size: int = 8, seed: int = 0, top_p: float = 1.0,
+    prompt_ids: Sequence[int] | None = None,
 ) -> list[list[list[int]]]:
     """Sample ``n_samples`` responses per prompt by ancestral sampling; ``result[i][s]`` is a token list.
 
@@ -86,7 +87,13 @@ def sample_responses(
     (0 means greedy); only temperature 1 samples from π itself. Each (prompt, sample) has its own
     random stream derived from ``seed``, so the result is reproducible and does not depend on
     ``batch_size`` (up to floating-point differences between batch shapes). The global RNG is untouched.
+    ``top_p`` < 1 samples from the nucleus: the smallest set of most likely tokens whose probability reaches
+    ``top_p``, renormalised (Holtzman et al., "The Curious Case of Neural Text Degeneration", arXiv:1904.09751,
+    §3.1). ``prompt_ids``: the index of each prompt in its random stream (default 0, 1, ...), so a caller that
+    samples a subset of its prompts (a resumed run) draws what the full run would have.
     """
+    if not 0 < top_p <= 1:
+        raise ValueError("top_p must be in (0, 1]")
     if n_samples < 1 or max_new_tokens < 0:
         raise ValueError("n_samples must be >= 1 and max_new_tokens >= 0")
     if temperature < 0:
@@ -104,7 +111,9 @@ def sample_responses(
     try:
         for start in tqdm(range(0, len(jobs), batch_size), desc="sampling", leave=False, disable=None):
             chunk = jobs[start:start + batch_size]
-            rows = [list(prompts[i]) for i, _ in chunk]
+            # each distinct prompt of the chunk is prefilled once; its KV cache is copied to its samples' rows
+            uniq = list(dict.fromkeys(i for i, _ in chunk))
+            rows = [list(prompts[i]) for i in uniq]
             if any(len(r) == 0 for r in rows):
                 raise ValueError("empty prompt: a prompt needs at least one token")
             width = max(len(r) for r in rows)
@@ -115,43 +124,74 @@ def sample_responses(
                 mask[b, width - len(r):] = 1
             ids, mask = ids.to(device), mask.to(device)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            gens = [_row_generator(seed, i, s, device) for i, s in chunk]
-            done = [False] * len(rows)
+            gens = [_row_generator(seed, prompt_ids[i] if prompt_ids is not None else i, s, device) for i, s in chunk]
             kwargs: dict[str, Any] = {"use_cache": True}
             if keep_kw:
                 kwargs["logits_to_keep"] = 1
             outputs = model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-            for step in range(max_new_tokens):
-                logits = outputs.logits[:, -1, :].float()
-                next_tok = torch.empty(len(rows), dtype=torch.long, device=device)
-                if temperature == 0:
-                    next_tok = logits.argmax(-1)
-                else:
-                    probs = torch.softmax(logits / temperature, dim=-1)
-                    for b in range(len(rows)):
-                        next_tok[b] = torch.multinomial(probs[b], 1, generator=gens[b])[0]
-                toks = next_tok.tolist()
-                for b, t in enumerate(toks):
-                    if not done[b]:
-                        out[chunk[b][0]][chunk[b][1]].append(int(t))
-                        if t in eos:
-                            done[b] = True
-                if all(done) or step == max_new_tokens - 1:
-                    break
-                finished = torch.tensor(done, device=device)
-                step_ids = torch.where(finished, torch.full_like(next_tok, pad), next_tok)
-                mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-                positions = positions[:, -1:] + 1
-                cache = getattr(outputs, "cache", None)
-                if cache is None:
-                    cache = getattr(outputs, "past_key_values", None)
-                kwargs = {"use_cache": True, cache_kw: cache}
-                outputs = model(input_ids=step_ids[:, None], attention_mask=mask, position_ids=positions,
-                                **kwargs)
+            expand = torch.tensor([uniq.index(i) for i, _ in chunk], dtype=torch.long, device=device)
+            cache = _cache_of(outputs)
+            if len(uniq) < len(chunk):
+                cache.reorder_cache(expand)
+            mask, positions = mask[expand], positions[expand]
+            logits = outputs.logits[:, -1, :][expand]
+            _decode(model, chunk, logits, cache, mask, positions, gens, out, eos=eos, pad=pad, cache_kw=cache_kw,
+                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     finally:
         if was_training:
             model.train()
     return out
+
+
+def _cache_of(outputs: Any) -> Any:
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else getattr(outputs, "past_key_values", None)
+
+
+def _decode(model: Any, chunk: list[tuple[int, int]], logits: torch.Tensor, cache: Any, mask: torch.Tensor,
+            positions: torch.Tensor, gens: list[torch.Generator], out: list[list[list[int]]], *, eos: set[int],
+            pad: int, cache_kw: str, max_new_tokens: int, temperature: float, top_p: float) -> None:
+    """The token-by-token loop of :func:`sample_responses` for one chunk of (prompt, sample) rows, from the
+    prefilled ``cache`` and the next-token ``logits`` [rows, V]; appends each row's tokens to ``out``."""
+    device = logits.device
+    n = len(chunk)
+    done = [False] * n
+    for step in range(max_new_tokens):
+        logits = logits.float()
+        next_tok = torch.empty(n, dtype=torch.long, device=device)
+        if temperature == 0:
+            next_tok = logits.argmax(-1)
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1:
+                probs = _nucleus(probs, top_p)
+            for b in range(n):
+                next_tok[b] = torch.multinomial(probs[b], 1, generator=gens[b])[0]
+        for b, t in enumerate(next_tok.tolist()):
+            if not done[b]:
+                out[chunk[b][0]][chunk[b][1]].append(int(t))
+                if t in eos:
+                    done[b] = True
+        if all(done) or step == max_new_tokens - 1:
+            break
+        finished = torch.tensor(done, device=device)
+        step_ids = torch.where(finished, torch.full_like(next_tok, pad), next_tok)
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+        positions = positions[:, -1:] + 1
+        outputs = model(input_ids=step_ids[:, None], attention_mask=mask, position_ids=positions,
+                        **{"use_cache": True, cache_kw: cache})
+        logits = outputs.logits[:, -1, :]
+        cache = _cache_of(outputs)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs`` [B, V] restricted to each row's nucleus (the most likely tokens, in order, until their total
+    reaches ``top_p``; the token that crosses it is kept) and renormalised."""
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
+    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
 
 
 @dataclass

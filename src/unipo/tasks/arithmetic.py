@@ -35,6 +35,22 @@ def verify(problem: Problem, reply: str) -> bool:
     return reply.strip() == str(problem.answer)
 
 
+def graded_score(problem: Problem, reply: str) -> float:
+    """Partial credit for on-policy rounds (``unipo iterate --task arithmetic``): 1 for the exact format
+    (:func:`verify`); 0.5 when the first number of the reply is the sum ("16. This is…", "The answer is 16");
+    0.25 when the sum appears later (the model's habit "7 + 9 = 16"); 0 otherwise. SmolLM2-135M-Instruct
+    almost never samples the exact format (0 of 128 samples at temperature 1 on held-out problems), so a
+    0/1 reward leaves nearly every prompt without a pair; the steps reward moving the sum to the front, then
+    stopping after it (a format reward beside the correctness reward, as in DeepSeek-R1, arXiv:2501.12948,
+    §2.2.2)."""
+    if verify(problem, reply):
+        return 1.0
+    numbers = [int(n) for n in re.findall(r"\d+", reply)]
+    if numbers and numbers[0] == problem.answer:
+        return 0.5
+    return 0.25 if problem.answer in numbers else 0.0
+
+
 def parse_problem(prompt: str) -> Problem | None:
     m = re.search(r"What is (\d+) \+ (\d+)\?", prompt)
     return Problem(int(m.group(1)), int(m.group(2))) if m else None

@@ -124,6 +124,10 @@ class TrainConfig:
                 "LoRA adapters off), precomputed (one pass before training, cached), none (reference-free "
                 "variants); auto: none for reference-free variants, else adapter with LoRA, else copy",
         "choices": REFERENCE_MODES})
+    ref_model: str | None = field(default=None, metadata={
+        "help": "the reference model when it is not the starting model (a checkpoint directory or built-in name), "
+                "for reference: copy or precomputed; null: the starting model `model` (as DPO does). `unipo "
+                "iterate --reference fixed` sets it to the original model while each round starts from the last"})
     ref_sync: str = field(default="none", metadata={
         "help": "TR-DPO (arXiv 2404.09656): the reference follows the policy every ref_sync_steps optimizer steps; "
                 "soft: ref <- alpha*policy + (1-alpha)*ref (parameter-wise), hard: ref <- policy; needs a live "

@@ -96,6 +96,9 @@ def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, An
     if reference == "auto":
         reference = "none" if not objective.requirements.reference else ("adapter" if cfg.lora else "copy")
     check_reference_mode(objective, reference)
+    if cfg.ref_model and reference not in ("copy", "precomputed"):
+        raise ConfigError(f"ref_model {cfg.ref_model!r} needs reference: copy or precomputed (got {reference}); "
+                          f"reference: adapter is the starting model with its LoRA adapters off")
     if reference == "adapter" and not cfg.lora:
         raise ConfigError("reference: adapter needs LoRA (set lora: {r: 16})")
     if signal is not None and reference in ("precomputed", "none"):
@@ -202,7 +205,7 @@ class RunModels:
 def load_models(plan: TrainingPlan, model_path: str, tokenizer, data: RunData) -> RunModels:
     """Policy (+ LoRA), reference (a frozen copy; or its log-probs precomputed into ``data`` and the copy
     dropped) and token signal, on the precision this machine runs fast."""
-    from unipo.models.loading import apply_lora, choose_precision, load_model, resolve_dtype
+    from unipo.models.loading import apply_lora, choose_precision, load_model, resolve_dtype, resolve_model_path
     from unipo.models.signals import build_signal, signal_sizes
     from unipo.training.collate import collate_for
 
@@ -212,11 +215,12 @@ def load_models(plan: TrainingPlan, model_path: str, tokenizer, data: RunData) -
     layout = partial(collate_for, pad_token_id=tokenizer.pad_token_id, share_prompt=cfg.share_prompt,
                      packing=cfg.packing)
     ref_model = None
+    ref_path = resolve_model_path(cfg.ref_model) if cfg.ref_model else model_path
     if plan.reference in ("copy", "precomputed"):
-        ref_model = load_model(model_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
+        ref_model = load_model(ref_path, dtype=ref_dtype, attn_implementation=cfg.attn_implementation,
                                trainable=False)
     if plan.reference == "precomputed":
-        _precompute(plan, ref_model, model_path, tokenizer, data, layout(ref_model), ref_dtype,
+        _precompute(plan, ref_model, ref_path, tokenizer, data, layout(ref_model), ref_dtype,
                     torch.bfloat16 if precision == "bf16" else None)
         ref_model = None  # not resident during training
     policy = load_model(model_path, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
@@ -303,6 +307,7 @@ def save_final_model(trainer, out_dir: Path) -> None:
 
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
     """Tokenizer, token signal spec, resolved config, metrics, data summary and model card (main process)."""
+    from unipo.models.loading import resolve_model_path
     from unipo.training.outputs import model_card, write_config, write_metrics
 
     out_dir = plan.out_dir  # the model itself is saved by every process before (save_final_model)
@@ -312,6 +317,7 @@ def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer,
     write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
     trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # marks the run finished, with its step
     resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
+                "ref_model_path": resolve_model_path(plan.cfg.ref_model) if plan.cfg.ref_model else models.model_path,
                 "precision": models.precision, "token_signal": plan.signal,
                 "objective": plan.objective.config.to_dict()}
     write_config(out_dir / "unipo_config.yaml", resolved)
