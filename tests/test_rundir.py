@@ -133,7 +133,8 @@ def test_resume_continues_and_train_loss_covers_every_step(tiny_model_dir, data,
     losses = [json.loads(ln)["loss"] for ln in (part / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(ln)]
     assert len(losses) == 4
-    summary = json.loads(captured.out[captured.out.rindex("\n{") + 1:])  # the command's own summary, printed last
+    out = "\n" + captured.out  # the command's own summary, printed last (the console lines go to stderr)
+    summary = json.loads(out[out.rindex("\n{") + 1:])
     assert abs(summary["train_loss"] - sum(losses) / 4) < 1e-3
     full_losses = [json.loads(ln)["loss"] for ln in (full / "metrics.jsonl").read_text().splitlines()
                    if "loss" in json.loads(ln)]
