@@ -71,3 +71,23 @@ def fails_on_undecodable(prompt: str, response: str) -> float:
     if "\ufffd" in response:
         raise ValueError("undecodable byte")
     return float(sum(map(ord, response)) % 7)
+
+
+def short_hh_pairs(out: Path, n: int) -> Path:
+    """The first ``n`` short real HH-RLHF pairs (both responses under 600 characters, the chosen one ending a
+    sentence) of the committed slice (tests/data), written to ``out`` as JSONL: the slow tier's real data."""
+    import gzip
+
+    from tests.conftest import HH_FILE
+
+    rows = []
+    with gzip.open(HH_FILE, "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            if len(row["chosen"]) < 600 and len(row["rejected"]) < 600 and row["chosen"].strip().endswith(
+                    tuple(".!?")):
+                rows.append(row)
+            if len(rows) == n:
+                break
+    assert len(rows) == n, f"{HH_FILE}: fewer than {n} short pairs"
+    return write_jsonl(out, rows)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
 import pytest
 
+from tests.helpers import short_hh_pairs
 from unipo.cli import main
 
 pytestmark = pytest.mark.slow
@@ -18,21 +18,7 @@ VARIANTS = ["hdpo", "beta_dpo", "sampo", "alpha_dpo", "simper"]
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
     """8 short real HH-RLHF pairs from the committed slice (tests/data)."""
-    from tests.conftest import HH_FILE
-
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = []
-    with gzip.open(HH_FILE, "rt") as f:
-        for line in f:
-            row = json.loads(line)
-            if len(row["chosen"]) < 600 and len(row["rejected"]) < 600 and row["chosen"].strip().endswith(
-                    tuple(".!?")):
-                rows.append(row)
-            if len(rows) == 8:
-                break
-    assert len(rows) == 8, f"{HH_FILE}: fewer than 8 short pairs"
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
+    return short_hh_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 8)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

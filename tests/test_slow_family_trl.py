@@ -3,12 +3,12 @@ HH-RLHF pairs (the committed slice) with a finite loss, through ``unipo train``.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
 import pytest
 
+from tests.helpers import short_hh_pairs
 from unipo.cli import main
 
 pytestmark = pytest.mark.slow
@@ -18,22 +18,8 @@ VARIANTS = ["wpo", "ld_dpo", "alphapo", "cpo", "orpo"]
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    """16 short real HH-RLHF pairs from the committed slice (tests/data), as in test_slow_smollm2.py."""
-    from tests.conftest import HH_FILE
-
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    rows = []
-    with gzip.open(HH_FILE, "rt") as f:
-        for line in f:
-            row = json.loads(line)
-            if len(row["chosen"]) < 600 and len(row["rejected"]) < 600 and row["chosen"].strip().endswith(
-                    tuple(".!?")):
-                rows.append(row)
-            if len(rows) == 16:
-                break
-    assert len(rows) == 16, f"{HH_FILE}: fewer than 16 short pairs"
-    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
+    """16 short real HH-RLHF pairs from the committed slice (tests/data)."""
+    return short_hh_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 16)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
