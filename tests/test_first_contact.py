@@ -44,7 +44,8 @@ def test_invalid_row_error_names_row_and_field_and_ends_with_the_way_out(tmp_pat
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("command", [["train"], ["bridge"], ["eval"], ["compare"], ["weights", "estimate"]])
+@pytest.mark.parametrize("command", [["train"], ["bridge"], ["eval"], ["compare"], ["weights", "estimate"],
+                                     ["iterate"]])
 def test_every_command_that_reads_pairs_takes_on_invalid(command, capsys):
     with pytest.raises(SystemExit):
         main([*command, "--help"])

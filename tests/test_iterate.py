@@ -212,3 +212,24 @@ def test_sampling_a_subset_of_prompts_draws_what_the_full_run_drew(tiny_model_di
     one_by_one = [sample_responses(model, tok, [p], 1, 5, batch_size=1, seed=3, top_p=0.9, prompt_ids=[i])[0][0]
                   for i, p in enumerate(prompts)]  # sample 0 of each prompt, unbatched
     assert one_by_one == [f[0] for f in full]
+
+
+@pytest.mark.unit
+def test_offline_rows_that_fail_validation_stop_with_the_way_out_or_are_skipped_and_counted(tmp_path):
+    """--data with a blank chosen response (as real HH-RLHF has): error names file, row, field and the way out;
+    --on-invalid skip keeps the valid rows and counts the dropped one."""
+    from unipo.iterate.config import IterateConfig
+    from unipo.iterate.pipeline import _IterateRun
+
+    good = {"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"}
+    data = write_jsonl(tmp_path / "offline.jsonl", [good, {**good, "chosen": "  "}, good])
+    run = _IterateRun.__new__(_IterateRun)  # only the offline reader: no model, no prompts
+    logged: list[str] = []
+    run.log = logged.append
+    run.cfg = IterateConfig(data=str(data))
+    with pytest.raises(DataError, match=r"offline.jsonl, row 2, field 'chosen'.*pass --on-invalid skip"):
+        run._load_offline()
+    run.cfg = IterateConfig(data=str(data), on_invalid="skip")
+    rows = run._load_offline()
+    assert [r["chosen"] for r in rows] == ["4", "4"] and run.offline_invalid == 1
+    assert "skipped 1 invalid rows" in logged[-1]

@@ -115,6 +115,10 @@ class RoundTrainArguments:
         "choices": REFERENCES})
     data: str | None = field(default=None, metadata={
         "help": "offline preference pairs replayed into each round (and trained alone as the baseline)"})
+    on_invalid: str = field(default="error", metadata={
+        "help": "an offline row that fails validation (e.g. a blank response, as real HH-RLHF has): error (stop, "
+                "naming file, row and field) or skip (counted in OUT/iterate.json: offline_invalid)",
+        "choices": ("error", "skip")})
     replay_ratio: float = field(default=0.5, metadata={
         "help": "γ: share of offline pairs in a round's data when --data is given (DICE: 0.5)"})
     baseline: bool = field(default=True, metadata={

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from unipo.errors import ConfigError, UnipoError
+from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
@@ -152,14 +152,26 @@ class _IterateRun:
         return prompts[cfg.heldout:], prompts[:cfg.heldout]
 
     def _load_offline(self) -> list[dict[str, Any]]:
+        """The offline pairs of ``--data``; invalid rows stop the run (with the way out) or, with
+        ``--on-invalid skip``, are dropped and counted (``iterate.json``: ``offline_invalid``)."""
+        self.offline_invalid = 0
         if not self.cfg.data:
             return []
         from unipo.data.formats import load_rows, normalize_row
 
-        rows = []
+        rows, invalid = [], 0
         for n, raw in load_rows(self.cfg.data):
-            pair = normalize_row(raw, file=self.cfg.data, row_number=n)
+            try:
+                pair = normalize_row(raw, file=self.cfg.data, row_number=n)
+            except DataError as exc:
+                if self.cfg.on_invalid == "error":
+                    raise exc.with_way_out(skip_invalid_hint("OUT/iterate.json (offline_invalid)")) from None
+                invalid += 1
+                continue
             rows.append({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected})
+        self.offline_invalid = invalid
+        if invalid:
+            self.log(f"{self.cfg.data}: skipped {invalid} invalid rows (--on-invalid skip)")
         if not rows:
             raise UnipoError(f"{self.cfg.data}: no offline pairs")
         return rows
@@ -167,15 +179,16 @@ class _IterateRun:
     def _check_resume(self) -> None:
         settings = {**self.cfg.to_dict(), "train": self.train_base, "labeller": self.labeller.describe()}
         path = self.out / "iterate.json"
+        counts = {"offline_invalid": self.offline_invalid}  # what was read, not a setting
         if path.exists():
             old = json.loads(path.read_text())
-            diff = sorted(k for k in set(old) | set(settings) if k not in RESUMABLE
+            diff = sorted(k for k in (set(old) | set(settings)) - set(counts) if k not in RESUMABLE
                           and json.dumps(old.get(k), default=str) != json.dumps(settings.get(k), default=str))
             if diff:
                 raise UnipoError(f"{self.out} holds a run with other settings ({', '.join(diff)}); rerun with "
                                  f"the same ones to resume, or pass --overwrite, or choose another --out")
             self.log(f"resuming the run in {self.out}")
-        _write_json(path, settings)
+        _write_json(path, {**settings, **counts})
 
     # -- models -------------------------------------------------------------------------------------
     def _load(self, path: str | Path):
