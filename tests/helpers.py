@@ -91,3 +91,43 @@ def short_hh_pairs(out: Path, n: int) -> Path:
                 break
     assert len(rows) == n, f"{HH_FILE}: fewer than {n} short pairs"
     return write_jsonl(out, rows)
+
+
+def train_two_steps_on_smollm2(data: Path, out: Path, variant: str, *extra: str) -> list[dict]:
+    """``unipo train`` for 2 steps of 4 pairs on the built-in SmolLM2 (the slow tier's per-variant check):
+    asserts it exits 0 with two finite logged losses and returns the logged records."""
+    import math
+
+    from unipo.cli import main
+
+    rc = main(["train", "--data", str(data), "--output-dir", str(out), "--variant", variant, "--max-steps", "2",
+               "--per-device-batch-size", "4", "--max-length", "256", "--max-prompt-length", "192",
+               "--learning-rate", "1e-5", "--no-progress", "--set", "plots=false", *extra])
+    assert rc == 0
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    return history
+
+
+class CPUAccelerator:
+    """The few accelerator methods TRL's loss code calls, for one CPU process (TRL parity tests)."""
+
+    device = torch.device("cpu")
+
+    @staticmethod
+    def gather(x):
+        return x
+
+    @staticmethod
+    def gather_for_metrics(x):
+        return x
+
+    @staticmethod
+    def unwrap_model(m):
+        return m
+
+    @staticmethod
+    def autocast():
+        import contextlib
+
+        return contextlib.nullcontext()

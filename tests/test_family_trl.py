@@ -13,7 +13,6 @@ Conventions checked here (docs/family_trl.md):
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import defaultdict
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ import pytest
 import torch
 
 import unipo
+from tests.helpers import CPUAccelerator
 from unipo.errors import ConfigError, UnipoError
 from unipo.models.logprobs import token_logps
 
@@ -206,24 +206,6 @@ def test_wpo_composes_and_ld_rejects_nothing_it_should_not():
 
 
 # ------------------------------------------------------------------------------------------- TRL: DPOTrainer
-class _Accelerator:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(x):
-        return x
-
-    @staticmethod
-    def gather_for_metrics(x):
-        return x
-
-    @staticmethod
-    def unwrap_model(m):
-        return m
-
-    @staticmethod
-    def autocast():
-        return contextlib.nullcontext()
 
 
 def dpo_trainer(*, beta: float, use_weighting: bool = False, ld_alpha: float | None = None,
@@ -234,7 +216,7 @@ def dpo_trainer(*, beta: float, use_weighting: bool = False, ld_alpha: float | N
         beta=beta, loss_types=["sigmoid"], loss_weights=[1.0], label_smoothing=0.0, f_divergence_type="reverse_kl",
         f_alpha_divergence_coef=0.5, ld_alpha=ld_alpha, precompute_ref_logps=ref_model is None,
         ref_model=ref_model, aux_loss_enabled=False, use_weighting=use_weighting,
-        args=SimpleNamespace(gradient_checkpointing_kwargs=None, max_length=None), accelerator=_Accelerator(),
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None, max_length=None), accelerator=CPUAccelerator(),
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
         model=SimpleNamespace(training=True, is_gradient_checkpointing=False, _modules={}))
     return trainer
@@ -366,7 +348,7 @@ def _sequences(seed: int, prompt_max: int, vocab: int = 13, length: int = 10):
 def _trl_batch_loss(cls, logits, batch, **attrs) -> torch.Tensor:
     trainer = object.__new__(cls)
     trainer.__dict__.update(is_encoder_decoder=False, pad_token_id=0, padding_value=0, aux_loss_enabled=False,
-                            accelerator=_Accelerator(), **attrs)
+                            accelerator=CPUAccelerator(), **attrs)
     loss, _ = trainer.get_batch_loss_metrics(lambda *a, **kw: SimpleNamespace(logits=logits), batch)
     return loss
 
@@ -421,7 +403,7 @@ def test_orpo_default_nll_differs_from_trl_only_by_its_reduction_and_the_prompt(
         full = float(_unipo_from_logits(logits, labels, "orpo").loss)
         seq = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
         trainer = object.__new__(ORPOTrainer)
-        trainer.__dict__.update(beta=0.1, accelerator=_Accelerator())
+        trainer.__dict__.update(beta=0.1, accelerator=CPUAccelerator())
         odds_term = float(-trainer.odds_ratio_loss(*seq.chunk(2))[0].mean())
     assert abs(no_nll - odds_term) < 1e-6
     assert abs(full - loss_t) > 1e-3

@@ -41,6 +41,7 @@ import pytest
 import torch
 
 import unipo
+from tests.helpers import CPUAccelerator
 
 trl = pytest.importorskip("trl")
 DPOTrainer = pytest.importorskip("trl.trainer.dpo_trainer").DPOTrainer
@@ -85,22 +86,6 @@ def _leaf(batch):
 # ---------------------------------------------------------------------------------------- TRL DPO
 
 
-class _Accelerator:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def gather(x):
-        return x
-
-    @staticmethod
-    def gather_for_metrics(x):
-        return x
-
-    @staticmethod
-    def unwrap_model(m):
-        return m
-
-
 def dpo_trainer(loss_type: str | list[str], *, beta: float = 0.1, label_smoothing: float = 0.0,
                 f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
                 discopop_tau: float = 0.05, loss_weights: list[float] | None = None) -> DPOTrainer:
@@ -113,7 +98,7 @@ def dpo_trainer(loss_type: str | list[str], *, beta: float = 0.1, label_smoothin
         f_alpha_divergence_coef=f_alpha_divergence_coef, ld_alpha=None, precompute_ref_logps=True,
         aux_loss_enabled=False, use_weighting=False,
         args=SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None, max_length=None),
-        accelerator=_Accelerator(), _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        accelerator=CPUAccelerator(), _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1, model=SimpleNamespace(training=True),
     )
     return trainer
@@ -334,7 +319,7 @@ def cpo_trainer(loss_type: str, *, beta: float, simpo_gamma: float = 0.5,
                 label_smoothing: float = 0.0) -> CPOTrainer:
     trainer = object.__new__(CPOTrainer)
     trainer.__dict__.update(loss_type=loss_type, beta=beta, simpo_gamma=simpo_gamma, cpo_alpha=0.0,
-                            label_smoothing=label_smoothing, alpha=0.0, accelerator=_Accelerator())
+                            label_smoothing=label_smoothing, alpha=0.0, accelerator=CPUAccelerator())
     return trainer
 
 

@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from tests.helpers import short_hh_pairs
-from unipo.cli import main
+from tests.helpers import short_hh_pairs, train_two_steps_on_smollm2
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +23,7 @@ def pairs_file(tmp_path_factory):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_trains_on_smollm2(pairs_file, tmp_path, variant):
     out = tmp_path / variant
-    rc = main(["train", "--data", str(pairs_file), "--output-dir", str(out), "--variant", variant, "--max-steps", "2",
-               "--per-device-batch-size", "4", "--max-length", "256", "--max-prompt-length", "192",
-               "--learning-rate", "1e-5", "--no-progress", "--set", "plots=false"])
-    assert rc == 0
-    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    history = train_two_steps_on_smollm2(pairs_file, out, variant)
     if variant in ("beta_dpo", "alpha_dpo"):  # the moving statistics are saved with the model, after 2 updates
         state = json.loads((out / "unipo_objective_state.json").read_text())
         assert [s["steps"] for s in state.values()] == [2.0]

@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from tests.helpers import short_hh_pairs
-from unipo.cli import main
+from tests.helpers import short_hh_pairs, train_two_steps_on_smollm2
 
 pytestmark = pytest.mark.slow
 
@@ -51,12 +50,7 @@ def test_variant_trains_on_smollm2(pairs_file, tmp_path, variant):
                 r["chosen_weights"] = [rng.uniform(0.5, 1.5) for _ in r["chosen_weights"]]
                 r["rejected_weights"] = [rng.uniform(0.5, 1.5) for _ in r["rejected_weights"]]
             weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rc = main(["train", "--data", str(pairs_file), "--output-dir", str(out), "--variant", variant, "--max-steps", "2",
-               "--per-device-batch-size", "4", "--max-length", "256", "--max-prompt-length", "192",
-               "--learning-rate", "1e-5", "--no-progress", "--set", "plots=false", *extra])
-    assert rc == 0
-    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
-    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    history = train_two_steps_on_smollm2(pairs_file, out, variant, *extra)
     if variant == "tisdpo":
         assert math.isfinite(history[1]["kl/chosen"]) and history[0]["weights/chosen_std"] > 0.1
     if variant == "tdpo2":
