@@ -99,6 +99,22 @@ def test_arithmetic_partial_credit_by_hand():
 
 
 @pytest.mark.unit
+def test_task_pairs_cover_the_training_prompts_only_with_the_bare_sum_chosen():
+    from unipo.iterate.prompts import task_pairs, task_prompts
+    from unipo.tasks.arithmetic import parse_problem
+
+    prompts = task_prompts("arithmetic", seed=3)
+    rows = task_pairs("arithmetic", seed=3, heldout=20)
+    assert [r["prompt"][0]["content"] for r in rows] == prompts[20:]  # the training prompts, in their order
+    for r in rows:
+        p = parse_problem(r["prompt"][0]["content"])
+        assert r["chosen"][0]["content"] == str(p.a + p.b)  # written out again: the bare sum
+        assert r["rejected"][0]["content"] != r["chosen"][0]["content"]
+    with pytest.raises(UnipoError, match="unknown task"):
+        task_pairs("chess", seed=0, heldout=1)
+
+
+@pytest.mark.unit
 def test_judge_rating_parse():
     from unipo.iterate.judge import parse_rating
 

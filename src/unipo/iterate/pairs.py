@@ -112,7 +112,8 @@ def pair_rows(chosen_rejected: list[tuple[dict[str, Any], dict[str, Any]]]) -> l
     return rows
 
 
-def _prompt_key(prompt: Any) -> str:
+def prompt_key(prompt: Any) -> str:
+    """A prompt (text or chat messages) as one string, to compare prompts across files."""
     if isinstance(prompt, list):
         return "\n".join(str(m.get("content", "")) for m in prompt)
     return str(prompt)
@@ -125,8 +126,8 @@ def replay_mix(generated: list[dict[str, Any]], offline: list[dict[str, Any]], g
     if not 0 <= gamma < 1:
         raise ValueError("the replay ratio must be in [0, 1)")
     want = int(gamma * len(generated) / (1 - gamma)) if gamma > 0 else 0
-    seen = {_prompt_key(g["prompt"]) for g in generated}
-    pool = [dict(o, source="offline") for o in offline if _prompt_key(o.get("prompt")) not in seen]
+    seen = {prompt_key(g["prompt"]) for g in generated}
+    pool = [dict(o, source="offline") for o in offline if prompt_key(o.get("prompt")) not in seen]
     rng = random.Random(seed)
     picked = rng.sample(pool, min(want, len(pool)))
     rows = generated + picked

@@ -12,7 +12,8 @@ model (``fixed``). Files, under ``OUT``:
   as each batch is labelled, never regenerated), ``pairs.jsonl``, ``train.jsonl`` (pairs + replayed offline
   pairs), ``model/`` (the trainer's run directory, resumed from its checkpoint), ``merged/`` (LoRA rounds),
   ``eval.json`` and ``round.json`` (written last: a round with it is never redone);
-* ``baseline/``: with ``--data``, the starting model trained on the offline pairs alone;
+* ``task-pairs.jsonl``: with ``--task`` and no ``--data``, the task's offline pairs (replayed);
+* ``baseline/``: with offline pairs, the starting model trained on them alone;
 * ``report.md`` and ``report.png``.
 """
 
@@ -32,8 +33,8 @@ from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
-from unipo.iterate.pairs import dice_alpha, pair_rows, replay_mix, select_pairs
-from unipo.iterate.prompts import Prompt, read_prompts, render, task_prompts
+from unipo.iterate.pairs import dice_alpha, pair_rows, prompt_key, replay_mix, select_pairs
+from unipo.iterate.prompts import Prompt, read_prompts, render, task_pairs, task_prompts
 from unipo.iterate.sampling import GenerationClock, evaluate_policy, label_batch, sample_prompts
 
 #: settings that may change between a run and its resume
@@ -151,18 +152,32 @@ class _IterateRun:
         prompts = [Prompt(i, t) for i, t in enumerate(texts)]
         return prompts[cfg.heldout:], prompts[:cfg.heldout]
 
+    def _offline_source(self) -> str | None:
+        """``--data``, else (``--task`` without ``--no-task-pairs``) the task's own offline pairs written to
+        ``OUT/task-pairs.jsonl`` (:func:`unipo.iterate.prompts.task_pairs`), else none."""
+        cfg = self.cfg
+        if cfg.data:
+            return cfg.data
+        if not (cfg.task and cfg.task_pairs):
+            return None
+        path = self.out / "task-pairs.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(path, task_pairs(cfg.task, cfg.seed, cfg.heldout))
+        return str(path)
+
     def _load_offline(self) -> list[dict[str, Any]]:
-        """The offline pairs of ``--data``; invalid rows stop the run (with the way out) or, with
+        """The offline pairs (:meth:`_offline_source`); invalid rows stop the run (with the way out) or, with
         ``--on-invalid skip``, are dropped and counted (``iterate.json``: ``offline_invalid``)."""
-        self.offline_invalid = 0
-        if not self.cfg.data:
+        self.offline_invalid = self.offline_heldout = 0
+        self.offline_path = self._offline_source()
+        if not self.offline_path:
             return []
         from unipo.data.formats import load_rows, normalize_row
 
         rows, invalid = [], 0
-        for n, raw in load_rows(self.cfg.data):
+        for n, raw in load_rows(self.offline_path):
             try:
-                pair = normalize_row(raw, file=self.cfg.data, row_number=n)
+                pair = normalize_row(raw, file=self.offline_path, row_number=n)
             except DataError as exc:
                 if self.cfg.on_invalid == "error":
                     raise exc.with_way_out(skip_invalid_hint("OUT/iterate.json (offline_invalid)")) from None
@@ -171,15 +186,22 @@ class _IterateRun:
             rows.append({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected})
         self.offline_invalid = invalid
         if invalid:
-            self.log(f"{self.cfg.data}: skipped {invalid} invalid rows (--on-invalid skip)")
-        if not rows:
-            raise UnipoError(f"{self.cfg.data}: no offline pairs")
-        return rows
+            self.log(f"{self.offline_path}: skipped {invalid} invalid rows (--on-invalid skip)")
+        held = {prompt_key(p.prompt) for p in self.heldout}
+        kept = [r for r in rows if prompt_key(r["prompt"]) not in held]
+        self.offline_heldout = len(rows) - len(kept)
+        if self.offline_heldout:
+            self.log(f"{self.offline_path}: {self.offline_heldout} offline pairs left out: their prompts are held "
+                     f"out for evaluation (never trained on, in the rounds or the baseline)")
+        if not kept:
+            raise UnipoError(f"{self.offline_path}: no offline pairs (after leaving out {self.offline_heldout} "
+                             f"whose prompts are held out)")
+        return kept
 
     def _check_resume(self) -> None:
         settings = {**self.cfg.to_dict(), "train": self.train_base, "labeller": self.labeller.describe()}
         path = self.out / "iterate.json"
-        counts = {"offline_invalid": self.offline_invalid}  # what was read, not a setting
+        counts = {"offline_invalid": self.offline_invalid, "offline_heldout": self.offline_heldout}  # read, not set
         if path.exists():
             old = json.loads(path.read_text())
             diff = sorted(k for k in (set(old) | set(settings)) - set(counts) if k not in RESUMABLE
@@ -356,7 +378,9 @@ class _IterateRun:
         if done.exists():
             return json.loads(done.read_text())
         steps = int(self.train_base.get("max_steps", 0)) * self.cfg.rounds
-        tc = self._train_config(str(self.cfg.data), bd / "model", self.model_path, self.cfg.seed, None)
+        bd.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(bd / "offline.jsonl", self.offline)  # the offline pairs the rounds replay from
+        tc = self._train_config(str(bd / "offline.jsonl"), bd / "model", self.model_path, self.cfg.seed, None)
         tc.max_steps = steps
         from unipo.training.train import train
 

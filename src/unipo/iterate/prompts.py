@@ -85,6 +85,19 @@ def task_prompts(task: str, seed: int) -> list[str]:
     return [p.prompt for p in problems(144, seed)]
 
 
+def task_pairs(task: str, seed: int, heldout: int) -> list[dict[str, Any]]:
+    """A built-in task's offline preference pairs for its training prompts (every prompt of
+    :func:`task_prompts` after the first ``heldout``, never the held-out ones): for arithmetic, the demo's
+    pairs (:func:`unipo.tasks.arithmetic.preference_rows`: the bare sum chosen over one of the model's habits
+    or a wrong sum), the offline data that ``unipo iterate --task`` replays unless ``--data`` or
+    ``--no-task-pairs`` says otherwise."""
+    if task != "arithmetic":
+        raise UnipoError(f"unknown task {task!r}; built-in tasks: {', '.join(TASKS)}")
+    from unipo.tasks.arithmetic import preference_rows, problems
+
+    return preference_rows(problems(144, seed)[heldout:], seed)
+
+
 def render(tokenizer: Any, prompt: Prompt) -> list[int]:
     """Token ids of ``prompt`` as the model sees it before answering: the chat template with the generation
     prompt where the tokenizer has one, else the text itself."""

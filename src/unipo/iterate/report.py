@@ -82,10 +82,11 @@ def plot(results: dict[str, dict[str, Any]], path: Path, reward_name: str) -> No
 
 def write_report(out: Path, results: dict[str, dict[str, Any]], cfg: Any) -> None:
     reward_name = {"verifier": "verifier score", "judge": "judge rating"}.get(cfg.label, "reward")
+    replayed = bool(cfg.data or (cfg.task and cfg.task_pairs))
     lines = [f"# unipo iterate: {cfg.rounds} rounds from {cfg.model}", "",
              f"Prompts: {cfg.task or cfg.prompts}; labels: {cfg.label}; K = {cfg.samples} samples per prompt, "
              f"{cfg.prompts_per_round} prompts per round; reference: {cfg.reference}; replay γ = "
-             f"{cfg.replay_ratio if cfg.data else 0}. Evaluated on {cfg.heldout} held-out prompts: {reward_name} "
+             f"{cfg.replay_ratio if replayed else 0}. Evaluated on {cfg.heldout} held-out prompts: {reward_name} "
              f"of the greedy answer and of {cfg.eval_samples} samples at temperature 1 (and, for a built-in task, "
              f"the pass rate: the exact verdict), KL to the original model and length from those samples.", "",
              table(results, reward_name), "", "![rounds](report.png)", ""]

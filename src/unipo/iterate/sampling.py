@@ -75,7 +75,8 @@ def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Pr
     ``n_samples`` samples at temperature 1, KL(π ‖ π_original) and the mean response length from those
     samples (:func:`unipo.eval.generation.generation_metrics`). ``labeller`` None (DICE's implicit reward,
     which needs a round's reference): no reward columns. ``passes`` (a built-in task's exact verdict): also
-    the pass rate, ``greedy_pass_rate`` and ``sampled_pass_rate``."""
+    the pass rate, ``greedy_pass_rate`` and ``sampled_pass_rate``. ``greedy_answers``: every greedy answer,
+    in the order of ``prompts``, to check any figure by hand."""
     result: dict[str, Any] = {}
     for name, k, temperature, ref in (("greedy", 1, 0.0, None), ("sampled", n_samples, 1.0, original)):
         if k < 1:
@@ -105,4 +106,5 @@ def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Pr
             result[f"{name}_pass_rate"] = _mean(verdicts)
         if name == "greedy":
             result["greedy_examples"] = [t[0] for t in gen["samples"][:4]]
+            result["greedy_answers"] = [t[0] for t in gen["samples"]]  # every held-out prompt's, in order
     return result
