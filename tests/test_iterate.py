@@ -242,6 +242,7 @@ def test_offline_rows_that_fail_validation_stop_with_the_way_out_or_are_skipped_
     run = _IterateRun.__new__(_IterateRun)  # only the offline reader: no model, no prompts
     logged: list[str] = []
     run.log = logged.append
+    run.heldout, run.out = [], tmp_path
     run.cfg = IterateConfig(data=str(data))
     with pytest.raises(DataError, match=r"offline.jsonl, row 2, field 'chosen'.*pass --on-invalid skip"):
         run._load_offline()

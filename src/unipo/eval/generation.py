@@ -224,8 +224,8 @@ def score_responses(
 ) -> ResponseScores:
     """Teacher-forced log-probabilities and predictive entropies of ``responses[n]`` given ``prompts[n]``.
 
-    One forward pass per batch of prompt+response sequences, right-padded (causal attention: real
-    tokens never see the padding). Log-softmax is taken in float32, only at response positions, one
+    One forward pass per batch of prompt+response sequences of similar length, right-padded (causal
+    attention: real tokens never see the padding). Log-softmax is taken in float32, only at response positions, one
     row at a time, so the full (batch, length, vocabulary) float32 tensor is never materialised.
     """
     if len(prompts) != len(responses):
@@ -239,9 +239,11 @@ def score_responses(
     logps = torch.zeros((n, t_max), dtype=torch.float32)
     ents = torch.zeros((n, t_max), dtype=torch.float32)
     mask = torch.zeros((n, t_max), dtype=torch.float32)
+    # batches of similar total length (longest first), so little of each forward pass is padding
+    order = sorted(range(n), key=lambda k: -(len(prompts[k]) + len(responses[k])))
     try:
         for start in tqdm(range(0, n, batch_size), desc="scoring samples", leave=False, disable=None):
-            idx = [k for k in range(start, min(n, start + batch_size)) if len(responses[k]) > 0]
+            idx = [k for k in order[start:start + batch_size] if len(responses[k]) > 0]
             if not idx:
                 continue
             seqs = [list(prompts[k]) + list(responses[k]) for k in idx]
