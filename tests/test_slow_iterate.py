@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_an_arithmetic_round_on_smollm2_teaches_the_exact_format(tmp_path):
     """A reduced default run (docs/iterate.md): one round of 24 prompts × 8 samples, the task's pairs replayed,
-    RPO for 6 steps. Measured: greedy exact pass rate 0 → {MEASURED} on 24 held-out problems (the full default
+    RPO for 6 steps. Measured: greedy exact pass rate 0 → 0.500 on 24 held-out problems (92 s) (the full default
     run: 0 → 0.521 / 0.604 / 0.708 over three rounds)."""
     from unipo.cli import main
 

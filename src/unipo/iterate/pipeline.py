@@ -389,9 +389,10 @@ class _IterateRun:
         train(tc)
         if (bd / "model" / "adapter_config.json").exists():
             _merge_lora(bd / "model", bd / "merged")
+        train_s = time.perf_counter() - tic
         record = self._evaluate(bd, self._load(bd / ("merged" if (bd / "merged").exists() else "model")),
                                 {"offline_pairs": len(self.offline)})
-        record["timing"] = {"train_s": time.perf_counter() - tic}
+        record["timing"] = {"train_s": train_s, **record.get("timing", {})}
         _write_json(done, record)
         return record
 
