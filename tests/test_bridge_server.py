@@ -113,7 +113,7 @@ def test_wrong_key_stops_the_run_without_recording_rows(tmp_path, server, monkey
     assert read_jsonl(tmp_path / "o.jsonl") == [] and read_jsonl(tmp_path / "o.failed.jsonl") == []
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # waits out stalls, Retry-After and backoffs by design (5–7 s of wall time, mostly idle)
 def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_dir):
     n = 16
     data = write_jsonl(tmp_path / "in.jsonl", make_rows(n, always_500=(7,)))
@@ -146,7 +146,7 @@ def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_
         assert_each_row_once(out, tmp_path / "o.failed.jsonl", n, allow_failed={7})
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # waits out stalls, Retry-After and backoffs by design (5–7 s of wall time, mostly idle)
 def test_server_gone_mid_run_stops_the_run_then_resume_completes(tmp_path, tiny_model_dir):
     """In this process: from its 9th request on the server drops every connection unanswered; the run stops
     with a clear error after 3 transport failures in a row, keeping what was answered before; once the

@@ -80,7 +80,7 @@ def test_seed_makes_runs_repeatable(tiny_model_dir, data, tmp_path):
         torch.testing.assert_close(weights[0][k], weights[1][k])
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # 7 s of CPU: moved out of the README's 90-s tier (docs/testing.md)
 def test_a_split_batch_gives_the_steps_of_the_whole_batch(tiny_model_dir, data, tmp_path):
     """Each step's batch of 4 pairs taken as 2 micro-batches of 2 (gradient accumulation) gives the losses and
     metrics of the whole batch: the loss is a mean per example, the logged metrics are means over the micro-
@@ -112,7 +112,7 @@ def test_lora_uses_adapter_disabled_reference(tiny_model_dir, data, tmp_path):
     assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # 7 s of CPU: moved out of the README's 90-s tier (docs/testing.md)
 def test_precomputed_reference_equals_copy_and_is_cached(tiny_model_dir, data, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
     hist = {}
