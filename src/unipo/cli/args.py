@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from unipo.errors import ConfigError
+from unipo.io.assignments import parse_assignments
 
 __all__ = ["dataclass_parser", "add_command", "given", "to_dataclass", "yaml_value", "parse_assignments",
            "show_value"]
@@ -136,17 +136,3 @@ def given(args: argparse.Namespace, dtype: type) -> dict[str, Any]:
 def to_dataclass(args: argparse.Namespace, dtype: type) -> Any:
     """An instance of ``dtype``: the flags given, the field defaults for the rest."""
     return dtype(**given(args, dtype))
-
-
-def parse_assignments(items: list[str], flag: str = "--set") -> dict[str, Any]:
-    """``["KEY=VALUE", ...]`` → ``{KEY: VALUE read as YAML}`` (later items win)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{flag} {item!r}: the value is not valid YAML: {exc}") from None
-    return out

@@ -167,5 +167,10 @@ class IterateConfig(SourceArguments, SamplingArguments, LabelArguments, RoundTra
             values.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
         return cls(**values)
 
+    @property
+    def replays_offline(self) -> bool:
+        """Offline pairs are replayed (and a baseline trained on them): ``--data``, or a task's own pairs."""
+        return bool(self.data or (self.task and self.task_pairs))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

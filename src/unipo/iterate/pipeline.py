@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
+from unipo.io.assignments import parse_assignments
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
@@ -69,7 +70,7 @@ def train_config_base(cfg: IterateConfig) -> dict[str, Any]:
     flags = {"variant": cfg.variant, "beta": cfg.beta, "max_steps": cfg.steps, "learning_rate": cfg.learning_rate,
              "per_device_batch_size": cfg.batch_size, "lora": cfg.lora}
     base = {**TRAIN_DEFAULTS, **yaml_keys, **{k: v for k, v in flags.items() if v is not None},
-            **_assignments(cfg.set)}
+            **parse_assignments(cfg.set)}
     TrainConfig.from_dict({**base, "data": "-"}, source="unipo iterate training settings")  # validates now
     return base
 
@@ -78,18 +79,6 @@ def _yaml_given(path: str) -> set[str]:
     import yaml
 
     return set((yaml.safe_load(Path(path).read_text()) or {}).keys())
-
-
-def _assignments(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def check_config(cfg: IterateConfig) -> None:
@@ -158,7 +147,7 @@ class _IterateRun:
         cfg = self.cfg
         if cfg.data:
             return cfg.data
-        if not (cfg.task and cfg.task_pairs):
+        if not cfg.replays_offline:
             return None
         path = self.out / "task-pairs.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,16 +82,17 @@ def plot(results: dict[str, dict[str, Any]], path: Path, reward_name: str) -> No
 
 def write_report(out: Path, results: dict[str, dict[str, Any]], cfg: Any) -> None:
     reward_name = {"verifier": "verifier score", "judge": "judge rating"}.get(cfg.label, "reward")
-    replayed = bool(cfg.data or (cfg.task and cfg.task_pairs))
     lines = [f"# unipo iterate: {cfg.rounds} rounds from {cfg.model}", "",
              f"Prompts: {cfg.task or cfg.prompts}; labels: {cfg.label}; K = {cfg.samples} samples per prompt, "
              f"{cfg.prompts_per_round} prompts per round; reference: {cfg.reference}; replay γ = "
-             f"{cfg.replay_ratio if replayed else 0}. Evaluated on {cfg.heldout} held-out prompts: {reward_name} "
-             f"of the greedy answer and of {cfg.eval_samples} samples at temperature 1 (and, for a built-in task, "
-             f"the pass rate: the exact verdict), KL to the original model and length from those samples.", "",
+             f"{cfg.replay_ratio if cfg.replays_offline else 0}. Evaluated on {cfg.heldout} held-out prompts: "
+             f"{reward_name} of the greedy answer and of {cfg.eval_samples} samples at temperature 1 (and, for a "
+             f"built-in task, the pass rate: the exact verdict), KL to the original model and length from those "
+             f"samples.", "",
              table(results, reward_name), "", "![rounds](report.png)", ""]
     for key, rec in results.items():
-        if rec.get("greedy_examples"):
-            lines.append(f"- {_name(key)}, greedy answers: " + " · ".join(repr(x) for x in rec["greedy_examples"]))
+        if rec.get("greedy_answers"):
+            examples = rec["greedy_answers"][:4]
+            lines.append(f"- {_name(key)}, greedy answers: " + " · ".join(repr(x) for x in examples))
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(results, out / "report.png", reward_name)

@@ -105,6 +105,5 @@ def evaluate_policy(policy: Any, original: Any, tokenizer: Any, prompts: list[Pr
             verdicts = [passes(p.text(), x) for p, t in zip(prompts, gen["samples"], strict=True) for x in t]
             result[f"{name}_pass_rate"] = _mean(verdicts)
         if name == "greedy":
-            result["greedy_examples"] = [t[0] for t in gen["samples"][:4]]
             result["greedy_answers"] = [t[0] for t in gen["samples"]]  # every held-out prompt's, in order
     return result
