@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unipo.cli.args import parse_assignments
 from unipo.errors import ConfigError
 
 
@@ -44,21 +45,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: cannot read the value: {exc}") from None
-    return out
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read the objective mapping from a YAML / JSON file (top level, or under ``objective:``)."""
     import yaml
@@ -81,7 +67,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from unipo.cli import explain as ex
 
-    overrides = _parse_overrides(args.overrides)
+    overrides = parse_assignments(args.overrides)
     if args.name is not None and args.config is not None:
         raise ConfigError("give a preset NAME or --config FILE, not both (put the preset in the file)")
     if args.config is not None:
