@@ -59,22 +59,25 @@ def write_task_data(out: Path, n_train: int, n_heldout: int, seed: int) -> tuple
 def run_demo(out_dir: str = "runs/demo", *, model: str = DEFAULTS["model"], steps: int = DEFAULTS["steps"],
              variants: list[str] | None = None, train_pairs: int = DEFAULTS["train_pairs"],
              heldout: int = DEFAULTS["heldout"], learning_rate: float = DEFAULTS["learning_rate"],
-             batch_size: int = DEFAULTS["batch_size"], seed: int = 0, progress: bool = True) -> dict[str, Any]:
-    from unipo.compare.pipeline import compare, read_config
+             batch_size: int = DEFAULTS["batch_size"], seed: int = 0, progress: bool = True,
+             seeds: list[int] | None = None, precision: str = "auto") -> dict[str, Any]:
+    """Write the task's pairs (problems drawn with ``seed``), train and evaluate each variant (with ``seed``, or
+    under each of ``seeds`` on the same pairs: mean ± standard error over seeds), return the runs' records."""
+    from unipo.compare.pipeline import compare, read_config, run_dir_of
 
     out = Path(out_dir)
     train_file, heldout_file = write_task_data(out, train_pairs, heldout, seed)
     base = TrainConfig(model=model, data=str(train_file), max_steps=steps, per_device_batch_size=batch_size,
                        learning_rate=learning_rate, max_length=128, max_prompt_length=96, save_steps=max(steps, 1),
-                       seed=seed, progress=progress, warmup_ratio=0.1)
+                       seed=seed, progress=progress, warmup_ratio=0.1, precision=precision)
     runs = compare(base, variants or list(DEFAULTS["variants"]), out, eval_data=str(heldout_file),
                    eval_kwargs={"task": "arithmetic", "limit": heldout, "n_prompts": heldout, "n_samples": 2,
                                 "max_new_tokens": 12, "batch_size": 16},
                    title="unipo demo: SmolLM2-135M-Instruct learns exact-format addition",
-                   train_overrides=VARIANT_SETTINGS)
+                   train_overrides=VARIANT_SETTINGS, seeds=seeds, baseline="reference" if seeds else None)
     for name, run in runs.items():  # what each run was trained with (its unipo_config.yaml), for the table
         if name != "reference":
-            config = read_config(out / "runs" / name)
+            config = read_config(run_dir_of(out, name, seeds[0] if seeds else None))
             run["settings"] = {"learning_rate": config["learning_rate"], "steps": config.get("max_steps"),
                                "beta": (config.get("objective") or {}).get("beta", config.get("beta"))}
     return runs

@@ -292,7 +292,8 @@ def generation_metrics(
     - ``self_bleu``: self-BLEU over each prompt's samples, averaged over prompts (NaN if n_samples < 2).
     - ``entropy``: mean per-token predictive entropy (nats) of the policy on its own samples.
     - ``response_length``: mean response length in tokens (eos included).
-    - ``pass_rate``: share of samples with ``verifier(prompt_index, text)`` true (only if given).
+    - ``pass_rate``: mean of ``verifier(prompt_index, text)`` over all samples (a bool, or a score in [0, 1]);
+      ``pass_per_prompt``: the same mean per prompt, in prompt order (only if a verifier is given).
     - ``n_prompts``, ``n_samples``; and ``samples`` (decoded texts, ``[prompt][sample]``) if
       ``keep_samples``.
 
@@ -328,8 +329,10 @@ def generation_metrics(
     result["entropy"] = mean_entropy(pol.entropies, pol.mask)
     result["response_length"] = float(pol.mask.sum(-1).mean()) if flat_resp else math.nan
     if verifier is not None:
-        passed = [bool(verifier(i, t)) for i, per_prompt in enumerate(texts) for t in per_prompt]
+        per_prompt = [[float(verifier(i, t)) for t in answers] for i, answers in enumerate(texts)]
+        passed = [v for scores in per_prompt for v in scores]
         result["pass_rate"] = float(sum(passed) / len(passed)) if passed else math.nan
+        result["pass_per_prompt"] = [sum(scores) / len(scores) if scores else math.nan for scores in per_prompt]
     result["n_prompts"] = float(len(prompts))
     result["n_samples"] = float(n_samples)
     if keep_samples:
