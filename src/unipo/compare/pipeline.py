@@ -194,9 +194,10 @@ def _run_record(run_dir: Path, spec: Any) -> dict[str, Any]:
 
 def _items(record: dict[str, Any]) -> dict[str, list[float]]:
     """Per held-out item, the values whose means are the paired metrics (:data:`unipo.compare.seeds.PAIRED`)."""
+    from unipo.compare.seeds import PAIRED
     from unipo.eval.stats import pair_accuracy
 
-    items = {k: v for k, v in (record.get("items") or {}).items() if k in ("greedy_pass", "sampled_pass")}
+    items = {k: v for k, v in (record.get("items") or {}).items() if k in PAIRED}
     margins = (record.get("pair_margins") or {}).get("dpo")
     if margins:
         items["dpo_margin"] = list(margins)

@@ -19,7 +19,9 @@ from unipo.eval.stats import PairedDifference, mean_and_se, paired_bootstrap
 
 #: per-item values kept in each run's record → the metric whose mean they are
 PAIRED: dict[str, str] = {"greedy_pass": "greedy_pass_rate", "sampled_pass": "pass_rate",
-                          "dpo_reward_accuracy": "dpo_reward_accuracy", "dpo_margin": "dpo_margin"}
+                          "dpo_reward_accuracy": "dpo_reward_accuracy", "dpo_margin": "dpo_margin",
+                          "entropy": "entropy", "distinct_2": "distinct_2",
+                          "chosen_logp": "chosen_mean_logp"}
 
 #: metrics that describe the evaluation rather than the model: not averaged into "± se"
 _COUNTS = frozenset({"n_pairs", "n_prompts", "n_samples", "n"})

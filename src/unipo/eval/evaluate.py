@@ -123,6 +123,8 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
             metrics["greedy_pass_rate"] = greedy["pass_rate"]
             items = {"sampled_pass": gen["pass_per_prompt"], "greedy_pass": greedy["pass_per_prompt"],
                      "greedy_answers": [s[0] for s in greedy["samples"]]}
+        items.update(entropy=gen["entropy_per_prompt"], distinct_2=gen["distinct_2_per_prompt"])
+    items["chosen_logp"] = scores["mean_logps_chosen"]  # per held-out pair: the policy's mean token log-prob
     if judge and prompts:
         from unipo.eval.judge import judge_win_rate
 
@@ -231,7 +233,11 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
                                  "weight_column": None, **({"on_invalid": on_invalid} if on_invalid else {})})
     plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
-    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
+    weights_columns = plan.weights_columns if _has_columns(data, plan.weights_columns) else None
+    if plan.weights_columns and weights_columns is None:
+        log(f"eval: {data} has no {' / '.join(plan.weights_columns)} columns: the variant's own margin needs its "
+            f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
+    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=weights_columns,
                                   diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)")
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
@@ -255,6 +261,16 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
                             "truncated_responses": summary.truncated_response}
     result["data_summary"] = summary.to_dict()
     return result
+
+
+def _has_columns(data: str, columns: tuple[str, str] | None) -> bool:
+    """Whether the first row of ``data`` carries every one of ``columns`` (per-token weights of a held-out file)."""
+    if not columns:
+        return False
+    from unipo.data.formats import load_rows
+
+    first = next(load_rows(data), None)
+    return first is not None and all(c in first[1] for c in columns)
 
 
 def _nan_to_none(x):
