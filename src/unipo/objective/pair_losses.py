@@ -273,3 +273,21 @@ def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     pw, pl = t.policy_chosen, t.policy_rejected
     log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
     return t.beta * nls(log_odds)
+
+
+@register("pair_loss", "repo", formula="max(0, −z)/β  (= max(0, γ/β − (h_w − h_l)) with a margin γ)",
+          source="RePO (Wu et al. 2025, arXiv 2503.07426), the ReLU max-margin loss; released code junkangwu/RePO "
+                 "scripts/simpo_trainer.py::get_batch_loss_metrics (loss_type 'repo')",
+          preset=PresetSpec("repo", "max(0, −(ā(y_w) − ā(y_l) − γ))  (ā: mean token log-prob)",
+                            "Wu et al. 2025 (RePO, arXiv 2503.07426); the released code (junkangwu/RePO, "
+                            "training_configs/llama-3-8b-instruct-repo.yaml)",
+                            "γ = gamma_beta_ratio = 0.6 (the authors' Llama-3-8B-Instruct config; Mistral 0.4, "
+                            "Gemma-2 0.4); the loss does not depend on β: β (2.5 as in that config) only scales "
+                            "the logged rewards; reference-free",
+                            {"prior": "none", "aggregation": "mean", "beta": 2.5, "gamma_beta_ratio": 0.6}))
+def repo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+    """RePO: the ReLU max-margin loss, SimPO's limit β → ∞ (−log σ(z)/β → max(0, −z)/β). A pair whose margin
+    already exceeds γ contributes nothing (and no gradient); the others get the same weight 1. Written on the
+    combined logit divided by β, so that with ``gamma_beta_ratio`` = γ it is max(0, γ − (h_w − h_l)) whatever β is,
+    as the released code computes ``relu(−(pi_logratios − gamma_beta_ratio))``."""
+    return torch.relu(-t.logits) / t.beta
