@@ -6,6 +6,8 @@ Where each formula was read (docs/variants.md, "Variants adopted in 2025–2026"
   logits = (π_w − λ π_l) − (ref_w − λ ref_l), loss −log σ(β·logits);
 - repo: junkangwu/RePO scripts/simpo_trainer.py::get_batch_loss_metrics, lines 702–706 (loss_type "repo"):
   relu(−(ā_w − ā_l − gamma_beta_ratio)) on average log-probs;
+- epsilon_dpo: oddqueue/e-dpo trainer.py, lines 212–234 (the perturbed policies log softmax((1 ± ε)z ∓ ε z_ref)
+  and the steps), 286 (updated_beta = β/(1 + ε·steps)), 377 (β ← β/(1 + ε·mean steps) after a training step).
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import pytest
 import torch
 
 import unipo
-from unipo.errors import ConfigError
+from unipo.errors import ConfigError, UnipoError
+from unipo.objective import Objective
 
 pytestmark = pytest.mark.unit
 
 #: the presets whose formula tests are here (tests/test_objective_formulas.py reads this with ast)
-FORMULA_TESTED = ("dpo_shift", "repo")
+FORMULA_TESTED = ("dpo_shift", "repo", "epsilon_dpo")
 
 B, T = 5, 7
 
@@ -171,3 +174,139 @@ def test_repo_is_simpos_limit_as_beta_grows():
         simpo = unipo.compute_loss("simpo", beta=beta, gamma_beta_ratio=0.5, **d).losses.detach() / beta
         assert float((simpo - repo).abs().max()) <= math.log(2) / beta + 1e-12
     assert float((simpo - repo).abs().max()) < 1e-3
+
+
+# -- epsilon_dpo ----------------------------------------------------------------------------------------------
+V = 11
+
+
+def logits_batch(seed: int, eps: float) -> tuple[dict[str, torch.Tensor], dict[str, list[list[float]]]]:
+    """Random policy and reference LOGITS over a vocabulary of V at every position, labels, ragged masks: the
+    objective's per-token inputs computed from them, and (for the by-hand formula) each row's summed log-probs
+    under π, π_ref, π^{+ε} and π^{−ε} as plain floats."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = {"chosen": [7, 3, 1, 5, 6], "rejected": [2, 7, 4, 1, 5]}
+    d, sums = {}, {}
+    for side in ("chosen", "rejected"):
+        mask = torch.arange(T)[None] < torch.tensor(lengths[side])[:, None]
+        z = torch.randn(B, T, V, generator=g, dtype=torch.float64) * 2
+        zr = z + torch.randn(B, T, V, generator=g, dtype=torch.float64)  # a reference near the policy
+        y = torch.randint(0, V, (B, T), generator=g)
+
+        def at(logits, y=y):
+            return torch.log_softmax(logits, -1).gather(-1, y[..., None]).squeeze(-1)
+
+        parts = {"pol": at(z), "ref": at(zr), "up": at((1 + eps) * z - eps * zr), "down": at((1 - eps) * z + eps * zr)}
+        d[f"policy_{side}_logps"] = parts["pol"].clone().requires_grad_(True)
+        d[f"ref_{side}_logps"] = parts["ref"]
+        d[f"{side}_eps_plus_logps"] = parts["up"]
+        d[f"{side}_eps_minus_logps"] = parts["down"]
+        d[f"{side}_mask"] = mask
+        for k, v in parts.items():
+            sums[f"{side}_{k}"] = [sum(float(v[i, t]) for t in range(T) if mask[i, t]) for i in range(B)]
+    return d, sums
+
+
+def released_steps(sums, i: int) -> int:
+    """The released code's decision for pair i (trainer.py lines 228–233), in plain floats."""
+    now = sums["chosen_pol"][i] - sums["rejected_pol"][i]
+    up = sums["chosen_up"][i] - sums["rejected_up"][i]
+    down = sums["chosen_down"][i] - sums["rejected_down"][i]
+    return int(up > now > down) - int(down > now > up)
+
+
+@pytest.mark.parametrize("eps,beta,seed", [(0.01, 0.01, 0), (0.3, 0.1, 1), (0.5, 0.5, 2)])
+def test_epsilon_dpo_equals_the_released_formula(eps, beta, seed):
+    d, sums = logits_batch(seed, eps)
+    out = unipo.compute_loss("epsilon_dpo", edpo_epsilon=eps, beta=beta, **d)
+    steps = [released_steps(sums, i) for i in range(B)]
+    expected = []
+    for i, s in enumerate(steps):
+        rho = (sums["chosen_pol"][i] - sums["chosen_ref"][i]) - (sums["rejected_pol"][i] - sums["rejected_ref"][i])
+        expected.append(softplus(-beta / (1 + eps * s) * rho))
+    close(out.losses, expected)
+    assert out.metrics["epsilon_dpo/relaxed"].item() == pytest.approx(sum(s > 0 for s in steps) / B)
+    assert out.metrics["epsilon_dpo/tightened"].item() == pytest.approx(sum(s < 0 for s in steps) / B)
+
+
+def test_epsilon_dpo_batches_cover_every_decision():
+    """The formula test above sees relaxed, tightened and kept pairs (else it would not test the decision)."""
+    seen = {released_steps(logits_batch(seed, eps)[1], i) for eps, seed in ((0.01, 0), (0.3, 1), (0.5, 2))
+            for i in range(B)}
+    assert seen == {-1, 0, 1}
+
+
+def test_epsilon_dpo_moves_beta_after_each_training_call_only():
+    """β_{t+1} = β_t/(1 + ε·mean_i s_i) after a training call (the released code's line 377, per call here);
+    evaluation uses β_t without moving it; state_dict carries β_t."""
+    eps, beta = 0.3, 0.1
+    d, sums = logits_batch(1, eps)
+    objective = Objective("epsilon_dpo", edpo_epsilon=eps, beta=beta)
+    steps = [released_steps(sums, i) for i in range(B)]
+    mean = sum(steps) / B
+    assert mean != 0
+    objective(**d)
+    beta_1 = beta / (1 + eps * mean)
+    assert objective.state_dict()["pair_loss"]["beta"] == pytest.approx(beta_1, rel=1e-12)
+    objective.train(False)
+    out = objective(**d)
+    rho = [(sums["chosen_pol"][i] - sums["chosen_ref"][i]) - (sums["rejected_pol"][i] - sums["rejected_ref"][i])
+           for i in range(B)]
+    close(out.losses, [softplus(-beta_1 / (1 + eps * s) * r) for s, r in zip(steps, rho, strict=True)])
+    assert objective.state_dict()["pair_loss"]["beta"] == pytest.approx(beta_1, rel=1e-12)  # frozen in eval
+    fresh = Objective("epsilon_dpo", edpo_epsilon=eps, beta=beta)
+    fresh.load_state_dict(objective.state_dict())
+    fresh.train(False)
+    torch.testing.assert_close(fresh(**d).losses, out.losses, rtol=0, atol=0)
+
+
+def test_epsilon_dpo_gradient_is_dpos_with_the_pairs_beta():
+    """The decision carries no gradient: d loss/d a_t = −β_i σ(−β_i Δ) on chosen tokens."""
+    eps, beta = 0.3, 0.1
+    d, sums = logits_batch(1, eps)
+    out = unipo.compute_loss("epsilon_dpo", edpo_epsilon=eps, beta=beta, **d)
+    (gw,) = torch.autograd.grad(out.losses.sum(), [d["policy_chosen_logps"]])
+    for i in range(B):
+        b = beta / (1 + eps * released_steps(sums, i))
+        rho = (sums["chosen_pol"][i] - sums["chosen_ref"][i]) - (sums["rejected_pol"][i] - sums["rejected_ref"][i])
+        want = -b / (1 + math.exp(b * rho))
+        for t in range(T):
+            assert float(gw[i, t]) == pytest.approx(want if d["chosen_mask"][i, t] else 0.0, abs=1e-12)
+
+
+def test_epsilon_dpo_needs_its_inputs_and_a_live_reference():
+    d, _ = logits_batch(0, 0.01)
+    del d["chosen_eps_plus_logps"]
+    with pytest.raises(UnipoError, match="chosen_eps_plus_logps"):
+        unipo.compute_loss("epsilon_dpo", **d)
+    req = unipo.resolve("epsilon_dpo").requirements
+    assert req.live_reference and req.perturbation == 0.01
+    assert unipo.resolve({"preset": "epsilon_dpo", "edpo_epsilon": 0.2}).requirements.perturbation == 0.2
+    assert unipo.resolve("dpo").requirements.perturbation is None
+    with pytest.raises(ConfigError, match="edpo_epsilon"):
+        unipo.resolve({"preset": "epsilon_dpo", "edpo_epsilon": 1.0})
+    from unipo.training.reference import check_reference_mode
+
+    with pytest.raises(ConfigError, match="needs the reference model at every step"):
+        check_reference_mode(Objective("epsilon_dpo"), "precomputed")
+
+
+def test_perturbed_logps_match_full_logits():
+    """The chunked no-gradient head gives log softmax((1 ± ε)z ∓ ε z_ref)[y] (z from hidden states and a head)."""
+    from unipo.models.logprobs import perturbed_logps
+
+    g = torch.Generator().manual_seed(7)
+    n, h, v, eps = 9, 6, 13, 0.2
+    head, ref_head = torch.nn.Linear(h, v), torch.nn.Linear(h, v, bias=False)
+    with torch.no_grad():
+        for p in (*head.parameters(), *ref_head.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    hid, ref_hid = torch.randn(n, h, generator=g), torch.randn(n, h, generator=g)
+    labels = torch.randint(0, v, (n,), generator=g)
+    up, down = perturbed_logps(hid, head, labels, ref_hid, ref_head, eps, chunk_size=4)
+    z, zr = head(hid).double(), ref_head(ref_hid).double()
+    want_up = torch.log_softmax((1 + eps) * z - eps * zr, -1).gather(-1, labels[:, None]).squeeze(-1)
+    want_down = torch.log_softmax((1 - eps) * z + eps * zr, -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(up.double(), want_up, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(down.double(), want_down, rtol=1e-5, atol=1e-5)
+    assert not up.requires_grad
