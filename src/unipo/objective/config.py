@@ -96,6 +96,10 @@ TRAINING_BEHAVIOURS = {
               "ref_sync: hard in the training configuration (docs/objective.md, 'Training behaviours')",
 }
 TRAINING_BEHAVIOURS["trdpo"] = TRAINING_BEHAVIOURS["tr_dpo"]
+TRAINING_BEHAVIOURS["bema"] = (
+    "BEMA (arXiv 2508.00180) changes where the reference comes from, not the loss: train any variant with a reference "
+    "with ref_sync: bema (ref_sync_bema, ref_sync_steps) in the training configuration (docs/objective.md, "
+    "'Training behaviours')")
 
 
 def _params_owner() -> dict[str, str]:
