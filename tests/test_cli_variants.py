@@ -170,6 +170,8 @@ def test_every_preset_explains_as_a_configuration_that_is_the_preset(capsys):
         inputs[f"{side}_diff_mask"] = (torch.rand(3, 4, generator=g) > 0.5).float()
         inputs[f"{side}_prior_offsets"] = torch.randn(3, 4, generator=g) * 0.1
         inputs[f"{side}_log_sum_sq_probs"] = -torch.rand(3, 4, generator=g)
+        inputs[f"{side}_eps_plus_logps"] = -torch.rand(3, 4, generator=g) * 3
+        inputs[f"{side}_eps_minus_logps"] = -torch.rand(3, 4, generator=g) * 3
     for name in PRESETS:
         rc, out, _ = run(capsys, name, "--json")
         assert rc == 0

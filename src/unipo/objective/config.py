@@ -25,7 +25,8 @@ class Requirements:
 
     ``inputs``: the per-token inputs the parts read; ``kl_direction``: per-position KL over the vocabulary
     in this direction (None: none); ``reference``: reference log-probs; ``live_reference``: the reference
-    model at every step; ``signal``: the default token signal that supplies an input when the data does not.
+    model at every step; ``signal``: the default token signal that supplies an input when the data does not;
+    ``perturbation``: ε of the perturbed policies whose log-probs a part reads (ε-DPO), else None.
     """
 
     inputs: frozenset[str]
@@ -33,6 +34,7 @@ class Requirements:
     reference: bool
     live_reference: bool
     signal: str | None
+    perturbation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,13 @@ class ObjectiveConfig:
         needs = [self.part(kind).needs for kind in KINDS]
         directions = {n.kl_direction for n in needs if n.kl_direction}
         signals = [n.signal for n in needs if n.signal and (n.signal_when is None or self.params.get(n.signal_when))]
+        perturbations = [float(self.params[n.perturbation]) for n in needs if n.perturbation]
         return Requirements(inputs=frozenset(i for n in needs for i in n.inputs),
                             kl_direction=next(iter(directions), None),
                             reference=any(n.reference for n in needs),
                             live_reference=any(n.live_reference for n in needs),
-                            signal=signals[0] if signals else None)
+                            signal=signals[0] if signals else None,
+                            perturbation=perturbations[0] if perturbations else None)
 
     @property
     def needs_reference(self) -> bool:
@@ -92,6 +96,10 @@ TRAINING_BEHAVIOURS = {
               "ref_sync: hard in the training configuration (docs/objective.md, 'Training behaviours')",
 }
 TRAINING_BEHAVIOURS["trdpo"] = TRAINING_BEHAVIOURS["tr_dpo"]
+TRAINING_BEHAVIOURS["bema"] = (
+    "BEMA (arXiv 2508.00180) changes where the reference comes from, not the loss: train any variant with a reference "
+    "with ref_sync: bema (ref_sync_bema, ref_sync_steps) in the training configuration (docs/objective.md, "
+    "'Training behaviours')")
 
 
 def _params_owner() -> dict[str, str]:

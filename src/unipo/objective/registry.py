@@ -51,6 +51,11 @@ SIDE_INPUTS: dict[str, str] = {
     "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
     "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
                         "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
+    "eps_plus_logps": "log-probs of the response tokens under the ε-perturbed policy "
+                      "log softmax((1 + ε)·z_θ − ε·z_ref) (the policy trained with β/(1 + ε)), no gradient "
+                      "(ε-DPO; from the policy's and the reference's logits at each position)",
+    "eps_minus_logps": "log-probs of the response tokens under log softmax((1 − ε)·z_θ + ε·z_ref) (the policy trained "
+                       "with β/(1 − ε)), no gradient (ε-DPO)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
@@ -109,7 +114,9 @@ class Needs:
       precomputed); ``live_reference``: it needs the reference MODEL at every step (full next-token
       distributions or hidden states), so precomputed log-probs cannot serve it;
     - ``signal``: the token signal (:mod:`unipo.models.signals`) that supplies one of its inputs when the data
-      does not; ``signal_when``: only when this (boolean) parameter of the objective is true.
+      does not; ``signal_when``: only when this (boolean) parameter of the objective is true;
+    - ``perturbation``: the name of the parameter that holds ε when the part reads the ε-perturbed policies'
+      log-probs (``eps_plus_logps`` / ``eps_minus_logps``, ε-DPO): training computes them with that ε.
     """
 
     inputs: tuple[str, ...] = ()
@@ -118,6 +125,7 @@ class Needs:
     live_reference: bool = False
     signal: str | None = None
     signal_when: str | None = None
+    perturbation: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.inputs) - set(SIDE_INPUTS)

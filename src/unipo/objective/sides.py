@@ -23,6 +23,8 @@ KEYWORDS = {
     "diff_mask": "{}_diff_mask",
     "prior_offsets": "{}_prior_offsets",
     "log_sum_sq_probs": "{}_log_sum_sq_probs",
+    "eps_plus_logps": "{}_eps_plus_logps",
+    "eps_minus_logps": "{}_eps_minus_logps",
 }
 
 
@@ -45,6 +47,8 @@ class Side:
     diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
     prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
     log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
+    eps_plus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 + ε) z_θ − ε z_ref)
+    eps_minus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 − ε) z_θ + ε z_ref)
     #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's
     #: shared length read its lengths (:attr:`other_lengths`)
     partner_mask: torch.Tensor | None = None
@@ -122,3 +126,6 @@ class PairTerms:
     #: only pair losses registered ``listwise`` receive it (:mod:`unipo.objective.listwise`)
     groups: torch.Tensor | None = None
     num_pairs: int | None = None
+    #: the two checked sides (per-token inputs zero on padding), for a pair loss that reads more than the scores
+    #: (ε-DPO's perturbed log-probs); None with several rejected responses per pair
+    sides: tuple[Side, Side] | None = None
