@@ -216,3 +216,48 @@ def test_without_trl_the_integration_says_how_to_install_it(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'unipo\[trl\]'"):
         importlib.import_module("unipo.integrations.trl")
     monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+
+
+@pytest.mark.integration
+def test_ld_dpo_with_precomputed_sums_is_refused_and_its_live_loss_is_trls(setup, models, tiny_model_dir, tmp_path):
+    """TRL's own ``DPOTrainer(ld_alpha=0.5, precompute_ref_log_probs=True)`` scales the reference's excess tokens
+    before summing; the drop-in receives plain sums (its TRL options stay at their defaults) and spreading them
+    evenly over the tokens gives another loss. So the drop-in refuses ld_dpo (and any part that declares
+    ``token_reference``) under precomputed sums, and with a live reference its loss is TRL's."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from unipo.integrations.trl import build_objective
+
+    rows = [ROWS[i] for i in (0, 3, 5, 10)]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trl_trainer = DPOTrainer(model=_load(models[0]), ref_model=_load(models[1]), processing_class=tok,
+                             args=_config(tmp_path, ld_alpha=0.5, precompute_ref_log_probs=True),
+                             train_dataset=Dataset.from_list(rows))
+    trl_trainer.model.train()
+    batch = trl_trainer.data_collator([trl_trainer.train_dataset[i] for i in range(len(rows))])
+    assert "ref_chosen_logps" in batch
+    live_batch = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+    trainer = setup[0]
+    with torch.no_grad():
+        trl_loss = trl_trainer.compute_loss(trl_trainer.model, batch)
+        trainer.objective = build_objective("ld_dpo", trainer.args)  # ld_alpha 0.5, β 0.1: TRL's
+        live = trainer.compute_loss(trainer.model, live_batch)
+        plain_sums = trainer.compute_ref_log_probs(trainer.ref_model, live_batch)  # what the drop-in would get
+        trainer.precompute_ref_logps = True
+        try:
+            spread = trainer.compute_loss(trainer.model, {**live_batch, "ref_chosen_logps": plain_sums[0],
+                                                          "ref_rejected_logps": plain_sums[1]})
+        finally:
+            trainer.precompute_ref_logps = False
+    lens = batch["completion_mask"].sum(-1).chunk(2)
+    assert bool((lens[0] != lens[1]).all())  # every pair has an excess to scale
+    assert float(live) == pytest.approx(float(trl_loss), rel=2e-6)
+    assert abs(float(spread) - float(trl_loss)) > 1e-4  # the even spread is wrong: hence the refusal
+    for variant, part in (("ld_dpo", "weights=ld"), ("sampo", "weights=sampo")):
+        with pytest.raises(ConfigError, match=rf"weights the reference's tokens unequally \({part}\).*"
+                                              rf"precompute_ref_log_probs=False"):
+            build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))
+    for variant in ("dpo", "hdpo", "simpo", "alpha_dpo"):  # sums and means of the reference serve these
+        build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))

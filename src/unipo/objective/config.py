@@ -25,7 +25,8 @@ class Requirements:
 
     ``inputs``: the per-token inputs the parts read; ``kl_direction``: per-position KL over the vocabulary
     in this direction (None: none); ``reference``: reference log-probs; ``live_reference``: the reference
-    model at every step; ``signal``: the default token signal that supplies an input when the data does not.
+    model at every step; ``signal``: the default token signal that supplies an input when the data does not;
+    ``token_reference``: a part treats the reference's tokens unequally (a summed reference cannot serve it).
     """
 
     inputs: frozenset[str]
@@ -33,6 +34,7 @@ class Requirements:
     reference: bool
     live_reference: bool
     signal: str | None
+    token_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,8 @@ class ObjectiveConfig:
                             kl_direction=next(iter(directions), None),
                             reference=any(n.reference for n in needs),
                             live_reference=any(n.live_reference for n in needs),
-                            signal=signals[0] if signals else None)
+                            signal=signals[0] if signals else None,
+                            token_reference=any(n.token_reference for n in needs))
 
     @property
     def needs_reference(self) -> bool:

@@ -108,6 +108,10 @@ class Needs:
     - ``reference``: it needs reference log-probs (a frozen copy, the policy with adapters off, or
       precomputed); ``live_reference``: it needs the reference MODEL at every step (full next-token
       distributions or hidden states), so precomputed log-probs cannot serve it;
+    - ``token_reference``: it treats the reference's tokens unequally (token weights on the reference term that
+      are not one constant per response: BMC, SamPO's subsets, LD-DPO's tail, TIS-DPO), so one summed reference
+      log-prob per response cannot serve it (TRL's ``precompute_ref_log_probs``); a part that reads the
+      reference only through each response's sum or mean leaves it false;
     - ``signal``: the token signal (:mod:`unipo.models.signals`) that supplies one of its inputs when the data
       does not; ``signal_when``: only when this (boolean) parameter of the objective is true.
     """
@@ -116,6 +120,7 @@ class Needs:
     kl_direction: str | None = None
     reference: bool = False
     live_reference: bool = False
+    token_reference: bool = False
     signal: str | None = None
     signal_when: str | None = None
 

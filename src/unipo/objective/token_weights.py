@@ -25,7 +25,7 @@ def no_weights(side: Side, params: Params) -> Weights:
 
 
 @register("weights", "given", formula="ω_t = w_t (an input tensor)",
-          needs=Needs(inputs=("weights",), signal="sparsepo_masks", signal_when="kl_masks"),
+          needs=Needs(inputs=("weights",), signal="sparsepo_masks", signal_when="kl_masks", token_reference=True),
           source="TIS-DPO (Liu et al., ICLR 2025 version) Eq. 15–19: importance weights; "
                  "SparsePO (Christopoulou et al. 2024) Eq. 6: token masks m^u")
 def given_weights(side: Side, params: Params) -> Weights:
@@ -39,7 +39,8 @@ def given_weights(side: Side, params: Params) -> Weights:
     "bmc_reference_weighting": Param(False, "weight the reference term by the reference's own confidence "
                                             "(the authors' released code)", kind="bool")},
           formula="λ_t = 1 + min(sg(1/π_θ(y_t)), δ) on differing tokens, 1 elsewhere",
-          source="BMC (Jiang et al., ICLR 2025 version), Eq. 4–6", needs=Needs(inputs=("diff_mask",)))
+          source="BMC (Jiang et al., ICLR 2025 version), Eq. 4–6",
+          needs=Needs(inputs=("diff_mask",), token_reference=True))
 def bmc_weights(side: Side, params: Params) -> Weights:
     """BMC's confidence weights: tokens where the pseudo-winning and the losing response differ are
     up-weighted by the policy's (detached) inverse probability, capped at δ. With
@@ -84,7 +85,7 @@ def _sampo_seed(seed: int, name: str, own: list[int], other: list[int]) -> int:
           formula="ω_t = 1 on min(|y_w|, |y_l|) tokens drawn uniformly without replacement from the response, 0 "
                   "elsewhere (the shorter response keeps every token)",
           source="SamPO (Lu et al. 2024, arXiv 2406.10957); released code LuJunru/SamPO dpo_trainer.py::"
-                 "get_batch_logps (len_norm)",
+                 "get_batch_logps (len_norm)", needs=Needs(token_reference=True),
           preset=PresetSpec("sampo", "−log σ(β(Σ_{t∈S_w} ρ_t(y_w) − Σ_{t∈S_l} ρ_t(y_l))),  |S_w| = |S_l| = "
                                      "min(|y_w|, |y_l|), S drawn uniformly without replacement",
                             "Lu et al. 2024 (SamPO), arXiv 2406.10957; the released code LuJunru/SamPO",
@@ -116,7 +117,7 @@ def sampo_weights(side: Side, params: Params) -> Weights:
                       lo=0, hi=1)},
           formula="ω_t = 1 for t ≤ min(|y_w|, |y_l|), α after (on π_θ and π_ref alike)",
           source="LD-DPO (Liu et al. 2024, arXiv 2409.06411), as TRL's DPOTrainer ld_alpha computes it "
-                 "(trl/trainer/dpo_trainer.py, TRL 1.16)",
+                 "(trl/trainer/dpo_trainer.py, TRL 1.16)", needs=Needs(token_reference=True),
           preset=PresetSpec("ld_dpo", "−log σ(β(ρ̂(y_w) − ρ̂(y_l))),  ρ̂(y) = Σ_{t≤l_p} ρ_t + α Σ_{t>l_p} ρ_t,  "
                                       "l_p = min(|y_w|, |y_l|)",
                             "Liu et al. 2024 (LD-DPO, arXiv 2409.06411); formula read from TRL's code",
