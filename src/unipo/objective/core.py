@@ -218,7 +218,9 @@ class Objective:
 
         # each side knows the other's mask (SamPO samples the longer response down to the shorter's length)
         if groups is None:
-            chosen, rejected = replace(chosen, partner_mask=rejected.mask), replace(rejected, partner_mask=chosen.mask)
+            ids = None if inputs.pair_ids is None else inputs.pair_ids.to(chosen.mask.device)
+            chosen, rejected = (replace(chosen, partner_mask=rejected.mask, pair_ids=ids),
+                                replace(rejected, partner_mask=chosen.mask, pair_ids=ids))
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
