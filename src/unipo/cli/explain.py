@@ -35,6 +35,8 @@ def summary(doc: str) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bool | int | float | str) or value is None:
         return value
+    if isinstance(value, Mapping):  # a mixture's weights
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
 
 
@@ -100,6 +102,9 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
         info = part_info(part, cfg.params, default=cfg.parts[kind] == DEFAULT_PARTS[kind])
         info["kind_description"] = KINDS[kind]
         info["from_preset"] = kind not in changed_parts
+        if part.mixes:
+            info["components"] = [{"name": c.name, "weight": w, "formula": c.formula, "source": c.source,
+                                   "summary": summary(c.doc)} for c, w in cfg.components(kind)]
         part_list.append(info)
     p = cfg.params
     gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * float(p["beta"]) if p["gamma_beta_ratio"] else 0.0)
@@ -131,6 +136,8 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -181,6 +188,8 @@ def render_explain(info: dict[str, Any]) -> str:
             out.append(f"      source:  {part['source']}")
         if part["summary"]:
             out.append(f"      about:   {part['summary']}")
+        for c in part.get("components", []):
+            out.append(f"      mixes:   {_fmt(c['weight'])} × {c['name']}: {c['formula']}    ({c['source']})")
         if part["params"]:
             vals = []
             for k, v in part["params"].items():

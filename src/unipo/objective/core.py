@@ -99,7 +99,8 @@ class Objective:
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """The stateful parts' state by kind (plain floats; empty for a stateless objective)."""
-        return {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        states = {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        return {kind: state for kind, state in states.items() if state}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
         for kind, part_state in state.items():
