@@ -261,3 +261,26 @@ def test_ld_dpo_with_precomputed_sums_is_refused_and_its_live_loss_is_trls(setup
             build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))
     for variant in ("dpo", "hdpo", "simpo", "alpha_dpo"):  # sums and means of the reference serve these
         build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))
+
+
+@pytest.mark.integration
+def test_mpo_through_the_drop_in_equals_trls_mpo(setup):
+    """The drop-in with objective="mpo" on TRL's batch equals TRL's own loss with loss_type=["sigmoid", "bco_pair",
+    "sft"], loss_weights=[0.8, 0.2, 1.0] (TRL's documented MPO), and logs each mixed loss."""
+    from trl import DPOTrainer
+
+    from unipo.integrations.trl import build_objective
+
+    trainer, _, batch = setup
+    trainer.objective = build_objective("mpo", trainer.args)
+    types, weights = trainer.loss_types, trainer.loss_weights
+    trainer.loss_types, trainer.loss_weights = ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]
+    try:
+        with torch.no_grad():
+            trl_loss = DPOTrainer.compute_loss(trainer, trainer.model, batch)
+    finally:
+        trainer.loss_types, trainer.loss_weights = types, weights
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    assert float(loss) == pytest.approx(float(trl_loss), rel=2e-6)
+    assert {"mixture/sigmoid", "mixture/bco_pair", "nll"} <= set(trainer._metrics["train"])
