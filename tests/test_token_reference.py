@@ -44,8 +44,10 @@ def _inputs(spread: bool) -> dict[str, torch.Tensor]:
 def _cases():
     for kind in KINDS:
         for name, part in parts(kind).items():
-            if part.needs.kl_direction or part.listwise:
-                continue  # needs a live reference model (per-position KL) or several rejected responses
+            if part.needs.kl_direction or part.listwise or part.mixes:
+                # needs a live reference model (per-position KL) or several rejected responses; a mixture's
+                # parts are probed one by one (its needs are theirs: ObjectiveConfig.requirements)
+                continue
             yield kind, name
 
 
