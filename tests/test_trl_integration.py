@@ -285,3 +285,23 @@ def test_mpo_through_the_drop_in_equals_trls_mpo(setup):
         loss = trainer.compute_loss(trainer.model, batch)
     assert float(loss) == pytest.approx(float(trl_loss), rel=2e-6)
     assert {"mixture/sigmoid", "mixture/bco_pair", "nll"} <= set(trainer._metrics["train"])
+
+
+@pytest.mark.integration
+def test_stateful_parts_move_only_in_training(setup):
+    """TRL's evaluation (model in eval mode) leaves the objective's state alone: SamPO's batch count advances on
+    training batches only, so evaluation does not shift the training draws."""
+    from unipo.integrations.trl import build_objective
+
+    trainer, _, batch = setup
+    trainer.objective = build_objective("sampo", trainer.args)
+    try:
+        with torch.no_grad():
+            trainer.model.eval()
+            trainer.compute_loss(trainer.model, batch)
+            assert trainer.objective.state_dict() == {"weights": {"steps": 0.0}}
+            trainer.model.train()
+            trainer.compute_loss(trainer.model, batch)
+            assert trainer.objective.state_dict() == {"weights": {"steps": 1.0}}
+    finally:
+        trainer.model.train()

@@ -147,6 +147,7 @@ class UnipoDPOTrainer(DPOTrainer):
         self._stops = None  # BMC's exempted tokens, found lazily from the tokenizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.objective.train(self.model.training)  # stateful parts (β-DPO, α-DPO, SamPO) move only in training
         out, model_kwargs = self.unipo_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         for key, value in out.metrics.items():

@@ -303,7 +303,8 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
                             "authors' released code (xfactlab/orpo)",
                             "λ is β (0.1, TRL's default); reference-free; the NLL is over the chosen RESPONSE tokens "
                             "(TRL's and the released code's cover the prompt too; nll_token_mean: true gives their "
-                            "batch token mean)",
+                            "batch token mean); the released code's mean log-prob also counts the first padding "
+                            "position and its NLL skips every EOS (docs/family_trl.md)",
                             config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
 def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the
