@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from claims.common import verdict
 from claims.tisdpo import control
+
 from unipo.eval.stats import PairedDifference
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -99,7 +99,8 @@ class Objective:
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """The stateful parts' state by kind (plain floats; empty for a stateless objective)."""
-        return {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        states = {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        return {kind: state for kind, state in states.items() if state}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
         for kind, part_state in state.items():
@@ -218,7 +219,9 @@ class Objective:
 
         # each side knows the other's mask (SamPO samples the longer response down to the shorter's length)
         if groups is None:
-            chosen, rejected = replace(chosen, partner_mask=rejected.mask), replace(rejected, partner_mask=chosen.mask)
+            ids = None if inputs.pair_ids is None else inputs.pair_ids.to(chosen.mask.device)
+            chosen, rejected = (replace(chosen, partner_mask=rejected.mask, pair_ids=ids),
+                                replace(rejected, partner_mask=chosen.mask, pair_ids=ids))
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)

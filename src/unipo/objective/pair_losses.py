@@ -18,7 +18,7 @@ from unipo.errors import UnipoError
 from unipo.objective.links import capped_exp
 from unipo.objective.moving import MovingStats
 from unipo.objective.protocols import Params
-from unipo.objective.registry import Needs, Param, PresetSpec, StatefulPart, register
+from unipo.objective.registry import Needs, Param, PresetSpec, StatefulPart, get_part, register
 from unipo.objective.sides import PairTerms
 
 
@@ -246,6 +246,45 @@ class BetaDPOLoss(StatefulPart):
         self.stats.load_state_dict(state)
 
 
+@register("pair_loss", "mixture", mixes="pair_loss_weights", params={
+    "pair_loss_weights": Param(None, "the pair losses mixed and their weights, {name: weight > 0} (TRL's loss_type + "
+                                     "loss_weights)", kind="weights")},
+          formula="Σ_k w_k·ℓ_k  (every mixed pair loss on the same logit z and scores h_w, h_l; the NLL term is "
+                  "nll_weight)",
+          source="TRL's DPOConfig(loss_type=[...], loss_weights=[...]) (trl/trainer/dpo_trainer.py::_compute_loss, "
+                 "TRL 1.16); MPO (Wang et al. 2024, arXiv 2411.10442)",
+          preset=PresetSpec("mpo", "0.8·(−log σ(βΔ)) + 0.2·(−log σ(βρ(y_w)) − log σ(−βρ(y_l))) + 1.0·NLL(y_w)",
+                            "Wang et al. 2024 (MPO, arXiv 2411.10442): preference + quality + generation loss; "
+                            "weights and loss types as TRL's DPOConfig documents for MPO (loss_type=['sigmoid', "
+                            "'bco_pair', 'sft'], loss_weights=[0.8, 0.2, 1.0])",
+                            "the quality term is TRL's bco_pair (no running reward shift δ, which the paper's BCO "
+                            "has); the NLL is TRL's sft reduction (one token mean over the batch's chosen tokens: "
+                            "nll_token_mean true)",
+                            {"pair_loss_weights": {"sigmoid": 0.8, "bco_pair": 0.2}, "nll_weight": 1.0,
+                             "nll_token_mean": True}))
+class PairLossMixture(StatefulPart):
+    """A weighted sum of pair losses, each on the same logit and scores (TRL's ``loss_type=[...]`` with
+    ``loss_weights``: its loss is Σ_k w_k·mean_i ℓ_k,i, the mean of this per-pair sum). Each component's mean is
+    logged as ``mixture/NAME`` (unweighted). Registered as a class for its per-objective component list and
+    metrics; it keeps no state. The mixed losses share every other part (prior, weights, aggregation, link, KL,
+    margins) and their parameters; stateful (β-DPO) and listwise pair losses are refused in a mixture
+    (:mod:`unipo.objective.config`)."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.components = [(name, float(w), get_part("pair_loss", name).fn)
+                           for name, w in params["pair_loss_weights"].items()]
+
+    def __call__(self, t: PairTerms, params: Params) -> torch.Tensor:
+        total: torch.Tensor | float = 0.0
+        self.metrics = {}
+        for name, weight, fn in self.components:
+            losses = fn(t, params)
+            self.metrics[f"mixture/{name}"] = losses.detach().mean()
+            total = total + weight * losses
+        return total
+
+
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 − eˣ) for x < 0, stably (log1p(−eˣ) below −log 2, log(−expm1(x)) above: Mächler 2012). A log-prob
     cannot be positive: x is clamped at −eps of its dtype, so that a probability rounded to 1 stays finite."""
@@ -265,7 +304,8 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
                             "authors' released code (xfactlab/orpo)",
                             "λ is β (0.1, TRL's default); reference-free; the NLL is over the chosen RESPONSE tokens "
                             "(TRL's and the released code's cover the prompt too; nll_token_mean: true gives their "
-                            "batch token mean)",
+                            "batch token mean); the released code's mean log-prob also counts the first padding "
+                            "position and its NLL skips every EOS (docs/family_trl.md)",
                             config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
 def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the

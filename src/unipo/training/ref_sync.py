@@ -5,8 +5,9 @@ every τ optimizer steps the reference is updated from the policy, either softly
 ``θ_ref ← α·θ + (1−α)·θ_ref``) or hard (``θ_ref ← θ``, i.e. α = 1). The convention is TRL's
 ``SyncRefModelCallback`` (``trl/trainer/callbacks.py``): the update runs in ``on_step_end``, after the optimizer
 step that makes ``global_step`` a multiple of τ, so the steps τ+1, 2τ+1, … are the first to see the new
-reference. Unlike TRL, the mix is computed in float32 and written back in the reference's dtype (a bfloat16
-reference is mixed without bfloat16 rounding of the product terms).
+reference. Unlike TRL, the mix is computed in the reference parameter's own dtype, at least float32, and written
+back in that dtype: a bfloat16 reference is mixed in float32 (no bfloat16 rounding of the product terms), a
+float64 one in float64.
 
 Only a live reference copy can follow (``reference: copy``, full fine-tuning): precomputed log-probs and
 ``reference: none`` have no model to update, and with LoRA the reference is the policy with its adapters
@@ -46,7 +47,8 @@ def sync_reference(policy: torch.nn.Module, reference: torch.nn.Module, alpha: f
         if alpha == 1.0:
             target.copy_(source)
         else:
-            target.copy_(target.float().mul(1.0 - alpha).add_(source.float(), alpha=alpha))
+            dtype = torch.promote_types(target.dtype, torch.float32)  # bf16/fp16 in float32; float64 stays float64
+            target.copy_(target.to(dtype).mul(1.0 - alpha).add_(source.to(dtype), alpha=alpha))
 
 
 class ReferenceSyncCallback(TrainerCallback):

@@ -37,7 +37,8 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
             **(signal.inputs.get(name, {}) if signal is not None else {}),
         }
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
-    return ObjectiveInputs(sides["chosen"], sides["rejected"], batch.pair_weights, batch.rejected_pair)
+    return ObjectiveInputs(sides["chosen"], sides["rejected"], batch.pair_weights, batch.rejected_pair,
+                           pair_ids=batch.index)
 
 
 def preference_step(policy: torch.nn.Module, reference: Reference, batch: PackedBatch | Mapping[str, torch.Tensor],
