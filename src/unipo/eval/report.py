@@ -152,7 +152,7 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     Markdown lines placed after the results table (e.g. the paired differences of a multi-seed comparison).
 
     Returns the written files by role: ``"report"``, ``"csv"``, ``"json"`` and one entry per plot
-    (``"reliability"``, ``"training_curves"``, ``"reward_bars"``, ``"reward_vs_kl"``,
+    (``"reliability"``, ``"training_curves"``, ``"reward_bars"``, ``"pass_bars"``, ``"reward_vs_kl"``,
     ``"accuracy_vs_diversity"``); plots without data are not written.
     """
     out = Path(out_dir)
@@ -197,6 +197,10 @@ def _write_plots(out: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
     if bar_keys:
         files["reward_bars"] = plots.metric_bars(metrics, out / "reward_bars.png", keys=bar_keys,
                                                  colours=colours)
+    pass_keys = [k for k in ("greedy_pass_rate", "pass_rate") if k in columns]
+    if pass_keys:  # with their standard errors (over seeds in a multi-seed comparison) as error bars
+        files["pass_bars"] = plots.metric_bars(metrics, out / "pass_bars.png", keys=pass_keys, colours=colours,
+                                               title="Verifier pass rates per run")
     y_key = "reward_accuracy" if "reward_accuracy" in columns else ("margin" if "margin" in columns else None)
     if y_key and "kl" in columns:
         files["reward_vs_kl"] = plots.reward_kl_frontier(metrics, out / "reward_vs_kl.png", y=y_key,
@@ -260,6 +264,7 @@ def _results_table(metrics: dict[str, dict[str, Any]], configs: dict[str, dict[s
 
 
 _CAPTIONS = {
+    "pass_bars": "Verifier pass rates per run (error bars: one standard error)",
     "reward_bars": "Reward accuracy and margin per run",
     "reward_vs_kl": "Reward vs KL to the reference (the frontier)",
     "accuracy_vs_diversity": "Accuracy vs diversity",
