@@ -12,37 +12,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claims.common import (
-    DIFF_HEADER,
-    Setting,
-    arith_data,
-    arm,
-    difference_row,
-    paired,
-    run_arms,
-    setting_line,
-    summary,
-    write_claim,
-)
+from claims import common as c
 
 #: the paper's math gain, in pass-rate units (Table 2: 48.3 → 49.6)
 PAPER_EFFECT = 0.013
 COLUMNS = ("greedy_pass_rate", "pass_rate", "dpo_reward_accuracy", "kl")
 
 
-def run(out: Path, s: Setting) -> Path:
-    train, held = arith_data(out / "arith", s)
-    runs = run_arms(out / "arith", s, ["dpo", "bmc_math"], train=train, held=held,
+def run(out: Path, s: c.Setting) -> Path:
+    train, held = c.arith_data(out / "arith", s)
+    runs = c.run_arms(out / "arith", s, ["dpo", "bmc_math"], train=train, held=held,
                     title="claims: arithmetic arms")
-    dpo, bmc = arm(runs, "dpo"), arm(runs, "bmc_math")
+    dpo, bmc = c.arm(runs, "dpo"), c.arm(runs, "bmc_math")
     lines = ["# BMC: does confidence-weighted token correlation improve DPO?", "",
              "Claim (arXiv 2408.07471, Table 2): BMC improves DPO, math accuracy 48.3 → 49.6 (+1.3 points), "
-             "QA 61.3 → 65.1.", "", setting_line(s) + " bmc_math trains with its own β 0.05 and δ 2.5.", "",
-             "| arm | " + " | ".join(COLUMNS) + " |", "|:--|" + "--:|" * len(COLUMNS)]
-    for a in (dpo, bmc):
-        lines.append(f"| {a.label} | " + " | ".join(summary(a, c, s.seeds) for c in COLUMNS) + " |")
-    d = paired(bmc, dpo, "greedy_pass_rate", s.seeds)
-    lines += ["", "Cells: mean ± standard error over seeds.", "", *DIFF_HEADER,
-              difference_row("bmc_math − dpo, greedy pass rate (+)", d, +1, PAPER_EFFECT)]
-    return write_claim(out, "bmc", lines, {"bmc_math-dpo/greedy_pass_rate": d.to_dict(),
+             "QA 61.3 → 65.1.", "", c.setting_line(s) + " bmc_math trains with its own β 0.05 and δ 2.5.", "",
+             *c.arms_table((dpo, bmc), COLUMNS, s.seeds)]
+    d = c.paired(bmc, dpo, "greedy_pass_rate", s.seeds)
+    lines += ["", "Cells: mean ± standard error over seeds.", "", *c.DIFF_HEADER,
+              c.difference_row("bmc_math − dpo, greedy pass rate (+)", d, +1, PAPER_EFFECT)]
+    return c.write_claim(out, "bmc", lines, {"bmc_math-dpo/greedy_pass_rate": d.to_dict(),
                                            "paper_effect": PAPER_EFFECT})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,12 @@ def paired(a: Arm, b: Arm, metric: str, seeds: Sequence[int]) -> PairedDifferenc
     """``a − b`` on ``metric`` over seeds × held-out items (two-way paired bootstrap)."""
     return paired_bootstrap([[x - y for x, y in zip(a.items(s, metric), b.items(s, metric), strict=True)]
                              for s in seeds])
+
+
+def arms_table(arms: Iterable[Arm], columns: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """A Markdown table: one row per arm, each column's mean ± standard error over seeds."""
+    return ["| arm | " + " | ".join(columns) + " |", "|:--|" + "--:|" * len(columns),
+            *(f"| {a.label} | " + " | ".join(summary(a, c, seeds) for c in columns) + " |" for a in arms)]
 
 
 def summary(a: Arm, key: str, seeds: Sequence[int]) -> str:

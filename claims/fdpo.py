@@ -14,18 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claims.common import (
-    DIFF_HEADER,
-    Setting,
-    arith_data,
-    arm,
-    difference_row,
-    paired,
-    run_arms,
-    setting_line,
-    summary,
-    write_claim,
-)
+from claims import common as c
 
 #: (label, spec) in dose order: α = 0 is reverse KL (DPO), α → 1 forward KL (docs/variants.md, f-DPO)
 DOSE = [("reverse KL (α=0, dpo)", "dpo"), ("α=0.3", {"preset": "fdpo_alpha", "f_alpha": 0.3}),
@@ -35,18 +24,16 @@ CONTROLS = [("dpo β=0.3", {"preset": "dpo", "beta": 0.3}), ("dpo β=1", {"prese
 COLUMNS = ("greedy_pass_rate", "pass_rate", "kl", "entropy", "distinct_2", "self_bleu", "ece_fdpo")
 
 
-def run(out: Path, s: Setting) -> Path:
-    train, held = arith_data(out / "arith", s)
+def run(out: Path, s: c.Setting) -> Path:
+    train, held = c.arith_data(out / "arith", s)
     arms_ = DOSE + CONTROLS
-    runs = run_arms(out / "arith", s, [sp for _, sp in arms_], train=train, held=held,
+    runs = c.run_arms(out / "arith", s, [sp for _, sp in arms_], train=train, held=held,
                     title="claims: arithmetic arms")
-    arms = {label: arm(runs, sp, label) for label, sp in arms_}
+    arms = {label: c.arm(runs, sp, label) for label, sp in arms_}
     lines = ["# f-DPO: does the divergence trade alignment for diversity, beyond what β does?", "",
              "Claim (arXiv 2309.16240): reverse KL is the most aligned, forward KL the most diverse, α-divergences "
-             "and JS in between; the divergence changes calibration (ECE).", "", setting_line(s), "",
-             "| arm | " + " | ".join(COLUMNS) + " |", "|:--|" + "--:|" * len(COLUMNS)]
-    for label, a in arms.items():
-        lines.append(f"| {label} | " + " | ".join(summary(a, c, s.seeds) for c in COLUMNS) + " |")
+             "and JS in between; the divergence changes calibration (ECE).", "", c.setting_line(s), "",
+             *c.arms_table(arms.values(), COLUMNS, s.seeds)]
     dpo, fkl = arms[DOSE[0][0]], arms["forward KL (α=1)"]
     results: dict[str, object] = {}
     rows = []
@@ -55,20 +42,20 @@ def run(out: Path, s: Setting) -> Path:
                                 ("forward KL − dpo, greedy pass rate (−)", "greedy_pass_rate", -1),
                                 ("JS − dpo, entropy (+)", "entropy", +1)):
         a = arms["JS"] if label.startswith("JS") else fkl
-        d = paired(a, dpo, metric, s.seeds)
-        rows.append(difference_row(label, d, sign))
+        d = c.paired(a, dpo, metric, s.seeds)
+        rows.append(c.difference_row(label, d, sign))
         results[label] = d.to_dict()
     matched = min(CONTROLS, key=lambda c: abs(_mean_kl(arms[c[0]], s) - _mean_kl(fkl, s)))[0]
     for metric, sign in (("entropy", +1), ("greedy_pass_rate", -1)):
         label = f"forward KL − {matched} (the KL-matched DPO control), {metric} ({'+' if sign > 0 else '−'})"
-        d = paired(fkl, arms[matched], metric, s.seeds)
-        rows.append(difference_row(label, d, sign))
+        d = c.paired(fkl, arms[matched], metric, s.seeds)
+        rows.append(c.difference_row(label, d, sign))
         results[label] = d.to_dict()
     lines += ["", "Cells: mean ± standard error over seeds. The KL-matched control is the DPO run whose mean KL is "
-              f"closest to forward KL's ({matched}).", "", *DIFF_HEADER, *rows]
-    return write_claim(out, "fdpo", lines, results)
+              f"closest to forward KL's ({matched}).", "", *c.DIFF_HEADER, *rows]
+    return c.write_claim(out, "fdpo", lines, results)
 
 
-def _mean_kl(a, s: Setting) -> float:
+def _mean_kl(a, s: c.Setting) -> float:
     values = [a.metric(seed, "kl") for seed in s.seeds]
     return sum(values) / len(values)

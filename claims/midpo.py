@@ -12,18 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claims.common import (
-    DIFF_HEADER,
-    Setting,
-    arith_data,
-    arm,
-    difference_row,
-    paired,
-    run_arms,
-    setting_line,
-    summary,
-    write_claim,
-)
+from claims import common as c
 
 
 def learned(weight: float) -> dict[str, object]:
@@ -35,24 +24,22 @@ ARMS = [("dpo", "dpo"), ("learned prior, λ_g 0.1", learned(0.1)), ("learned pri
 COLUMNS = ("greedy_pass_rate", "pass_rate", "dpo_reward_accuracy", "dpo_margin", "kl")
 
 
-def run(out: Path, s: Setting) -> Path:
-    train, held = arith_data(out / "arith", s)
-    runs = run_arms(out / "arith", s, [sp for _, sp in ARMS], train=train, held=held,
+def run(out: Path, s: c.Setting) -> Path:
+    train, held = c.arith_data(out / "arith", s)
+    runs = c.run_arms(out / "arith", s, [sp for _, sp in ARMS], train=train, held=held,
                     title="claims: arithmetic arms")
-    arms = {label: arm(runs, sp, label) for label, sp in ARMS}
+    arms = {label: c.arm(runs, sp, label) for label, sp in ARMS}
     lines = ["# MI-DPO: does learning the prior jointly reach better minima?", "",
              "Conjecture (arXiv 2501.01544, §5): a prior learned with the policy, instead of DPO's fixed reference, "
-             "reaches better optima.", "", setting_line(s), "",
-             "| arm | " + " | ".join(COLUMNS) + " |", "|:--|" + "--:|" * len(COLUMNS)]
-    for label, a in arms.items():
-        lines.append(f"| {label} | " + " | ".join(summary(a, c, s.seeds) for c in COLUMNS) + " |")
+             "reaches better optima.", "", c.setting_line(s), "",
+             *c.arms_table(arms.values(), COLUMNS, s.seeds)]
     results: dict[str, object] = {}
     rows = []
     for label, a in list(arms.items())[1:]:
         for metric in ("greedy_pass_rate", "dpo_margin"):
             name = f"{label} − dpo, {metric} (+)"
-            d = paired(a, arms["dpo"], metric, s.seeds)
-            rows.append(difference_row(name, d, +1))
+            d = c.paired(a, arms["dpo"], metric, s.seeds)
+            rows.append(c.difference_row(name, d, +1))
             results[name] = d.to_dict()
-    lines += ["", "Cells: mean ± standard error over seeds.", "", *DIFF_HEADER, *rows]
-    return write_claim(out, "midpo", lines, results)
+    lines += ["", "Cells: mean ± standard error over seeds.", "", *c.DIFF_HEADER, *rows]
+    return c.write_claim(out, "midpo", lines, results)

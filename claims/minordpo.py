@@ -12,18 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from claims.common import (
-    DIFF_HEADER,
-    Setting,
-    arith_data,
-    arm,
-    difference_row,
-    paired,
-    run_arms,
-    setting_line,
-    summary,
-    write_claim,
-)
+from claims import common as c
 
 RATES = (1e-5, 5e-5)
 
@@ -35,36 +24,36 @@ def specs(lr: float, base_lr: float) -> list[object]:
     return [{"preset": "dpo", "learning_rate": lr}, {"preset": "minordpo", "learning_rate": lr}]
 
 
-def run(out: Path, s: Setting) -> Path:
-    train, held = arith_data(out / "arith", s)
+def run(out: Path, s: c.Setting) -> Path:
+    train, held = c.arith_data(out / "arith", s)
     all_specs = [sp for lr in RATES for sp in specs(lr, s.learning_rate)]
-    runs = run_arms(out / "arith", s, all_specs, train=train, held=held, title="claims: arithmetic arms")
+    runs = c.run_arms(out / "arith", s, all_specs, train=train, held=held, title="claims: arithmetic arms")
     lines = ["# MinorDPO: does the rejected-side clamp prevent the chosen likelihood's collapse?", "",
              "Claim (arXiv 2408.09834): MinorDPO keeps the chosen response's likelihood from collapsing and trains "
-             "stably at learning rates where DPO fails.", "", setting_line(s), "",
+             "stably at learning rates where DPO fails.", "", c.setting_line(s), "",
              "| lr | run | greedy pass | sampled pass | KL | held-out chosen log-prob during training |",
              "|--:|:--|--:|--:|--:|--:|"]
     results: dict[str, object] = {}
     diffs = []
     for lr in RATES:
-        dpo, minor = (arm(runs, sp) for sp in specs(lr, s.learning_rate))
+        dpo, minor = (c.arm(runs, sp) for sp in specs(lr, s.learning_rate))
         for a in (dpo, minor):
             curve = _chosen_curve(a, s)
-            lines.append(f"| {lr:g} | {a.label} | {summary(a, 'greedy_pass_rate', s.seeds)} | "
-                         f"{summary(a, 'pass_rate', s.seeds)} | {summary(a, 'kl', s.seeds)} | "
+            lines.append(f"| {lr:g} | {a.label} | {c.summary(a, 'greedy_pass_rate', s.seeds)} | "
+                         f"{c.summary(a, 'pass_rate', s.seeds)} | {c.summary(a, 'kl', s.seeds)} | "
                          f"{' → '.join(f'{v:.2f}' for v in curve) or '–'} |")
         for metric in ("chosen_mean_logp", "greedy_pass_rate"):
-            d = paired(minor, dpo, metric, s.seeds)
-            diffs.append(difference_row(f"lr {lr:g}: minordpo − dpo, {metric} (+)", d, +1))
+            d = c.paired(minor, dpo, metric, s.seeds)
+            diffs.append(c.difference_row(f"lr {lr:g}: minordpo − dpo, {metric} (+)", d, +1))
             results[f"lr={lr:g}/{metric}"] = d.to_dict()
     lines += ["", "The last column: mean over seeds of the held-out chosen answers' summed log-prob under the "
               f"policy, logged every {s.eval_steps} steps during training (first → last). Cells: mean ± standard "
               "error over seeds. chosen_mean_logp below: the final policy's mean token log-prob of each held-out "
-              "chosen answer.", "", *DIFF_HEADER, *diffs]
-    return write_claim(out, "minordpo", lines, results)
+              "chosen answer.", "", *c.DIFF_HEADER, *diffs]
+    return c.write_claim(out, "minordpo", lines, results)
 
 
-def _chosen_curve(a, s: Setting) -> list[float]:
+def _chosen_curve(a, s: c.Setting) -> list[float]:
     """Mean over seeds of the held-out chosen answers' summed log-prob at each evaluation during training."""
     per_seed = [[h["eval_logps/chosen"] for h in a.history(seed) if "eval_logps/chosen" in h] for seed in s.seeds]
     n = min((len(v) for v in per_seed), default=0)

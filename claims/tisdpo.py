@@ -22,25 +22,13 @@ import json
 import random
 from pathlib import Path
 
-from claims.common import (
-    DIFF_HEADER,
-    Arm,
-    Setting,
-    arith_data,
-    arm,
-    difference_row,
-    paired,
-    run_arms,
-    setting_line,
-    summary,
-    write_claim,
-)
+from claims import common as c
 
 COLUMNS = ("greedy_pass_rate", "pass_rate", "dpo_reward_accuracy", "kl")
 WEIGHT_COLUMNS = ("chosen_weights", "rejected_weights")
 
 
-def estimate(out: Path, s: Setting, train: Path, transform: str) -> Path:
+def estimate(out: Path, s: c.Setting, train: Path, transform: str) -> Path:
     """The (D) weights of ``train`` under ``transform`` (the contrastive models are trained once and reused)."""
     from unipo.cli import main
 
@@ -78,34 +66,32 @@ def control(paper: Path, kind: str, seed: int = 0) -> Path:
     return path
 
 
-def run(out: Path, s: Setting) -> Path:
-    train, held = arith_data(out / "arith", s)
-    dpo = arm(run_arms(out / "arith", s, ["dpo"], train=train, held=held, title="claims: arithmetic arms"), "dpo")
+def run(out: Path, s: c.Setting) -> Path:
+    train, held = c.arith_data(out / "arith", s)
+    dpo = c.arm(c.run_arms(out / "arith", s, ["dpo"], train=train, held=held, title="claims: arithmetic arms"), "dpo")
     where = out / "tisdpo-runs"
     where.mkdir(parents=True, exist_ok=True)
     paper = estimate(where, s, train, "paper")
     files = {"paper": paper, "rank": estimate(where, s, train, "rank"),
              "shuffled": control(paper, "shuffled"), "mean": control(paper, "mean")}
-    arms: dict[str, Arm] = {"dpo": dpo}
+    arms: dict[str, c.Arm] = {"dpo": dpo}
     for kind, path in files.items():
-        runs = run_arms(where / kind, s, ["tisdpo"], train=path, held=held, reference=False,
+        runs = c.run_arms(where / kind, s, ["tisdpo"], train=path, held=held, reference=False,
                         title=f"claims: tisdpo with {kind} weights",
                         eval_data=None, eval_steps=None)  # held-out pairs have no weights to log during training
-        arms[f"tisdpo ({kind} weights)"] = arm(runs, "tisdpo", f"tisdpo ({kind} weights)")
+        arms[f"tisdpo ({kind} weights)"] = c.arm(runs, "tisdpo", f"tisdpo ({kind} weights)")
     lines = ["# TIS-DPO: do estimated token weights help, and is it the tokens or the side-level scale?", "",
              "Claim (arXiv 2410.04350, Table 1): TIS-DPO(D) raises HH's safe-response share from 56.7% (DPO) to "
-             "92.6%; random weights 21%, equal weights 74.9%.", "", setting_line(s), "",
-             "| arm | " + " | ".join(COLUMNS) + " |", "|:--|" + "--:|" * len(COLUMNS)]
-    for label, a in arms.items():
-        lines.append(f"| {label} | " + " | ".join(summary(a, c, s.seeds) for c in COLUMNS) + " |")
+             "92.6%; random weights 21%, equal weights 74.9%.", "", c.setting_line(s), "",
+             *c.arms_table(arms.values(), COLUMNS, s.seeds)]
     results: dict[str, object] = {}
     rows = []
     pw = arms["tisdpo (paper weights)"]
     for label, a, b in (("tisdpo(paper) − dpo", pw, dpo), ("tisdpo(rank) − dpo", arms["tisdpo (rank weights)"], dpo),
                         ("tisdpo(paper) − shuffled weights", pw, arms["tisdpo (shuffled weights)"]),
                         ("tisdpo(paper) − per-response mean weights", pw, arms["tisdpo (mean weights)"])):
-        d = paired(a, b, "greedy_pass_rate", s.seeds)
-        rows.append(difference_row(f"{label}, greedy pass rate (+)", d, +1))
+        d = c.paired(a, b, "greedy_pass_rate", s.seeds)
+        rows.append(c.difference_row(f"{label}, greedy pass rate (+)", d, +1))
         results[label] = d.to_dict()
-    lines += ["", "Cells: mean ± standard error over seeds.", "", *DIFF_HEADER, *rows]
-    return write_claim(out, "tisdpo", lines, results)
+    lines += ["", "Cells: mean ± standard error over seeds.", "", *c.DIFF_HEADER, *rows]
+    return c.write_claim(out, "tisdpo", lines, results)
