@@ -223,6 +223,13 @@ class PreferenceTrainer(Trainer):
         self.log({"loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                   "learning_rate": self._get_learning_rate()})
 
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        """Trainer's, then a running loss that went NaN is reset once logged (Trainer resets it by subtracting it
+        from itself, which leaves a NaN for ever: every later step would log nan)."""
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+        if self._globalstep_last_logged == self.state.global_step and not bool(torch.isfinite(tr_loss).all()):
+            tr_loss.zero_()
+
     def check_weights_finite(self) -> None:
         """Raise :class:`NonFiniteError` (on every process alike) when any weight is NaN or ±inf, before a save."""
         bad = nonfinite_parameters(self.model.named_parameters())
