@@ -38,6 +38,8 @@ REF_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                  "warmup_stable_decay", "greedy")
+#: transformers' attention implementations (besides a hub kernel, ``org/name``)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 #: what a training step whose loss or gradient norm is not finite does (training/nonfinite.py)
 NAN_POLICIES = ("stop", "skip_step")
 #: the valid numbers of each numeric key (unipo.training.values; the type comes from the field's annotation)
@@ -259,6 +261,10 @@ class TrainConfig:
         if self.weights_columns is not None and len(self.weights_columns) != 2:
             raise ConfigError(f"{source}: weights_columns must be two column names (chosen, rejected), "
                               f"got {self.weights_columns!r}")
+        attn = self.attn_implementation
+        if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:
+            raise ConfigError(f"{source}: attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, a "
+                              f"hub kernel (org/name) or null, got {attn!r}")
         self._validate_report_to(source)
         self._validate_ref_sync(source)
 
@@ -266,7 +272,7 @@ class TrainConfig:
         """``lora``: null or a mapping of the keys apply_lora takes, each of its type and range."""
         if self.lora is None:
             return
-        if not isinstance(self.lora, dict):
+        if not isinstance(self.lora, dict) or not self.lora:
             raise ConfigError(f"{source}: lora must be a mapping such as {{r: 16, alpha: 32}} or null, "
                               f"got {self.lora!r}")
         unknown = sorted(set(map(str, self.lora)) - set(LORA_KEYS))

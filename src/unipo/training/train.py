@@ -78,7 +78,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
 
     if not cfg.data:
         raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
-    objective = Objective(cfg.objective_spec())
+    try:
+        objective = Objective(cfg.objective_spec())
+    except ConfigError as exc:  # name the key the objective came from
+        raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
     req = objective.requirements
     data_weights = bool(cfg.weights_columns)
     signal = resolve_signal_spec(cfg.token_signal, req, data_weights=data_weights,

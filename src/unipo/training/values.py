@@ -12,6 +12,7 @@ converted (``"no"`` is not false).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -138,10 +139,15 @@ def checked(key: str, value: Any, hint: Any, rng: Range | None, source: str) -> 
     return value  # mappings and names (variant, lora, token_signal) are checked by their own code
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def check_fields(obj: Any, source: str, ranges: dict[str, Range]) -> None:
     """Check and normalise every typed field of the dataclass instance ``obj`` in place (the ``choices`` of its
     ``metadata`` and its range in ``ranges`` included)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         if not f.init:
             continue
