@@ -177,7 +177,7 @@ class IterateConfig(SourceArguments, SamplingArguments, LabelArguments, RoundTra
             values.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
         return cls(**values)
 
-    def validate(self, source: str = "unipo iterate") -> None:
+    def validate(self, source: str = "option") -> None:
         """Every option's type, finiteness and range (booleans only booleans), before anything is read or
         loaded: one line naming the option (:mod:`unipo.training.values`)."""
         check_fields(self, source, RANGES)
