@@ -218,7 +218,7 @@ FIXED = [None, True, False, 0, 1, -1, 2, 3, 7, 256, 511, 512, 100, INT_MAX, INT_
          -INF, "", " ", "0", "1", "-1", "2.5", "8.0", "1e-4", "1e3", "nan", "inf", "-inf", ".nan", "no", "yes", "true",
          "false", "True", "on", "off", "none", "null", "dpo", "simpo", "bogus", "stop", "skip_step", "copy", "auto",
          "fp32", "linear", "keep_end", "error", "skip", "tensorboard", "wandb", "arithmetic", "verifier", "judge",
-         "reset", "fixed", "soft", "sdpa", "org/kernel", [], ["a"], ["a", "b"], ["a", "b", "c"], [1, 2], ["a", ""],
+         "reset", "fixed", "soft", "sdpa", "org/kernel", ".", [], ["a"], ["a", "b"], ["a", "b", "c"], [1, 2], ["a", ""],
          ["tensorboard"], ["none", "wandb"], {}, {"r": 8}, {"r": 0}, {"r": "x"}, {"r": 8.5}, {"preset": "simpo"},
          {"preset": "nope"}, {"bogus": 1}, {"r": 8, "alpha": NAN}, {"r": 8, "dropout": 1.0}, {"r": 4, "alpha": 1e39},
          {"target_modules": ["q_proj"]}, {"target_modules": [3]}]
@@ -307,3 +307,18 @@ def test_every_iterate_config_key():
                     "label": ("label",)})
     stats = _run(ITERATE, attempt, aliases)
     _check(stats, 4000)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d, "not found (it is a directory)"),
+    (lambda d: d / "absent.yaml", "not found"),
+    (lambda d: (d / "b.yaml").write_bytes(b"\xf0\x28\x8c\x28") and d / "b.yaml", "cannot be read as a UTF-8 YAML"),
+    (lambda d: (d / "l.yaml").write_text("- a list\n") and d / "l.yaml", "the top level must be a mapping"),
+])
+def test_a_config_file_that_is_not_a_yaml_mapping_is_one_line(tmp_path, make, message):
+    import re
+
+    from unipo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig.load(make(tmp_path))

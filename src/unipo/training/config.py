@@ -225,12 +225,14 @@ class TrainConfig:
         data: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
-            if not p.exists():
-                raise ConfigError(f"config file {p} not found")
+            if not p.is_file():
+                raise ConfigError(f"config file {p} not found" + (" (it is a directory)" if p.is_dir() else ""))
             try:
-                data = yaml.safe_load(p.read_text()) or {}
+                data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{p}: cannot be read as a UTF-8 YAML file ({exc})") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
         data.update(overrides or {})
@@ -275,6 +277,7 @@ class TrainConfig:
         if not isinstance(self.lora, dict) or not self.lora:
             raise ConfigError(f"{source}: lora must be a mapping such as {{r: 16, alpha: 32}} or null, "
                               f"got {self.lora!r}")
+        self.lora = dict(self.lora)  # normalised below: the caller's mapping is left as it was
         unknown = sorted(set(map(str, self.lora)) - set(LORA_KEYS))
         if unknown:
             raise ConfigError(f"{source}: unknown lora key {unknown[0]!r}; allowed: {', '.join(LORA_KEYS)}")
