@@ -51,6 +51,15 @@ def describe(step: int, quantity: str, value: str, skipped_in_a_row: int = 0) ->
     return f"step {step}: {what}{run}"
 
 
+def as_float(value: float | torch.Tensor | None) -> float:
+    """A gradient norm as a Python float (a DTensor, FSDP2's, gathered first); None as NaN."""
+    if value is None:
+        return float("nan")
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
+
+
 def local_flags(losses: Iterable[torch.Tensor], grad_norm: float | torch.Tensor | None,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """This process's flags for one optimizer step: [a loss is NaN, a loss is ±inf, the grad norm is not finite]
@@ -58,7 +67,7 @@ def local_flags(losses: Iterable[torch.Tensor], grad_norm: float | torch.Tensor 
     stacked = torch.stack([loss.detach().float().reshape(()) for loss in losses]) if losses else torch.zeros(0)
     nan = bool(torch.isnan(stacked).any())
     inf = bool(torch.isinf(stacked).any())
-    grad_bad = grad_norm is not None and not math.isfinite(float(grad_norm))
+    grad_bad = grad_norm is not None and not math.isfinite(as_float(grad_norm))
     return torch.tensor([nan, inf, grad_bad], dtype=torch.float32, device=device)
 
 
@@ -92,7 +101,7 @@ class NonFiniteGuard:
         if nan or inf:
             quantity, value = "loss", "nan" if nan else "inf"
         else:
-            quantity, value = "gradient norm", str(float(grad_norm)).lower()
+            quantity, value = "gradient norm", str(as_float(grad_norm)).lower()
         self.in_a_row += 1
         if self.policy == "skip_step" and self.in_a_row < self.skip_limit:
             self.skipped += 1

@@ -17,7 +17,7 @@ from unipo.layout import PAD_SEGMENT
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
 from unipo.training.console import use_console
-from unipo.training.nonfinite import NonFiniteError, NonFiniteGuard, local_flags, nonfinite_parameters
+from unipo.training.nonfinite import NonFiniteError, NonFiniteGuard, as_float, local_flags, nonfinite_parameters
 from unipo.training.ref_sync import REFERENCE_FILE, ReferenceSyncCallback
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
@@ -220,7 +220,7 @@ class PreferenceTrainer(Trainer):
         loss = torch.stack(losses).float().sum() if losses else torch.tensor(float("nan"))
         loss = self.accelerator.reduce(loss.to(self.accelerator.device), "mean").item()
         self.state.global_step += 1
-        self.log({"loss": loss, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        self.log({"loss": loss, "grad_norm": as_float(grad_norm),
                   "learning_rate": self._get_learning_rate()})
 
     def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
