@@ -114,6 +114,12 @@ def test_skip_step_skips_the_batch_counts_it_and_applies_no_update(tiny_model_di
         for name in ("exp_avg", "exp_avg_sq", "step"):
             torch.testing.assert_close(opt2[i][name], opt1[i][name], rtol=0, atol=0)
     assert _all_finite(out / "model.safetensors")
+    # the count continues across a resume (one more step, finite)
+    assert main(train_args(tiny_model_dir, data, out, "--max-steps", "4", "--save-steps", "1", "--set",
+                           "save_total_limit=null", "--set", "nan_policy=skip_step", "--set", "plots=false",
+                           "--resume")) == 0
+    step4 = [h for h in _metrics(out) if h.get("step") == 4 and "loss" in h]
+    assert len(step4) == 1 and math.isfinite(step4[0]["loss"]) and step4[0]["skipped_steps"] == 1
 
 
 def test_skip_step_stops_after_the_limit_in_a_row(tiny_model_dir, data, tmp_path, capsys, monkeypatch):
