@@ -5,6 +5,7 @@ their token signals) through the training stages (``tests/ddp_worker.py``)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,32 @@ def test_two_processes_match_one(tiny_model_dir, tmp_path):
     for a, b in zip(one, two, strict=True):
         for key in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=5e-4), key  # float reduction order differs
+
+
+def test_a_run_that_goes_nan_stops_every_rank(tiny_model_dir, tmp_path):
+    """Issue 23, item 1 under DDP: the non-finite guard's flags are summed over the ranks, so both processes stop
+    at the same step (no rank left waiting in a collective), and the kept checkpoint is finite."""
+    from safetensors.torch import load_file
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed next to this Python")
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 2)
+    out = tmp_path / "two"
+    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29534", "-m", "unipo", "train",
+                          "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "6", "--learning-rate",
+                          "1e20", "--precision", "fp32", "--no-progress", "--save-steps", "1", "--set", "plots=false",
+                          "--output-dir", str(out), "--per-device-batch-size", "2"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    # each rank says the same, at the same step (the two processes' stderr may interleave mid-line)
+    steps = re.findall(r"unipo train: error: step (\d+): ", res.stderr)
+    assert len(steps) == 2 and steps[0] == steps[1], res.stderr[-3000:]
+    step = int(steps[0])
+    assert res.stderr.count(f"the last finite checkpoint is {out / f'checkpoint-{step - 1}'}") == 2
+    assert not (out / "model.safetensors").exists()
+    for ckpt in out.glob("checkpoint-*"):
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(ckpt / "model.safetensors").values())
 
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"

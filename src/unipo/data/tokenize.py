@@ -29,6 +29,9 @@ from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_r
 from unipo.errors import ConfigError, DataError, skip_invalid_hint
 from unipo.layout import MAX_REJECTED
 
+#: the largest float32 magnitude: weights are multiplied into the float32 loss, where a larger value is inf
+FLOAT32_MAX = 3.4028234663852886e38
+
 __all__ = [
     "DROP_REASONS",
     "PrepSummary",
@@ -351,8 +354,9 @@ def _read_weights(value: Any, name: str, n_tokens: int, file: str, row: int) -> 
         weights = [float(v) for v in value]
     except (TypeError, ValueError):
         raise DataError("weights must all be numbers", file=file, row=row, field=name) from None
-    if not all(math.isfinite(w) for w in weights):
-        raise DataError("weights contain NaN or infinity", file=file, row=row, field=name)
+    if not all(math.isfinite(w) and abs(w) <= FLOAT32_MAX for w in weights):
+        raise DataError(f"weights contain NaN, infinity or a value beyond float32 (|w| at most {FLOAT32_MAX:.4g})",
+                        file=file, row=row, field=name)
     if len(weights) != n_tokens:
         raise DataError(
             f"{len(weights)} weights for {n_tokens} response tokens: the weights were computed for a "
@@ -515,10 +519,12 @@ class _PairReader:
         if column is None:
             return None
         value = pair.extras.get(column)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        # finite in float32, where the loss is computed: 1e308 is finite here and inf there (issue 23, item 8)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0 \
+                or value > FLOAT32_MAX:
             got = "missing" if value is None else repr(value)
-            raise DataError(f"the pair weight must be a finite number >= 0, got {got}", file=file, row=rown,
-                            field=column)
+            raise DataError(f"the pair weight must be a finite number >= 0, got {got} (finite in float32, where "
+                            f"the loss is computed: at most {FLOAT32_MAX:.4g})", file=file, row=rown, field=column)
         return float(value)
 
     def _weights(self, pair: PreferencePair, chosen_ids: list[int], rejected_ids: list[int], file: str,

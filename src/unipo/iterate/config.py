@@ -14,8 +14,18 @@ from typing import Any
 
 from unipo.iterate.labels import LABELS
 from unipo.iterate.prompts import TASKS
+from unipo.training.values import AT_LEAST_1, FRACTION, INT_MAX, NON_NEGATIVE, POSITIVE, Range, check_fields
 
 REFERENCES = ("reset", "fixed")
+#: the valid numbers of each numeric option (unipo.training.values; the type comes from the field's annotation)
+RANGES: dict[str, Range] = {
+    "prompt_limit": AT_LEAST_1, "heldout": AT_LEAST_1, "prompts_per_round": AT_LEAST_1, "rounds": AT_LEAST_1,
+    "seed": Range(0, 2**32 - 1), "samples": Range(2, INT_MAX), "temperature": POSITIVE,
+    "top_p": Range(0, 1, lo_open=True), "max_new_tokens": AT_LEAST_1, "generation_batch_size": AT_LEAST_1,
+    "judge_concurrency": AT_LEAST_1, "implicit_beta": POSITIVE, "min_margin": NON_NEGATIVE, "beta": POSITIVE,
+    "steps": AT_LEAST_1, "learning_rate": POSITIVE, "batch_size": AT_LEAST_1, "replay_ratio": FRACTION,
+    "eval_samples": AT_LEAST_1,
+}
 
 #: training settings of one round when neither ``--config`` nor a flag gives them. The loss is RPO, DPO plus
 #: the chosen answer's length-normalised NLL (Pang et al., "Iterative Reasoning Preference Optimization",
@@ -166,6 +176,11 @@ class IterateConfig(SourceArguments, SamplingArguments, LabelArguments, RoundTra
         for part in parts:
             values.update({f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
         return cls(**values)
+
+    def validate(self, source: str = "option") -> None:
+        """Every option's type, finiteness and range (booleans only booleans), before anything is read or
+        loaded: one line naming the option (:mod:`unipo.training.values`)."""
+        check_fields(self, source, RANGES)
 
     @property
     def replays_offline(self) -> bool:

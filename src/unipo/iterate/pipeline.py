@@ -82,7 +82,14 @@ def _yaml_given(path: str) -> set[str]:
 
 
 def check_config(cfg: IterateConfig) -> None:
-    """Refuse a bad combination before anything is read or loaded."""
+    """Refuse a bad value or combination before anything is read or loaded (the training settings of the rounds
+    included: their objective is resolved here, so a bad β stops the run before any sampling)."""
+    from unipo.training.config import TrainConfig
+    from unipo.training.train import plan_training
+
+    cfg.validate()
+    plan_training(TrainConfig.from_dict({**train_config_base(cfg), "data": "-"},
+                                        source="unipo iterate training settings"))
     if bool(cfg.task) == bool(cfg.prompts):
         raise ConfigError("give exactly one of --task (a built-in task's prompts) or --prompts FILE")
     if cfg.samples < 2:

@@ -21,6 +21,7 @@ be, updates its state only while ``training`` is true, and its ``state_dict`` tr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ SIDE_INPUTS: dict[str, str] = {
                        "with β/(1 − ε)), no gradient (ε-DPO)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
+#: the largest float32 magnitude: the objective computes in float32, where a larger parameter is inf
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,10 @@ class Param:
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"parameter {key!r} must be a number, got {value!r}")
+        # NaN fails every comparison below and inf satisfies "> 0": both are refused first (issue 23, item 2)
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+            raise ConfigError(f"parameter {key!r} must be a finite number (in float32: |value| at most "
+                              f"{FLOAT32_MAX:.4g}), got {value!r}")
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
             raise ConfigError(f"parameter {key!r} = {value} is out of range: must be "
                               f"{'>' if self.lo_open else '>='} {self.lo}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import yaml
 from unipo.data.bmc_align import ALIGNMENTS as BMC_ALIGNMENTS
 from unipo.data.bmc_align import EXEMPTIONS as BMC_EXEMPTIONS
 from unipo.errors import ConfigError
+from unipo.training.values import AT_LEAST_1, FRACTION, INT_MAX, NON_NEGATIVE, POSITIVE, Range, check_fields, checked
 
 REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -41,6 +41,24 @@ REF_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
                  "warmup_stable_decay", "greedy")
+#: transformers' attention implementations (besides a hub kernel, ``org/name``)
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+#: what a training step whose loss or gradient norm is not finite does (training/nonfinite.py)
+NAN_POLICIES = ("stop", "skip_step")
+#: the valid numbers of each numeric key (unipo.training.values; the type comes from the field's annotation)
+RANGES: dict[str, Range] = {
+    "learning_rate": POSITIVE, "warmup_ratio": Range(0, None, whole_from=1), "weight_decay": NON_NEGATIVE,
+    "max_grad_norm": NON_NEGATIVE, "per_device_batch_size": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1,
+    "num_epochs": POSITIVE, "max_steps": Range(1, INT_MAX, also=(-1,)), "seed": Range(0, 2**32 - 1),
+    "max_length": Range(2, INT_MAX), "max_prompt_length": AT_LEAST_1, "limit": AT_LEAST_1, "eval_limit": AT_LEAST_1,
+    "eval_fraction": FRACTION, "ref_sync_alpha": Range(0, 1, lo_open=True), "ref_sync_steps": AT_LEAST_1,
+    "chunk_size": AT_LEAST_1, "logging_steps": AT_LEAST_1, "eval_steps": AT_LEAST_1, "save_steps": AT_LEAST_1,
+    "save_total_limit": AT_LEAST_1, "nan_skip_limit": AT_LEAST_1,
+}
+#: the keys of ``lora`` (unipo.models.loading.apply_lora): type and range of each
+LORA_KEYS: dict[str, tuple[Any, Range | None]] = {
+    "r": (int, AT_LEAST_1), "alpha": (float, POSITIVE), "dropout": (float, FRACTION),
+    "target_modules": (list[str], None)}
 #: keys whose value may be a mapping (on the command line: YAML text)
 MAPPING_KEYS = ("variant", "token_signal", "lora")
 
@@ -165,6 +183,13 @@ class TrainConfig:
                 "attention, else several pairs per row where they fit"})
     chunk_size: int = field(default=1024, metadata={
         "help": "response tokens per chunk of the LM head and log-softmax (peak memory ~ chunk_size x vocabulary)"})
+    nan_policy: str = field(default="stop", metadata={
+        "help": "a step whose loss or gradient norm is NaN or infinite: stop (its update is not applied; the run "
+                "ends with one line naming the step and the last finite checkpoint, exit status 2) or skip_step "
+                "(the batch is skipped and counted in skipped_steps; the run stops after nan_skip_limit such steps "
+                "in a row); weights that are not finite are never saved (docs/faults.md)", "choices": NAN_POLICIES})
+    nan_skip_limit: int = field(default=5, metadata={
+        "help": "nan_policy skip_step: stop at this many non-finite steps in a row"})
     # logging / checkpoints
     logging_steps: int = field(default=1, metadata={"help": "log metrics every N optimizer steps"})
     eval_steps: int | None = field(default=None, metadata={
@@ -208,33 +233,22 @@ class TrainConfig:
         data: dict[str, Any] = {}
         if path is not None:
             p = Path(path)
-            if not p.exists():
-                raise ConfigError(f"config file {p} not found")
+            if not p.is_file():
+                raise ConfigError(f"config file {p} not found" + (" (it is a directory)" if p.is_dir() else ""))
             try:
-                data = yaml.safe_load(p.read_text()) or {}
+                data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{p}: cannot be read as a UTF-8 YAML file ({exc})") from None
             if not isinstance(data, dict):
                 raise ConfigError(f"{p}: the top level must be a mapping of keys to values")
         data.update(overrides or {})
         return cls.from_dict(data, source=str(path) if path else "command line")
 
     def validate(self, source: str = "config") -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            number = next((t for t in (int, float) if hints[f.name] in (t, t | None)), None)
-            if number is not None and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-                try:
-                    setattr(self, f.name, number(value))
-                except ValueError:
-                    raise ConfigError(f"{source}: {f.name} must be {'an integer' if number is int else 'a number'}"
-                                      f", got {value!r}") from None
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise ConfigError(f"{source}: {f.name} must be one of {', '.join(map(str, choices))}, "
-                                  f"got {value!r}")
+        """Every key's type, finiteness and range (:mod:`unipo.training.values`: booleans only booleans, numbers
+        finite in float32), the closed choices, and the keys that constrain one another; one line naming the key."""
         for key in MAPPING_KEYS:  # a mapping given as YAML text, as on the command line
             value = getattr(self, key)
             if isinstance(value, str) and value.lstrip().startswith("{"):
@@ -242,27 +256,54 @@ class TrainConfig:
                     setattr(self, key, yaml.safe_load(value))
                 except yaml.YAMLError as exc:
                     raise ConfigError(f"{source}: {key} is not a valid YAML mapping: {exc}") from None
-        if not isinstance(self.variant, str | dict):
+        check_fields(self, source, RANGES)
+        if not isinstance(self.variant, str | dict) or not self.variant:
             raise ConfigError(f"{source}: variant must be a preset name or a mapping {{preset: ..., ...}}, "
                               f"got {self.variant!r}")
-        if self.lora is not None and not isinstance(self.lora, dict):
-            raise ConfigError(f"{source}: lora must be a mapping such as {{r: 16, alpha: 32}} or null, "
-                              f"got {self.lora!r}")
+        self._validate_lora(source)
         if self.max_prompt_length >= self.max_length:
             raise ConfigError(f"{source}: max_prompt_length ({self.max_prompt_length}) must be smaller than "
                               f"max_length ({self.max_length})")
-        for key in ("per_device_batch_size", "gradient_accumulation_steps", "chunk_size", "logging_steps"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{source}: {key} must be at least 1")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"{source}: eval_fraction must be in [0, 1)")
         if self.token_signal is not None and not isinstance(self.token_signal, str | dict):
             raise ConfigError(f"{source}: token_signal must be a type name (sparsepo_masks, activation_masks, "
                               f"learned_prior, none) or a mapping {{type: ..., option: value}}, "
                               f"got {self.token_signal!r}")
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
+        if self.weights_columns is not None and len(self.weights_columns) != 2:
+            raise ConfigError(f"{source}: weights_columns must be two column names (chosen, rejected), "
+                              f"got {self.weights_columns!r}")
+        attn = self.attn_implementation
+        if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:
+            raise ConfigError(f"{source}: attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, a "
+                              f"hub kernel (org/name) or null, got {attn!r}")
+        self._validate_report_to(source)
         self._validate_ref_sync(source)
+
+    def _validate_lora(self, source: str) -> None:
+        """``lora``: null or a mapping of the keys apply_lora takes, each of its type and range."""
+        if self.lora is None:
+            return
+        if not isinstance(self.lora, dict) or not self.lora:
+            raise ConfigError(f"{source}: lora must be a mapping such as {{r: 16, alpha: 32}} or null, "
+                              f"got {self.lora!r}")
+        self.lora = dict(self.lora)  # normalised below: the caller's mapping is left as it was
+        unknown = sorted(set(map(str, self.lora)) - set(LORA_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown lora key {unknown[0]!r}; allowed: {', '.join(LORA_KEYS)}")
+        for key, (hint, rng) in LORA_KEYS.items():
+            if key in self.lora:
+                self.lora[key] = checked(f"lora.{key}", self.lora[key], hint, rng, source)
+
+    def _validate_report_to(self, source: str) -> None:
+        """Trackers transformers knows (an unknown one would fail only after the model loaded)."""
+        try:
+            from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+        except ImportError:  # pragma: no cover - transformers moved it: Trainer checks then
+            return
+        known = ("none", "all", *INTEGRATION_TO_CALLBACK)
+        bad = [r for r in self.report_to if r not in known]
+        if bad:
+            raise ConfigError(f"{source}: report_to {bad[0]!r} is not a tracker transformers knows; one of: "
+                              f"{', '.join(known)}")
 
     def _validate_ref_sync(self, source: str) -> None:
         """TR-DPO keys: each only where it applies, in range (the reference mode is checked in the plan)."""
@@ -279,10 +320,6 @@ class TrainConfig:
                               f"policy: alpha 1; bema sets its own factors, ref_sync_bema)")
         if self.ref_sync == "bema":
             self._validate_bema(source)
-        if self.ref_sync_alpha is not None and not 0 < self.ref_sync_alpha <= 1:
-            raise ConfigError(f"{source}: ref_sync_alpha must be in (0, 1], got {self.ref_sync_alpha}")
-        if self.ref_sync_steps is not None and int(self.ref_sync_steps) < 1:
-            raise ConfigError(f"{source}: ref_sync_steps must be at least 1, got {self.ref_sync_steps}")
 
     def _validate_bema(self, source: str) -> None:
         """ref_sync_bema: a mapping of BEMA_KEYS, each a number in its range."""

@@ -8,13 +8,16 @@ written with ``tqdm.write`` above it, one line per logging step with what a pers
     step 20/200 · loss 0.6285 · reward acc 0.75 · margin 0.1342 · KL c/r 0.0035/0.0125 · 1,234 tok/s · ETA 3:12
 
 (the KL only where the objective logs one; tokens per second where the trainer counts the tokens it trained
-on: ``num_input_tokens_seen``, which :class:`~unipo.training.trainer.PreferenceTrainer` keeps exactly). Every
+on: ``num_input_tokens_seen``, which :class:`~unipo.training.trainer.PreferenceTrainer` keeps exactly; a NaN
+prints as ``nan``, never 0, plus ``grad norm nan`` where the gradient norm is not finite and the count of
+skipped steps under ``nan_policy: skip_step``). Every
 metric, raw, is in ``metrics.jsonl`` (:class:`~unipo.training.outputs.JsonlMetricsCallback`) and in the
 ``report_to`` trackers, never on the console.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -48,6 +51,11 @@ def metric_fields(logs: Mapping[str, float], prefix: str = "") -> list[str]:
     kl_c, kl_r = get("kl/chosen"), get("kl/rejected")
     if kl_c is not None and kl_r is not None:
         fields.append(f"KL c/r {kl_c:.3g}/{kl_r:.3g}")
+    grad_norm = get("grad_norm")
+    if grad_norm is not None and not math.isfinite(grad_norm):  # why the non-finite guard acted (nonfinite.py)
+        fields.append(f"grad norm {grad_norm}")
+    if skipped := get("skipped_steps"):
+        fields.append(f"{skipped:.0f} non-finite step{'s' if skipped != 1 else ''} skipped")
     return fields
 
 

@@ -24,7 +24,8 @@ from unipo.errors import UnipoError
 
 #: keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = frozenset({"output_dir", "max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps",
-                            "eval_steps", "report_to", "progress", "plots", "resume", "overwrite"})
+                            "eval_steps", "report_to", "progress", "plots", "resume", "overwrite", "nan_policy",
+                            "nan_skip_limit"})
 #: what makes a directory hold a run (anything a run writes that a later run would mix with)
 RUN_FILES = ("unipo_config.yaml", "metrics.jsonl", "eval.json", "data_summary.json", "model.safetensors",
              "adapter_model.safetensors", "unipo_signal.safetensors", "trainer_state.json")
@@ -113,6 +114,33 @@ class CheckpointConfigCallback(TrainerCallback):
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
                 (ckpt / CHECKPOINT_CONFIG).write_text(self.text)
+
+
+def first_missing(out_dir: Path) -> Path | None:
+    """The outermost directory of ``out_dir``'s path that does not exist yet (what a run would create), or None."""
+    missing = None
+    for p in [out_dir.absolute(), *out_dir.absolute().parents]:
+        if p.exists() or p.is_symlink():
+            break
+        missing = p
+    return missing
+
+
+#: what a refused run may have left in a directory it created (the lock, a write probe)
+LEFTOVERS = (".unipo.lock", ".unipo-write-test-")
+
+
+def remove_if_unused(created: Path) -> bool:
+    """Remove ``created`` (a directory this run made) when it holds nothing but the lock or a write probe: a
+    refused run leaves no directory behind, while anything a run wrote (metrics, checkpoints) is kept."""
+    if not created.is_dir():
+        return False
+    for path in created.rglob("*"):
+        if path.is_file() or path.is_symlink():
+            if not path.name.startswith(LEFTOVERS):
+                return False
+    shutil.rmtree(created, ignore_errors=True)
+    return True
 
 
 def remove_partial_checkpoints(out_dir: Path, log) -> list[str]:

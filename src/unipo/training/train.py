@@ -18,6 +18,7 @@ layer imports nothing from the pipelines above it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from unipo.errors import ConfigError, UnipoError
 from unipo.objective import Objective
 from unipo.training import rundir
 from unipo.training.config import TrainConfig
+from unipo.training.nonfinite import NonFiniteError
 
 
 class PairsDataset(torch.utils.data.Dataset):
@@ -76,7 +78,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
 
     if not cfg.data:
         raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
-    objective = Objective(cfg.objective_spec())
+    try:
+        objective = Objective(cfg.objective_spec())
+    except ConfigError as exc:  # name the key the objective came from
+        raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
     req = objective.requirements
     data_weights = bool(cfg.weights_columns)
     signal = resolve_signal_spec(cfg.token_signal, req, data_weights=data_weights,
@@ -282,6 +287,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
         eval_strategy="steps" if data.eval and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        logging_nan_inf_filter=False,  # a NaN loss is logged as nan (Trainer's filter made it 0 or a past mean)
     )
     return PreferenceTrainer(
         model=models.policy, args=args, train_dataset=PairsDataset(data.train),
@@ -291,6 +297,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         head_dtype=torch.bfloat16 if models.precision == "bf16" else None,
         callbacks=[JsonlMetricsCallback(plan.out_dir / "metrics.jsonl"), *callbacks],
         token_signal=models.token_signal, ref_sync=cfg.ref_sync_schedule(), ref_bema=cfg.ref_bema_schedule(),
+        nan_policy=cfg.nan_policy, nan_skip_limit=cfg.nan_skip_limit,
     )
 
 
@@ -299,7 +306,9 @@ def save_final_model(trainer, out_dir: Path) -> None:
     """The trained model (with a token signal, also ``unipo_signal.safetensors``: PreferenceTrainer._save), called
     by EVERY process: under FSDP and DeepSpeed gathering the full state dict is a collective (Trainer writes on
     the main process only). Under FSDP the final model is gathered whole (``FULL_STATE_DICT``) whatever the
-    checkpoints' state-dict type, so the output directory holds a model that ``from_pretrained`` loads."""
+    checkpoints' state-dict type, so the output directory holds a model that ``from_pretrained`` loads. Weights
+    that are not all finite are never saved (:class:`~unipo.training.nonfinite.NonFiniteError`)."""
+    trainer.check_weights_finite()
     if getattr(trainer, "is_fsdp_enabled", False):
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out_dir))
@@ -339,15 +348,42 @@ def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
 
     plan = plan_training(cfg)
     model_path = resolve_model_path(cfg.model)
-    preflight(plan.out_dir, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
-    with RunDirLock(plan.out_dir, "unipo train"):
-        rundir.prepare_output_dir(plan.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)
-        done = rundir.finished_steps(plan.out_dir) if cfg.resume else None
-        if done is not None and (cfg.max_steps <= done if cfg.max_steps > 0 else True):
-            log(f"{plan.out_dir} holds a finished run ({done} steps): nothing to train (raise --max-steps to "
-                f"train further, or pass --overwrite to start again)")
-            return {"output_dir": str(plan.out_dir), "final": _final_from_files(plan.out_dir), "history": []}
-        return _run(plan, model_path, callbacks)
+    check_positions(cfg, model_path, resolve_model_path(cfg.ref_model) if cfg.ref_model else None)
+    created = rundir.first_missing(plan.out_dir)  # removed again if the run is refused before writing anything
+    try:
+        preflight(plan.out_dir, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
+        with RunDirLock(plan.out_dir, "unipo train"):
+            rundir.prepare_output_dir(plan.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)
+            done = rundir.finished_steps(plan.out_dir) if cfg.resume else None
+            if done is not None and (cfg.max_steps <= done if cfg.max_steps > 0 else True):
+                log(f"{plan.out_dir} holds a finished run ({done} steps): nothing to train (raise --max-steps to "
+                    f"train further, or pass --overwrite to start again)")
+                return {"output_dir": str(plan.out_dir), "final": _final_from_files(plan.out_dir), "history": []}
+            return _run(plan, model_path, callbacks)
+    except BaseException:
+        if created is not None:
+            rundir.remove_if_unused(created)
+        raise
+
+
+def check_positions(cfg: TrainConfig, model_path: str, ref_path: str | None) -> None:
+    """``max_length`` must fit the model's (and the reference's) position limit, read from its ``config.json``
+    before anything loads (a hub name, or a configuration that does not load, is left to the model loader)."""
+    for path in dict.fromkeys(p for p in (model_path, ref_path) if p):
+        if not (Path(path) / "config.json").is_file():
+            continue
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError, KeyError):
+            continue
+        config = getattr(config, "text_config", None) or config
+        limit = getattr(config, "max_position_embeddings", None)
+        if isinstance(limit, int) and cfg.max_length > limit:
+            raise ConfigError(f"max_length {cfg.max_length} is above the position limit of the model {path} "
+                              f"(max_position_embeddings {limit} in its config.json): lower --max-length to at "
+                              f"most {limit}")
 
 
 def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
@@ -379,10 +415,12 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         history = trainer.state.log_history
         for entry in history:
             final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
-        losses = [h["loss"] for h in history if "loss" in h]
+        losses = [h["loss"] for h in history if "loss" in h and math.isfinite(h["loss"])]
         if losses:  # over every step of the run, also those before a resume (Trainer's covers this session's)
-            final["train_loss"] = sum(losses) / len(losses)
+            final["train_loss"] = sum(losses) / len(losses)  # nan_policy skip_step: the skipped steps left out
         write_outputs(plan, models, data, trainer, final)
+    except NonFiniteError as exc:
+        raise UnipoError(str(exc) + nonfinite_way_out(exc, plan)) from None
     except (OSError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not is_disk_full(exc):
             raise
@@ -391,6 +429,18 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     finally:
         _finish_trackers(cfg.report_to)
     return {"output_dir": str(plan.out_dir), "final": final, "history": history}
+
+
+def nonfinite_way_out(exc: NonFiniteError, plan: TrainingPlan) -> str:
+    """What a run stopped by the non-finite guard kept (its newest checkpoint, finite by construction: weights that
+    are not finite are never saved) and what to try (docs/faults.md)."""
+    from unipo.training.nonfinite import way_out
+
+    cfg = plan.cfg
+    checkpoint = rundir.last_complete_checkpoint(plan.out_dir, log)
+    beta = plan.objective.config.params.get("beta")
+    return way_out(exc.quantity, exc.step, checkpoint, str(plan.out_dir), cfg.save_steps, cfg.learning_rate,
+                   beta, cfg.nan_policy)
 
 
 def _finish_trackers(report_to: list[str]) -> None:

@@ -17,6 +17,7 @@ from unipo.layout import PAD_SEGMENT
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
 from unipo.training.console import use_console
+from unipo.training.nonfinite import NonFiniteError, NonFiniteGuard, as_float, local_flags, nonfinite_parameters
 from unipo.training.ref_sync import (
     BEMA_FILE,
     REFERENCE_FILE,
@@ -35,7 +36,8 @@ class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
                  token_signal: torch.nn.Module | None = None, ref_sync: tuple[float, int] | None = None,
-                 ref_bema: BEMASchedule | None = None, **kwargs):
+                 ref_bema: BEMASchedule | None = None, nan_policy: str = "stop", nan_skip_limit: int = 5,
+                 **kwargs):
         # a token signal (SparsePO mask network, learned prior head, ...) is a submodule of the policy before the
         # engine wraps it: DDP all-reduces its gradients, FSDP / ZeRO-3 shard it, Trainer's optimizer, gradient
         # clipping and engine checkpoints include it (models.signals.attach_signal)
@@ -73,6 +75,10 @@ class PreferenceTrainer(Trainer):
             self.add_callback(self.bema)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens = 0  # real (not padding) tokens trained on since the last log, this process
+        # a step whose loss or gradient norm is not finite is never applied (training/nonfinite.py)
+        self.guard = NonFiniteGuard(nan_policy, nan_skip_limit)
+        self._step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses, this process
+        self._skipped_before: int | None = None  # skipped steps of the sessions before a resume (from the logs)
         use_console(self)  # one readable line per logging step instead of a raw dict
 
     # -- token signals: trained jointly, in their own optimiser parameter group ----------------------
@@ -128,7 +134,9 @@ class PreferenceTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         """With ref_sync, the reference it has reached goes into the checkpoint too, written before Trainer's
-        files (``trainer_state.json``, written last, marks a checkpoint complete)."""
+        files (``trainer_state.json``, written last, marks a checkpoint complete). Weights that are not all
+        finite are never saved (:meth:`check_weights_finite`)."""
+        self.check_weights_finite()
         if (self.ref_sync is not None or self.bema is not None) and self.args.should_save:
             import os
 
@@ -201,6 +209,52 @@ class PreferenceTrainer(Trainer):
         kept = [k for k in load_result.missing_keys if not tied(k) and not is_signal_key(k)]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=kept))
 
+    # -- the non-finite guard (training/nonfinite.py) -------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._step_losses.append(loss.detach())
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Trainer's gradient norm (after clipping computed it), then the guard's decision, taken alike by every
+        process (the flags are summed over them): a bad step's gradients are dropped, so the optimizer step
+        that follows leaves every parameter and its moments as they were; under ``stop`` the run ends here."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        losses, self._step_losses = self._step_losses, []
+        flags = self.accelerator.reduce(local_flags(losses, grad_norm, self.accelerator.device), "sum")
+        decision = self.guard.decide(flags, grad_norm)
+        if decision.apply:
+            return grad_norm
+        model.zero_grad(set_to_none=True)
+        if decision.stop:
+            self._log_failed_step(losses, grad_norm)
+            raise NonFiniteError(self.state.global_step, decision.quantity, decision.value,
+                                 self.guard.in_a_row if self.guard.policy == "skip_step" else 0)
+        return grad_norm
+
+    def _log_failed_step(self, losses: list[torch.Tensor], grad_norm) -> None:
+        """Log the step that stops the run (its loss and gradient norm as they were: ``nan``, never 0) under
+        its own step number, then leave ``state.global_step`` at that step (nothing of it is saved)."""
+        loss = torch.stack(losses).float().sum() if losses else torch.tensor(float("nan"))
+        loss = self.accelerator.reduce(loss.to(self.accelerator.device), "mean").item()
+        self.state.global_step += 1
+        self.log({"loss": loss, "grad_norm": as_float(grad_norm),
+                  "learning_rate": self._get_learning_rate()})
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args, **kwargs):
+        """Trainer's, then a running loss that went NaN is reset once logged (Trainer resets it by subtracting it
+        from itself, which leaves a NaN for ever: every later step would log nan)."""
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+        if self._globalstep_last_logged == self.state.global_step and not bool(torch.isfinite(tr_loss).all()):
+            tr_loss.zero_()
+
+    def check_weights_finite(self) -> None:
+        """Raise :class:`NonFiniteError` (on every process alike) when any weight is NaN or ±inf, before a save."""
+        bad = nonfinite_parameters(self.model.named_parameters())
+        flag = self.accelerator.reduce(torch.tensor(float(len(bad)), device=self.accelerator.device), "sum")
+        if float(flag) > 0:
+            raise NonFiniteError(self.state.global_step, "weights", f"{int(float(flag))} tensors hold NaN or inf")
+
     # -- the loss ------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         out = preference_step(model, self.reference, inputs, self.objective, token_signal=self.token_signal,
@@ -234,5 +288,9 @@ class PreferenceTrainer(Trainer):
             self.state.num_input_tokens_seen += int(self.accelerator.reduce(t, "sum").item())
             self._tokens = 0
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+        if mode == "train" and self.guard.policy == "skip_step":
+            if self._skipped_before is None:  # a resumed run's history holds the earlier sessions' count
+                self._skipped_before = max((h.get("skipped_steps", 0) for h in self.state.log_history), default=0)
+            logs["skipped_steps"] = self._skipped_before + self.guard.skipped
         super().log(logs, *args, **kwargs)
 
