@@ -163,6 +163,26 @@ def attn(v):
     return v if isinstance(v, str) and (v in ok or "/" in v) else INVALID
 
 
+BEMA_RANGES = {"update_freq": (1, None), "ema_power": (0, None), "bias_power": (0, None), "lag": (0, None),
+               "update_after": (0, None), "multiplier": (0, None), "min_ema_multiplier": (0, 1),
+               "ref_update_after": (0, None)}
+
+
+def bema(v):
+    """ref_sync_bema: a mapping of TRL's BEMACallback arguments, each a real number (no text) in its range."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or any(k not in BEMA_RANGES for k in v):
+        return INVALID
+    for key, x in v.items():
+        lo, hi = BEMA_RANGES[key]
+        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or abs(x) > F32:
+            return INVALID
+        if x < lo or (hi is not None and x > hi):
+            return INVALID
+    return v if v.get("lag", 10) + v.get("multiplier", 1.0) > 0 else INVALID
+
+
 POSITIVE = {"lo": 0, "lo_open": True}
 TRAIN: dict[str, Oracle] = {
     "model": text(), "data": text(), "eval_data": text(True), "variant": variant(),
@@ -181,7 +201,7 @@ TRAIN: dict[str, Oracle] = {
     "bmc_exempt": choice(("stopwords", "stopwords_punctuation", "none")), "token_signal": token_signal,
     "precision": choice(PRECISIONS),
     "reference": choice(("auto", "copy", "precomputed")),  # none and adapter cannot serve dpo without LoRA
-    "ref_model": text(True), "ref_sync": choice(("none", "soft", "hard")),
+    "ref_model": text(True), "ref_sync": choice(("none", "soft", "hard", "bema")), "ref_sync_bema": bema,
     "ref_sync_alpha": number(False, 0, 1, lo_open=True, optional=True), "ref_sync_steps": count(optional=True),
     "ref_dtype": choice(REF_DTYPES), "lora": lora, "gradient_checkpointing": boolean,
     "attn_implementation": attn, "share_prompt": boolean, "packing": boolean, "chunk_size": count(),
@@ -190,7 +210,8 @@ TRAIN: dict[str, Oracle] = {
     "report_to": report_to, "resume": boolean, "overwrite": boolean, "progress": boolean, "plots": boolean,
 }
 #: keys fuzzed on top of another key's value (they apply only there)
-TRAIN_BASE = {"ref_sync_alpha": {"ref_sync": "soft"}, "ref_sync_steps": {"ref_sync": "soft"}}
+TRAIN_BASE = {"ref_sync_alpha": {"ref_sync": "soft"}, "ref_sync_steps": {"ref_sync": "soft"},
+              "ref_sync_bema": {"ref_sync": "bema"}}
 
 ITERATE: dict[str, Oracle] = {
     "out": text(), "model": text(), "task": choice(("arithmetic",)), "prompts": text(),

@@ -167,7 +167,7 @@ def test_a_one_loss_mixture_is_that_loss():
     ({"pair_loss": {"sigmoid": 1, "mixture": 1}}, r"cannot contain another mixture"),
     ({"pair_loss": {"robust": 1, "exo_pair": 1}}, r"share the parameter 'label_smoothing' with different defaults "
                                                    r"\(robust: 0.1, exo_pair: 0.001\): give label_smoothing"),
-    ({"pair_loss": {"sigmoid": -0.2}}, r"the weight of 'sigmoid' must be a positive number"),
+    ({"pair_loss": {"sigmoid": -0.2}}, r"the weight of 'sigmoid' must be a positive finite number"),
     ({"pair_loss": {}}, r"must be a mapping of names to weights"),
     ({"pair_loss": "mixture"}, r"pair_loss=mixture needs pair_loss_weights"),
     ({"weights": {"bmc": 1}}, r"weights takes one part name, got a mapping .* only pair_loss can mix"),

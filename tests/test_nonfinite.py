@@ -113,8 +113,12 @@ def test_every_objective_parameter_refuses_nan_inf_and_beyond_float32():
     for kind in KINDS:
         for part in parts(kind).values():
             specs.update(part.param_specs)
-    numeric = {k: s for k, s in specs.items() if s.kind != "bool"}
+    numeric = {k: s for k, s in specs.items() if s.kind not in ("bool", "weights")}
     assert {"beta", "gamma"} <= set(numeric)
+    for key, spec in ((k, s) for k, s in specs.items() if s.kind == "weights"):  # a mixture's {name: weight}
+        for bad in (NAN, INF, -INF, 1e39, -1e39):
+            with pytest.raises(ConfigError, match=f"{key}: the weight of 'sigmoid' must be a positive finite"):
+                spec.check(key, {"sigmoid": bad, "bco_pair": 0.2})
     for key, spec in numeric.items():
         for bad in (NAN, INF, -INF, 1e39, -1e39):
             with pytest.raises(ConfigError, match=f"parameter '{key}' must be a finite number"):

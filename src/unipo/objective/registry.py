@@ -92,8 +92,9 @@ class Param:
                 raise ConfigError(f"parameter {key!r} must be a mapping of names to weights, e.g. "
                                   f"{{sigmoid: 0.8, bco_pair: 0.2}}; got {value!r}")
             for name, weight in value.items():
-                if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
-                    raise ConfigError(f"{key}: the weight of {name!r} must be a positive number, got {weight!r}")
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight <= FLOAT32_MAX:
+                    raise ConfigError(f"{key}: the weight of {name!r} must be a positive finite number (in float32: "
+                                      f"at most {FLOAT32_MAX:.4g}), got {weight!r}")
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"parameter {key!r} must be a number, got {value!r}")

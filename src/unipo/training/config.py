@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,17 @@ import yaml
 from unipo.data.bmc_align import ALIGNMENTS as BMC_ALIGNMENTS
 from unipo.data.bmc_align import EXEMPTIONS as BMC_EXEMPTIONS
 from unipo.errors import ConfigError
-from unipo.training.values import AT_LEAST_1, FRACTION, INT_MAX, NON_NEGATIVE, POSITIVE, Range, check_fields, checked
+from unipo.training.values import (
+    AT_LEAST_1,
+    FLOAT32_MAX,
+    FRACTION,
+    INT_MAX,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_fields,
+    checked,
+)
 
 REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -323,7 +334,7 @@ class TrainConfig:
 
     def _validate_bema(self, source: str) -> None:
         """ref_sync_bema: a mapping of BEMA_KEYS, each a number in its range."""
-        given = self.ref_sync_bema or {}
+        given = {} if self.ref_sync_bema is None else self.ref_sync_bema
         if not isinstance(given, dict):
             raise ConfigError(f"{source}: ref_sync_bema must be a mapping of {', '.join(BEMA_KEYS)}, got {given!r}")
         unknown = sorted(set(given) - set(BEMA_KEYS))
@@ -334,8 +345,8 @@ class TrainConfig:
                   "ref_update_after": (0, None)}
         for key, value in given.items():
             lo, hi = ranges[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < lo or (hi is not None
-                                                                                             and value > hi):
+            if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                    or abs(value) > FLOAT32_MAX or value < lo or (hi is not None and value > hi)):
                 raise ConfigError(f"{source}: ref_sync_bema.{key} must be a number >= {lo}"
                                   f"{'' if hi is None else f' and <= {hi}'}, got {value!r}")
         if given.get("lag", 10) + given.get("multiplier", 1.0) <= 0:
