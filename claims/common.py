@@ -90,7 +90,7 @@ def run_arms(out: Path, s: Setting, arms: Sequence[Any], *, train: Path, held: P
     seed in ``out`` (resumable per arm and seed); returns each arm's run name → its directory of seeds.
     ``over``: TrainConfig keys for these arms only."""
     compare(base_config(s, train, held, **over), list(arms), out, eval_data=str(held), eval_kwargs=eval_kwargs(s),
-            seeds=list(s.seeds), title=title, include_reference=reference)
+            seeds=list(s.seeds), title=title, include_reference=reference, keep_models=False)
     return {run_name(a): run_dir_of(out, run_name(a), None) for a in arms}
 
 

@@ -122,8 +122,13 @@ def test_compare_over_seeds_aggregates_and_pairs(tiny_model_dir, tmp_path, capsy
     args = ["compare", "--model", str(tiny_model_dir), "--data", str(data), "--eval-data", str(held),
             "--max-steps", "2", "--variants", "dpo", "simpo", "--out", str(out), "--seeds", "2",
             "--n-prompts", "4", "--n-samples", "2", "--max-new-tokens", "6",
-            "--verifier", "tests.test_compare:verify_nonempty"]
+            "--verifier", "tests.test_compare:verify_nonempty", "--no-keep-models"]
     assert main(args) == 0
+    for n in ("dpo", "simpo"):  # evaluated runs keep their record, not their weights
+        for s in (0, 1):
+            run = out / "runs" / n / f"seed-{s}"
+            assert not list(run.glob("*.safetensors")) and not list(run.glob("checkpoint-*"))
+            assert (run / "eval.json").exists() and (run / "unipo_config.yaml").exists()
     evals = {(n, s): json.loads((out / "runs" / n / f"seed-{s}" / "eval.json").read_text())
              for n in ("dpo", "simpo") for s in (0, 1)}
     for (n, s), ev in evals.items():  # each seed trained with its own seed; every greedy answer kept, scored

@@ -109,7 +109,8 @@ def run_compare(args: argparse.Namespace) -> int:
     base = TrainConfig.load(src.config, {**over, **parse_assignments(src.set)})
     variants = [yaml.safe_load(v) if v.strip().startswith("{") else v for v in a.variants]
     runs = compare(base, variants, a.out, eval_data=a.eval_data, sweep=parse_sweep(a.sweep),
-                   eval_kwargs=_eval_kwargs(args), seeds=parse_seeds(a.seeds), baseline=a.baseline)
+                   eval_kwargs=_eval_kwargs(args), seeds=parse_seeds(a.seeds), baseline=a.baseline,
+                   keep_models=a.keep_models)
     print(json.dumps({name: {k: round(v, 4) for k, v in r["metrics"].items() if isinstance(v, float)}
                       for name, r in runs.items()}, indent=1))
     return 0

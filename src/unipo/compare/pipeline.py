@@ -93,7 +93,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
             include_reference: bool = True, title: str = "unipo comparison",
             train_overrides: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None,
-            baseline: str | None = None) -> dict[str, Any]:
+            baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
     """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
     comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`). ``train_overrides``: per run
     name (:func:`run_name`), training settings that differ from ``base`` (``{"dpo": {"learning_rate": 5e-5}}``).
@@ -101,7 +101,10 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
     ``seeds``: train and evaluate every variant under each seed (``OUT/runs/NAME/seed-S``, resumable per
     variant and seed); the report gives each metric as mean ± standard error over the seeds and each variant's
     paired difference from ``baseline`` (a run name or ``reference``; default the first variant) with a 95%
-    two-way bootstrap interval (:mod:`unipo.eval.stats`). None: one run per variant with ``base.seed``."""
+    two-way bootstrap interval (:mod:`unipo.eval.stats`). None: one run per variant with ``base.seed``.
+    ``keep_models`` False: once a run is evaluated, its checkpoints and weights are deleted (its configuration,
+    metrics and ``eval.json`` stay): a sweep of many runs needs the disk of one (a checkpoint with its optimizer
+    state is about 12 bytes per parameter)."""
     from unipo.io.rundir import RunDirLock, preflight
 
     unknown = {k for o in (train_overrides or {}).values() for k in o} - set(TrainConfig.keys())
@@ -113,13 +116,13 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
     with RunDirLock(out_dir, "unipo compare"):
         return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
                         include_reference=include_reference, title=title, train_overrides=train_overrides or {},
-                        seeds=seeds, baseline=baseline)
+                        seeds=seeds, baseline=baseline, keep_models=keep_models)
 
 
 def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None,
              sweep: dict[str, list[Any]] | None, eval_kwargs: dict[str, Any] | None, include_reference: bool,
              title: str, train_overrides: dict[str, dict[str, Any]], seeds: list[int] | None = None,
-             baseline: str | None = None) -> dict[str, Any]:
+             baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
     from unipo.eval.report import write_report
     from unipo.training.train import log
 
@@ -144,6 +147,8 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
             run_dir = run_dir_of(out, name, s)
             _train_and_evaluate(configs[(name, s)], run_dir, label, held_out,
                                 {**eval_kwargs, **({"seed": s} if s is not None else {})})
+            if not keep_models:
+                prune_run(run_dir)
             records[(name, s)] = _run_record(run_dir, spec)
     reference = None
     if include_reference and specs:
@@ -178,6 +183,22 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: s
         train(cfg)
     log(f"{label}: evaluating on {held_out}")
     evaluate_run(run_dir, held_out, **eval_kwargs)
+
+
+#: what :func:`prune_run` deletes from an evaluated run: the checkpoints and the weights
+PRUNED = ("checkpoint-*", "*.safetensors", "*.bin", "*.pt")
+
+
+def prune_run(run_dir: Path) -> None:
+    """Delete an evaluated run's checkpoints and weights, keeping what its record needs (``unipo_config.yaml``,
+    ``metrics.jsonl``, ``eval.json``, the tokenizer and the model's config). Only after ``eval.json`` exists."""
+    import shutil
+
+    if not _finished(run_dir):
+        raise ConfigError(f"{run_dir}: not evaluated yet; its model is kept")
+    for pattern in PRUNED:
+        for path in run_dir.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _run_record(run_dir: Path, spec: Any) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class CompareArguments:
         "help": "train and evaluate every variant under each seed: a count N (seeds 0..N-1) or a list (1 7 42); "
                 "the report gives mean ± standard error over seeds and paired differences from --baseline with "
                 "95%% bootstrap intervals (over seeds and held-out items)", "nargs": "+", "metavar": "N|SEED"})
+    keep_models: bool = field(default=True, metadata={
+        "help": "keep every run's checkpoints and weights; --no-keep-models deletes them once the run is evaluated "
+                "(configuration, metrics and eval.json stay): a sweep of many runs then needs the disk of one"})
     baseline: str | None = field(default=None, metadata={
         "help": "the run every other run is compared with (a run name such as dpo, or reference: the starting "
                 "model); null: the first variant"})
