@@ -64,6 +64,11 @@ def resolve_model_path(name_or_path: str) -> Path:
     if is_builtin(name_or_path):
         return resolve_builtin(name_or_path)
     path = Path(name_or_path)
+    from unipo.models.checks import check_model_dir, check_path_is_usable
+
+    check_path_is_usable(path)
+    if path.is_dir() and any(path.iterdir()):
+        check_model_dir(path)  # damaged weights or config: one line naming what is wrong
     if not (path / "config.json").exists():
         raise UnipoError(
             f"editor {name_or_path!r} is neither a built-in model (smollm2-135m-instruct) nor a local "

@@ -219,10 +219,12 @@ class _IterateRun:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from unipo.models.checks import check_model_dir
         from unipo.models.loading import load_tokenizer, resolve_model_path
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model)
+        check_model_dir(self.model_path, tokenizer=True)
         self.tokenizer = load_tokenizer(self.model_path)
         self.original = self._load(self.model_path)
         results = {"round-0": self._evaluate(self.out / "round-0", self.original, {})}

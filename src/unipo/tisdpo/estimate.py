@@ -216,10 +216,12 @@ class _EstimateRun(ResumablePipeline):
         """The pairs tokenised as for training (no truncation), their normalised rows, the system prompts."""
         from unipo.data.formats import normalize_row
         from unipo.data.tokenize import TokenizerFacts, prepare_pairs, tokenizer_fingerprint
+        from unipo.models.checks import check_model_dir
         from unipo.models.loading import load_tokenizer, resolve_model_path
 
         opts = self.opts
         self.base = resolve_model_path(self.model)
+        check_model_dir(self.base, tokenizer=True)  # a damaged directory: one line before any work
         self.tokenizer = load_tokenizer(self.base)
         self.facts = TokenizerFacts(self.tokenizer)
         self.eos_ids = {i for i in (self.facts.eos, *self.facts.specials) if i is not None}

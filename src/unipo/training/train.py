@@ -335,10 +335,12 @@ def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     ``unipo train`` adds). The output directory is locked for the whole run (one writer), checked before any
     model loads (writable, enough disk), and never holds two runs mixed (:mod:`unipo.training.rundir`)."""
     from unipo.io.rundir import RunDirLock, preflight
+    from unipo.models.checks import check_model_dir
     from unipo.models.loading import resolve_model_path
 
     plan = plan_training(cfg)
     model_path = resolve_model_path(cfg.model)
+    check_model_dir(model_path, tokenizer=True)  # a damaged directory: one line before any work
     preflight(plan.out_dir, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
     with RunDirLock(plan.out_dir, "unipo train"):
         rundir.prepare_output_dir(plan.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)

@@ -1,0 +1,118 @@
+"""Damaged model directories and non-finite weights (issue 23, items 4 and 5; docs/faults.md).
+
+Each case must end in one line (exit status 2) naming the path and what is wrong, before any work; never a
+traceback, a message about installing sentencepiece, or one about the hub.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import train_args
+from unipo.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def _truncated(src: Path, d: Path) -> None:
+    shutil.copytree(src, d)
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def _no_config(src: Path, d: Path) -> None:
+    shutil.copytree(src, d)
+    (d / "config.json").unlink()
+
+
+def _no_tokenizer(src: Path, d: Path) -> None:
+    shutil.copytree(src, d)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (d / name).unlink(missing_ok=True)
+
+
+def _empty(src: Path, d: Path) -> None:
+    d.mkdir()
+
+
+def _loop(src: Path, d: Path) -> None:
+    os.symlink(d.name, d)  # relative: "loop" alone would also be a well-formed hub name
+
+
+CASES = {
+    "truncated-weights": (_truncated, "model.safetensors is truncated"),
+    "no-config": (_no_config, "no config.json"),
+    "no-tokenizer": (_no_tokenizer, "no tokenizer files"),
+    "empty": (_empty, "is empty"),
+    "loop": (_loop, "symbolic link that loops back on itself"),
+}
+
+
+def _one_line_error(err: str, path: str, expected: str) -> None:
+    lines = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(lines) == 1, err
+    assert path in lines[0] and expected in lines[0], err
+    for word in ("Traceback", "sentencepiece", "tiktoken", "hub", "huggingface.co"):
+        assert word not in err, err
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_damaged_model_directory_is_refused_in_one_line(case, tiny_model_dir, data, tmp_path, capsys,
+                                                          monkeypatch):
+    make, expected = CASES[case]
+    monkeypatch.chdir(tmp_path)
+    make(Path(tiny_model_dir), tmp_path / "model")
+    capsys.readouterr()
+    rc = main(train_args("model", data, tmp_path / "out"))
+    assert rc == 2
+    _one_line_error(capsys.readouterr().err, "model", expected)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory) -> Path:
+    from tests.helpers import ROWS, write_jsonl
+
+    root = tmp_path_factory.mktemp("evalrun")
+    data = write_jsonl(root / "data.jsonl", ROWS)
+    assert main(train_args(tiny_model_dir, data, root / "run", "--set", "plots=false")) == 0
+    return root / "run"
+
+
+def _eval_args(run: Path, data: Path) -> list[str]:
+    return ["eval", "--model", str(run), "--data", str(data), "--limit", "4", "--n-prompts", "2",
+            "--n-samples", "2", "--max-new-tokens", "2"]
+
+
+def test_eval_refuses_a_model_with_non_finite_weights(trained_run, data, tmp_path, capsys):
+    """A run whose saved weights hold NaN (a diverged run's model): one line naming the run, how many
+    tensors and the first one, the way out; no eval.json written (on the old code: a traceback from the
+    calibration metric, ``probs must lie in [0, 1]``)."""
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    tensors = load_file(run / "model.safetensors")
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first].clone().fill_(float("nan"))
+    save_file(tensors, run / "model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert main(_eval_args(run, data)) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, str(run), "hold NaN or inf")
+    assert "1 of " in err and first in err and "lower learning rate" in err
+    assert not (run / "eval.json").exists()
+
+
+def test_eval_refuses_a_run_with_truncated_weights(trained_run, data, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(_eval_args(run, data)) == 2
+    _one_line_error(capsys.readouterr().err, str(run), "model.safetensors is truncated")
