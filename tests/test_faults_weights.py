@@ -18,11 +18,12 @@ OVERRIDES = {"max_steps": 2, "per_device_batch_size": 4}
 @pytest.mark.integration
 def test_a_kill_while_training_the_negative_model_keeps_the_positive(tiny_model_dir, tmp_path, monkeypatch):
     pairs = [normalize_row(r, file="rows", row_number=i + 1) for i, r in enumerate(ROWS[:8])]
-    real, trained = train_module.train, []
+    real, trained, killed = train_module.train, [], []
 
     def killed_on_the_second(cfg, *args, **kwargs):
         trained.append(cfg.output_dir)
-        if len(trained) == 2:  # the kill lands while π− trains: its .partial directory is half-written
+        if len(trained) == 2 and not killed:  # the kill lands while π− trains: its .partial is half-written
+            killed.append(cfg.output_dir)
             Path(cfg.output_dir, "checkpoint-1").mkdir(parents=True)
             raise KeyboardInterrupt
         return real(cfg, *args, **kwargs)

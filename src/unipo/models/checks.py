@@ -23,7 +23,7 @@ from typing import Any
 from unipo.errors import UnipoError
 
 __all__ = ["check_model_dir", "check_path_is_usable", "check_tokenizer_files", "check_weights_finite",
-           "nonfinite_tensors"]
+           "nonfinite_tensors", "safetensors_problem"]
 
 #: files from which transformers can build a tokenizer (any one of these sets is enough)
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
@@ -55,8 +55,9 @@ def _read_json(path: Path, root: Path) -> Any:
                             "from where the model came from") from None
 
 
-def _check_safetensors(path: Path, root: Path) -> None:
-    """The file is as long as its header says (a truncated copy is not)."""
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file (None: complete): it is as long as its header says (a
+    truncated or torn copy is not)."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as fh:
@@ -64,16 +65,24 @@ def _check_safetensors(path: Path, root: Path) -> None:
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
             header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
     except PermissionError:
-        raise _refuse(root, f"{path.name} cannot be read (permission denied)") from None
+        return f"{path.name} cannot be read (permission denied)"
     except (OSError, ValueError):
         header = None
     if not isinstance(header, dict):
-        raise _refuse(root, f"{path.name} is truncated or not a safetensors file ({size} bytes, no readable "
-                            "header); copy the weights again")
-    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        return f"{path.name} is truncated or not a safetensors file ({size} bytes, no readable header)"
+    try:
+        end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return f"{path.name} has a damaged header"
     if 8 + n + end != size:
-        raise _refuse(root, f"{path.name} is truncated: {size} bytes, its header declares {8 + n + end}; "
-                            "copy the weights again")
+        return f"{path.name} is truncated: {size} bytes, its header declares {8 + n + end}"
+    return None
+
+
+def _check_safetensors(path: Path, root: Path) -> None:
+    problem = safetensors_problem(path)
+    if problem:
+        raise _refuse(root, f"{problem}; copy the weights again")
 
 
 def _check_weight_file(path: Path, root: Path) -> None:

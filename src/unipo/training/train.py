@@ -355,7 +355,8 @@ def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
 def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     from transformers import set_seed
 
-    from unipo.io.rundir import describe_os_error, is_disk_full
+    from unipo.io.atomic import is_file_system_error
+    from unipo.io.rundir import describe_os_error
     from unipo.models.loading import load_tokenizer
 
     cfg = plan.cfg
@@ -372,9 +373,11 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     if cfg.resume:
         rundir.check_resume(plan.out_dir, resume_from, plan)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
+    saving_final = False  # a failure while the final model is written: its half-written files are removed
     try:
         trainer.train(resume_from_checkpoint=resume_from)
         final: dict[str, Any] = trainer.evaluate() if data.eval else {}
+        saving_final = True
         save_final_model(trainer, plan.out_dir)
         if not trainer.is_world_process_zero():
             return {"output_dir": str(plan.out_dir), "final": final}
@@ -385,10 +388,12 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         if losses:  # over every step of the run, also those before a resume (Trainer's covers this session's)
             final["train_loss"] = sum(losses) / len(losses)
         write_outputs(plan, models, data, trainer, final)
-    except (OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not is_disk_full(exc):
+    except Exception as exc:
+        if not is_file_system_error(exc):  # of any type: the tokenizers library raises a plain Exception
             raise
         rundir.remove_partial_checkpoints(plan.out_dir, log)
+        if saving_final:
+            rundir.remove_final_outputs(plan.out_dir, log)
         raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
     finally:
         _finish_trackers(cfg.report_to)
