@@ -116,3 +116,58 @@ def test_eval_refuses_a_run_with_truncated_weights(trained_run, data, tmp_path, 
     capsys.readouterr()
     assert main(_eval_args(run, data)) == 2
     _one_line_error(capsys.readouterr().err, str(run), "model.safetensors is truncated")
+
+
+# --- saving eval's outputs on a full disk (issue 23, item 3): the report and the reference cache ----------
+
+
+def test_eval_report_on_a_full_disk_keeps_the_previous_report(trained_run, data, tmp_path, capsys, monkeypatch):
+    """eval.json is written beside and renamed when complete: a full disk mid-write is one line, the
+    previous eval.json is kept as it was and no temporary file is left."""
+    import errno
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "eval.json").write_text('{"old": true}')
+    monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
+    real = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        if self.name.startswith(".eval.partial"):
+            real(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    capsys.readouterr()
+    assert main(_eval_args(run, data)) == 2
+    _one_line_error(capsys.readouterr().err, "eval.json", "no space left on the device")
+    assert json.loads((run / "eval.json").read_text()) == {"old": True}
+    assert not [p.name for p in run.iterdir() if ".partial" in p.name]
+
+
+def test_reference_cache_on_a_full_disk_is_one_line_and_leaves_no_partial_file(trained_run, data, tmp_path,
+                                                                                capsys, monkeypatch):
+    """torch's writer fails mid-file (a RuntimeError, not an OSError): one line naming the cache file, no
+    half-written cache file that a later run would read."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
+    real = torch.save
+
+    def full(obj, f, *args, **kwargs):
+        if "reflogps" in str(f):
+            Path(f).write_bytes(b"PK\x03\x04 half")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing "
+                               "file data/0: file write failed")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    capsys.readouterr()
+    assert main(_eval_args(run, data)) == 2
+    _one_line_error(capsys.readouterr().err, "reflogps", "no space left on the device")
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
+    assert not (run / "eval.json").exists()

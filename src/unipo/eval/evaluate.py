@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from unipo.errors import UnipoError
 from unipo.eval.generation import generation_metrics
 from unipo.eval.metrics import fdpo_calibration, pairwise_calibration, reward_accuracy_and_margin
+from unipo.io.atomic import atomic_write_text
 from unipo.objective import Objective
 
 
@@ -218,7 +219,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
                            max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
                            reference_cache=reference_cache, max_length=max_length,
                            max_prompt_length=max_prompt_length, on_invalid=on_invalid, verifier=verifier)
-        out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
+        atomic_write_text(out_path, json.dumps(result, indent=2, default=_nan_to_none))
     return result
 
 

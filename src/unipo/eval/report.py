@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.eval import plots
+from unipo.io.atomic import atomic_write_text
 
 __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "write_report"]
 
@@ -174,7 +175,7 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
         lines += ["", *sections]
     lines += ["", _HOW_TO_READ, "", *_plots_section(files)]
     report = out / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     files["report"] = report
     return files
 
@@ -231,7 +232,7 @@ def _write_json(path: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
         "runs": {n: {"variant": configs[n].get("variant"), "config": configs[n], "metrics": metrics[n],
                      "calibration_bins": runs[n].get("calibration_bins") or []} for n in runs},
     }
-    path.write_text(json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n")
     return path
 
 

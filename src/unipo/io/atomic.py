@@ -22,7 +22,8 @@ from pathlib import Path
 
 from unipo.errors import UnipoError
 
-__all__ = ["atomic_path", "atomic_write_text", "describe_write_error", "is_file_system_error", "remove_quietly"]
+__all__ = ["atomic_path", "atomic_write_text", "describe_fs_error", "describe_write_error", "is_disk_full",
+           "is_file_system_error", "remove_quietly"]
 
 #: the text of file-system errors raised as other exception types (Rust's io::Error, torch's stream writer)
 _FS_TEXT = re.compile(r"\(os error \d+\)|No space left on device|Disk quota exceeded|Read-only file system"
@@ -53,6 +54,16 @@ def describe_write_error(exc: BaseException, path: str | Path, *, again: str = "
         return f"no space left on the device while writing {where} ({free} free now); free space there, then {again}"
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip() or type(exc).__name__)
     return f"cannot write {where}: {reason.splitlines()[0]}; fix it (space, permissions), then {again}"
+
+
+def describe_fs_error(exc: BaseException) -> str:
+    """One line for a file-system error that reached the command line undescribed (read or write)."""
+    where = getattr(exc, "filename", None)
+    if is_disk_full(exc):
+        return describe_write_error(exc, where or ".")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip() or type(exc).__name__)
+    return (f"file-system error{f' on {where}' if where else ''}: {reason.splitlines()[0]}; fix it (space, "
+            "permissions, the path), then run the command again")
 
 
 def remove_quietly(path: Path) -> None:

@@ -20,7 +20,6 @@ model (``fixed``). Files, under ``OUT``:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 
 from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.assignments import parse_assignments
+from unipo.io.atomic import atomic_write_text
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
@@ -47,16 +47,11 @@ def _log(msg: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def train_config_base(cfg: IterateConfig) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any
 
 from unipo.data.formats import PreferencePair
 from unipo.errors import ConfigError
+from unipo.io.atomic import atomic_write_text
 
 METHODS = ("prompt", "sft", "dpo")
 DEFAULT_LORA = {"r": 16, "alpha": 32}
@@ -117,7 +118,7 @@ def core_row(pair: PreferencePair, swap: bool = False) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_dir: str | Path,
@@ -165,7 +166,7 @@ def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_d
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
-    manifest.write_text(json.dumps({"method": method, "base": model_fingerprint(base), "key": key,
+    atomic_write_text(manifest, json.dumps({"method": method, "base": model_fingerprint(base), "key": key,
                                     "train": settings, "pairs": len(rows)}, indent=1, default=str))
     return ContrastivePair(method, base, pos, neg, directory, trained=True)
 

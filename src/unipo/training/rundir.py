@@ -132,10 +132,18 @@ class CheckpointConfigCallback(TrainerCallback):
         self.text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
 
     def on_save(self, args, state, control, **kwargs):
+        """Written after Trainer's ``trainer_state.json``: a checkpoint whose configuration could not be written
+        is removed (a resume could not check it), and the error goes on to the run's handler."""
+        from unipo.io.atomic import atomic_write_text, remove_quietly
+
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / CHECKPOINT_CONFIG).write_text(self.text)
+                try:
+                    atomic_write_text(ckpt / CHECKPOINT_CONFIG, self.text)
+                except BaseException:
+                    remove_quietly(ckpt)
+                    raise
 
 
 def remove_partial_checkpoints(out_dir: Path, log) -> list[str]:

@@ -307,13 +307,14 @@ def save_final_model(trainer, out_dir: Path) -> None:
 
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
     """Tokenizer, token signal spec, resolved config, metrics, data summary and model card (main process)."""
+    from unipo.io.atomic import atomic_write_text
     from unipo.models.loading import resolve_model_path
     from unipo.training.outputs import model_card, write_config, write_metrics
 
     out_dir = plan.out_dir  # the model itself is saved by every process before (save_final_model)
     models.tokenizer.save_pretrained(str(out_dir))
     if plan.signal is not None:
-        (out_dir / "unipo_signal.json").write_text(json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
+        atomic_write_text(out_dir / "unipo_signal.json", json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
     write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
     trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # marks the run finished, with its step
     resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
@@ -322,9 +323,10 @@ def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer,
                 "objective": plan.objective.config.to_dict()}
     write_config(out_dir / "unipo_config.yaml", resolved)
     summary = data.summary.to_dict()
-    (out_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "data_summary.json", json.dumps(summary, indent=2))
     card_metrics = {k: v for k, v in final.items() if "/" in k or "loss" in k}
-    (out_dir / "README.md").write_text(model_card(resolved, plan.objective.config.to_dict(), summary, card_metrics))
+    atomic_write_text(out_dir / "README.md", model_card(resolved, plan.objective.config.to_dict(), summary,
+                                                       card_metrics))
     log(f"saved model, metrics.jsonl and README.md to {out_dir}")
 
 
@@ -389,11 +391,15 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
             final["train_loss"] = sum(losses) / len(losses)
         write_outputs(plan, models, data, trainer, final)
     except Exception as exc:
-        if not is_file_system_error(exc):  # of any type: the tokenizers library raises a plain Exception
+        # a file-system error of any type (the tokenizers library raises a plain Exception), or one already
+        # described (unipo.io.atomic): what it left half-written goes, the error is one line
+        if not (isinstance(exc, UnipoError) or is_file_system_error(exc)):
             raise
         rundir.remove_partial_checkpoints(plan.out_dir, log)
         if saving_final:
             rundir.remove_final_outputs(plan.out_dir, log)
+        if isinstance(exc, UnipoError):
+            raise
         raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
     finally:
         _finish_trackers(cfg.report_to)
