@@ -146,3 +146,27 @@ def test_the_built_in_model_cache_is_never_left_half_written(tiny_model_dir, tmp
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8])
     assert not _complete(damaged)
+
+
+@pytest.mark.integration
+def test_iterate_merged_lora_model_is_never_left_half_written(tiny_model_dir, tmp_path, monkeypatch):
+    """A LoRA round's merged model (the next round's policy) is saved beside and renamed when whole: a full
+    disk mid-save leaves no ``merged`` directory for a resume to load, and the rerun merges it again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unipo.errors import UnipoError
+    from unipo.iterate.pipeline import _merge_lora
+
+    adapter = tmp_path / "model"
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    _tokenizer_save_fails_in(monkeypatch, lambda d: d.name == "merged.partial")
+    with pytest.raises(UnipoError, match="no space left on the device while writing .*merged"):
+        _merge_lora(adapter, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.undo()
+    _merge_lora(adapter, tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").exists() and (tmp_path / "merged" / "tokenizer.json").exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.eval import plots
-from unipo.io.atomic import atomic_write_text
+from unipo.io.atomic import atomic_path, atomic_write_text
 
 __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "write_report"]
 
@@ -212,7 +212,7 @@ def _write_plots(out: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
 def _write_csv(path: Path, metrics: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]],
                columns: list[str]) -> Path:
     """One row per run at full precision; an empty cell for a missing or non-finite value."""
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["run", "variant", *columns])
         for n in metrics:

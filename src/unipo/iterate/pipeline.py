@@ -30,7 +30,7 @@ import torch
 
 from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.assignments import parse_assignments
-from unipo.io.atomic import atomic_write_text
+from unipo.io.atomic import atomic_write_text, describe_write_error, is_file_system_error, remove_quietly
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
@@ -415,5 +415,14 @@ def _merge_lora(adapter_dir: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
-    model.merge_and_unload().save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    partial = out.with_name(out.name + ".partial")  # renamed when whole: a resume never finds half a model
+    remove_quietly(partial)
+    try:
+        model.merge_and_unload().save_pretrained(str(partial))
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(partial))
+        partial.rename(out)
+    except Exception as exc:
+        remove_quietly(partial)
+        if is_file_system_error(exc):
+            raise UnipoError(describe_write_error(exc, out, again="rerun the same command (it resumes)")) from None
+        raise

@@ -25,8 +25,10 @@ from unipo.errors import UnipoError
 __all__ = ["check_model_dir", "check_path_is_usable", "check_tokenizer_files", "check_weights_finite",
            "nonfinite_tensors", "safetensors_problem"]
 
-#: files from which transformers can build a tokenizer (any one of these sets is enough)
-TOKENIZER_FILE_SETS = (("tokenizer.json",), ("tokenizer.model",), ("vocab.json", "merges.txt"), ("vocab.txt",))
+#: files from which transformers can build a tokenizer (any one of these sets is enough; a glob matches any
+#: sentencepiece / tiktoken model file: tokenizer.model, spiece.model, sentencepiece.bpe.model, qwen.tiktoken)
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("*.model",), ("*.tiktoken",), ("vocab.json", "merges.txt"),
+                       ("vocab.txt",))
 
 
 def _refuse(path: Path | str, what: str) -> UnipoError:
@@ -117,7 +119,7 @@ def check_tokenizer_files(root: Path) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (root / name).is_file():
             _read_json(root / name, root)
-    if not any(all((root / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS):
+    if not any(all(any(p.is_file() for p in root.glob(f)) for f in files) for files in TOKENIZER_FILE_SETS):
         raise _refuse(root, "no tokenizer files (tokenizer.json, tokenizer.model, or vocab.json + merges.txt); "
                             "copy them from the model the checkpoint was trained from")
 
