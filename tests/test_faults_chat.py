@@ -141,3 +141,32 @@ def test_iterate_stores_the_judge_url_without_credentials():
     cfg = IterateConfig(model="m", out="o", task="arithmetic", label="judge",
                         judge_url=f"http://u:{PASSWORD}@127.0.0.1:9/v1", judge_model="j")
     assert cfg.to_dict()["judge_url"] == "http://***@127.0.0.1:9/v1"
+
+
+@pytest.mark.slow  # waits out 3-s stalls, Retry-After and backoffs by design
+def test_the_issue_server_every_11th_answer_truncated_among_5xx_429_stalls_and_a_key(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch, capsys):
+    """Issue 23's server: every 11th request answered 200 with a truncated body, besides 500s, 429s with
+    Retry-After, 3-s stalls and a required key. Each run ends (no traceback), the truncated answers are
+    recorded failures, and ``--retry-failed`` reruns end with every row edited exactly once."""
+    key = "sk-issue-23-do-not-log"
+    monkeypatch.setenv("UNIPO_TEST_KEY", key)
+    n = 24
+    data = write_jsonl(tmp_path / "in.jsonl", rows(n))
+    out = tmp_path / "o.jsonl"
+    args = ["bridge", "--data", str(data), "--out", str(out), "--editor-model", "tiny", "--api-key-env",
+            "UNIPO_TEST_KEY", "--concurrency", "4", "--timeout", "2", "--max-retries", "8", "--max-new-tokens",
+            "4", "--keep-truncated", "--no-plot"]
+    with ChatServer(tiny_model_dir, api_key=key, fail_rate=0.2, fail_statuses=(500, 429), retry_after=0.2,
+                    delay_rate=0.05, delay_s=3.0, truncate_every=11, max_tokens_cap=4, seed=5) as srv:
+        args += ["--editor-url", srv.url]
+        codes = [cli_main(args)]
+        failed = [r for r in read_jsonl(tmp_path / "o.failed.jsonl") if r["status"] == "failed"]
+        assert failed and all("malformed response" in r["reason"] for r in failed), failed
+        while codes[-1] == 1 and len(codes) < 6:
+            codes.append(cli_main([*args, "--retry-failed"]))
+        assert codes[-1] == 0, codes
+    edited = [r["row"] for r in read_jsonl(out)]
+    assert sorted(edited) == list(range(1, n + 1))  # each row once
+    err = capsys.readouterr().err  # (the test server's own threads may print tracebacks of dropped sockets)
+    assert "src/unipo" not in err and "json.decoder" not in err and key not in err
