@@ -171,3 +171,32 @@ def test_reference_cache_on_a_full_disk_is_one_line_and_leaves_no_partial_file(t
     _one_line_error(capsys.readouterr().err, "reflogps", "no space left on the device")
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []
     assert not (run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("layout", ["sharded", "pytorch-bin", "sharded-missing-shard", "no-weights"])
+def test_the_model_directory_check_knows_every_weights_layout(layout, tiny_model_dir, tmp_path):
+    """Sharded safetensors (an index and its shards) and PyTorch .bin checkpoints pass the check and load;
+    a missing shard or no weights at all is named."""
+    from transformers import AutoModelForCausalLM
+
+    from unipo.errors import UnipoError
+    from unipo.models.checks import check_model_dir
+
+    d = tmp_path / "m"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if layout == "pytorch-bin":
+        model.save_pretrained(d, safe_serialization=False)
+    else:
+        model.save_pretrained(d, max_shard_size="20KB")
+        assert (d / "model.safetensors.index.json").exists()
+    if layout == "sharded-missing-shard":
+        sorted(d.glob("model-*.safetensors"))[-1].unlink()
+    if layout == "no-weights":
+        for f in [*d.glob("*.safetensors"), *d.glob("*.bin"), *d.glob("*.index.json")]:
+            f.unlink()
+    if layout in ("sharded", "pytorch-bin"):
+        check_model_dir(d)
+        return
+    with pytest.raises(UnipoError, match="is missing|no weights") as err:
+        check_model_dir(d)
+    assert str(d) in str(err.value)

@@ -96,22 +96,28 @@ def _check_weight_file(path: Path, root: Path) -> None:
         raise _refuse(root, f"{path.name} is truncated or not a PyTorch checkpoint; copy the weights again")
 
 
-def _check_weights(root: Path, prefix: str) -> None:
-    """``prefix``.safetensors / .bin, or the shards an index lists; refused when none is present."""
-    for suffix in (".safetensors", ".bin"):
-        index = root / f"{prefix}{suffix}.index.json"
-        if index.is_file():
+#: the weight files transformers / peft load, by kind: (single file, sharded index) in the order they try them
+WEIGHT_FILES = {"model": (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")),
+                "adapter": (("adapter_model.safetensors", None), ("adapter_model.bin", None))}
+
+
+def _check_weights(root: Path, kind: str) -> None:
+    """The single weights file, or every shard its index lists; refused when none is present."""
+    for single, index_name in WEIGHT_FILES[kind]:
+        index = root / index_name if index_name else None
+        if index is not None and index.is_file():
             shards = sorted(set((_read_json(index, root).get("weight_map") or {}).values()))
             if not shards:
                 raise _refuse(root, f"{index.name} lists no weight files")
             for shard in shards:
                 _check_weight_file(root / shard, root)
             return
-        single = root / f"{prefix}{suffix}"
-        if single.exists():
-            _check_weight_file(single, root)
+        if (root / single).exists():
+            _check_weight_file(root / single, root)
             return
-    raise _refuse(root, f"no weights ({prefix}.safetensors, {prefix}.bin or a sharded index)")
+    names = ", ".join(n for pair in WEIGHT_FILES[kind] for n in pair if n)
+    raise _refuse(root, f"no weights (none of {names})")
 
 
 def check_tokenizer_files(root: Path) -> None:
@@ -142,7 +148,7 @@ def check_model_dir(path: str | Path, *, tokenizer: bool = False) -> None:
                          "and the tokenizer files)")
     if "adapter_config.json" in names:
         _read_json(root / "adapter_config.json", root)
-        _check_weights(root, "adapter_model")
+        _check_weights(root, "adapter")
     else:
         if "config.json" not in names:
             raise _refuse(root, "no config.json (it says which architecture the weights are for); copy it from "
