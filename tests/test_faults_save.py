@@ -170,3 +170,31 @@ def test_iterate_merged_lora_model_is_never_left_half_written(tiny_model_dir, tm
     monkeypatch.undo()
     _merge_lora(adapter, tmp_path / "merged")
     assert (tmp_path / "merged" / "model.safetensors").exists() and (tmp_path / "merged" / "tokenizer.json").exists()
+
+
+@pytest.mark.unit
+def test_a_file_system_error_of_any_type_that_reaches_the_command_line_is_one_line(monkeypatch, capsys):
+    """The last net: a file-system error no save path described (here the tokenizers library's plain
+    Exception) is one line with exit status 2; any other exception is not hidden."""
+    import argparse
+
+    from unipo.cli import main
+
+    def parse_args(self, argv=None, namespace=None):
+        def fail(_args):
+            raise failure
+        return argparse.Namespace(command="variants", func=fail)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    failure = Exception(DISK_FULL)
+    assert main(["variants"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("unipo variants: error: no space left on the device")
+    failure = OSError(errno.EACCES, "Permission denied", "/data/x.jsonl")
+    assert main(["variants"]) == 2
+    assert capsys.readouterr().err == ("unipo variants: error: file-system error on /data/x.jsonl: Permission "
+                                       "denied; fix it (space, permissions, the path), then run the command "
+                                       "again\n")
+    failure = ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        main(["variants"])

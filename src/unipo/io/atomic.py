@@ -60,7 +60,9 @@ def describe_fs_error(exc: BaseException) -> str:
     """One line for a file-system error that reached the command line undescribed (read or write)."""
     where = getattr(exc, "filename", None)
     if is_disk_full(exc):
-        return describe_write_error(exc, where or ".")
+        if where:
+            return describe_write_error(exc, where)
+        return "no space left on the device; free space where the command writes, then run it again"
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc).strip() or type(exc).__name__)
     return (f"file-system error{f' on {where}' if where else ''}: {reason.splitlines()[0]}; fix it (space, "
             "permissions, the path), then run the command again")
