@@ -77,19 +77,24 @@ def test_iterate_judge_records_a_truncated_answer_as_that_sample_failing(server)
 
 @pytest.mark.integration
 def test_sdk_validation_and_unexpected_exceptions_become_failures(server, monkeypatch):
-    """Whatever the SDK call raises (here: a pydantic-style ValueError and a RuntimeError from inside the
-    SDK) is the job's failure with the exception's type and message."""
+    """Whatever the SDK call raises (here: a pydantic-style ValueError, httpx's own transport error, a
+    RuntimeError) is the job's failure with the exception's type and message (httpx's counted as a
+    transport failure: evidence the server is down)."""
+    import httpx
+
     from unipo.io.chat_client import ChatClient, ChatJob
 
     client = ChatClient(server.url, "tiny", max_retries=0)
     sdk = client._sdk()
     try:
-        for exc in (ValueError("1 validation error for ChatCompletion"), RuntimeError("boom inside httpx")):
+        for exc in (ValueError("1 validation error for ChatCompletion"), RuntimeError("boom inside the SDK"),
+                    httpx.RemoteProtocolError("peer closed connection without sending complete message body")):
             def create(*_a, _exc=exc, **_k):
                 raise _exc
             monkeypatch.setattr(sdk.chat.completions, "create", create)
             result = client.run_job(sdk, ChatJob(1, [{"role": "user", "content": "x"}], 4))
             assert result.error and type(exc).__name__ in result.error and str(exc) in result.error
+            assert result.transport_error == isinstance(exc, httpx.TransportError)
     finally:
         sdk.close()
 

@@ -35,6 +35,16 @@ def _no_tokenizer(src: Path, d: Path) -> None:
         (d / name).unlink(missing_ok=True)
 
 
+def _config_cut_short(src: Path, d: Path) -> None:
+    shutil.copytree(src, d)
+    (d / "config.json").write_text('{"model_type": "lla')
+
+
+def _tokenizer_cut_short(src: Path, d: Path) -> None:
+    shutil.copytree(src, d)
+    (d / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+
+
 def _empty(src: Path, d: Path) -> None:
     d.mkdir()
 
@@ -48,6 +58,8 @@ CASES = {
     "no-config": (_no_config, "no config.json"),
     "no-tokenizer": (_no_tokenizer, "no tokenizer files"),
     "empty": (_empty, "is empty"),
+    "config-cut-short": (_config_cut_short, "config.json is not valid JSON"),
+    "tokenizer-cut-short": (_tokenizer_cut_short, "tokenizer.json is not valid JSON"),
     "loop": (_loop, "symbolic link that loops back on itself"),
 }
 
