@@ -212,3 +212,24 @@ def test_the_model_directory_check_knows_every_weights_layout(layout, tiny_model
     with pytest.raises(UnipoError, match="is missing|no weights") as err:
         check_model_dir(d)
     assert str(d) in str(err.value)
+
+
+def test_bridge_refuses_a_damaged_local_editor_but_takes_a_tokenizer_only_directory(tiny_model_dir, tmp_path,
+                                                                                     capsys):
+    """``--editor DIR`` with truncated weights is one line naming it; ``--tokenizer DIR`` needs only the
+    tokenizer files (and the config.json that names it a model directory), not weights."""
+    from tests.helpers import ROWS, write_jsonl
+
+    data = write_jsonl(tmp_path / "in.jsonl", ROWS[:2])
+    editor = tmp_path / "editor"
+    _truncated(Path(tiny_model_dir), editor)
+    args = ["bridge", "--data", str(data), "--out", str(tmp_path / "o.jsonl"), "--max-new-tokens", "2",
+            "--keep-truncated", "--no-plot"]
+    capsys.readouterr()
+    assert main([*args, "--editor", str(editor)]) == 2
+    _one_line_error(capsys.readouterr().err, str(editor), "model.safetensors is truncated")
+    tok_only = tmp_path / "tok"
+    shutil.copytree(tiny_model_dir, tok_only)
+    (tok_only / "model.safetensors").unlink()
+    assert main([*args, "--editor", str(tiny_model_dir), "--tokenizer", str(tok_only)]) in (0, 1)
+    assert "error" not in capsys.readouterr().err
