@@ -233,3 +233,18 @@ def test_bridge_refuses_a_damaged_local_editor_but_takes_a_tokenizer_only_direct
     (tok_only / "model.safetensors").unlink()
     assert main([*args, "--editor", str(tiny_model_dir), "--tokenizer", str(tok_only)]) in (0, 1)
     assert "error" not in capsys.readouterr().err
+
+
+def test_reward_models_of_eval_and_iterate_are_checked_too(tiny_model_dir, tmp_path):
+    """The judges' local reward model (``unipo eval --judge DIR``, ``unipo iterate --reward-model DIR``): a
+    damaged directory is the same one line (no model is loaded, so the causal tiny model's copy will do)."""
+    from unipo.errors import UnipoError
+    from unipo.eval.judge import reward_model_scores
+    from unipo.iterate.labels import RewardModelLabeller
+
+    damaged = tmp_path / "rm"
+    _no_tokenizer(Path(tiny_model_dir), damaged)
+    with pytest.raises(UnipoError, match=f"model directory {damaged}: no tokenizer files"):
+        reward_model_scores(str(damaged), ["p"], ["r"])
+    with pytest.raises(UnipoError, match=f"model directory {damaged}: no tokenizer files"):
+        RewardModelLabeller(str(damaged)).check()
