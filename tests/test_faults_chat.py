@@ -122,11 +122,13 @@ def test_credentials_in_the_url_are_never_written_or_logged(tmp_path, tiny_model
 @pytest.mark.unit
 def test_credentials_in_a_url_are_redacted_in_errors_and_descriptions():
     from unipo.io.chat_client import ChatClient
-    from unipo.io.urls import redact_url
+    from unipo.io.urls import redact_url, url_secrets
 
     assert redact_url(f"https://bob:{PASSWORD}@api.example.com:8443/v1?x=1") == "https://***@api.example.com:8443/v1?x=1"
     assert redact_url("http://localhost:8000/v1") == "http://localhost:8000/v1"
     assert redact_url(f"http://{PASSWORD}@h/v1") == "http://***@h/v1"
+    assert url_secrets(f"http://a:{PASSWORD}@h/v1")[-1] == PASSWORD  # the user "a" alone is not scrubbed
+    assert "a" not in url_secrets("http://a:b@h/v1") and "a:b@" in url_secrets("http://a:b@h/v1")
     client = ChatClient(f"http://bob:{PASSWORD}@127.0.0.1:9/v1", "m", timeout=1, max_retries=0)
     assert PASSWORD not in repr(client) + json.dumps(client.describe()) + client.url
     from unipo.io.chat_client import ChatJob

@@ -36,12 +36,15 @@ def redact_url(url: str | None) -> str | None:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The credential strings of ``url`` (user info, password, each also percent-decoded), longest first."""
+    """The credential strings of ``url`` to scrub from messages, longest first: the user info with its ``@``,
+    and the password (or a user-info-only token) on its own when it is at least 4 characters long (shorter
+    ones would mangle ordinary text); each also percent-decoded."""
     info = _userinfo(url or "")
     if not info:
         return []
-    found = {info, unquote(info)}
-    _, _, password = info.partition(":")
-    if password:
-        found |= {password, unquote(password)}
-    return sorted((s for s in found if s), key=len, reverse=True)
+    found = {f"{info}@", f"{unquote(info)}@"}
+    user, _, password = info.partition(":")
+    secret = password or user
+    if len(secret) >= 4:
+        found |= {secret, unquote(secret)}
+    return sorted(found, key=len, reverse=True)
