@@ -15,6 +15,9 @@ robustness tests:
   ``[[always-500]]`` always fails with 500, ``[[bad-request]]`` answers 400, ``[[judge]]`` answers "A" if
   the text between "Answer A:" and "Answer B:" contains "POLICY", else "B" (a judge that always prefers
   the policy);
+* ``truncate_every``: answer every N-th request with status 200 and a body cut short mid-JSON
+  (``TRUNCATED_BODY``, as a proxy or a server that died mid-write sends); the marker ``[[truncated]]``
+  in the user message does the same for that request;
 * ``api_key``: require ``Authorization: Bearer <api_key>`` (401 otherwise);
 * ``GET /stats``: request counts and the largest number of requests in flight at once.
 
@@ -38,6 +41,9 @@ import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+#: a 200 answer cut short: valid HTTP, invalid JSON (the SDK's own parsing raises JSONDecodeError)
+TRUNCATED_BODY = b'{"choices": [{"message": '
+
 
 class ChatServer:
     def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0,
@@ -45,7 +51,7 @@ class ChatServer:
                  retry_after_5xx: float | None = 0.02,
                  delay_rate: float = 0.0, delay_s: float = 0.0, die_after: int | None = None,
                  exit_on_die: bool = False, api_key: str | None = None, seed: int = 0, work_s: float = 0.02,
-                 max_tokens_cap: int = 24) -> None:
+                 max_tokens_cap: int = 24, truncate_every: int | None = None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,6 +61,7 @@ class ChatServer:
         self.retry_after_5xx = retry_after_5xx
         self.delay_rate, self.delay_s, self.die_after, self.exit_on_die = delay_rate, delay_s, die_after, exit_on_die
         self.api_key, self.work_s, self.max_tokens_cap = api_key, work_s, max_tokens_cap
+        self.truncate_every = truncate_every
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.gen_lock = threading.Lock()
@@ -68,8 +75,8 @@ class ChatServer:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
+            def _send(self, status: int, body: dict | bytes, headers: dict | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -102,7 +109,7 @@ class ChatServer:
                             os._exit(3)  # killed mid-run: no response, connection dropped
                         self.close_connection = True  # in-process: a thread cannot die; answer nothing
                         return
-                    status, payload, headers = server.answer(self.path, body, self.headers)
+                    status, payload, headers = server.answer(self.path, body, self.headers, n)
                 finally:
                     with server.lock:
                         server.stats["in_flight"] -= 1
@@ -117,7 +124,7 @@ class ChatServer:
         self.url = f"http://{host}:{self.port}/v1"
         self._thread: threading.Thread | None = None
 
-    def answer(self, path: str, body: dict, headers) -> tuple[int, dict, dict]:
+    def answer(self, path: str, body: dict, headers, n: int = 0) -> tuple[int, dict | bytes, dict]:
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, {"error": {"message": f"unknown path {path}"}}, {}
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -132,6 +139,8 @@ class ChatServer:
             return 500, {"error": {"message": "internal error (always)"}}, again
         if "[[bad-request]]" in text:
             return 400, {"error": {"message": "bad request"}}, {}
+        if "[[truncated]]" in text or (self.truncate_every and n % self.truncate_every == 0):
+            return 200, TRUNCATED_BODY, {}
         if roll < self.fail_rate:
             extra = {"Retry-After": f"{self.retry_after:g}"} if status == 429 else again if status >= 500 else {}
             return status, {"error": {"message": f"injected {status}"}}, extra
@@ -199,11 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--api-key", default=None)
     p.add_argument("--work-s", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncate-every", type=int, default=None)
     a = p.parse_args(argv)
     server = ChatServer(a.model, port=a.port, fail_rate=a.fail_rate,
                         fail_statuses=tuple(int(s) for s in a.fail_statuses.split(",")),
                         retry_after=a.retry_after, die_after=a.die_after, exit_on_die=True, api_key=a.api_key,
-                        work_s=a.work_s, seed=a.seed)
+                        work_s=a.work_s, seed=a.seed, truncate_every=a.truncate_every)
     print(f"LISTENING {server.url}", flush=True)
     try:
         server.httpd.serve_forever()

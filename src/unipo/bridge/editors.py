@@ -64,6 +64,9 @@ def resolve_model_path(name_or_path: str) -> Path:
     if is_builtin(name_or_path):
         return resolve_builtin(name_or_path)
     path = Path(name_or_path)
+    from unipo.models.checks import check_path_is_usable
+
+    check_path_is_usable(path)  # a symlink loop: one line, not a hub message
     if not (path / "config.json").exists():
         raise UnipoError(
             f"editor {name_or_path!r} is neither a built-in model (smollm2-135m-instruct) nor a local "
@@ -81,8 +84,11 @@ class LocalEditor(Editor):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from unipo.models.checks import check_model_dir
+
         self.name = name_or_path
         path = resolve_model_path(name_or_path)
+        check_model_dir(path, tokenizer=True)  # damaged weights, config or tokenizer: one line naming what
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:  # bf16 matmuls are slow on most CPUs
             torch_dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32

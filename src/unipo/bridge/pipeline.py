@@ -38,6 +38,7 @@ from unipo.bridge.editors import EditJob, Editor, EditorStopped, EditResult
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError, skip_invalid_hint
+from unipo.io.atomic import atomic_path, atomic_write_text
 from unipo.io.files import read_jsonl_repairing, sidecar_paths
 from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 
@@ -378,7 +379,7 @@ def summarize(paths: BridgePaths, pairs: list[BridgePair], this_run: dict[str, i
     if plot and dists:
         plot_histogram(dists, rels, paths.histogram, tokenizer_name)
         summary["histogram"] = str(paths.histogram)
-    paths.summary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(paths.summary, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     summary["summary_file"] = str(paths.summary)
     return summary
 
@@ -403,8 +404,8 @@ def plot_histogram(dists: list[int], rels: list[float], path: Path, unit: str) -
     ax2.set_title(f"median {statistics.median(rels):.2f} (0 = unchanged)")
     fig.suptitle(f"BMC bridging: {len(dists)} edited pairs")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -55,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"unipo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a file-system error of any type that no save path described: still one line
+        from unipo.io.atomic import describe_fs_error, is_file_system_error
+
+        if not is_file_system_error(exc):
+            raise
+        print(f"unipo {args.command}: error: {describe_fs_error(exc)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # python -m unipo.cli

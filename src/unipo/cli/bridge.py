@@ -78,11 +78,10 @@ def _build_editor(ed: EditorArguments, gen: GenerationArguments, net: ServerArgu
 def _load_tokenizer(name: str | None):
     if name is None:
         return None
-    from transformers import AutoTokenizer
-
     from unipo.bridge.editors import resolve_model_path
+    from unipo.models.loading import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model_path(name))
+    return load_tokenizer(str(resolve_model_path(name)))  # its files checked first: one line if damaged
 
 
 def run_bridge_command(args: argparse.Namespace) -> int:

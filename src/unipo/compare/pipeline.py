@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from unipo.errors import ConfigError
+from unipo.io.atomic import atomic_write_text
 from unipo.objective import resolve
 from unipo.training.config import TrainConfig
 
@@ -250,7 +251,7 @@ def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
         res = evaluate_models(ref, ref, tok, obj, pairs, share_prompt=base.share_prompt, packing=base.packing,
                               verifier=prompt_verifier(tok, pairs, eval_kwargs.get("task"),
                                                        eval_kwargs.get("verifier")), **kw)
-        ref_file.write_text(json.dumps(res, indent=2, default=str))
+        atomic_write_text(ref_file, json.dumps(res, indent=2, default=str))
     res = json.loads(ref_file.read_text())
     return {"metrics": res["metrics"], "items": _items(res), "config": {"variant": "(starting model)"}}
 

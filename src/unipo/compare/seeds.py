@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.eval.stats import PairedDifference, mean_and_se, paired_bootstrap
+from unipo.io.atomic import atomic_path, atomic_write_text
 
 #: per-item values kept in each run's record → the metric whose mean they are
 PAIRED: dict[str, str] = {"greedy_pass": "greedy_pass_rate", "sampled_pass": "pass_rate",
@@ -97,7 +98,7 @@ def write_seeds_report(out: Path, records: dict[tuple[str, int | None], dict[str
                          sections=section)
     files["csv"] = _write_per_seed_csv(out / "metrics.csv", runs, seeds)
     files["paired"] = out / "paired.json"
-    files["paired"].write_text(json.dumps({"baseline": baseline, "seeds": seeds, "test": _TEST, "differences": {
+    atomic_write_text(files["paired"], json.dumps({"baseline": baseline, "seeds": seeds, "test": _TEST, "differences": {
         n: {k: d.to_dict() for k, d in per.items()} for n, per in diffs.items()}}, indent=2) + "\n")
     return runs, files
 
@@ -129,7 +130,7 @@ def _write_per_seed_csv(path: Path, runs: dict[str, Any], seeds: list[int]) -> P
         rows += [(name, str(s), m) for s, m in per_seed.items()]
     columns = sorted({k for _, _, m in rows for k, v in m.items() if isinstance(v, int | float)
                       and not isinstance(v, bool)})
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["run", "seed", *columns])
         for name, seed, m in rows:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unipo.io.atomic import atomic_write_text
 from unipo.tasks.arithmetic import preference_rows, problems
 from unipo.training.config import TrainConfig
 
@@ -51,7 +52,7 @@ def write_task_data(out: Path, n_train: int, n_heldout: int, seed: int) -> tuple
     files = []
     for name, part, s in (("train", probs[:n_train], seed), ("heldout", probs[n_train:], seed + 1)):
         path = data / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in preference_rows(part, s)))
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in preference_rows(part, s)))
         files.append(path)
     return files[0], files[1]
 

@@ -20,19 +20,26 @@ from tqdm.auto import tqdm
 from unipo.errors import UnipoError
 from unipo.eval.generation import generation_metrics
 from unipo.eval.metrics import fdpo_calibration, pairwise_calibration, reward_accuracy_and_margin
+from unipo.io.atomic import atomic_write_text
 from unipo.objective import Objective
 
 
 def load_policy(run_dir: str | Path, dtype: torch.dtype = torch.float32):
-    """A run's trained model: a full checkpoint, or LoRA adapters on their base model."""
+    """A run's trained model: a full checkpoint, or LoRA adapters on their base model. A damaged directory
+    or non-finite weights are refused with one line (:mod:`unipo.models.checks`; issue 23, items 4 and 5)."""
+    from unipo.models.checks import check_model_dir, check_weights_finite
     from unipo.models.loading import load_model
 
     run = Path(run_dir)
+    check_model_dir(run)
     if (run / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(str(run), dtype=dtype).eval()
-    return load_model(str(run), dtype=dtype, trainable=False)
+        model = AutoPeftModelForCausalLM.from_pretrained(str(run), dtype=dtype).eval()
+    else:
+        model = load_model(str(run), dtype=dtype, trainable=False)
+    check_weights_finite(model, run, use="evaluated or sampled from")
+    return model
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -212,7 +219,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
                            max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
                            reference_cache=reference_cache, max_length=max_length,
                            max_prompt_length=max_prompt_length, on_invalid=on_invalid, verifier=verifier)
-        out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
+        atomic_write_text(out_path, json.dumps(result, indent=2, default=_nan_to_none))
     return result
 
 
@@ -221,11 +228,13 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
               judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
               max_prompt_length: int | None, on_invalid: str | None = None,
               verifier: str | None = None) -> dict[str, Any]:
+    from unipo.models.checks import check_model_dir, check_weights_finite
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
     from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
 
     cfg_dict = run_config(run_dir)
+    check_model_dir(run_dir, tokenizer=True)  # before the data is read
     objective = Objective(cfg_dict["objective"])
     lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
     # held-out pairs are scored unweighted: the training data's pair-weight column does not apply to them
@@ -246,6 +255,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     policy = load_policy(run_dir)
     ref_path = resolve_model_path(reference) if reference else cfg_dict.get("ref_model_path", cfg_dict["model_path"])
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
+    check_weights_finite(ref_model, ref_path, use="the reference")
     if reference_cache and not objective.requirements.live_reference:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
                              packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)

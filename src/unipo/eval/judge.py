@@ -46,6 +46,9 @@ def reward_model_scores(path: str, prompts: list[str], responses: list[str], bat
     """Scores of ``prompt + response`` texts under a local sequence-classification reward model."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from unipo.models.checks import check_model_dir
+
+    check_model_dir(path, tokenizer=True)  # a damaged directory: one line naming what is wrong
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from unipo.io.atomic import atomic_path
+
 __all__ = [
     "METRIC_LABELS",
     "reliability_diagram",
@@ -110,7 +112,8 @@ def _finite(v: Any) -> bool:
 def _save(fig: Figure, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=_DPI, bbox_inches="tight")
     plt.close(fig)
     return out
 

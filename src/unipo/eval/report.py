@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.eval import plots
+from unipo.io.atomic import atomic_path, atomic_write_text
 
 __all__ = ["DIRECTIONS", "COLUMN_ORDER", "metric_direction", "format_value", "write_report"]
 
@@ -174,7 +175,7 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
         lines += ["", *sections]
     lines += ["", _HOW_TO_READ, "", *_plots_section(files)]
     report = out / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     files["report"] = report
     return files
 
@@ -215,7 +216,7 @@ def _write_plots(out: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
 def _write_csv(path: Path, metrics: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]],
                columns: list[str]) -> Path:
     """One row per run at full precision; an empty cell for a missing or non-finite value."""
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["run", "variant", *columns])
         for n in metrics:
@@ -235,7 +236,7 @@ def _write_json(path: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
         "runs": {n: {"variant": configs[n].get("variant"), "config": configs[n], "metrics": metrics[n],
                      "calibration_bins": runs[n].get("calibration_bins") or []} for n in runs},
     }
-    path.write_text(json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(_json_safe(payload), indent=2, ensure_ascii=False) + "\n")
     return path
 
 

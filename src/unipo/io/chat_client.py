@@ -13,7 +13,13 @@ Where the server and key come from: ``base_url`` (the caller's ``--...-url``), e
 from the environment variable the caller names (``--api-key-env``), else ``OPENAI_API_KEY``, else none (the
 placeholder ``EMPTY`` is sent, as vLLM's docs do). The key is held in an object whose repr hides it, given
 only to the SDK (which sends it in the ``Authorization`` header), and never appears in a repr, a log line, an
-error message or an output file.
+error message or an output file. Credentials inside the URL (``http://user:SECRET@host/v1``) are sent as
+given but stored and logged with the user info removed (:mod:`unipo.io.urls`).
+
+Every exception a request can raise ends as that job's failed :class:`ChatResult` with its reason (the
+SDK's status and connection errors, a body that is not JSON or not a chat completion — the SDK raises
+``json.JSONDecodeError`` or a validation error from its own parsing —, httpx's errors, anything else),
+never the run; only 401/403/404 and a server that is down stop it (:class:`ChatFatalError`).
 
 :class:`ChatJob` is one request, :class:`ChatResult` its answer (or the reason it failed);
 :meth:`ChatClient.stream` yields ``(key, ChatResult)`` as results complete. :class:`ClientLabels` says how
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unipo.errors import UnipoError
+from unipo.io.urls import redact_url, url_secrets
 
 __all__ = ["ChatClient", "ChatFatalError", "ChatJob", "ChatResult", "ChatStopped", "ClientLabels"]
 
@@ -132,8 +139,10 @@ class ChatClient:
                  extra_body: dict[str, Any] | None = None, max_consecutive_transport_failures: int = 8,
                  labels: ClientLabels | None = None) -> None:
         self.labels = labels or ClientLabels()
-        self.base_url = _base_url(base_url, self.labels.url_option)
+        self._base_url = _base_url(base_url, self.labels.url_option)  # may hold credentials: only for the SDK
+        self.base_url = redact_url(self._base_url)
         self.url = self.base_url + "/chat/completions"
+        self._url_secrets = url_secrets(self._base_url)
         self.model = model
         self.api_key_env = api_key_env or ("OPENAI_API_KEY" if os.environ.get("OPENAI_API_KEY") else None)
         self._api_key = _api_key(api_key_env, self.labels.key_option)
@@ -178,11 +187,14 @@ class ChatClient:
         http = openai.DefaultHttpxClient(event_hooks={"request": [self._on_request],
                                                       "response": [self._on_response]})
         key = self._api_key.reveal() if self._api_key else NO_KEY
-        return openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+        return openai.OpenAI(base_url=self._base_url, api_key=key, timeout=self.timeout,
                              max_retries=self.max_retries, http_client=http)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key.reveal(), "***") if self._api_key else text
+        """``text`` without the API key and the URL's credentials (an exception may quote either)."""
+        for secret in ([self._api_key.reveal()] if self._api_key else []) + self._url_secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # -- one job ------------------------------------------------------------------------------------
     def run_job(self, sdk: Any, job: ChatJob) -> ChatResult:
@@ -233,9 +245,20 @@ class ChatClient:
             cause = exc.__cause__ or exc
             return ChatResult(error=f"cannot reach {self.url}: {self._redact(str(cause))[:200]}",
                               transport_error=True)
-        if isinstance(exc, openai.OpenAIError):
-            return ChatResult(error=f"malformed response from {self.url}: {self._redact(str(exc))[:200]}")
-        raise exc
+        return self._other_failure(exc, openai)
+
+    def _other_failure(self, exc: Exception, openai: Any) -> ChatResult:
+        """Any other exception: a body the SDK could not parse (``JSONDecodeError``, a validation error),
+        httpx's own errors, or anything else: the job's failure, named by the exception's type."""
+        import httpx
+
+        detail = self._redact(f"{type(exc).__name__}: {exc}")[:200]
+        if isinstance(exc, httpx.TransportError):
+            return ChatResult(error=f"cannot reach {self.url}: {detail}", transport_error=True)
+        if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError, openai.OpenAIError)):
+            # json.JSONDecodeError and pydantic's ValidationError are ValueErrors
+            return ChatResult(error=f"malformed response from {self.url}: {detail}")
+        return ChatResult(error=f"request to {self.url} failed: {detail}")
 
     # -- many jobs, bounded concurrency -------------------------------------------------------------
     def stream(self, jobs: Iterable[ChatJob]) -> Iterator[tuple[int, ChatResult]]:

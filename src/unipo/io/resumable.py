@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from unipo.errors import UnipoError
+from unipo.io.atomic import atomic_write_text
 from unipo.io.files import JsonlAppender, RunLock
 
 __all__ = ["Progress", "ResumablePipeline", "RunFiles"]
@@ -140,9 +141,7 @@ class ResumablePipeline(ABC, Generic[ItemT]):
         if pending:
             self.prepare(pending, meta)
         if pending or not self.files.meta.exists():
-            self.files.meta.parent.mkdir(parents=True, exist_ok=True)
-            self.files.meta.write_text(json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n",
-                                       encoding="utf-8")
+            atomic_write_text(self.files.meta, json.dumps(meta, indent=2, ensure_ascii=False, default=str) + "\n")
         progress = Progress(total=len(pending), started=time.monotonic())
         interrupted = self._append_results(pending, progress)
         summary = self.summarize(items, meta, progress.elapsed)

@@ -6,8 +6,9 @@ failures reported as one line.
   the holder's pid, host, command and start time; the lock of a killed run is taken over by the next one.
 * :func:`preflight` — before anything is loaded: DIR can be created and written (a probe file), and the disk
   has room for what the run will write (refused when clearly too small, warned when tight).
-* :func:`describe_os_error` — an ``OSError`` (or torch's serialisation error on a full disk) as one line:
-  what failed, where, and what to free or change.
+* :func:`describe_os_error` — a file-system failure of any exception type (an ``OSError``, torch's
+  serialisation error or the tokenizers library's plain ``Exception`` on a full disk:
+  :func:`unipo.io.atomic.is_file_system_error`) as one line: what failed, where, and what to free or change.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from unipo.errors import UnipoError
+from unipo.io.atomic import is_disk_full
 from unipo.io.files import RunLock
 
 LOCK_NAME = ".unipo.lock"
@@ -71,14 +73,6 @@ def preflight(directory: str | Path, *, need_bytes: int = 0, what: str = "this r
             _log(f"warning: {d} has {_gib(free)} free and {what} writes up to about {_gib(need_bytes)}")
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """An ``ENOSPC`` / ``EDQUOT`` OSError, or torch's writer error when the disk filled mid-write."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return "unexpected pos" in text or "PytorchStreamWriter failed" in text or "No space left" in text
-
-
 def describe_os_error(exc: BaseException, directory: str | Path) -> str:
     """One line for a file-system failure while writing into ``directory``."""
     d = Path(directory)
@@ -93,5 +87,5 @@ def describe_os_error(exc: BaseException, directory: str | Path) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return (f"cannot write {where}: {exc.strerror}; make {d} writable or choose another output directory, "
                 f"then run again with --resume")
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
     return f"file-system error while writing {where}: {reason}; fix it and run again with --resume"

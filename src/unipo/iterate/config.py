@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from unipo.io.urls import redact_url
 from unipo.iterate.labels import LABELS
 from unipo.iterate.prompts import TASKS
 from unipo.training.values import AT_LEAST_1, FRACTION, INT_MAX, NON_NEGATIVE, POSITIVE, Range, check_fields
@@ -188,4 +189,5 @@ class IterateConfig(SourceArguments, SamplingArguments, LabelArguments, RoundTra
         return bool(self.data or (self.task and self.task_pairs))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as stored in ``iterate.json``: ``judge_url`` without its credentials (issue 23, item 9)."""
+        return {**dataclasses.asdict(self), "judge_url": redact_url(self.judge_url)}

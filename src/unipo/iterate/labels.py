@@ -160,6 +160,9 @@ class RewardModelLabeller:
         """Load the model, refusing one that is not a sequence classifier with a single output."""
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        from unipo.models.checks import check_model_dir
+
+        check_model_dir(self.path, tokenizer=True)  # a damaged directory: one line naming what is wrong
         try:
             cfg = AutoConfig.from_pretrained(self.path)
         except OSError as exc:

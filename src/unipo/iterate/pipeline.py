@@ -20,7 +20,6 @@ model (``fixed``). Files, under ``OUT``:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 
 from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.assignments import parse_assignments
+from unipo.io.atomic import atomic_write_text, describe_write_error, is_file_system_error, remove_quietly
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
@@ -47,16 +47,11 @@ def _log(msg: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def train_config_base(cfg: IterateConfig) -> dict[str, Any]:
@@ -226,10 +221,12 @@ class _IterateRun:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from unipo.models.checks import check_model_dir
         from unipo.models.loading import load_tokenizer, resolve_model_path
 
         cfg = self.cfg
         self.model_path = resolve_model_path(cfg.model)
+        check_model_dir(self.model_path, tokenizer=True)
         self.tokenizer = load_tokenizer(self.model_path)
         self.original = self._load(self.model_path)
         results = {"round-0": self._evaluate(self.out / "round-0", self.original, {})}
@@ -425,5 +422,14 @@ def _merge_lora(adapter_dir: Path, out: Path) -> None:
     from transformers import AutoTokenizer
 
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype=torch.float32)
-    model.merge_and_unload().save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    partial = out.with_name(out.name + ".partial")  # renamed when whole: a resume never finds half a model
+    remove_quietly(partial)
+    try:
+        model.merge_and_unload().save_pretrained(str(partial))
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(partial))
+        partial.rename(out)
+    except Exception as exc:
+        remove_quietly(partial)
+        if is_file_system_error(exc):
+            raise UnipoError(describe_write_error(exc, out, again="rerun the same command (it resumes)")) from None
+        raise

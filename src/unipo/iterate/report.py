@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from unipo.io.atomic import atomic_path, atomic_write_text
+
 #: (key in a round's record, column title)
 COLUMNS = (("greedy_pass_rate", "pass rate greedy"), ("sampled_pass_rate", "pass rate sampled"),
            ("greedy_reward", "reward greedy"), ("sampled_reward", "reward sampled"), ("kl", "KL to original"),
@@ -76,7 +78,8 @@ def plot(results: dict[str, dict[str, Any]], path: Path, reward_name: str) -> No
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("share without signal")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 
@@ -94,5 +97,5 @@ def write_report(out: Path, results: dict[str, dict[str, Any]], cfg: Any) -> Non
         if rec.get("greedy_answers"):
             examples = rec["greedy_answers"][:4]
             lines.append(f"- {_name(key)}, greedy answers: " + " · ".join(repr(x) for x in examples))
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     plot(results, out / "report.png", reward_name)

@@ -54,7 +54,7 @@ def resolve_builtin(name: str) -> Path:
     """Return the path of a plain safetensors checkpoint for built-in model ``name``, converting once."""
     info = BUILTIN_MODELS[name]
     target = cache_dir() / "models" / name
-    if (target / "model.safetensors").exists() and (target / "config.json").exists():
+    if _complete(target):
         return target
     pkg_dir = _package_dir(info["module"])
     if pkg_dir is None:
@@ -77,14 +77,37 @@ def resolve_builtin(name: str) -> Path:
             delattr(config, attr)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    model = plain
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
+    save_converted(plain, tokenizer, target)
     return target
+
+
+def _complete(target: Path) -> bool:
+    """The converted checkpoint is there and whole (a damaged cache is converted again)."""
+    from unipo.models.checks import safetensors_problem
+
+    weights = target / "model.safetensors"
+    return weights.is_file() and (target / "config.json").is_file() and safetensors_problem(weights) is None
+
+
+def save_converted(model, tokenizer, target: Path) -> None:
+    """Save into ``TARGET.tmp``, then rename to ``target``: a failure (a full disk raises ``OSError``, or a
+    plain ``Exception`` from the tokenizers library) removes the half-written copy and is one line."""
+    import shutil
+
+    from unipo.io.atomic import describe_write_error, is_file_system_error, remove_quietly
+
+    tmp = target.with_name(target.name + ".tmp")
+    remove_quietly(tmp)  # left by a killed conversion
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except Exception as exc:
+        remove_quietly(tmp)
+        if is_file_system_error(exc):
+            raise UnipoError(describe_write_error(exc, tmp, again="run the command again (the built-in model "
+                                                              "is converted again)")) from None
+        raise

@@ -11,6 +11,7 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.models.builtin import is_builtin, resolve_builtin
+from unipo.models.checks import check_model_dir, check_path_is_usable, check_tokenizer_files
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -21,12 +22,15 @@ def resolve_model_path(name: str) -> str:
 
     Neither an existing directory nor a well-formed hub name (``NAME`` or ``ORG/NAME``, as
     ``huggingface_hub.utils.validate_repo_id`` accepts) is refused here, before anything loads, with both
-    readings named (rather than with the hub's own validation message)."""
+    readings named (rather than with the hub's own validation message); a symlink loop or a dangling link
+    too (rather than as a hub name). The directory's files are checked by :func:`load_model` /
+    :func:`load_tokenizer` (and by the commands, before any work: :func:`unipo.models.checks.check_model_dir`)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if is_builtin(name):
         return str(resolve_builtin(name))
     path = Path(name).expanduser()
+    check_path_is_usable(path)
     if path.is_dir():
         return str(path)
     if path.exists():
@@ -97,13 +101,24 @@ def resolve_dtype(name: str, precision: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def load_tokenizer(path: str):
+    """The tokenizer of ``path`` (pad = eos where it has none); a local directory's tokenizer files are
+    checked first (:func:`unipo.models.checks.check_tokenizer_files`), and whatever loading raises is one line."""
     from transformers import AutoTokenizer
 
+    local = Path(path)
+    check_path_is_usable(local)
+    if local.is_dir():
+        check_tokenizer_files(local)
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except OSError as exc:
-        raise UnipoError(f"could not load a tokenizer from {path!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - transformers / tokenizers raise ValueError, OSError, Exception
+        raise UnipoError(f"could not load a tokenizer from {path!r}: {_first_line(exc)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -121,10 +136,11 @@ def load_model(path: str, dtype: torch.dtype = torch.float32, attn_implementatio
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    check_model_dir(path)  # a local directory's config and weights (a hub name passes)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise UnipoError(f"could not load a causal LM from {path!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file the checks cannot see (SafetensorError is an Exception)
+        raise UnipoError(f"could not load a causal LM from {path!r}: {_first_line(exc)}") from None
     if attn_implementation is None:
         segment_attention.enable(model)
     if not trainable:

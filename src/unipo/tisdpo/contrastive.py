@@ -16,7 +16,10 @@ fine-tuning; LoRA needs larger steps); full fine-tuning at the paper's rates wit
 
 Trained pairs are cached under ``MODELS_DIR/{method}-{key}/{positive,negative}``, the key hashing the
 method, the base model (path, config, weight-file sizes and times), the training rows and the resolved
-training settings, so a second estimate (other clamp bounds, another transform) reuses them.
+training settings, so a second estimate (other clamp bounds, another transform) reuses them. Each model is
+trained into ``ROLE.partial`` and renamed to ``ROLE`` when its training finished, so a run killed while
+training π− keeps the finished π+ (its directory is checked, :func:`unipo.models.checks.check_model_dir`) and
+the rerun trains π− alone (issue 23, item 6).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 from unipo.data.formats import PreferencePair
 from unipo.errors import ConfigError
+from unipo.io.atomic import atomic_write_text
 
 METHODS = ("prompt", "sft", "dpo")
 DEFAULT_LORA = {"r": 16, "alpha": 32}
@@ -114,7 +118,7 @@ def core_row(pair: PreferencePair, swap: bool = False) -> dict:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_dir: str | Path,
@@ -147,6 +151,9 @@ def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_d
         partial = directory / f"{role}.partial"
         if partial.exists():
             shutil.rmtree(partial)
+        if not retrain and _finished(target):
+            log(f"keeping π{'+' if role == 'positive' else '−'} in {target} (trained before the last run stopped)")
+            continue
         cfg = TrainConfig.from_dict({**settings, "model": base, "data": str(directory / f"train_{role}.jsonl"),
                                      "output_dir": str(partial), "progress": progress},
                                     source=f"contrastive {method} model ({role})")
@@ -159,9 +166,24 @@ def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_d
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
-    manifest.write_text(json.dumps({"method": method, "base": model_fingerprint(base), "key": key,
+    atomic_write_text(manifest, json.dumps({"method": method, "base": model_fingerprint(base), "key": key,
                                     "train": settings, "pairs": len(rows)}, indent=1, default=str))
     return ContrastivePair(method, base, pos, neg, directory, trained=True)
+
+
+def _finished(target: Path) -> bool:
+    """``target`` holds a model whose training finished (renamed from ``.partial``) and loads."""
+    from unipo.errors import UnipoError
+    from unipo.models.checks import check_model_dir
+
+    if not target.is_dir():
+        return False
+    try:
+        check_model_dir(target)
+    except UnipoError as exc:
+        log(f"training {target.name} again: {exc}")
+        return False
+    return True
 
 
 def load_scorer(path: Path | None, base: str, dtype):

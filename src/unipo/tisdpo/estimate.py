@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.errors import ConfigError, UnipoError
+from unipo.io.atomic import atomic_write_text
 from unipo.io.files import read_jsonl_repairing, sidecar_paths
 from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
@@ -216,10 +217,12 @@ class _EstimateRun(ResumablePipeline):
         """The pairs tokenised as for training (no truncation), their normalised rows, the system prompts."""
         from unipo.data.formats import normalize_row
         from unipo.data.tokenize import TokenizerFacts, prepare_pairs, tokenizer_fingerprint
+        from unipo.models.checks import check_model_dir
         from unipo.models.loading import load_tokenizer, resolve_model_path
 
         opts = self.opts
         self.base = resolve_model_path(self.model)
+        check_model_dir(self.base, tokenizer=True)  # a damaged directory: one line before any work
         self.tokenizer = load_tokenizer(self.base)
         self.facts = TokenizerFacts(self.tokenizer)
         self.eos_ids = {i for i in (self.facts.eos, *self.facts.specials) if i is not None}
@@ -336,7 +339,7 @@ class _EstimateRun(ResumablePipeline):
         options = {k: v for k, v in asdict(self.opts).items() if k not in ("overwrite", "progress")}
         summary = {**summarize(rows), "complete": len(rows) >= len(items), "pairs_total": len(items),
                    "options": options, "data": self.prep.to_dict()}
-        self.paths.summary.write_text(json.dumps(summary, indent=1, default=str))
+        atomic_write_text(self.paths.summary, json.dumps(summary, indent=1, default=str))
         return summary
 
     def format_summary(self, summary: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from unipo.errors import UnipoError
+from unipo.io.atomic import atomic_path, atomic_write_text
 
 WEIGHT_COLUMNS = ("chosen_weights", "rejected_weights")
 
@@ -135,7 +136,7 @@ white at 1. Hover a token for its weight.</p>
 {''.join(rows)}
 </table></body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)
 
 
 def _wrap(tokens: list[tuple[str, float]], width: int, max_tokens: int) -> list[list[tuple[int, str, float]]]:
@@ -211,7 +212,8 @@ def write_png(examples: list[Shown], path: Path, norm, cmap, width: int = 64, ma
     cb.ax.xaxis.set_major_formatter("{x:.4g}")
     cb.set_label("token weight (centred at 1)", fontsize=fs)
     cb.ax.tick_params(labelsize=fs - 1)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 
@@ -236,7 +238,8 @@ def write_histogram(weights: dict[str, list[float]], path: Path, title: str) -> 
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
 
 

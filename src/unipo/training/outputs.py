@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 from transformers import TrainerCallback
 
+from unipo.io.atomic import atomic_write_text
+
 
 class JsonlMetricsCallback(TrainerCallback):
     """Appends every log entry to ``metrics.jsonl`` as it happens (live monitoring). On resume, entries
@@ -22,7 +24,7 @@ class JsonlMetricsCallback(TrainerCallback):
             return
         keep = [ln for ln in self.path.read_text().splitlines()
                 if ln.strip() and json.loads(ln).get("step", 0) <= state.global_step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if args.process_index != 0 or not logs:
@@ -33,7 +35,7 @@ class JsonlMetricsCallback(TrainerCallback):
 
 
 def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -41,7 +43,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def write_config(path: Path, config: dict[str, Any]) -> None:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def model_card(cfg: dict[str, Any], objective: dict[str, Any], summary: dict[str, Any],

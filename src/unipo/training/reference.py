@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from unipo.errors import ConfigError, UnipoError
+from unipo.io.atomic import atomic_path
 from unipo.layout import PackedBatch, Sides, gather_side
 from unipo.models.forward import ReferenceOutputs, hidden_states, response_logps, unwrap
 
@@ -212,10 +212,9 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     _attach(pairs, chosen, rejected, more_rejected)
     if rank == 0:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
         listwise = {"more_rejected": more_rejected} if any(more_rejected) else {}
-        torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file, again="run again (the cache is rebuilt)") as tmp:
+            torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
     if world > 1:
         import torch.distributed as dist
 

@@ -6,8 +6,10 @@ unit of work"):
 * ``resume`` continues only the same run: the checkpoint's resolved configuration must equal the current one
   except for :data:`RESUMABLE_KEYS`; a finished run is not trained again;
 * every checkpoint carries the resolved configuration (``unipo_run.yaml``) that made it;
-* disk needs are estimated before anything loads, and a file-system failure during the run leaves no partial
-  checkpoint behind and becomes one line (:func:`unipo.io.rundir.describe_os_error`).
+* disk needs are estimated before anything loads, and a file-system failure during the run (of any exception
+  type: :func:`unipo.io.atomic.is_file_system_error`) leaves no partial checkpoint and no half-written final
+  model behind and becomes one line (:func:`unipo.io.rundir.describe_os_error`); ``resume`` skips a torn
+  checkpoint (no ``trainer_state.json``, or a weights file shorter than its header says).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ RESUMABLE_KEYS = frozenset({"output_dir", "max_steps", "num_epochs", "save_steps
 RUN_FILES = ("unipo_config.yaml", "metrics.jsonl", "eval.json", "data_summary.json", "model.safetensors",
              "adapter_model.safetensors", "unipo_signal.safetensors", "trainer_state.json")
 CHECKPOINT_CONFIG = "unipo_run.yaml"
+#: what the final save writes at the top of the output directory (removed when that save fails part-way)
+FINAL_OUTPUTS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin*", "adapter_model.*",
+                 "adapter_config.json", "config.json", "generation_config.json", "tokenizer*.json", "tokenizer.model",
+                 "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                 "unipo_signal.*", "unipo_objective_state.json", "trainer_state.json", "training_args.bin",
+                 "unipo_config.yaml", "data_summary.json", "README.md")
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -37,13 +45,28 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(ckpts, key=lambda p: int(p.name.rpartition("-")[2]))
 
 
+def _torn(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (None: it can): no ``trainer_state.json`` (Trainer writes it last),
+    or a safetensors file shorter than its header says."""
+    from unipo.models.checks import safetensors_problem
+
+    if not (ckpt / "trainer_state.json").exists():
+        return "incomplete (killed or failed while saving?)"
+    for f in sorted(ckpt.glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            return f"torn ({problem})"
+    return None
+
+
 def last_complete_checkpoint(out_dir: Path, log) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) exists: a run
-    killed while writing a checkpoint resumes from the one before, not from a half-written one."""
+    """The newest ``checkpoint-N`` that is complete (:func:`_torn`): a run killed or failed while writing a
+    checkpoint resumes from the one before, not from a half-written one."""
     for ckpt in reversed(_checkpoints(out_dir)):
-        if (ckpt / "trainer_state.json").exists():
+        problem = _torn(ckpt)
+        if problem is None:
             return str(ckpt)
-        log(f"{ckpt} is incomplete (killed while saving?): skipped")
+        log(f"{ckpt} is {problem}: skipped")
     return None
 
 
@@ -110,10 +133,18 @@ class CheckpointConfigCallback(TrainerCallback):
         self.text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
 
     def on_save(self, args, state, control, **kwargs):
+        """Written after Trainer's ``trainer_state.json``: a checkpoint whose configuration could not be written
+        is removed (a resume could not check it), and the error goes on to the run's handler."""
+        from unipo.io.atomic import atomic_write_text, remove_quietly
+
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if ckpt.is_dir():
-                (ckpt / CHECKPOINT_CONFIG).write_text(self.text)
+                try:
+                    atomic_write_text(ckpt / CHECKPOINT_CONFIG, self.text)
+                except BaseException:
+                    remove_quietly(ckpt)
+                    raise
 
 
 def first_missing(out_dir: Path) -> Path | None:
@@ -152,6 +183,17 @@ def remove_partial_checkpoints(out_dir: Path, log) -> list[str]:
             removed.append(ckpt.name)
     if removed:
         log(f"removed the partial {', '.join(removed)}")
+    return removed
+
+
+def remove_final_outputs(out_dir: Path, log) -> list[str]:
+    """Delete what a failed final save wrote at the top of ``out_dir`` (:data:`FINAL_OUTPUTS`); the checkpoints,
+    ``metrics.jsonl`` and the curves stay, so ``--resume`` finishes from the last checkpoint."""
+    removed = sorted({p.name for pattern in FINAL_OUTPUTS for p in out_dir.glob(pattern) if p.is_file()})
+    for name in removed:
+        (out_dir / name).unlink(missing_ok=True)
+    if removed:
+        log(f"removed the half-written final model ({', '.join(removed)})")
     return removed
 
 

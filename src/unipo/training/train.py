@@ -316,13 +316,14 @@ def save_final_model(trainer, out_dir: Path) -> None:
 
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
     """Tokenizer, token signal spec, resolved config, metrics, data summary and model card (main process)."""
+    from unipo.io.atomic import atomic_write_text
     from unipo.models.loading import resolve_model_path
     from unipo.training.outputs import model_card, write_config, write_metrics
 
     out_dir = plan.out_dir  # the model itself is saved by every process before (save_final_model)
     models.tokenizer.save_pretrained(str(out_dir))
     if plan.signal is not None:
-        (out_dir / "unipo_signal.json").write_text(json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
+        atomic_write_text(out_dir / "unipo_signal.json", json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
     write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
     trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # marks the run finished, with its step
     resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
@@ -331,9 +332,10 @@ def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer,
                 "objective": plan.objective.config.to_dict()}
     write_config(out_dir / "unipo_config.yaml", resolved)
     summary = data.summary.to_dict()
-    (out_dir / "data_summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "data_summary.json", json.dumps(summary, indent=2))
     card_metrics = {k: v for k, v in final.items() if "/" in k or "loss" in k}
-    (out_dir / "README.md").write_text(model_card(resolved, plan.objective.config.to_dict(), summary, card_metrics))
+    atomic_write_text(out_dir / "README.md", model_card(resolved, plan.objective.config.to_dict(), summary,
+                                                       card_metrics))
     log(f"saved model, metrics.jsonl and README.md to {out_dir}")
 
 
@@ -344,10 +346,12 @@ def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
     ``unipo train`` adds). The output directory is locked for the whole run (one writer), checked before any
     model loads (writable, enough disk), and never holds two runs mixed (:mod:`unipo.training.rundir`)."""
     from unipo.io.rundir import RunDirLock, preflight
+    from unipo.models.checks import check_model_dir
     from unipo.models.loading import resolve_model_path
 
     plan = plan_training(cfg)
     model_path = resolve_model_path(cfg.model)
+    check_model_dir(model_path, tokenizer=True)  # a damaged directory: one line before any work
     check_positions(cfg, model_path, resolve_model_path(cfg.ref_model) if cfg.ref_model else None)
     created = rundir.first_missing(plan.out_dir)  # removed again if the run is refused before writing anything
     try:
@@ -389,7 +393,8 @@ def check_positions(cfg: TrainConfig, model_path: str, ref_path: str | None) -> 
 def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     from transformers import set_seed
 
-    from unipo.io.rundir import describe_os_error, is_disk_full
+    from unipo.io.atomic import is_file_system_error
+    from unipo.io.rundir import describe_os_error
     from unipo.models.loading import load_tokenizer
 
     cfg = plan.cfg
@@ -406,9 +411,11 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     if cfg.resume:
         rundir.check_resume(plan.out_dir, resume_from, plan)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
+    saving_final = False  # a failure while the final model is written: its half-written files are removed
     try:
         trainer.train(resume_from_checkpoint=resume_from)
         final: dict[str, Any] = trainer.evaluate() if data.eval else {}
+        saving_final = True
         save_final_model(trainer, plan.out_dir)
         if not trainer.is_world_process_zero():
             return {"output_dir": str(plan.out_dir), "final": final}
@@ -421,10 +428,16 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         write_outputs(plan, models, data, trainer, final)
     except NonFiniteError as exc:
         raise UnipoError(str(exc) + nonfinite_way_out(exc, plan)) from None
-    except (OSError, RuntimeError) as exc:
-        if isinstance(exc, RuntimeError) and not is_disk_full(exc):
+    except Exception as exc:
+        # a file-system error of any type (the tokenizers library raises a plain Exception), or one already
+        # described (unipo.io.atomic): what it left half-written goes, the error is one line
+        if not (isinstance(exc, UnipoError) or is_file_system_error(exc)):
             raise
         rundir.remove_partial_checkpoints(plan.out_dir, log)
+        if saving_final:
+            rundir.remove_final_outputs(plan.out_dir, log)
+        if isinstance(exc, UnipoError):
+            raise
         raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
     finally:
         _finish_trackers(cfg.report_to)
