@@ -29,7 +29,7 @@ if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --
 fi
 export PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-export TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 # the budget bounds every part; the outer timeout only guards against a hang outside them
 timeout --kill-after=10 $((${BUDGET%.*} + 60)) "$PY" bench/gpu.py --budget "$BUDGET" --kit "$KIT" \
   --out "$OUT/gpu_check.json" "$@" 2>&1 | tee -a "$LOG"

@@ -235,6 +235,9 @@ def gpu_model(out_dir: Path, device: str) -> Path:
         model = LlamaForCausalLM(config)
     model.to(torch.bfloat16).save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the run_one processes need the GPU's memory, not this one's cache
     return out_dir
 
 
@@ -278,6 +281,10 @@ def part_throughput(args, rec: PartRecord, which: str = "throughput") -> None:
     peak_desc = "bf16 8192x8192 matmul, best of 5" if args.device == "cuda" else "fp32 1024x1024 matmul, best of 5"
     peak = compare.matmul_peak(args.device, "bf16", 8192) if args.device == "cuda" else \
         compare.matmul_peak("cpu", "fp32", 1024)
+    if args.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
     rec.data.update(matmul_peak_flops=peak, peak_desc=peak_desc, rows={})
     with tempfile.TemporaryDirectory(prefix="unipo-gpu-") as tmp:
         model, data, opts, lengths = _throughput_setup(args, Path(tmp))
