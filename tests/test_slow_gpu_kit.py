@@ -130,3 +130,20 @@ def test_unipo_trains_under_the_gpu_images_transformers(site):
                            "tests/test_trl_integration.py::test_dpo_loss_and_gradient_equal_trls_and_unipos"],
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0 and re.search(r"^3 passed", proc.stdout, re.M), proc.stdout[-3000:]
+
+
+def test_the_kit_for_the_gpu_machine_is_complete_fits_and_prints_the_call(capsys):
+    """The real kit (cp312, manylinux x86-64): every requirement met by the kit or the image, under 64 MiB
+    with the working tree, and the call printed."""
+    kit = _load("gpu_kit")
+    dest = Path(os.environ.get("UNIPO_CACHE", Path.home() / ".cache" / "unipo")) / "gpu-kit" / "cp312"
+    try:
+        kit.build(dest, "3.12", image_pins=False)
+    except kit.KitError as exc:
+        pytest.skip(f"the kit could not be built: {exc}")
+    assert kit.main(["--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert 'run(command="bash bench/gpu_device.sh", carry=[' in out and "timeout_s=560" in out
+    wheels = {kit.wheel_name(p) for p in dest.glob("*.whl")}
+    assert wheels == {kit.norm(k) for k in kit.KIT}
+    assert all("cp312" in p.name or "py3" in p.name or "py312" in p.name for p in dest.glob("*.whl"))
