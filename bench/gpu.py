@@ -72,10 +72,12 @@ def _version(name: str) -> str | None:
         return None
 
 
-def run_part(part: str, args, deadline: float, tmp: Path) -> dict:
+def run_part(part: str, args, deadline: float, folder: Path) -> dict:
     """``part`` in a child process (this script with ``--run-part``) killed at ``deadline``; its record, with
-    ``killed`` or ``error`` said where it did not finish."""
-    rec_file = tmp / f"{part}.json"
+    ``killed`` or ``error`` said where it did not finish. The child writes its rows as they come to
+    ``folder/part_<part>.json`` (beside the results, so that they survive even a kill of this process); the file
+    is removed once its record is merged."""
+    rec_file = folder / f"part_{part}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run-part", part, "--part-out", str(rec_file),
            "--deadline", str(deadline), "--device", args.device, "--length", str(args.length),
            "--batch-size", str(args.batch_size), "--warmup", str(args.warmup), "--steps", str(args.steps)]
@@ -87,6 +89,7 @@ def run_part(part: str, args, deadline: float, tmp: Path) -> dict:
     except subprocess.TimeoutExpired:
         status = "killed"
     rec = json.loads(rec_file.read_text()) if rec_file.exists() else {}
+    rec_file.unlink(missing_ok=True)
     if status == "killed":
         rec["killed"] = f"at the budget after {time.time() - t:.0f} s (rows above were finished)"
     elif status is not None:
@@ -124,8 +127,6 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.run_part:
         return child(args)
-    import tempfile
-
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -138,20 +139,19 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     end = start + args.budget
-    with tempfile.TemporaryDirectory(prefix="unipo-gpu-parts-") as tmp:
-        for part in parts:
-            need, on_cpu = PARTS[part]
-            if args.device == "cpu" and not on_cpu:
-                result["parts"][part] = {"skipped": "CUDA only"}
-            elif end - time.time() < need:
-                result["parts"][part] = {"skipped": f"would overrun the budget: {end - time.time():.0f} s left, "
-                                                    f"{need} s needed"}
-            else:
-                result["parts"][part] = run_part(part, args, end, Path(tmp))
-            result["total_seconds"] = time.time() - start
-            args.out.write_text(json.dumps(result, indent=1, default=str))
-            summary.write_text(markdown(result))
-            print(f"[gpu] {part}: {status_of(result['parts'][part])}", file=sys.stderr, flush=True)
+    for part in parts:
+        need, on_cpu = PARTS[part]
+        if args.device == "cpu" and not on_cpu:
+            result["parts"][part] = {"skipped": "CUDA only"}
+        elif end - time.time() < need:
+            result["parts"][part] = {"skipped": f"would overrun the budget: {end - time.time():.0f} s left, "
+                                                f"{need} s needed"}
+        else:
+            result["parts"][part] = run_part(part, args, end, args.out.parent)
+        result["total_seconds"] = time.time() - start
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+        summary.write_text(markdown(result))
+        print(f"[gpu] {part}: {status_of(result['parts'][part])}", file=sys.stderr, flush=True)
     print(f"bench/gpu.py: {', '.join(parts)} in {result['total_seconds']:.0f} s of a {args.budget:.0f} s budget; "
           f"results in {args.out} and {summary}")
     return 0
