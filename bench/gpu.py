@@ -227,6 +227,12 @@ def _throughput_table(rec: dict) -> list[str]:
                        f"{r['first_loss']:.5f} |")
         else:
             out.append(f"| {name} | {status_of(r)[:100]} | | | | |")
+    ran = [(name, r) for name, r in rec.get("rows", {}).items() if "tok_s" in r]
+    if ran and ran[0][0].startswith("unipo"):  # the first row is unipo's: its ratios to each TRL row
+        base = ran[0][1]
+        for name, r in ran[1:]:
+            mem = "" if not (base.get("peak") and r.get("peak")) else f", peak memory {base['peak'] / r['peak']:.2f}x"
+            out.append(f"\nunipo / {name}: throughput {base['tok_s'] / r['tok_s']:.2f}x{mem}")
     return out
 
 

@@ -114,6 +114,8 @@ def test_the_summary_tables_show_each_row():
                   "throughput": {"seconds": 200, "rows": {
                       "unipo dpo (copy ref)": {"tok_s": 41000.4, "step_s": 0.2, "peak": 3 * 2**30, "mfu": 0.412,
                                                "first_loss": 0.693147},
+                      "TRL default": {"tok_s": 20500.2, "step_s": 0.6, "peak": 6 * 2**30, "mfu": 0.3,
+                                      "first_loss": 0.693147},
                       "TRL default + use_liger_kernel": {"skipped": "liger-kernel is not installed"}}},
                   "flex": {"killed": "at the budget after 60 s"}}}
     md = gpu.markdown(result)
@@ -122,4 +124,5 @@ def test_the_summary_tables_show_each_row():
     assert "| fp32 | cudnn | dense_mask | no | – | No available kernel |" in md
     assert "| unipo dpo (copy ref) | 41000 | 0.200 | 3.0 | 41.2% | 0.69315 |" in md
     assert "| TRL default + use_liger_kernel | skipped: liger-kernel is not installed |" in md
+    assert "unipo / TRL default: throughput 2.00x, peak memory 0.50x" in md
     assert "## flex: killed: at the budget after 60 s" in md
