@@ -170,6 +170,8 @@ def test_every_preset_explains_as_a_configuration_that_is_the_preset(capsys):
         inputs[f"{side}_diff_mask"] = (torch.rand(3, 4, generator=g) > 0.5).float()
         inputs[f"{side}_prior_offsets"] = torch.randn(3, 4, generator=g) * 0.1
         inputs[f"{side}_log_sum_sq_probs"] = -torch.rand(3, 4, generator=g)
+        inputs[f"{side}_eps_plus_logps"] = -torch.rand(3, 4, generator=g) * 3
+        inputs[f"{side}_eps_minus_logps"] = -torch.rand(3, 4, generator=g) * 3
     for name in PRESETS:
         rc, out, _ = run(capsys, name, "--json")
         assert rc == 0
@@ -286,3 +288,41 @@ def test_docs_reference_lists_every_preset_and_part():
         section = text.split(f"### `{kind}`", 1)[1].split("\n#", 1)[0] if f"### `{kind}`" in text else ""
         missing += [f"{kind}={n}" for n in parts(kind) if f"| `{n}` |" not in section]
     assert not missing, f"docs/objective.md lacks {missing}"
+
+
+def test_several_names_compare_the_parts_each_sets_by_hand(capsys):
+    """`unipo variants mpo wpo simpo`: one row per part or parameter any of them changes from plain DPO, DPO's
+    value, then each preset's where it differs (· where it keeps DPO's); written out from the presets' sources."""
+    rc, out, err = run(capsys, "mpo", "wpo", "simpo")
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].split() == ["part", "/", "parameter", "dpo", "mpo", "wpo", "simpo"]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[2:] if ln.strip() and not ln.startswith("·")}
+    assert rows == {
+        "prior": ["reference", "·", "·", "none"],
+        "aggregation": ["sum", "·", "·", "mean"],
+        "pair_loss": ["sigmoid", "mixture", "{sigmoid:", "0.8,", "bco_pair:", "0.2}", "·", "·"],
+        "pair_weighting": ["none", "·", "wpo", "·"],
+        "nll_weight": ["0", "1", "·", "·"],
+        "nll_token_mean": ["false", "true", "·", "·"],
+        "beta": ["0.1", "·", "·", "2"],
+        "gamma": ["0", "·", "·", "0.5"],
+    }
+    rc, out, _ = run(capsys, "mpo", "dpo", "--json")
+    info = json.loads(out)
+    assert info["names"] == ["mpo", "dpo"] and info["differences"][1] == {}
+    assert info["differences"][0] == {"pair_loss": "mixture {sigmoid: 0.8, bco_pair: 0.2}", "nll_weight": 1.0,
+                                      "nll_token_mean": True}
+    rc, _, err = run(capsys, "mpo", "dpo", "--set", "beta=0.2")
+    assert rc == 2 and "with one NAME" in err
+
+
+def test_one_name_says_what_differs_from_dpo(capsys):
+    _, out, _ = run(capsys, "mpo")
+    assert out.splitlines()[1] == ("Differs from plain DPO in: pair_loss=mixture {sigmoid: 0.8, bco_pair: 0.2}, "
+                                   "nll_weight=1, nll_token_mean=true")
+    assert "      mixes:   0.8 × sigmoid: −log σ(z)" in out and "      mixes:   0.2 × bco_pair: " in out
+    _, out, _ = run(capsys, "dpo")
+    assert out.splitlines()[1] == "Differs from plain DPO in: nothing"
+    _, out, _ = run(capsys, "simpo", "--set", "link=js")
+    assert out.splitlines()[1] == "Differs from plain DPO in: prior=none, aggregation=mean, link=js, beta=2, gamma=0.5"

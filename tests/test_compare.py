@@ -103,3 +103,51 @@ def test_sweep_of_the_learning_rate_trains_each_value(tiny_model_dir, tmp_path):
     for name, lr in (("dpo_learning_rate=0", 0), ("dpo_learning_rate=1e-2", 0.01)):
         run_cfg = yaml.safe_load((out / "runs" / name / "unipo_config.yaml").read_text())
         assert run_cfg["learning_rate"] == lr
+
+
+# ---- --seeds: every variant under each seed, mean ± se over seeds, paired differences (issue 22) ----
+
+def verify_nonempty(prompt: str, response: str) -> float:
+    """A user's verifier for ``--verifier tests.test_compare:verify_nonempty``: 1 for an answer with a letter."""
+    return float(any(c.isalpha() for c in response))
+
+
+@pytest.mark.slow
+def test_compare_over_seeds_aggregates_and_pairs(tiny_model_dir, tmp_path, capsys):
+    import statistics
+
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    held = write_jsonl(tmp_path / "held.jsonl", ROWS[:6])
+    out = tmp_path / "report"
+    args = ["compare", "--model", str(tiny_model_dir), "--data", str(data), "--eval-data", str(held),
+            "--max-steps", "2", "--variants", "dpo", "simpo", "--out", str(out), "--seeds", "2",
+            "--n-prompts", "4", "--n-samples", "2", "--max-new-tokens", "6",
+            "--verifier", "tests.test_compare:verify_nonempty"]
+    assert main(args) == 0
+    evals = {(n, s): json.loads((out / "runs" / n / f"seed-{s}" / "eval.json").read_text())
+             for n in ("dpo", "simpo") for s in (0, 1)}
+    for (n, s), ev in evals.items():  # each seed trained with its own seed; every greedy answer kept, scored
+        assert yaml.safe_load((out / "runs" / n / f"seed-{s}" / "unipo_config.yaml").read_text())["seed"] == s
+        items = ev["items"]
+        assert len(items["greedy_answers"]) == 4
+        assert items["greedy_pass"] == [verify_nonempty("", a) for a in items["greedy_answers"]]
+        assert ev["metrics"]["greedy_pass_rate"] == pytest.approx(statistics.mean(items["greedy_pass"]))
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {(r["run"], r["seed"]) for r in rows} == {("reference", "–"), ("dpo", "0"), ("dpo", "1"),
+                                                      ("simpo", "0"), ("simpo", "1")}
+    agg = json.loads((out / "metrics.json").read_text())["runs"]["simpo"]["metrics"]
+    per_seed = [evals[("simpo", s)]["metrics"]["dpo_margin"] for s in (0, 1)]
+    assert agg["dpo_margin"] == pytest.approx(statistics.mean(per_seed))
+    assert agg["dpo_margin_se"] == pytest.approx(statistics.stdev(per_seed) / 2 ** 0.5)
+    paired = json.loads((out / "paired.json").read_text())
+    assert paired["baseline"] == "dpo"
+    diff = paired["differences"]["simpo"]["dpo_margin"]
+    cells = [a - b for s in (0, 1) for a, b in zip(evals[("simpo", s)]["pair_margins"]["dpo"],
+                                                   evals[("dpo", s)]["pair_margins"]["dpo"], strict=True)]
+    assert diff["mean"] == pytest.approx(statistics.mean(cells))
+    assert diff["low"] <= diff["mean"] <= diff["high"] and diff["n_seeds"] == 2 and diff["n_items"] == 6
+    report = (out / "report.md").read_text()
+    assert "2 seeds" in report and "Paired differences from `dpo`" in report and " ± " in report
+    capsys.readouterr()
+    assert main(args) == 0  # resumable per (variant, seed)
+    assert capsys.readouterr().err.count("finished earlier, not retrained") == 4

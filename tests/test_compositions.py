@@ -42,6 +42,8 @@ def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         d[f"{side}_diff_mask"] = (torch.rand(B, T, generator=g) > 0.4).double()
         d[f"{side}_prior_offsets"] = (torch.randn(B, T, generator=g, dtype=torch.float64) * 0.01).requires_grad_(True)
         d[f"{side}_log_sum_sq_probs"] = -torch.rand(B, T, generator=g, dtype=torch.float64)
+        d[f"{side}_eps_plus_logps"] = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+        d[f"{side}_eps_minus_logps"] = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
     return d
 
 

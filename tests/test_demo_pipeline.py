@@ -77,3 +77,17 @@ def test_unknown_training_overrides_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"unknown training settings \['learnig_rate'\]"):
         compare(TrainConfig(data="x.jsonl"), ["dpo"], tmp_path, train_overrides={"dpo": {"learnig_rate": 1e-4}})
+
+
+def test_over_seeds_the_table_shows_mean_and_se_and_every_seed_must_improve():
+    runs = {"reference": _run(0.03125),
+            "dpo": {"metrics": {"greedy_pass_rate": 0.3, "greedy_pass_rate_se": 0.1, "pass_rate": 0.2},
+                    "per_seed": {0: {"greedy_pass_rate": 0.5}, 1: {"greedy_pass_rate": 0.1},
+                                 2: {"greedy_pass_rate": 0.3}}},
+            "simpo": {"metrics": {"greedy_pass_rate": 0.5, "greedy_pass_rate_se": 0.02},
+                      "per_seed": {0: {"greedy_pass_rate": 0.5}, 1: {"greedy_pass_rate": 0.46875}}}}
+    rows = {line.split(" | ")[0].strip("| "): line for line in before_after_table(runs).splitlines()[2:]}
+    assert "| 0.300 ± 0.100 |" in rows["dpo"]
+    # the worst seed gained 0.1 − 0.03125 = 0.069 < 0.1: not every seed improved
+    assert rows["dpo"].endswith("| no (every seed ≥ +0.069) |")
+    assert rows["simpo"].endswith("| yes (every seed ≥ +0.438) |")

@@ -276,6 +276,62 @@ def test_sampo_is_reproducible_and_uniform():
     assert all(abs(c / n - 3 / 7) < 0.08 for c in counts), counts  # 3.2 standard deviations
 
 
+def _shifted(d, left: int, right: int) -> dict[str, torch.Tensor]:
+    """The same pairs in another layout: ``left`` padding positions before each response, ``right`` after."""
+    out = {}
+    for key, value in d.items():
+        pad = (left, right)
+        if value.dtype == torch.bool:
+            out[key] = torch.nn.functional.pad(value, pad, value=False)
+        else:
+            out[key] = torch.nn.functional.pad(value.detach(), pad, value=float("nan"))
+    return out
+
+
+def _sampo(objective, d, pair_ids=None) -> unipo.LossOutput:
+    from unipo.objective.sides import ObjectiveInputs
+
+    return objective.loss(ObjectiveInputs.from_tensors(**d, pair_ids=pair_ids))
+
+
+def test_sampo_draw_is_independent_of_layout():
+    """A 2-token offset and a wider padding keep each pair's subset (the draw is keyed by the token's position among
+    the response's tokens, not by its column); the same pair at another batch position with its id keeps it too."""
+    d = _bits_batch(21)
+    base = _decode(d, _sampo(Objective("sampo"), d))
+    for left, right in ((2, 0), (0, 5), (2, 3)):
+        moved = _shifted(d, left, right)
+        out = _sampo(Objective("sampo"), moved)
+        torch.testing.assert_close(out.losses, _sampo(Objective("sampo"), d).losses, rtol=0, atol=1e-12)
+    order = torch.tensor([3, 0, 4, 1, 2])
+    permuted = {k: v.detach()[order] for k, v in d.items()}
+    ids = torch.arange(B)
+    out = _sampo(Objective("sampo"), permuted, pair_ids=ids[order])
+    torch.testing.assert_close(out.losses, _sampo(Objective("sampo"), d, pair_ids=ids).losses[order], rtol=0,
+                               atol=1e-12)
+    assert len({tuple(sorted(s)) for s in base}) > 1  # not one fixed subset for every pair
+
+
+def test_sampo_draws_afresh_each_training_batch_and_resumes_the_same():
+    """Training batches advance the draw (the same pairs get other subsets), evaluation does not; an objective
+    restored from the state of one that has trained k batches draws what that one draws next."""
+    d = _bits_batch(22)
+    obj = Objective("sampo")
+    draws = [_decode(d, _sampo(obj, d)) for _ in range(4)]
+    assert obj.state_dict() == {"weights": {"steps": 4.0}}
+    assert all(len(s) == min(a, b) for step in draws for s, a, b in zip(
+        step, d["chosen_mask"].sum(-1).tolist(), d["rejected_mask"].sum(-1).tolist(), strict=True))
+    assert len({tuple(tuple(sorted(s)) for s in step) for step in draws}) == 4  # each batch another draw
+    assert draws[0] == _decode(d, _sampo(Objective("sampo"), d))  # a fresh objective draws the first again
+    obj.train(False)
+    held_out = [_decode(d, _sampo(obj, d)) for _ in range(2)]
+    assert held_out[0] == held_out[1] and obj.state_dict() == {"weights": {"steps": 4.0}}
+    obj.train(True)
+    resumed = Objective("sampo")
+    resumed.load_state_dict({"weights": {"steps": 4.0}})
+    assert _decode(d, _sampo(resumed, d)) == _decode(d, _sampo(obj, d)) == held_out[0]
+
+
 def test_sampo_equal_lengths_is_dpo():
     d = batch(20, {"chosen": [3, 7, 2, 5, 1], "rejected": [3, 7, 2, 5, 1]})
     torch.testing.assert_close(unipo.compute_loss("sampo", **d).losses, unipo.compute_loss("dpo", **d).losses,

@@ -150,3 +150,36 @@ def test_tr_dpo_is_not_a_preset_and_says_where_it_is(name):
 
     with pytest.raises(ConfigError, match="not a preset: .*ref_sync: soft"):
         resolve(name)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_soft_sync_mixes_in_the_parameters_own_dtype(dtype):
+    """θ_ref ← α·θ + (1−α)·θ_ref computed in the reference's own dtype, at least float32: a float64 reference is
+    mixed in float64 (to float64 rounding; float32 mixing is off by ~1e-8), a float32 one in float32, a bfloat16 one
+    in float32 and rounded once to bfloat16."""
+    from unipo.training.ref_sync import sync_reference
+
+    g = torch.Generator().manual_seed(3)
+    policy, reference = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    with torch.no_grad():
+        for m in (policy, reference):
+            for p in m.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * (1 + 1e-3 * torch.rand(
+                    p.shape, generator=g, dtype=torch.float64)))
+    policy, reference = policy.to(dtype), reference.to(dtype)
+    before = {k: v.detach().clone() for k, v in reference.named_parameters()}
+    alpha = 0.37
+    sync_reference(policy, reference, alpha)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    for name, p in reference.named_parameters():
+        theta = dict(policy.named_parameters())[name].detach()
+        expected = (before[name].to(work) * (1 - alpha) + theta.to(work) * alpha).to(dtype)
+        assert p.dtype == dtype
+        tol = {torch.float64: 1e-15, torch.float32: 1e-6, torch.bfloat16: 0.0}[dtype]
+        torch.testing.assert_close(p.detach(), expected, rtol=tol, atol=tol)
+    if dtype == torch.float64:  # what the float32 mix gave: not the float64 formula
+        name = "weight"
+        theta = dict(policy.named_parameters())[name].detach()
+        f32 = (before[name].float() * (1 - alpha) + theta.float() * alpha).double()
+        assert float((f32 - dict(reference.named_parameters())[name].detach()).abs().max()) > 1e-9

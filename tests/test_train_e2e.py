@@ -279,3 +279,46 @@ def test_auto_precision_never_picks_slow_bf16():
         pytest.skip("this CPU has native bf16 (or no /proc/cpuinfo)")
     assert loading.choose_precision("auto") == "fp32"
     assert loading.resolve_dtype("auto", "fp32") == torch.float32
+
+
+@pytest.mark.slow
+def test_sampo_resumed_run_draws_what_the_uninterrupted_run_drew(tiny_model_dir, tmp_path, capsys):
+    """SamPO's subsets are keyed by the objective's batch count, saved with each checkpoint: a run resumed from
+    checkpoint-2 logs the uninterrupted run's losses for steps 3–4 and ends at its weights; resumed without the
+    saved count, step 3 draws other subsets (another loss). Slow tier: three 2–4 step runs of the tiny model."""
+    from safetensors.torch import load_file
+
+    data = write_jsonl(tmp_path / "d.jsonl", ROWS * 2)
+
+    def args(out, *extra):
+        return train_args(tiny_model_dir, data, out, "--variant", "sampo", "--max-steps", "4", "--save-steps", "2",
+                          "--per-device-batch-size", "2", "--set", "plots=false", *extra)
+
+    def losses(out):
+        return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+
+    full = tmp_path / "full"
+    assert main(args(full)) == 0
+    assert json.loads((full / "unipo_objective_state.json").read_text()) == {"weights": {"steps": 4.0}}
+    assert json.loads((full / "checkpoint-2" / "unipo_objective_state.json").read_text()) == {
+        "weights": {"steps": 2.0}}
+    runs = {}
+    for name, keep_state in (("resumed", True), ("stateless", False)):
+        out = tmp_path / name
+        shutil.copytree(full, out)
+        for f in out.iterdir():
+            if f.is_file() and f.name != "metrics.jsonl":
+                f.unlink()
+        shutil.rmtree(out / "checkpoint-4")
+        (out / "metrics.jsonl").write_text("".join(ln + "\n" for ln in (out / "metrics.jsonl").read_text()
+                                                   .splitlines()[:2]))
+        if not keep_state:
+            (out / "checkpoint-2" / "unipo_objective_state.json").unlink()
+        capsys.readouterr()
+        assert main(args(out, "--resume")) == 0
+        runs[name] = losses(out)
+    assert runs["resumed"][-2:] == pytest.approx(losses(full)[-2:], rel=1e-6)
+    a, b = load_file(full / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert abs(runs["stateless"][-2] - losses(full)[-2]) > 1e-6  # the count matters: another draw at step 3

@@ -216,3 +216,92 @@ def test_without_trl_the_integration_says_how_to_install_it(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'unipo\[trl\]'"):
         importlib.import_module("unipo.integrations.trl")
     monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+
+
+@pytest.mark.integration
+def test_ld_dpo_with_precomputed_sums_is_refused_and_its_live_loss_is_trls(setup, models, tiny_model_dir, tmp_path):
+    """TRL's own ``DPOTrainer(ld_alpha=0.5, precompute_ref_log_probs=True)`` scales the reference's excess tokens
+    before summing; the drop-in receives plain sums (its TRL options stay at their defaults) and spreading them
+    evenly over the tokens gives another loss. So the drop-in refuses ld_dpo (and any part that declares
+    ``token_reference``) under precomputed sums, and with a live reference its loss is TRL's."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOTrainer
+
+    from unipo.integrations.trl import build_objective
+
+    # first (building a DPOConfig resets accelerate's state, which the trainers below then set up again)
+    for variant, part in (("ld_dpo", "weights=ld"), ("sampo", "weights=sampo")):
+        with pytest.raises(ConfigError, match=rf"weights the reference's tokens unequally \({part}\).*"
+                                              rf"precompute_ref_log_probs=False"):
+            build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))
+    for variant in ("dpo", "hdpo", "simpo", "alpha_dpo"):  # sums and means of the reference serve these
+        build_objective(variant, _config(tmp_path, precompute_ref_log_probs=True))
+    rows = [ROWS[i] for i in (0, 3, 5, 10)]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trl_trainer = DPOTrainer(model=_load(models[0]), ref_model=_load(models[1]), processing_class=tok,
+                             args=_config(tmp_path, ld_alpha=0.5, precompute_ref_log_probs=True),
+                             train_dataset=Dataset.from_list(rows))
+    trl_trainer.model.train()
+    batch = trl_trainer.data_collator([trl_trainer.train_dataset[i] for i in range(len(rows))])
+    assert "ref_chosen_logps" in batch
+    live_batch = {k: v for k, v in batch.items() if not k.startswith("ref_")}
+    trainer = setup[0]
+    with torch.no_grad():
+        trl_loss = trl_trainer.compute_loss(trl_trainer.model, batch)
+        trainer.objective = build_objective("ld_dpo", trainer.args)  # ld_alpha 0.5, β 0.1: TRL's
+        live = trainer.compute_loss(trainer.model, live_batch)
+        plain_sums = trainer.compute_ref_log_probs(trainer.ref_model, live_batch)  # what the drop-in would get
+        trainer.precompute_ref_logps = True
+        try:
+            spread = trainer.compute_loss(trainer.model, {**live_batch, "ref_chosen_logps": plain_sums[0],
+                                                          "ref_rejected_logps": plain_sums[1]})
+        finally:
+            trainer.precompute_ref_logps = False
+    lens = batch["completion_mask"].sum(-1).chunk(2)
+    assert bool((lens[0] != lens[1]).all())  # every pair has an excess to scale
+    assert float(live) == pytest.approx(float(trl_loss), rel=2e-6)
+    assert abs(float(spread) - float(trl_loss)) > 1e-4  # the even spread is wrong: hence the refusal
+
+
+@pytest.mark.integration
+def test_mpo_through_the_drop_in_equals_trls_mpo(setup):
+    """The drop-in with objective="mpo" on TRL's batch equals TRL's own loss with loss_type=["sigmoid", "bco_pair",
+    "sft"], loss_weights=[0.8, 0.2, 1.0] (TRL's documented MPO), and logs each mixed loss."""
+    from trl import DPOTrainer
+
+    from unipo.integrations.trl import build_objective
+
+    trainer, _, batch = setup
+    trainer.objective = build_objective("mpo", trainer.args)
+    types, weights = trainer.loss_types, trainer.loss_weights
+    trainer.loss_types, trainer.loss_weights = ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0]
+    try:
+        with torch.no_grad():
+            trl_loss = DPOTrainer.compute_loss(trainer, trainer.model, batch)
+    finally:
+        trainer.loss_types, trainer.loss_weights = types, weights
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch)
+    assert float(loss) == pytest.approx(float(trl_loss), rel=2e-6)
+    assert {"mixture/sigmoid", "mixture/bco_pair", "nll"} <= set(trainer._metrics["train"])
+
+
+@pytest.mark.integration
+def test_stateful_parts_move_only_in_training(setup):
+    """TRL's evaluation (model in eval mode) leaves the objective's state alone: SamPO's batch count advances on
+    training batches only, so evaluation does not shift the training draws."""
+    from unipo.integrations.trl import build_objective
+
+    trainer, _, batch = setup
+    trainer.objective = build_objective("sampo", trainer.args)
+    try:
+        with torch.no_grad():
+            trainer.model.eval()
+            trainer.compute_loss(trainer.model, batch)
+            assert trainer.objective.state_dict() == {"weights": {"steps": 0.0}}
+            trainer.model.train()
+            trainer.compute_loss(trainer.model, batch)
+            assert trainer.objective.state_dict() == {"weights": {"steps": 1.0}}
+    finally:
+        trainer.model.train()

@@ -17,11 +17,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args) -> int:
     from unipo.demo.pipeline import before_after_table, run_demo
+    from unipo.models.loading import choose_precision
 
     a = to_dataclass(args, DemoArguments)
     t = time.time()
-    runs = run_demo(a.out, model=a.model, steps=a.steps, variants=a.variants, progress=a.progress)
-    print("\nBefore (reference) and after (each variant), on held-out problems:\n")
+    precision = choose_precision(a.precision)
+    runs = run_demo(a.out, model=a.model, steps=a.steps, variants=a.variants, progress=a.progress,
+                    seeds=a.seeds or None, precision=precision)
+    seeds = f", seeds {' '.join(map(str, a.seeds))} (mean ± standard error)" if a.seeds else ", seed 0"
+    print(f"\nBefore (reference) and after (each variant), on held-out problems; training precision {precision}"
+          f"{' (auto)' if a.precision == 'auto' else ''}{seeds}:\n")
     print(before_after_table(runs))
     print(f"\nReport: {a.out}/report.md   ({time.time() - t:.0f} s)")
     return 0

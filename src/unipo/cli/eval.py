@@ -23,6 +23,10 @@ def eval_kwargs(opts: EvalOptions, judge: JudgeOptions) -> dict[str, Any]:
     """The keywords of :func:`unipo.eval.evaluate.evaluate_run` (and ``compare``'s ``eval_kwargs``)."""
     kw: dict[str, Any] = {"limit": opts.limit, "n_prompts": opts.n_prompts, "n_samples": opts.n_samples,
                           "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "task": opts.task}
+    if opts.verifier:
+        if opts.task not in (None, "none"):
+            raise ConfigError("--verifier and --task both score the answers: give one")
+        kw["verifier"] = opts.verifier
     if opts.on_invalid is not None:
         kw["on_invalid"] = opts.on_invalid
     if judge.judge or judge.judge_url or (judge.judge_model and os.environ.get("OPENAI_BASE_URL")):
@@ -74,6 +78,23 @@ def parse_sweep(items: list[str]) -> dict[str, list[Any]]:
     return sweep
 
 
+def parse_seeds(items: list[str]) -> list[int] | None:
+    """``--seeds 3`` → ``[0, 1, 2]``; ``--seeds 1 7 42`` → ``[1, 7, 42]``; nothing → None (one run per variant)."""
+    if not items:
+        return None
+    try:
+        values = [int(x) for x in items]
+    except ValueError:
+        raise ConfigError(f"--seeds expects a count or a list of integers, got {' '.join(items)!r}") from None
+    if len(values) == 1:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds {values[0]}: a count must be at least 1")
+        return list(range(values[0]))
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise ConfigError(f"--seeds {' '.join(items)}: seeds must be distinct and non-negative")
+    return values
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from unipo.compare.pipeline import compare
     from unipo.training.config import TrainConfig
@@ -88,7 +109,7 @@ def run_compare(args: argparse.Namespace) -> int:
     base = TrainConfig.load(src.config, {**over, **parse_assignments(src.set)})
     variants = [yaml.safe_load(v) if v.strip().startswith("{") else v for v in a.variants]
     runs = compare(base, variants, a.out, eval_data=a.eval_data, sweep=parse_sweep(a.sweep),
-                   eval_kwargs=_eval_kwargs(args))
+                   eval_kwargs=_eval_kwargs(args), seeds=parse_seeds(a.seeds), baseline=a.baseline)
     print(json.dumps({name: {k: round(v, 4) for k, v in r["metrics"].items() if isinstance(v, float)}
                       for name, r in runs.items()}, indent=1))
     return 0

@@ -35,6 +35,8 @@ def summary(doc: str) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bool | int | float | str) or value is None:
         return value
+    if isinstance(value, Mapping):  # a mixture's weights
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
 
 
@@ -100,6 +102,9 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
         info = part_info(part, cfg.params, default=cfg.parts[kind] == DEFAULT_PARTS[kind])
         info["kind_description"] = KINDS[kind]
         info["from_preset"] = kind not in changed_parts
+        if part.mixes:
+            info["components"] = [{"name": c.name, "weight": w, "formula": c.formula, "source": c.source,
+                                   "summary": summary(c.doc)} for c, w in cfg.components(kind)]
         part_list.append(info)
     p = cfg.params
     gamma = float(p["gamma"]) + (float(p["gamma_beta_ratio"]) * float(p["beta"]) if p["gamma_beta_ratio"] else 0.0)
@@ -115,6 +120,7 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
         "composition": bool(changed_parts or changed_params),
         "overrides": {"parts": changed_parts, "params": changed_params},
         "config": {k: _jsonable(v) for k, v in cfg.to_dict().items()},
+        "differs_from_dpo": differences(cfg),
         "general_formula": list(GENERAL_FORMULA),
         "parts": part_list,
         "global_params": {k: _jsonable(p[k]) for k in GLOBAL_PARAMS},
@@ -127,10 +133,40 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
     }
 
 
+def differences(cfg: ObjectiveConfig) -> dict[str, Any]:
+    """What makes ``cfg`` differ from plain DPO, per part kind and parameter (JSON-ready); a mixture's weights are
+    shown with its part (``pair_loss: mixture {sigmoid: 0.8, bco_pair: 0.2}``), not as a parameter of their own."""
+    changes = cfg.changes()
+    mixed = {cfg.part(kind).mixes for kind in KINDS if cfg.part(kind).mixes}
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if key in mixed:
+            continue
+        if key in KINDS and cfg.part(key).mixes:
+            value = f"{value} {_fmt(cfg.params[cfg.part(key).mixes])}"
+        out[key] = _jsonable(value)
+    return out
+
+
+def compare(variants: list[str]) -> dict[str, Any]:
+    """Presets side by side, as their differences from plain DPO: ``rows`` holds one row per part kind or parameter
+    that any of them changes, with plain DPO's value and each one's (None where it keeps DPO's)."""
+    configs = [resolve(v) for v in variants]
+    diffs = [differences(c) for c in configs]
+    base = resolve("dpo")
+    keys = [k for k in KINDS if any(k in d for d in diffs)]
+    keys += list(dict.fromkeys(k for d in diffs for k in d if k not in KINDS))
+    rows = [{"key": k, "dpo": _jsonable(base.parts.get(k, base.params.get(k))),
+             "values": [d.get(k) for d in diffs]} for k in keys]
+    return {"names": [c.name for c in configs], "differences": diffs, "rows": rows}
+
+
 # ----------------------------------------------------------------------------------------- rendering
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -170,6 +206,8 @@ def render_explain(info: dict[str, Any]) -> str:
         out.append(f"Composition: preset {info['name']} with {changes}")
     else:
         out.append(f"Preset: {info['name']}")
+    diff = info["differs_from_dpo"]
+    out.append(f"Differs from plain DPO in: {_kv(diff)}" if diff else "Differs from plain DPO in: nothing")
     out += ["", "The general objective:"] + [f"  {line}" for line in info["general_formula"]]
     out += ["", "Parts (* = differs from plain DPO; + = set by this composition, not by the preset):"]
     for part in info["parts"]:
@@ -181,6 +219,8 @@ def render_explain(info: dict[str, Any]) -> str:
             out.append(f"      source:  {part['source']}")
         if part["summary"]:
             out.append(f"      about:   {part['summary']}")
+        for c in part.get("components", []):
+            out.append(f"      mixes:   {_fmt(c['weight'])} × {c['name']}: {c['formula']}    ({c['source']})")
         if part["params"]:
             vals = []
             for k, v in part["params"].items():
@@ -206,3 +246,16 @@ def render_explain(info: dict[str, Any]) -> str:
         out.append("  (the composition changes the parts marked +; the preset's formula no longer applies as is)")
     out += ["", "As configuration:", "  " + _kv(info["config"])]
     return "\n".join(out)
+
+
+def render_compare(info: dict[str, Any]) -> str:
+    """``info`` from :func:`compare` as an aligned table: a row per part or parameter that one of them changes,
+    ``·`` where a variant keeps plain DPO's value."""
+    header = ["part / parameter", "dpo", *info["names"]]
+    cells = [header] + [[r["key"], _fmt(r["dpo"]), *("·" if v is None else _fmt(v) for v in r["values"])]
+                        for r in info["rows"]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(c, widths, strict=True)).rstrip() for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", "· = as plain DPO. `unipo variants NAME` explains one part by part."]
+    return "\n".join(lines)

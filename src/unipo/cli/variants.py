@@ -5,6 +5,7 @@ Examples::
 
     unipo variants                       # every preset: non-default parts, key parameters, loss
     unipo variants simpo                 # SimPO part by part, with formulas, sources and parameters
+    unipo variants mpo wpo simpo         # side by side: the parts and parameters each sets, vs plain DPO
     unipo variants simpo --set weights=bmc --set link=js
     unipo variants --config my_objective.yaml   # {preset: simpo, weights: bmc, link: js, beta: 2.5}
     unipo variants --json                # machine-readable (also with NAME / --config)
@@ -31,11 +32,13 @@ def register(subparsers) -> None:
             "Without arguments: a table of every preset (its parts that differ from plain DPO, its key "
             "parameters and its loss). With NAME, or --config FILE.yaml (a mapping: preset plus part and "
             "parameter overrides, e.g. {preset: simpo, weights: bmc, link: js}): the objective part by "
-            "part, with formulas, sources and parameter values."
+            "part, with formulas, sources and parameter values. With several NAMEs: side by side, the parts "
+            "and parameters each one sets where it differs from plain DPO."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("name", nargs="?", default=None, metavar="NAME", help="a preset to explain")
+    p.add_argument("names", nargs="*", default=[], metavar="NAME",
+                   help="a preset to explain; several: compared side by side")
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML (or JSON) file with a mapping: preset plus part / parameter overrides; the "
                         "mapping may also sit under a top-level 'objective' key")
@@ -68,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     from unipo.cli import explain as ex
 
     overrides = parse_assignments(args.overrides)
+    if len(args.names) > 1:
+        if args.config is not None or overrides:
+            raise ConfigError("several NAMEs are compared as presets: give --config / --set with one NAME")
+        info = ex.compare(args.names)
+        return _emit(json.dumps(info, ensure_ascii=False, indent=2) if args.json else ex.render_compare(info))
+    args.name = args.names[0] if args.names else None
     if args.name is not None and args.config is not None:
         raise ConfigError("give a preset NAME or --config FILE, not both (put the preset in the file)")
     if args.config is not None:

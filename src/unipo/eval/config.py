@@ -50,6 +50,13 @@ class CompareArguments:
     max_steps: int | None = field(default=None, metadata={
         "help": "optimizer steps per variant (overrides the base config's)"})
     seed: int | None = field(default=None, metadata={"help": "random seed (overrides the base config's)"})
+    seeds: list[str] = field(default_factory=list, metadata={
+        "help": "train and evaluate every variant under each seed: a count N (seeds 0..N-1) or a list (1 7 42); "
+                "the report gives mean ± standard error over seeds and paired differences from --baseline with "
+                "95%% bootstrap intervals (over seeds and held-out items)", "nargs": "+", "metavar": "N|SEED"})
+    baseline: str | None = field(default=None, metadata={
+        "help": "the run every other run is compared with (a run name such as dpo, or reference: the starting "
+                "model); null: the first variant"})
 
 
 @dataclass
@@ -65,6 +72,10 @@ class EvalOptions:
     batch_size: int = field(default=8, metadata={"help": "pairs per forward pass"})
     task: str | None = field(default=None, metadata={
         "help": "a built-in task whose verifier scores the samples (null: none)", "choices": TASKS})
+    verifier: str | None = field(default=None, metadata={
+        "help": "your scorer module:function, called as function(prompt_text, response_text) -> bool or a score in "
+                "[0, 1] on every greedy and sampled answer (pass rates; each answer and verdict kept in eval.json); "
+                "instead of --task"})
     on_invalid: str | None = field(default=None, metadata={
         "help": "a held-out row that fails validation: error (stop, naming file, row and field) or skip (counted "
                 "in eval.json's data_summary; compare: also the training rows, counted in each run's "

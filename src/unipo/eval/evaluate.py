@@ -83,7 +83,7 @@ def pair_scores(policy, reference, objective: Objective, pairs: list[dict], coll
 
 def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: list[dict], *,
                     share_prompt: bool = True, packing: bool = True, batch_size: int = 8, n_prompts: int = 32,
-                    n_samples: int = 4, max_new_tokens: int = 64, verifier: Callable[[int, str], bool] | None = None,
+                    n_samples: int = 4, max_new_tokens: int = 64, verifier: Callable[[int, str], float] | None = None,
                     seed: int = 0, beta_for_dpo: float = 0.1, judge: dict[str, Any] | None = None
                     ) -> dict[str, Any]:
     """All metrics for one policy against one reference on tokenized held-out ``pairs``.
@@ -111,14 +111,20 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     # the f-DPO authors' calibration (cali/cali_plot.py), beside unipo's pairwise ECE
     metrics["ece_fdpo"], _ = fdpo_calibration(scores["mean_logps_chosen"], scores["mean_logps_rejected"])
     prompts = [p["prompt_ids"] for p in pairs[:n_prompts]]
+    items: dict[str, Any] = {}  # per held-out prompt, in order: what paired comparisons between runs need
     if n_samples > 0 and prompts:
         gen = generation_metrics(policy, reference, tokenizer, prompts, n_samples=n_samples,
                                  max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size, seed=seed)
         metrics.update({k: v for k, v in gen.items() if isinstance(v, int | float)})
         if verifier is not None:  # the verifier's pass rate at greedy decoding, the number a user quotes
             greedy = generation_metrics(policy, None, tokenizer, prompts, n_samples=1, temperature=0.0,
-                                        max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size)
+                                        max_new_tokens=max_new_tokens, verifier=verifier, batch_size=batch_size,
+                                        keep_samples=True)
             metrics["greedy_pass_rate"] = greedy["pass_rate"]
+            items = {"sampled_pass": gen["pass_per_prompt"], "greedy_pass": greedy["pass_per_prompt"],
+                     "greedy_answers": [s[0] for s in greedy["samples"]]}
+        items.update(entropy=gen["entropy_per_prompt"], distinct_2=gen["distinct_2_per_prompt"])
+    items["chosen_logp"] = scores["mean_logps_chosen"]  # per held-out pair: the policy's mean token log-prob
     if judge and prompts:
         from unipo.eval.judge import judge_win_rate
 
@@ -127,11 +133,33 @@ def evaluate_models(policy, reference, tokenizer, objective: Objective, pairs: l
     metrics["n_pairs"] = len(pairs)
     # per pair, in held-out order: for paired comparisons between runs scored on the same pairs
     pair_margins = {"variant": scores["variant_margins"], "dpo": dpo_margins}
-    return {"metrics": metrics, "calibration_bins": bins, "pair_margins": pair_margins}
+    return {"metrics": metrics, "calibration_bins": bins, "pair_margins": pair_margins, "items": items}
 
 
-def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[[int, str], bool] | None:
-    """The verifier of a built-in task, applied to the decoded held-out prompts."""
+def prompt_verifier(tokenizer, pairs: list[dict], task: str | None,
+                    verifier: str | None = None) -> Callable[[int, str], float] | None:
+    """The scorer of a held-out prompt's answer: a built-in task's verifier (1.0 / 0.0) or a user's
+    ``module:function`` (``verifier``), called as ``function(prompt_text, response_text)`` on the decoded
+    held-out prompt and returning a bool or a score in [0, 1] (as ``unipo iterate --verifier``). A function that
+    raises or returns anything else stops the evaluation with one line naming it and the prompt."""
+    if verifier:
+        from unipo.io.plugins import import_function
+
+        fn = import_function(verifier, "--verifier")
+        texts = [tokenizer.decode(p["prompt_ids"], skip_special_tokens=True) for p in pairs]
+
+        def user_check(i: int, text: str) -> float:
+            try:
+                score = fn(texts[i], text)
+            except Exception as exc:  # the user's code: one line naming it and the prompt
+                raise UnipoError(f"--verifier {verifier} raised {type(exc).__name__} on held-out prompt {i}: "
+                                 f"{exc}") from None
+            if isinstance(score, bool) or (isinstance(score, int | float) and 0.0 <= float(score) <= 1.0):
+                return float(score)
+            raise UnipoError(f"--verifier {verifier} returned {score!r} on held-out prompt {i}: expected a bool or "
+                             f"a number in [0, 1]")
+
+        return user_check
     if task in (None, "none"):
         return None
     if task != "arithmetic":
@@ -140,8 +168,8 @@ def prompt_verifier(tokenizer, pairs: list[dict], task: str | None) -> Callable[
 
     problems = [parse_problem(tokenizer.decode(p["prompt_ids"])) for p in pairs]
 
-    def check(i: int, text: str) -> bool:
-        return problems[i] is not None and verify(problems[i], text)
+    def check(i: int, text: str) -> float:
+        return float(problems[i] is not None and verify(problems[i], text))
 
     return check
 
@@ -165,7 +193,8 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
                  n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
                  task: str | None = None, seed: int = 0, out: str | Path | None = None,
                  judge: dict[str, Any] | None = None, reference_cache: bool = True, max_length: int | None = None,
-                 max_prompt_length: int | None = None, on_invalid: str | None = None) -> dict[str, Any]:
+                 max_prompt_length: int | None = None, on_invalid: str | None = None,
+                 verifier: str | None = None) -> dict[str, Any]:
     """Evaluate a run directory against its reference model; write ``eval.json``; return the result.
 
     With ``reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
@@ -173,7 +202,8 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     ``max_length`` / ``max_prompt_length``: truncation of the held-out pairs (None: the run's training
     truncation); what was truncated is printed and recorded in ``eval.json`` (``truncation``).
     ``on_invalid``: error | skip for held-out rows that fail validation (None: the run's setting); what was
-    dropped is recorded in ``eval.json`` (``data_summary``)."""
+    dropped is recorded in ``eval.json`` (``data_summary``). ``verifier``: a user's ``module:function`` that
+    scores each held-out prompt's answers (:func:`prompt_verifier`), instead of a built-in ``task``'s."""
     from unipo.io.rundir import RunDirLock
 
     out_path = Path(out) if out else Path(run_dir) / "eval.json"
@@ -181,7 +211,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
         result = _evaluate(run_dir, data, reference=reference, limit=limit, n_prompts=n_prompts, n_samples=n_samples,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
                            reference_cache=reference_cache, max_length=max_length,
-                           max_prompt_length=max_prompt_length, on_invalid=on_invalid)
+                           max_prompt_length=max_prompt_length, on_invalid=on_invalid, verifier=verifier)
         out_path.write_text(json.dumps(result, indent=2, default=_nan_to_none))
     return result
 
@@ -189,7 +219,8 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
 def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: int | None, n_prompts: int,
               n_samples: int, max_new_tokens: int, batch_size: int, task: str | None, seed: int,
               judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
-              max_prompt_length: int | None, on_invalid: str | None = None) -> dict[str, Any]:
+              max_prompt_length: int | None, on_invalid: str | None = None,
+              verifier: str | None = None) -> dict[str, Any]:
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
     from unipo.training.config import TrainConfig
     from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
@@ -202,7 +233,11 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
                                  "weight_column": None, **({"on_invalid": on_invalid} if on_invalid else {})})
     plan = plan_training(cfg)
     tokenizer = load_tokenizer(str(run_dir))
-    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=plan.weights_columns,
+    weights_columns = plan.weights_columns if _has_columns(data, plan.weights_columns) else None
+    if plan.weights_columns and weights_columns is None:
+        log(f"eval: {data} has no {' / '.join(plan.weights_columns)} columns: the variant's own margin needs its "
+            f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
+    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=weights_columns,
                                   diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)")
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
@@ -217,7 +252,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
                              packing=cfg.packing,
                              batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
-                             max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task),
+                             max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task, verifier),
                              seed=seed, judge=judge)
     result["run"] = str(run_dir)
     result["data"] = str(data)
@@ -226,6 +261,16 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
                             "truncated_responses": summary.truncated_response}
     result["data_summary"] = summary.to_dict()
     return result
+
+
+def _has_columns(data: str, columns: tuple[str, str] | None) -> bool:
+    """Whether the first row of ``data`` carries every one of ``columns`` (per-token weights of a held-out file)."""
+    if not columns:
+        return False
+    from unipo.data.formats import load_rows
+
+    first = next(load_rows(data), None)
+    return first is not None and all(c in first[1] for c in columns)
 
 
 def _nan_to_none(x):

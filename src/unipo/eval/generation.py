@@ -292,7 +292,10 @@ def generation_metrics(
     - ``self_bleu``: self-BLEU over each prompt's samples, averaged over prompts (NaN if n_samples < 2).
     - ``entropy``: mean per-token predictive entropy (nats) of the policy on its own samples.
     - ``response_length``: mean response length in tokens (eos included).
-    - ``pass_rate``: share of samples with ``verifier(prompt_index, text)`` true (only if given).
+    - ``pass_rate``: mean of ``verifier(prompt_index, text)`` over all samples (a bool, or a score in [0, 1]);
+      ``pass_per_prompt``: the same mean per prompt, in prompt order (only if a verifier is given).
+    - ``distinct_2_per_prompt``, ``entropy_per_prompt``: those two per prompt, in prompt order (for paired
+      comparisons between runs on the same prompts).
     - ``n_prompts``, ``n_samples``; and ``samples`` (decoded texts, ``[prompt][sample]``) if
       ``keep_samples``.
 
@@ -324,12 +327,18 @@ def generation_metrics(
 
     result["distinct_1"] = per_prompt_mean(lambda u: distinct_n(u, 1))
     result["distinct_2"] = per_prompt_mean(lambda u: distinct_n(u, 2))
+    result["distinct_2_per_prompt"] = [distinct_n(u, 2) for u in units]
+    result["entropy_per_prompt"] = [  # tokens of one prompt's samples pooled, as ``entropy`` pools all
+        mean_entropy(pol.entropies[i * n_samples:(i + 1) * n_samples], pol.mask[i * n_samples:(i + 1) * n_samples])
+        for i in range(len(prompts))] if flat_resp else []
     result["self_bleu"] = per_prompt_mean(self_bleu) if n_samples >= 2 else math.nan
     result["entropy"] = mean_entropy(pol.entropies, pol.mask)
     result["response_length"] = float(pol.mask.sum(-1).mean()) if flat_resp else math.nan
     if verifier is not None:
-        passed = [bool(verifier(i, t)) for i, per_prompt in enumerate(texts) for t in per_prompt]
+        per_prompt = [[float(verifier(i, t)) for t in answers] for i, answers in enumerate(texts)]
+        passed = [v for scores in per_prompt for v in scores]
         result["pass_rate"] = float(sum(passed) / len(passed)) if passed else math.nan
+        result["pass_per_prompt"] = [sum(scores) / len(scores) if scores else math.nan for scores in per_prompt]
     result["n_prompts"] = float(len(prompts))
     result["n_samples"] = float(n_samples)
     if keep_samples:

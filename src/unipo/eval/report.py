@@ -147,8 +147,9 @@ runs whose values differ by less than about two standard errors are not told apa
 
 
 def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
-                 title: str = "unipo comparison report") -> dict[str, Path]:
-    """Write ``report.md``, ``metrics.csv``, ``metrics.json`` and the PNGs into ``out_dir``.
+                 title: str = "unipo comparison report", sections: list[str] | None = None) -> dict[str, Path]:
+    """Write ``report.md``, ``metrics.csv``, ``metrics.json`` and the PNGs into ``out_dir``. ``sections``:
+    Markdown lines placed after the results table (e.g. the paired differences of a multi-seed comparison).
 
     Returns the written files by role: ``"report"``, ``"csv"``, ``"json"`` and one entry per plot
     (``"reliability"``, ``"training_curves"``, ``"reward_bars"``, ``"reward_vs_kl"``,
@@ -169,6 +170,8 @@ def write_report(out_dir: str | Path, runs: Mapping[str, Mapping[str, Any]],
     if marked:
         lines += ["", "Direction of each column: " + ", ".join(
             f"{c} {'↑' if metric_direction(c) == 'max' else '↓'}" for c in marked) + "."]
+    if sections:
+        lines += ["", *sections]
     lines += ["", _HOW_TO_READ, "", *_plots_section(files)]
     report = out / "report.md"
     report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")

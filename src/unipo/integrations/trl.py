@@ -27,8 +27,9 @@ data columns (TIS-DPO weights; TRL's collator keeps no extra column), per-positi
 signals (SparsePO's mask network, the learned prior). A variant that needs one of those is refused when the
 trainer is built, naming what is missing. ``precompute_ref_log_probs=True`` stores one summed reference
 log-prob per response; it serves the variants whose reference term is aggregated with uniform token weights
-(spread evenly over the response tokens, which leaves every sum and mean unchanged), and is refused for
-token-weighted ones.
+(spread evenly over the response tokens, which leaves every sum and mean unchanged), and is refused for the
+variants whose parts declare ``Needs(token_reference=True)`` (BMC, SamPO, LD-DPO, TIS-DPO: the reference's
+tokens weighted unequally).
 
 TRL's loss options (``loss_type``, ``loss_weights``, ``ld_alpha``, ``f_divergence_type``,
 ``label_smoothing``, ``use_weighting``) must stay at their defaults: the objective decides the loss. β comes
@@ -109,10 +110,14 @@ def check_supported(objective: Objective, *, precomputed_reference: bool) -> Non
         raise ConfigError(f"variant {name} needs {'; and '.join(missing)}. TRL's DPOTrainer gives per-token "
                           f"log-probs and masks only (its collator keeps no other data column): train this variant "
                           f"with `unipo train --variant {name}` (docs/trl.md lists what the TRL drop-in supports)")
-    if precomputed_reference and req.reference and req.inputs - {"ref_logps"}:
+    if precomputed_reference and req.reference and (req.token_reference or req.inputs - {"ref_logps"}):
+        who = [f"{kind}={part.name}" for kind, part in objective.parts.items() if part.needs.token_reference]
+        who += sorted(req.inputs - {"ref_logps"})
         raise ConfigError(f"precompute_ref_log_probs=True keeps one summed reference log-prob per response, and "
-                          f"variant {name} weights the reference term token by token "
-                          f"({', '.join(sorted(req.inputs - {'ref_logps'}))}): set precompute_ref_log_probs=False")
+                          f"variant {name} weights the reference's tokens unequally ({', '.join(who)}): the sum "
+                          f"cannot be split back into tokens; set precompute_ref_log_probs=False (TRL then runs the "
+                          f"reference each step), or train with `unipo train --variant {name}` (its precomputed "
+                          f"reference keeps per-token log-probs)")
 
 
 def left_align(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +147,7 @@ class UnipoDPOTrainer(DPOTrainer):
         self._stops = None  # BMC's exempted tokens, found lazily from the tokenizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.objective.train(self.model.training)  # stateful parts (β-DPO, α-DPO, SamPO) move only in training
         out, model_kwargs = self.unipo_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         for key, value in out.metrics.items():

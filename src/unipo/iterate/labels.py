@@ -17,7 +17,6 @@ classifier, an unreachable judge fail there) and ``label(batch)``.
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,17 +84,9 @@ class VerifierLabeller:
 
 
 def _import_function(spec: str) -> Callable[[str, str], Any]:
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ConfigError(f"--verifier {spec!r}: expected module:function (e.g. mypkg.checks:is_correct)")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--verifier {spec!r}: cannot import it ({exc}); the module must be importable "
-                          f"(on PYTHONPATH or installed)") from None
-    if not callable(fn):
-        raise ConfigError(f"--verifier {spec!r} is not callable")
-    return fn
+    from unipo.io.plugins import import_function
+
+    return import_function(spec, "--verifier")
 
 
 def _task_verifier(task: str, graded: bool = True) -> Callable[[str, str], float]:

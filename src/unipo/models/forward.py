@@ -19,7 +19,7 @@ import torch
 from unipo.errors import UnipoError
 from unipo.layout import PackedBatch, SideLayout, Sides, attention_mask_4d, gather_side, scatter_tokens
 from unipo.models import segment_attention
-from unipo.models.logprobs import token_logps
+from unipo.models.logprobs import perturbed_logps, token_logps
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -144,7 +144,9 @@ class ForwardOutput:
     - ``hidden``: the final hidden states ``[N, H]`` that predict each side's real tokens;
     - ``kl``: the per-position KL ``[B, T]`` against the reference, when asked for (else None);
     - ``output``: the model's own output (``.hidden_states`` of every layer when requested);
-    - ``log_sum_sq``: log Σ_v p_v² of the next-token distribution ``[B, T]`` (no gradient), when asked for.
+    - ``log_sum_sq``: log Σ_v p_v² of the next-token distribution ``[B, T]`` (no gradient), when asked for;
+    - ``eps_plus`` / ``eps_minus``: ε-DPO's perturbed log-probs ``[B, T]`` (no gradient), when asked for
+      (:func:`unipo.models.logprobs.perturbed_logps`).
     """
 
     logps: Sides[torch.Tensor]
@@ -152,26 +154,31 @@ class ForwardOutput:
     kl: Sides[torch.Tensor] | None
     output: Any
     log_sum_sq: Sides[torch.Tensor] | None = None
+    eps_plus: Sides[torch.Tensor] | None = None
+    eps_minus: Sides[torch.Tensor] | None = None
 
 
 def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torch.Tensor], *,
                    chunk_size: int = 1024, reference: ReferenceOutputs | None = None,
                    kl_direction: str | None = None, head_dtype: torch.dtype | None = None,
-                   log_sum_sq: bool = False, **extra: Any) -> ForwardOutput:
+                   log_sum_sq: bool = False, perturbation: float | None = None, **extra: Any) -> ForwardOutput:
     """Per-token log-probs of the chosen and rejected responses of ``batch``.
 
     With ``kl_direction`` (and ``reference`` holding the reference's ``hidden`` and ``head``), also the
     per-position KL over the vocabulary in that direction. ``head_dtype`` casts the hidden states before
     the LM head (bf16 matmuls under mixed precision). ``log_sum_sq``: also log Σ_v p_v² per position, from the
-    same chunked head pass (WPO). ``extra`` goes to the model call
+    same chunked head pass (WPO). ``perturbation`` (ε): also ε-DPO's perturbed log-probs, from the policy's and the
+    reference's logits (``reference`` must hold the hidden states and head). ``extra`` goes to the model call
     (e.g. ``output_hidden_states=True``).
     """
     batch = PackedBatch.from_dict(batch)
     if kl_direction is not None and (reference is None or reference.hidden is None or reference.head is None):
         raise UnipoError(f"a per-position KL ({kl_direction}) needs the reference's hidden states and head")
+    if perturbation is not None and (reference is None or reference.hidden is None or reference.head is None):
+        raise UnipoError("ε-DPO's perturbed log-probs need the reference's hidden states and head")
     hidden, out = hidden_states(model, batch, **extra)
     head = unwrap(model).get_output_embeddings()
-    logps, hiddens, kls, sqs = {}, {}, {}, {}
+    logps, hiddens, kls, sqs, plus, minus = {}, {}, {}, {}, {}, {}
     for side, layout in batch.sides.items():
         h = gather_side(hidden, layout)
         if head_dtype is not None:
@@ -186,5 +193,10 @@ def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, tor
             kls[side] = scatter_tokens(kl, layout.mask)
         if sq:
             sqs[side] = scatter_tokens(sq[0], layout.mask)
+        if perturbation is not None:
+            up, down = perturbed_logps(h, head, labels, reference.hidden[side].to(h.dtype), reference.head,
+                                       perturbation, chunk_size)
+            plus[side], minus[side] = scatter_tokens(up, layout.mask), scatter_tokens(down, layout.mask)
     return ForwardOutput(Sides(**logps), Sides(**hiddens), Sides(**kls) if kls else None, out,
-                         Sides(**sqs) if sqs else None)
+                         Sides(**sqs) if sqs else None, Sides(**plus) if plus else None,
+                         Sides(**minus) if minus else None)

@@ -167,6 +167,33 @@ def token_logps(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tenso
     return (logps, (second if do_kl else None)) + ((sq,) if log_sum_sq else ())
 
 
+@torch.no_grad()
+def perturbed_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, ref_hidden: torch.Tensor,
+                    ref_head: torch.nn.Module, epsilon: float, chunk_size: int = 1024
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε-DPO's perturbed policies at every response position (Lee et al. 2025, arXiv 2502.13177; released code
+    oddqueue/e-dpo ``trainer.py::concatenated_forward``): the log-probs of ``labels`` ([N]) under
+    log softmax((1 + ε)·z − ε·z_ref) and log softmax((1 − ε)·z + ε·z_ref), z = h W^T + b the policy's logits and
+    z_ref the reference's, each in float32, chunk by chunk (one more policy head matmul per chunk; no gradient).
+    Returns two ``[N]`` tensors."""
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    plus, minus = hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
+    w, b = full_weight(head.weight).detach(), full_weight(head.bias)
+    rw, rb = full_weight(ref_head.weight).detach(), full_weight(ref_head.bias)
+    w, rw = w.to(hidden.dtype), rw.to(ref_hidden.dtype)
+    b = b.detach().to(hidden.dtype) if b is not None else None
+    rb = rb.detach().to(ref_hidden.dtype) if rb is not None else None
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        for s in range(0, hidden.shape[0], chunk_size):
+            e = min(s + chunk_size, hidden.shape[0])
+            z = _logits(hidden[s:e].detach(), w, b).to(acc)
+            zr = _logits(ref_hidden[s:e].detach(), rw, rb).to(acc)
+            idx = labels[s:e, None]
+            plus[s:e] = F.log_softmax((1 + epsilon) * z - epsilon * zr, dim=-1).gather(-1, idx).squeeze(-1)
+            minus[s:e] = F.log_softmax((1 - epsilon) * z + epsilon * zr, dim=-1).gather(-1, idx).squeeze(-1)
+    return plus, minus
+
+
 def token_logps_reference(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor, *,
                           ref_hidden: torch.Tensor | None = None, ref_head: torch.nn.Linear | None = None,
                           kl_direction: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,7 +25,9 @@ class Requirements:
 
     ``inputs``: the per-token inputs the parts read; ``kl_direction``: per-position KL over the vocabulary
     in this direction (None: none); ``reference``: reference log-probs; ``live_reference``: the reference
-    model at every step; ``signal``: the default token signal that supplies an input when the data does not.
+    model at every step; ``signal``: the default token signal that supplies an input when the data does not;
+    ``perturbation``: ε of the perturbed policies whose log-probs a part reads (ε-DPO), else None.
+    ``token_reference``: a part treats the reference's tokens unequally (a summed reference cannot serve it).
     """
 
     inputs: frozenset[str]
@@ -33,6 +35,8 @@ class Requirements:
     reference: bool
     live_reference: bool
     signal: str | None
+    perturbation: float | None = None
+    token_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,16 +50,24 @@ class ObjectiveConfig:
     def part(self, kind: str) -> Part:
         return parts(kind)[self.parts[kind]]
 
+    def components(self, kind: str) -> list[tuple[Part, float]]:
+        """The parts of ``kind`` that act, with their weights: the mixed parts of a mixture (``pair_loss:
+        {sigmoid: 0.8, bco_pair: 0.2}``), or the one selected part with weight 1."""
+        return mixture_components(self.part(kind), self.params)
+
     @property
     def requirements(self) -> Requirements:
-        needs = [self.part(kind).needs for kind in KINDS]
+        needs = [c.needs for kind in KINDS for c, _ in [(self.part(kind), 1.0), *self.components(kind)]]
         directions = {n.kl_direction for n in needs if n.kl_direction}
         signals = [n.signal for n in needs if n.signal and (n.signal_when is None or self.params.get(n.signal_when))]
+        perturbations = [float(self.params[n.perturbation]) for n in needs if n.perturbation]
         return Requirements(inputs=frozenset(i for n in needs for i in n.inputs),
                             kl_direction=next(iter(directions), None),
                             reference=any(n.reference for n in needs),
                             live_reference=any(n.live_reference for n in needs),
-                            signal=signals[0] if signals else None)
+                            signal=signals[0] if signals else None,
+                            perturbation=perturbations[0] if perturbations else None,
+                            token_reference=any(n.token_reference for n in needs))
 
     @property
     def needs_reference(self) -> bool:
@@ -80,6 +92,57 @@ def normalise_name(name: str) -> str:
     return str(name).strip().lower().replace("-", "_")
 
 
+def mixture_components(part: Part, params: Mapping[str, Any]) -> list[tuple[Part, float]]:
+    """``part``'s mixed parts with their weights when it is a mixture (``Part.mixes``), else ``[(part, 1.0)]``."""
+    if part.mixes is None:
+        return [(part, 1.0)]
+    table = parts(part.kind)
+    return [(table[name], float(weight)) for name, weight in (params.get(part.mixes) or {}).items()]
+
+
+def _check_mixture(part: Part, weights: Any) -> None:
+    """A mixture names known parts of its kind, none of them a mixture, listwise or stateful (with the reason)."""
+    if not weights:
+        raise ConfigError(f"{part.kind}={part.name} needs {part.mixes}: the parts mixed and their weights, e.g. "
+                          f"{part.kind}: {{sigmoid: 0.8, bco_pair: 0.2}}")
+    table = parts(part.kind)
+    for name in weights:
+        if name not in table:
+            raise ConfigError(f"unknown {part.kind} {name!r} in the mixture{_suggest(name, table)}; allowed: "
+                              f"{', '.join(n for n, p in table.items() if not (p.mixes or p.stateful or p.listwise))}")
+        member = table[name]
+        if member.mixes is not None:
+            raise ConfigError(f"a {part.kind} mixture cannot contain another mixture ({name!r}): list its parts")
+        if member.stateful:
+            raise ConfigError(f"{part.kind}={name} keeps state across batches (moving statistics and a selection of "
+                              f"pairs that reweights the batch, as β-DPO's filtering does) and cannot be one term of a "
+                              f"mixture: its selection would drop the other terms' pairs too; train it alone")
+        if member.listwise:
+            raise ConfigError(f"{part.kind}={name} compares one chosen response with several rejected ones and "
+                              f"cannot be mixed with pair losses over one rejected response; train it alone")
+
+
+def _mixed_params(selected: dict[str, Part], weights_by_kind: dict[str, Any],
+                  user_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters of the mixed parts, with their defaults. Mixed parts that share a parameter (TRL's
+    ``label_smoothing`` of robust and exo_pair) share one value: where their defaults differ, the user must give it."""
+    out: dict[str, Any] = {}
+    for kind, part in selected.items():
+        if part.mixes is None:
+            continue
+        owners: dict[str, list[tuple[str, Any]]] = {}
+        for name in weights_by_kind[kind]:
+            for key, default in parts(kind)[name].params.items():
+                owners.setdefault(key, []).append((name, default))
+        for key, found in owners.items():
+            if len({repr(d) for _, d in found}) > 1 and key not in user_params:
+                listed = ", ".join(f"{n}: {d}" for n, d in found)
+                raise ConfigError(f"the mixed {kind} parts share the parameter {key!r} with different defaults "
+                                  f"({listed}): give {key} explicitly")
+            out[key] = found[0][1]
+    return out
+
+
 def _suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -92,6 +155,10 @@ TRAINING_BEHAVIOURS = {
               "ref_sync: hard in the training configuration (docs/objective.md, 'Training behaviours')",
 }
 TRAINING_BEHAVIOURS["trdpo"] = TRAINING_BEHAVIOURS["tr_dpo"]
+TRAINING_BEHAVIOURS["bema"] = (
+    "BEMA (arXiv 2508.00180) changes where the reference comes from, not the loss: train any variant with a reference "
+    "with ref_sync: bema (ref_sync_bema, ref_sync_steps) in the training configuration (docs/objective.md, "
+    "'Training behaviours')")
 
 
 def _params_owner() -> dict[str, str]:
@@ -125,7 +192,14 @@ def resolve(variant: str | Mapping[str, Any], overrides: Mapping[str, Any] | Non
     chosen_parts = {**DEFAULT_PARTS, **preset.parts}
     user_params: dict[str, Any] = {}
     for key, value in spec.items():
-        if key in KINDS:
+        if key in KINDS and isinstance(value, Mapping):  # a weighted mixture of parts of this kind
+            mixer = next((part for part in parts(key).values() if part.mixes), None)
+            if mixer is None:
+                raise ConfigError(f"{key} takes one part name, got a mapping {dict(value)!r}; only "
+                                  f"{', '.join(k for k in KINDS if any(p.mixes for p in parts(k).values()))} can mix")
+            chosen_parts[key] = mixer.name
+            user_params[mixer.mixes] = {normalise_name(k): v for k, v in value.items()}
+        elif key in KINDS:
             name = normalise_name(value)
             table = parts(key)
             if name not in table:
@@ -139,6 +213,12 @@ def resolve(variant: str | Mapping[str, Any], overrides: Mapping[str, Any] | Non
     allowed: dict[str, Any] = dict(GLOBAL_PARAMS)
     for part in selected.values():
         allowed.update(part.params)
+    mixtures = {kind: user_params.get(part.mixes, preset.params.get(part.mixes))
+                for kind, part in selected.items() if part.mixes}
+    for kind, weights in mixtures.items():
+        selected[kind].param_specs[selected[kind].mixes].check(selected[kind].mixes, weights)
+        _check_mixture(selected[kind], weights)
+    allowed.update(_mixed_params(selected, mixtures, user_params))
     owner = _params_owner()
     for key in user_params:
         if key in allowed:
@@ -154,26 +234,49 @@ def resolve(variant: str | Mapping[str, Any], overrides: Mapping[str, Any] | Non
     if "gamma_beta_ratio" in user_params and "gamma" not in user_params:
         params["gamma"] = 0.0  # the user's ratio replaces the preset's absolute γ
     params.update(user_params)
+    for kind, part in selected.items():
+        if part.mixes:  # normalised names (the preset's or the user's), as resolved
+            params[part.mixes] = {normalise_name(k): v for k, v in mixtures[kind].items()}
     _validate(selected, params)
     return ObjectiveConfig(preset_name, chosen_parts, params)
 
 
+@dataclass(frozen=True)
+class _Effective:
+    """What a pair loss (or a mixture of them: any of its components) reads, for the rules that span parts."""
+
+    name: str
+    uses_logit: bool
+    uses_scores: bool
+    uses_prior: bool
+
+
+def _effective_loss(loss: Part, params: Mapping[str, Any]) -> _Effective:
+    members = [p for p, _ in mixture_components(loss, params)]
+    name = loss.name if loss.mixes is None else "{" + ", ".join(p.name for p in members) + "}"
+    return _Effective(name, any(p.uses_logit for p in members), any(p.uses_scores for p in members),
+                      any(p.uses_prior for p in members))
+
+
 def _validate(selected: dict[str, Part], params: dict[str, Any]) -> None:
-    """Every parameter against its declared :class:`Param`; then the rules that span parts."""
-    specs: dict[str, Param] = dict(GLOBAL_PARAM_SPECS)
+    """Every parameter against its declared :class:`Param` (a mixture's parts' too); then the rules that span
+    parts."""
+    specs: list[tuple[str, Param]] = list(GLOBAL_PARAM_SPECS.items())
     for part in selected.values():
-        specs.update(part.param_specs)
-    for key, spec in specs.items():
+        specs += [(k, spec) for member, _ in mixture_components(part, params) for k, spec in member.param_specs.items()]
+        specs += list(part.param_specs.items())
+    for key, spec in specs:
         spec.check(key, params[key])
     if params["gamma_beta_ratio"] is not None and params["gamma"]:
         raise ConfigError("give either 'gamma' (absolute SimPO margin) or 'gamma_beta_ratio' (γ/β), not both")
-    loss = selected["pair_loss"]
+    loss = _effective_loss(selected["pair_loss"], params)
     if not loss.uses_logit:
         ignored = [k for k in ("gamma", "gamma_beta_ratio", "length_alpha") if params[k]]
         if not selected["kl"].neutral:
             ignored.append(f"kl={selected['kl'].name}")
         if ignored:
-            on_logit = ", ".join(name for name, part in parts("pair_loss").items() if part.uses_logit)
+            on_logit = ", ".join(name for name, part in parts("pair_loss").items()
+                                 if part.uses_logit and not part.mixes)
             raise ConfigError(f"pair_loss={loss.name} scores each side separately and would ignore "
                               f"{', '.join(ignored)}; use a pair loss on the combined logit ({on_logit}) with these")
     transforms = [f"{k}={selected[k].name}" for k in ("chosen_transform", "rejected_transform")

@@ -99,7 +99,8 @@ class Objective:
 
     def state_dict(self) -> dict[str, dict[str, float]]:
         """The stateful parts' state by kind (plain floats; empty for a stateless objective)."""
-        return {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        states = {kind: fn.state_dict() for kind, fn in self.fns.items() if isinstance(fn, StatefulPart)}
+        return {kind: state for kind, state in states.items() if state}
 
     def load_state_dict(self, state: Mapping[str, Mapping[str, float]]) -> None:
         for kind, part_state in state.items():
@@ -218,7 +219,9 @@ class Objective:
 
         # each side knows the other's mask (SamPO samples the longer response down to the shorter's length)
         if groups is None:
-            chosen, rejected = replace(chosen, partner_mask=rejected.mask), replace(rejected, partner_mask=chosen.mask)
+            ids = None if inputs.pair_ids is None else inputs.pair_ids.to(chosen.mask.device)
+            chosen, rejected = (replace(chosen, partner_mask=rejected.mask, pair_ids=ids),
+                                replace(rejected, partner_mask=chosen.mask, pair_ids=ids))
         p = self.params
         beta = float(p["beta"])
         s_w, h_w, pol_w, pri_w, ww = self._score(chosen)
@@ -233,7 +236,7 @@ class Objective:
             logits = logits - float(p["length_alpha"]) * (each(chosen.lengths) - rejected.lengths)
         losses = self.fns["pair_loss"](PairTerms(
             logits, beta, each(h_w), h_l, each(pol_w), pol_l, each(pri_w), pri_l, groups,
-            None if groups is None else n_pairs), p)
+            None if groups is None else n_pairs, None if groups is not None else (chosen, rejected)), p)
         # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
         losses, selected = losses if isinstance(losses, tuple) else (losses, None)
         factor = self.fns["pair_weighting"](chosen, rejected, p)
@@ -302,7 +305,10 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  chosen_prior_offsets: torch.Tensor | None = None,
                  rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
                  rejected_pair: torch.Tensor | None = None, chosen_log_sum_sq_probs: torch.Tensor | None = None,
-                 rejected_log_sum_sq_probs: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 rejected_log_sum_sq_probs: torch.Tensor | None = None,
+                 chosen_eps_plus_logps: torch.Tensor | None = None, rejected_eps_plus_logps: torch.Tensor | None = None,
+                 chosen_eps_minus_logps: torch.Tensor | None = None,
+                 rejected_eps_minus_logps: torch.Tensor | None = None, **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -310,7 +316,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
     tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
     SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets. ``pair_weights`` ([batch], ≥ 0) makes ``.loss`` the weighted mean of the pairs' losses.
+    offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
+    ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
     rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
@@ -326,7 +333,9 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
         chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
         pair_weights=pair_weights, rejected_pair=rejected_pair, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
-        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs,
+        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs, chosen_eps_plus_logps=chosen_eps_plus_logps,
+        rejected_eps_plus_logps=rejected_eps_plus_logps, chosen_eps_minus_logps=chosen_eps_minus_logps,
+        rejected_eps_minus_logps=rejected_eps_minus_logps,
     )
 
 

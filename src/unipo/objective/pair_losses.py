@@ -14,10 +14,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unipo.errors import UnipoError
 from unipo.objective.links import capped_exp
 from unipo.objective.moving import MovingStats
 from unipo.objective.protocols import Params
-from unipo.objective.registry import Param, PresetSpec, StatefulPart, register
+from unipo.objective.registry import Needs, Param, PresetSpec, StatefulPart, get_part, register
 from unipo.objective.sides import PairTerms
 
 
@@ -245,6 +246,45 @@ class BetaDPOLoss(StatefulPart):
         self.stats.load_state_dict(state)
 
 
+@register("pair_loss", "mixture", mixes="pair_loss_weights", params={
+    "pair_loss_weights": Param(None, "the pair losses mixed and their weights, {name: weight > 0} (TRL's loss_type + "
+                                     "loss_weights)", kind="weights")},
+          formula="Σ_k w_k·ℓ_k  (every mixed pair loss on the same logit z and scores h_w, h_l; the NLL term is "
+                  "nll_weight)",
+          source="TRL's DPOConfig(loss_type=[...], loss_weights=[...]) (trl/trainer/dpo_trainer.py::_compute_loss, "
+                 "TRL 1.16); MPO (Wang et al. 2024, arXiv 2411.10442)",
+          preset=PresetSpec("mpo", "0.8·(−log σ(βΔ)) + 0.2·(−log σ(βρ(y_w)) − log σ(−βρ(y_l))) + 1.0·NLL(y_w)",
+                            "Wang et al. 2024 (MPO, arXiv 2411.10442): preference + quality + generation loss; "
+                            "weights and loss types as TRL's DPOConfig documents for MPO (loss_type=['sigmoid', "
+                            "'bco_pair', 'sft'], loss_weights=[0.8, 0.2, 1.0])",
+                            "the quality term is TRL's bco_pair (no running reward shift δ, which the paper's BCO "
+                            "has); the NLL is TRL's sft reduction (one token mean over the batch's chosen tokens: "
+                            "nll_token_mean true)",
+                            {"pair_loss_weights": {"sigmoid": 0.8, "bco_pair": 0.2}, "nll_weight": 1.0,
+                             "nll_token_mean": True}))
+class PairLossMixture(StatefulPart):
+    """A weighted sum of pair losses, each on the same logit and scores (TRL's ``loss_type=[...]`` with
+    ``loss_weights``: its loss is Σ_k w_k·mean_i ℓ_k,i, the mean of this per-pair sum). Each component's mean is
+    logged as ``mixture/NAME`` (unweighted). Registered as a class for its per-objective component list and
+    metrics; it keeps no state. The mixed losses share every other part (prior, weights, aggregation, link, KL,
+    margins) and their parameters; stateful (β-DPO) and listwise pair losses are refused in a mixture
+    (:mod:`unipo.objective.config`)."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.components = [(name, float(w), get_part("pair_loss", name).fn)
+                           for name, w in params["pair_loss_weights"].items()]
+
+    def __call__(self, t: PairTerms, params: Params) -> torch.Tensor:
+        total: torch.Tensor | float = 0.0
+        self.metrics = {}
+        for name, weight, fn in self.components:
+            losses = fn(t, params)
+            self.metrics[f"mixture/{name}"] = losses.detach().mean()
+            total = total + weight * losses
+        return total
+
+
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 − eˣ) for x < 0, stably (log1p(−eˣ) below −log 2, log(−expm1(x)) above: Mächler 2012). A log-prob
     cannot be positive: x is clamped at −eps of its dtype, so that a probability rounded to 1 stays finite."""
@@ -264,7 +304,8 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
                             "authors' released code (xfactlab/orpo)",
                             "λ is β (0.1, TRL's default); reference-free; the NLL is over the chosen RESPONSE tokens "
                             "(TRL's and the released code's cover the prompt too; nll_token_mean: true gives their "
-                            "batch token mean)",
+                            "batch token mean); the released code's mean log-prob also counts the first padding "
+                            "position and its NLL skips every EOS (docs/family_trl.md)",
                             config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
 def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the
@@ -273,3 +314,83 @@ def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
     pw, pl = t.policy_chosen, t.policy_rejected
     log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
     return t.beta * nls(log_odds)
+
+
+@register("pair_loss", "repo", formula="max(0, −z)/β  (= max(0, γ/β − (h_w − h_l)) with a margin γ)",
+          source="RePO (Wu et al. 2025, arXiv 2503.07426), the ReLU max-margin loss; released code junkangwu/RePO "
+                 "scripts/simpo_trainer.py::get_batch_loss_metrics (loss_type 'repo')",
+          preset=PresetSpec("repo", "max(0, −(ā(y_w) − ā(y_l) − γ))  (ā: mean token log-prob)",
+                            "Wu et al. 2025 (RePO, arXiv 2503.07426); the released code (junkangwu/RePO, "
+                            "training_configs/llama-3-8b-instruct-repo.yaml)",
+                            "γ = gamma_beta_ratio = 0.6 (the authors' Llama-3-8B-Instruct config; Mistral 0.4, "
+                            "Gemma-2 0.4); the loss does not depend on β: β (2.5 as in that config) only scales "
+                            "the logged rewards; reference-free",
+                            {"prior": "none", "aggregation": "mean", "beta": 2.5, "gamma_beta_ratio": 0.6}))
+def repo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+    """RePO: the ReLU max-margin loss, SimPO's limit β → ∞ (−log σ(z)/β → max(0, −z)/β). A pair whose margin
+    already exceeds γ contributes nothing (and no gradient); the others get the same weight 1. Written on the
+    combined logit divided by β, so that with ``gamma_beta_ratio`` = γ it is max(0, γ − (h_w − h_l)) whatever β is,
+    as the released code computes ``relu(−(pi_logratios − gamma_beta_ratio))``."""
+    return torch.relu(-t.logits) / t.beta
+
+
+def epsilon_steps(chosen, rejected) -> torch.Tensor:
+    """ε-DPO's per-pair decision s_i ∈ {−1, 0, +1} (no gradient): +1 when the policy's log-ratio
+    log π(y_w) − log π(y_l) (sums over response tokens) lies strictly between the ε-perturbed policies' ones in
+    the order π^{−ε} < π < π^{+ε} (the preference confidence grows as β shrinks: relax β), −1 when it lies
+    between them in the reverse order, 0 otherwise."""
+    def logratio(attr: str) -> torch.Tensor:
+        return (getattr(chosen, attr).sum(-1) - getattr(rejected, attr).sum(-1)).detach()
+
+    now, up, down = logratio("logps"), logratio("eps_plus_logps"), logratio("eps_minus_logps")
+    return ((up > now) & (now > down)).to(now.dtype) - ((down > now) & (now > up)).to(now.dtype)
+
+
+@register("pair_loss", "epsilon_dpo", params={
+    "edpo_epsilon": Param(0.01, "ε: the relative step of the per-pair perturbation of β (and of β's update)",
+                          lo=0, hi=1, lo_open=True, hi_open=True)},
+          formula="−log σ(z·β_i/β),  β_i = β_t/(1 + ε·s_i),  s_i = +1 if LR(π^{+ε}) > LR(π) > LR(π^{−ε}), −1 if "
+                  "LR(π^{−ε}) > LR(π) > LR(π^{+ε}), else 0;  β_{t+1} = β_t/(1 + ε·mean_i s_i)",
+          source="ε-DPO (Lee et al., NeurIPS 2025, arXiv 2502.13177); released code oddqueue/e-dpo trainer.py "
+                 "(concatenated_forward: ε-steps; dpo_loss: updated_beta; get_batch_loss_metrics: β update)",
+          needs=Needs(inputs=("eps_plus_logps", "eps_minus_logps"), reference=True, live_reference=True,
+                      perturbation="edpo_epsilon"),
+          preset=PresetSpec("epsilon_dpo", "−log σ(β_i Δ),  β_i = β_t/(1 + ε·s_i),  s_i ∈ {−1, 0, 1} from the "
+                                           "log-ratios of the policies log softmax((1 ± ε)z_θ ∓ ε z_ref)",
+                            "Lee et al., NeurIPS 2025 (ε-DPO, arXiv 2502.13177); the released code (oddqueue/e-dpo)",
+                            "ε = 0.01 and β = 0.01 as the authors' configs; β_t starts at β and moves after every "
+                            "training micro-batch, per process (the released code: after every optimizer step, with "
+                            "the mean over its micro-batches and processes); needs the reference model at every step",
+                            {"beta": 0.01}))
+class EpsilonDPOLoss(StatefulPart):
+    """ε-DPO: a KL penalty per pair. For each pair the policies that training with β/(1 + ε) and β/(1 − ε) would
+    give are estimated without training them, π^{±ε} ∝ exp((1 ± ε)·z_θ ∓ ε·z_ref) (z: the logits at each position),
+    and β is relaxed to β/(1 + ε) where the preference log-ratio grows monotonically as β shrinks, tightened to
+    β/(1 − ε) where it shrinks, and kept otherwise. The baseline β_t itself moves
+    by the batch's mean decision after each training call (in training only; evaluation uses β_t as it is).
+    The loss scales the whole logit z (margins included) by β_i/β, as β-DPO does."""
+
+    def __init__(self, params: Mapping[str, Any]):
+        super().__init__(params)
+        self.beta_t = float(params["beta"])
+        self.epsilon = float(params["edpo_epsilon"])
+
+    def __call__(self, t: PairTerms, params: Params) -> torch.Tensor:
+        if t.sides is None:  # several rejected responses per pair: refused earlier (per-token inputs), kept safe here
+            raise UnipoError("pair_loss=epsilon_dpo compares one chosen with one rejected response")
+        chosen, rejected = t.sides
+        steps = epsilon_steps(chosen, rejected)
+        beta_i = self.beta_t / (1.0 + self.epsilon * steps)
+        self.metrics = {"epsilon_dpo/beta": torch.tensor(self.beta_t),
+                        "epsilon_dpo/relaxed": (steps > 0).float().mean(),
+                        "epsilon_dpo/tightened": (steps < 0).float().mean()}
+        losses = nls(t.logits * (beta_i / t.beta))
+        if self.training:
+            self.beta_t = self.beta_t / (1.0 + self.epsilon * float(steps.mean()))
+        return losses
+
+    def state_dict(self) -> dict[str, float]:
+        return {"beta": self.beta_t}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.beta_t = float(state["beta"])

@@ -51,6 +51,11 @@ SIDE_INPUTS: dict[str, str] = {
     "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
     "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
                         "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
+    "eps_plus_logps": "log-probs of the response tokens under the ε-perturbed policy "
+                      "log softmax((1 + ε)·z_θ − ε·z_ref) (the policy trained with β/(1 + ε)), no gradient "
+                      "(ε-DPO; from the policy's and the reference's logits at each position)",
+    "eps_minus_logps": "log-probs of the response tokens under log softmax((1 − ε)·z_θ + ε·z_ref) (the policy trained "
+                       "with β/(1 − ε)), no gradient (ε-DPO)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 
@@ -60,7 +65,8 @@ class Param:
     """A part's (or the objective's) parameter: its default, what values are valid, and what it means.
 
     ``kind`` is ``number`` (int or float within [lo, hi], ends open where ``lo_open`` / ``hi_open``),
-    ``bool``, or ``optional_number`` (a number or None)."""
+    ``bool``, ``optional_number`` (a number or None), or ``weights`` (a mapping of names to positive numbers, or
+    None: a mixture's components; the names are checked by the part that reads it)."""
 
     default: Any
     help: str = ""
@@ -76,7 +82,15 @@ class Param:
             if not isinstance(value, bool):
                 raise ConfigError(f"parameter {key!r} must be true or false, got {value!r}")
             return
-        if value is None and self.kind == "optional_number":
+        if value is None and self.kind in ("optional_number", "weights"):
+            return
+        if self.kind == "weights":
+            if not isinstance(value, Mapping) or not value:
+                raise ConfigError(f"parameter {key!r} must be a mapping of names to weights, e.g. "
+                                  f"{{sigmoid: 0.8, bco_pair: 0.2}}; got {value!r}")
+            for name, weight in value.items():
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+                    raise ConfigError(f"{key}: the weight of {name!r} must be a positive number, got {weight!r}")
             return
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"parameter {key!r} must be a number, got {value!r}")
@@ -92,6 +106,8 @@ class Param:
         """The valid values in interval notation (``(0, 1)``, ``[0, ∞)``, ``true/false``)."""
         if self.kind == "bool":
             return "true/false"
+        if self.kind == "weights":
+            return "{name: weight > 0, …} or null"
         lo = "−∞" if self.lo is None else f"{self.lo:g}"
         hi = "∞" if self.hi is None else f"{self.hi:g}"
         left = "(" if self.lo_open or self.lo is None else "["
@@ -108,16 +124,24 @@ class Needs:
     - ``reference``: it needs reference log-probs (a frozen copy, the policy with adapters off, or
       precomputed); ``live_reference``: it needs the reference MODEL at every step (full next-token
       distributions or hidden states), so precomputed log-probs cannot serve it;
+    - ``token_reference``: it treats the reference's tokens unequally (token weights on the reference term that
+      are not one constant per response: BMC, SamPO's subsets, LD-DPO's tail, TIS-DPO), so one summed reference
+      log-prob per response cannot serve it (TRL's ``precompute_ref_log_probs``); a part that reads the
+      reference only through each response's sum or mean leaves it false;
     - ``signal``: the token signal (:mod:`unipo.models.signals`) that supplies one of its inputs when the data
-      does not; ``signal_when``: only when this (boolean) parameter of the objective is true.
+      does not; ``signal_when``: only when this (boolean) parameter of the objective is true;
+    - ``perturbation``: the name of the parameter that holds ε when the part reads the ε-perturbed policies'
+      log-probs (``eps_plus_logps`` / ``eps_minus_logps``, ε-DPO): training computes them with that ε.
     """
 
     inputs: tuple[str, ...] = ()
     kl_direction: str | None = None
     reference: bool = False
     live_reference: bool = False
+    token_reference: bool = False
     signal: str | None = None
     signal_when: str | None = None
+    perturbation: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.inputs) - set(SIDE_INPUTS)
@@ -180,6 +204,9 @@ class Part:
     #: for pair losses: whether the loss reads the prior at all (ORPO does not: a reference or learned prior with it
     #: would be computed and ignored)
     uses_prior: bool = True
+    #: a weighted mixture of other parts of its kind: the name of its ``weights`` parameter (name → weight). A
+    #: mapping given for the kind (``pair_loss: {sigmoid: 0.8, bco_pair: 0.2}``) selects this part with those weights
+    mixes: str | None = None
 
     @property
     def stateful(self) -> bool:
@@ -216,7 +243,7 @@ PART_PRESETS: list[tuple[str, str, PresetSpec]] = []
 def register(kind: str, name: str, *, params: dict[str, Param] | None = None, formula: str = "",
              source: str = "", needs: Needs | None = None, uses_logit: bool = True, uses_scores: bool = True,
              neutral: bool = False, preset: PresetSpec | None = None, listwise: bool = False,
-             uses_prior: bool = True) -> Callable:
+             uses_prior: bool = True, mixes: str | None = None) -> Callable:
     """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
     :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
     if kind not in KINDS:
@@ -230,7 +257,7 @@ def register(kind: str, name: str, *, params: dict[str, Param] | None = None, fo
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
         _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit,
-                                     uses_scores, neutral, listwise, uses_prior)
+                                     uses_scores, neutral, listwise, uses_prior, mixes)
         if preset is not None:
             PART_PRESETS.append((kind, name, preset))
         return fn

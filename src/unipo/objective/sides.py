@@ -23,6 +23,8 @@ KEYWORDS = {
     "diff_mask": "{}_diff_mask",
     "prior_offsets": "{}_prior_offsets",
     "log_sum_sq_probs": "{}_log_sum_sq_probs",
+    "eps_plus_logps": "{}_eps_plus_logps",
+    "eps_minus_logps": "{}_eps_minus_logps",
 }
 
 
@@ -45,9 +47,14 @@ class Side:
     diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
     prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
     log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
+    eps_plus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 + ε) z_θ − ε z_ref)
+    eps_minus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 − ε) z_θ + ε z_ref)
     #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's
     #: shared length read its lengths (:attr:`other_lengths`)
     partner_mask: torch.Tensor | None = None
+    #: each pair's identity ``[B]`` (long; set by the objective from :attr:`ObjectiveInputs.pair_ids`, not an input):
+    #: SamPO's draw is keyed by it
+    pair_ids: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -72,18 +79,22 @@ class ObjectiveInputs:
 
     Several rejected responses per pair (listwise, :mod:`unipo.objective.listwise`): ``rejected`` holds one
     row per rejected response (``[N, T]``, each pair's rows contiguous, in pair order) and ``rejected_pair``
-    (long ``[N]``) the pair of each row; None means one rejected row per pair, row i for pair i."""
+    (long ``[N]``) the pair of each row; None means one rejected row per pair, row i for pair i.
+
+    ``pair_ids`` (long ``[B]``): each pair's identity, its row in the dataset (``unipo train`` supplies it), read by
+    parts that draw at random per pair (SamPO); None: the pair's position in the batch."""
 
     chosen: Side
     rejected: Side
     pair_weights: torch.Tensor | None = None
     rejected_pair: torch.Tensor | None = None
+    pair_ids: torch.Tensor | None = None
 
     @classmethod
     def from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
                      chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
                      pair_weights: torch.Tensor | None = None, rejected_pair: torch.Tensor | None = None,
-                     **optional: torch.Tensor | None) -> ObjectiveInputs:
+                     pair_ids: torch.Tensor | None = None, **optional: torch.Tensor | None) -> ObjectiveInputs:
         """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …)."""
         allowed = {p.format(n) for p in KEYWORDS.values() for n in SIDE_NAMES}
         unknown = set(optional) - allowed
@@ -94,13 +105,12 @@ class ObjectiveInputs:
                                   ("rejected", policy_rejected_logps, rejected_mask)):
             extra = {attr: optional.get(pattern.format(name)) for attr, pattern in KEYWORDS.items()}
             sides[name] = Side(name, logps, mask, **extra)
-        return cls(sides["chosen"], sides["rejected"], pair_weights, rejected_pair)
+        return cls(sides["chosen"], sides["rejected"], pair_weights, rejected_pair, pair_ids)
 
     def with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]) -> ObjectiveInputs:
         """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
-        return ObjectiveInputs(replace(self.chosen, **per_side.get("chosen", {})),
-                               replace(self.rejected, **per_side.get("rejected", {})), self.pair_weights,
-                               self.rejected_pair)
+        return replace(self, chosen=replace(self.chosen, **per_side.get("chosen", {})),
+                       rejected=replace(self.rejected, **per_side.get("rejected", {})))
 
 
 @dataclass(frozen=True)
@@ -122,3 +132,6 @@ class PairTerms:
     #: only pair losses registered ``listwise`` receive it (:mod:`unipo.objective.listwise`)
     groups: torch.Tensor | None = None
     num_pairs: int | None = None
+    #: the two checked sides (per-token inputs zero on padding), for a pair loss that reads more than the scores
+    #: (ε-DPO's perturbed log-probs); None with several rejected responses per pair
+    sides: tuple[Side, Side] | None = None

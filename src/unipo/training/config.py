@@ -28,8 +28,11 @@ REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
 TRUNCATION_MODES = ("keep_end", "keep_start")
 ON_INVALID = ("error", "skip")
-#: TR-DPO reference updates (training/ref_sync.py)
-REF_SYNC = ("none", "soft", "hard")
+#: TR-DPO reference updates and BEMA (training/ref_sync.py)
+REF_SYNC = ("none", "soft", "hard", "bema")
+#: the keys of ref_sync_bema (TRL's BEMACallback arguments; ref_sync_steps is its ref_model_update_freq)
+BEMA_KEYS = ("update_freq", "ema_power", "bias_power", "lag", "update_after", "multiplier", "min_ema_multiplier",
+             "ref_update_after")
 #: TR-DPO defaults: TRL's (``ref_model_mixup_alpha=0.6``, ``ref_model_sync_steps=512``)
 REF_SYNC_ALPHA, REF_SYNC_STEPS = 0.6, 512
 #: accepted by unipo.models.loading.resolve_dtype
@@ -131,12 +134,17 @@ class TrainConfig:
     ref_sync: str = field(default="none", metadata={
         "help": "TR-DPO (arXiv 2404.09656): the reference follows the policy every ref_sync_steps optimizer steps; "
                 "soft: ref <- alpha*policy + (1-alpha)*ref (parameter-wise), hard: ref <- policy; needs a live "
-                "reference copy (reference: copy, full fine-tuning)", "choices": REF_SYNC})
+                "reference copy (reference: copy, full fine-tuning); bema (arXiv 2508.00180): ref <- a bias-corrected "
+                "EMA of the policy, as TRL's experimental BEMACallback(update_ref_model=True)", "choices": REF_SYNC})
     ref_sync_alpha: float | None = field(default=None, metadata={
         "help": f"soft ref_sync only: the policy's share alpha in (0, 1] (null: {REF_SYNC_ALPHA}, TRL's default)"})
     ref_sync_steps: int | None = field(default=None, metadata={
         "help": f"ref_sync: update the reference after every N-th optimizer step (tau; null: {REF_SYNC_STEPS}, "
-                f"TRL's default)"})
+                f"TRL's default; bema: TRL's ref_model_update_freq, null: 400)"})
+    ref_sync_bema: dict | None = field(default=None, metadata={
+        "help": "ref_sync: bema only: BEMA's hyper-parameters with TRL's names, any of update_freq (400), ema_power "
+                "(0.5), bias_power (0.2), lag (10), update_after (0), multiplier (1.0), min_ema_multiplier (0.0), "
+                "ref_update_after (0); null: TRL's defaults"})
     ref_dtype: str = field(default="auto", metadata={
         "help": "dtype of the reference model; auto: bfloat16 under bf16 precision, else float32",
         "choices": REF_DTYPES, "metavar": "DTYPE"})
@@ -258,23 +266,58 @@ class TrainConfig:
 
     def _validate_ref_sync(self, source: str) -> None:
         """TR-DPO keys: each only where it applies, in range (the reference mode is checked in the plan)."""
+        if self.ref_sync != "bema" and self.ref_sync_bema is not None:
+            raise ConfigError(f"{source}: ref_sync_bema applies to ref_sync: bema only (ref_sync is {self.ref_sync})")
         if self.ref_sync == "none":
             given = [k for k in ("ref_sync_alpha", "ref_sync_steps") if getattr(self, k) is not None]
             if given:
                 raise ConfigError(f"{source}: {', '.join(given)} given but ref_sync is none (set ref_sync: soft "
                                   f"or hard, or drop {given[0]})")
             return
-        if self.ref_sync == "hard" and self.ref_sync_alpha is not None:
+        if self.ref_sync in ("hard", "bema") and self.ref_sync_alpha is not None:
             raise ConfigError(f"{source}: ref_sync_alpha applies to ref_sync: soft only (a hard sync copies the "
-                              f"policy: alpha 1)")
+                              f"policy: alpha 1; bema sets its own factors, ref_sync_bema)")
+        if self.ref_sync == "bema":
+            self._validate_bema(source)
         if self.ref_sync_alpha is not None and not 0 < self.ref_sync_alpha <= 1:
             raise ConfigError(f"{source}: ref_sync_alpha must be in (0, 1], got {self.ref_sync_alpha}")
         if self.ref_sync_steps is not None and int(self.ref_sync_steps) < 1:
             raise ConfigError(f"{source}: ref_sync_steps must be at least 1, got {self.ref_sync_steps}")
 
+    def _validate_bema(self, source: str) -> None:
+        """ref_sync_bema: a mapping of BEMA_KEYS, each a number in its range."""
+        given = self.ref_sync_bema or {}
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: ref_sync_bema must be a mapping of {', '.join(BEMA_KEYS)}, got {given!r}")
+        unknown = sorted(set(given) - set(BEMA_KEYS))
+        if unknown:
+            raise ConfigError(f"{source}: unknown ref_sync_bema keys {unknown}; allowed: {', '.join(BEMA_KEYS)}")
+        ranges = {"update_freq": (1, None), "ema_power": (0, None), "bias_power": (0, None), "lag": (0, None),
+                  "update_after": (0, None), "multiplier": (0, None), "min_ema_multiplier": (0, 1),
+                  "ref_update_after": (0, None)}
+        for key, value in given.items():
+            lo, hi = ranges[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < lo or (hi is not None
+                                                                                             and value > hi):
+                raise ConfigError(f"{source}: ref_sync_bema.{key} must be a number >= {lo}"
+                                  f"{'' if hi is None else f' and <= {hi}'}, got {value!r}")
+        if given.get("lag", 10) + given.get("multiplier", 1.0) <= 0:
+            raise ConfigError(f"{source}: ref_sync_bema needs lag + multiplier > 0 (BEMA's factors are "
+                              f"(lag + multiplier·t)^(−power))")
+
+    def ref_bema_schedule(self):
+        """The :class:`~unipo.training.ref_sync.BEMASchedule` of ``ref_sync: bema``, else None."""
+        if self.ref_sync != "bema":
+            return None
+        from unipo.training.ref_sync import BEMASchedule
+
+        extra = {} if self.ref_sync_steps is None else {"ref_update_freq": int(self.ref_sync_steps)}
+        return BEMASchedule(**(self.ref_sync_bema or {}), **extra)
+
     def ref_sync_schedule(self) -> tuple[float, int] | None:
-        """(alpha, tau) of the TR-DPO reference update, or None without one (hard: alpha 1)."""
-        if self.ref_sync == "none":
+        """(alpha, tau) of the TR-DPO reference update, or None without one (hard: alpha 1; bema:
+        :meth:`ref_bema_schedule`)."""
+        if self.ref_sync in ("none", "bema"):
             return None
         alpha = 1.0 if self.ref_sync == "hard" else float(self.ref_sync_alpha or REF_SYNC_ALPHA)
         return alpha, int(self.ref_sync_steps or REF_SYNC_STEPS)

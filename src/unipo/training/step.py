@@ -32,10 +32,13 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
             "weights": layout.weights,
             "diff_mask": layout.diff_mask,
             "log_sum_sq_probs": policy.log_sum_sq[name] if policy.log_sum_sq is not None else None,
+            "eps_plus_logps": policy.eps_plus[name] if policy.eps_plus is not None else None,
+            "eps_minus_logps": policy.eps_minus[name] if policy.eps_minus is not None else None,
             **(signal.inputs.get(name, {}) if signal is not None else {}),
         }
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
-    return ObjectiveInputs(sides["chosen"], sides["rejected"], batch.pair_weights, batch.rejected_pair)
+    return ObjectiveInputs(sides["chosen"], sides["rejected"], batch.pair_weights, batch.rejected_pair,
+                           pair_ids=batch.index)
 
 
 def preference_step(policy: torch.nn.Module, reference: Reference, batch: PackedBatch | Mapping[str, torch.Tensor],
@@ -44,14 +47,16 @@ def preference_step(policy: torch.nn.Module, reference: Reference, batch: Packed
     """The objective's :class:`~unipo.objective.LossOutput` for ``batch`` (with gradient into the policy and
     the token signal; the reference never gets one). The token signal's metrics join the objective's."""
     batch = PackedBatch.from_dict(batch)
-    kl_direction = objective.requirements.kl_direction
+    kl_direction, perturbation = objective.requirements.kl_direction, objective.requirements.perturbation
     need_layers = token_signal is not None and getattr(token_signal, "needs_hidden_states", False)
     # every token signal reads the reference's hidden states (the learned prior its final ones)
+    need_hidden = kl_direction is not None or token_signal is not None or perturbation is not None
     ref = reference.outputs(policy, batch, chunk_size=chunk_size, need_layers=need_layers, head_dtype=head_dtype,
-                            need_hidden=kl_direction is not None or token_signal is not None)
+                            need_hidden=need_hidden)
     pol = response_logps(policy, batch, chunk_size=chunk_size, reference=ref, kl_direction=kl_direction,
                          head_dtype=head_dtype,
-                         log_sum_sq="log_sum_sq_probs" in objective.requirements.inputs)  # WPO's weights
+                         log_sum_sq="log_sum_sq_probs" in objective.requirements.inputs,  # WPO's weights
+                         perturbation=perturbation)  # ε-DPO's perturbed policies
     ref = ref.with_logps(batch, chunk_size, head_dtype)
     signal = None
     if token_signal is not None:

@@ -291,7 +291,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         reference_mode=plan.reference, chunk_size=cfg.chunk_size,
         head_dtype=torch.bfloat16 if models.precision == "bf16" else None,
         callbacks=[JsonlMetricsCallback(plan.out_dir / "metrics.jsonl"), *callbacks],
-        token_signal=models.token_signal, ref_sync=cfg.ref_sync_schedule(),
+        token_signal=models.token_signal, ref_sync=cfg.ref_sync_schedule(), ref_bema=cfg.ref_bema_schedule(),
     )
 
 

@@ -17,7 +17,13 @@ from unipo.layout import PAD_SEGMENT
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
 from unipo.training.console import use_console
-from unipo.training.ref_sync import REFERENCE_FILE, ReferenceSyncCallback
+from unipo.training.ref_sync import (
+    BEMA_FILE,
+    REFERENCE_FILE,
+    BEMAReferenceCallback,
+    BEMASchedule,
+    ReferenceSyncCallback,
+)
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.step import preference_step
 
@@ -28,7 +34,8 @@ OBJECTIVE_STATE = "unipo_objective_state.json"
 class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
-                 token_signal: torch.nn.Module | None = None, ref_sync: tuple[float, int] | None = None, **kwargs):
+                 token_signal: torch.nn.Module | None = None, ref_sync: tuple[float, int] | None = None,
+                 ref_bema: BEMASchedule | None = None, **kwargs):
         # a token signal (SparsePO mask network, learned prior head, ...) is a submodule of the policy before the
         # engine wraps it: DDP all-reduces its gradients, FSDP / ZeRO-3 shard it, Trainer's optimizer, gradient
         # clipping and engine checkpoints include it (models.signals.attach_signal)
@@ -55,10 +62,15 @@ class PreferenceTrainer(Trainer):
         autocast_dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
         self.reference = Reference(reference_mode, self.ref_model, autocast_dtype=autocast_dtype)
         self.ref_sync = ref_sync
-        if ref_sync is not None:  # TR-DPO: the reference copy follows the policy (training/ref_sync.py)
+        self.bema: BEMAReferenceCallback | None = None
+        if ref_sync is not None or ref_bema is not None:  # the reference copy follows the policy (ref_sync.py)
             if self.ref_model is None or self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 raise ValueError("ref_sync needs a reference copy (reference: copy) outside DeepSpeed/FSDP")
+        if ref_sync is not None:  # TR-DPO
             self.add_callback(ReferenceSyncCallback(self.ref_model, *ref_sync))
+        if ref_bema is not None:  # BEMA
+            self.bema = BEMAReferenceCallback(self.ref_model, ref_bema)
+            self.add_callback(self.bema)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._tokens = 0  # real (not padding) tokens trained on since the last log, this process
         use_console(self)  # one readable line per logging step instead of a raw dict
@@ -117,14 +129,16 @@ class PreferenceTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         """With ref_sync, the reference it has reached goes into the checkpoint too, written before Trainer's
         files (``trainer_state.json``, written last, marks a checkpoint complete)."""
-        if self.ref_sync is not None and self.args.should_save:
+        if (self.ref_sync is not None or self.bema is not None) and self.args.should_save:
             import os
 
-            from safetensors.torch import save_model
+            from safetensors.torch import save_file, save_model
 
             ckpt = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             os.makedirs(ckpt, exist_ok=True)
             save_model(self.ref_model, os.path.join(ckpt, REFERENCE_FILE))  # tied weights stored once
+            if self.bema is not None:  # θ₀, the EMA and the BEMA weights: resume continues the same average
+                save_file(self.bema.state_dict(), os.path.join(ckpt, BEMA_FILE))
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -155,19 +169,23 @@ class PreferenceTrainer(Trainer):
     def _load_reference(self, checkpoint: str) -> None:
         """Resume TR-DPO with the reference the checkpoint recorded (a missing file is an error: the starting
         model would silently replace a reference that had moved)."""
-        if self.ref_sync is None:
+        if self.ref_sync is None and self.bema is None:
             return
         import os
 
-        from safetensors.torch import load_model
+        from safetensors.torch import load_file, load_model
 
-        path = os.path.join(checkpoint, REFERENCE_FILE)
-        if not os.path.exists(path):
-            from unipo.errors import UnipoError
+        from unipo.errors import UnipoError
 
-            raise UnipoError(f"{path} not found: this checkpoint does not hold the synced reference that ref_sync "
-                             f"needs to resume exactly; pass --overwrite to start again")
-        load_model(self.ref_model, path, device=str(next(self.ref_model.parameters()).device))
+        names = [REFERENCE_FILE] + ([BEMA_FILE] if self.bema is not None else [])
+        paths = [os.path.join(checkpoint, name) for name in names]
+        for path in paths:
+            if not os.path.exists(path):
+                raise UnipoError(f"{path} not found: this checkpoint does not hold the synced reference (and BEMA "
+                                 f"state) that ref_sync needs to resume exactly; pass --overwrite to start again")
+        load_model(self.ref_model, paths[0], device=str(next(self.ref_model.parameters()).device))
+        if self.bema is not None:
+            self.bema.load_state_dict(load_file(paths[1]))
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """Trainer's warning about missing keys, without the keys of tied parameters: with tied embeddings the
