@@ -130,13 +130,19 @@ def make_gpu_model(out_dir: Path, tokenizer_path: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- runs
-def run_one(model: str, data: Path, framework: str, mode: str, variant: str, opts: dict) -> dict:
+def run_one(model: str, data: Path, framework: str, mode: str, variant: str, opts: dict,
+            timeout: float | None = None) -> dict:
+    """One ``run_one.py`` process; RuntimeError (with its stderr's end) when it fails or outlives ``timeout`` s."""
     cmd = [sys.executable, str(HERE / "run_one.py"), "--framework", framework, "--mode", mode,
            "--variant", variant, "--model", model, "--data", str(data)]
     for k, v in opts.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        raise RuntimeError(f"{' '.join(cmd)} killed after {timeout:.0f} s (the budget):\n{err[-3000:]}") from exc
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

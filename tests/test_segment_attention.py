@@ -15,6 +15,7 @@ from unipo.models import segment_attention as sa
 from unipo.models.forward import response_logps
 from unipo.models.loading import load_model
 from unipo.training.collate import collate_for
+from unipo.training.hf_compat import enable_activation_checkpointing
 
 LAYOUTS = [{}, {"packing": True}, {"one_row": True}]
 
@@ -114,7 +115,7 @@ def test_gradient_checkpointing_recomputes_the_same(tiny_model_dir):
     exs = examples()
     plain = load_model(str(tiny_model_dir)).train()
     ckpt = load_model(str(tiny_model_dir)).train()
-    ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(ckpt, use_reentrant=False)
     batch = collate_pairs(exs, 0, one_row=True)
     torch.testing.assert_close(_grads(ckpt, batch), _grads(plain, batch), rtol=1e-5, atol=1e-6)
 

@@ -271,6 +271,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
     """A :class:`~unipo.training.trainer.PreferenceTrainer` for the plan (TrainingArguments from the config)."""
     from transformers import TrainingArguments
 
+    from unipo.training.hf_compat import checkpointing_args
     from unipo.training.outputs import JsonlMetricsCallback
     from unipo.training.trainer import PreferenceTrainer
 
@@ -284,7 +285,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         seed=cfg.seed, data_seed=cfg.seed, bf16=models.precision == "bf16", use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, report_to=cfg.report_to, remove_unused_columns=False,
-        activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+        **checkpointing_args(cfg.gradient_checkpointing), disable_tqdm=not cfg.progress,
         eval_strategy="steps" if data.eval and cfg.eval_steps else "no", eval_steps=cfg.eval_steps,
         dataloader_num_workers=0, ddp_find_unused_parameters=False,
         logging_nan_inf_filter=False,  # a NaN loss is logged as nan (Trainer's filter made it 0 or a past mean)
