@@ -17,8 +17,6 @@ from unipo.data.tokenize import PrepOptions, _PairReader, new_summary, prepare_p
 from unipo.errors import DataError, UnipoError
 from unipo.testing import make_tiny_tokenizer
 
-pytestmark = pytest.mark.unit
-
 
 def row_at_a_time(source, tokenizer, **overrides):
     """The preparation as it was before batching: every row normalised, tokenised (its own tokenizer calls,
@@ -83,6 +81,7 @@ HH_CASES = [  # (options, worker processes): every option once, the common ones 
 ]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("options", "num_proc"), HH_CASES, ids=lambda o: json.dumps(o, sort_keys=True))
 def test_hh_slice_pair_by_pair(hh_file, tok, small_chunks, options, num_proc):
     result = assert_same(hh_file, tok, num_proc=num_proc, **options)
@@ -92,12 +91,14 @@ def test_hh_slice_pair_by_pair(hh_file, tok, small_chunks, options, num_proc):
         assert result[1]["rows_read"] == options.get("limit", 200) and len(result[0]) > 5
 
 
+@pytest.mark.unit
 def test_hh_slice_with_the_default_chunks(hh_file, tok):
     """One chunk of 200 rows: each distinct prompt rendered once, every text in one tokenizer call."""
     pairs, summary = assert_same(hh_file, tok, on_invalid="skip", max_length=1024, max_prompt_length=512)
     assert summary["dropped"] == {"invalid": 1} and summary["conversational"] == 199 and len(pairs) == 199
 
 
+@pytest.mark.unit
 def test_fuzz_corpus_mixed_file(tmp_path, tok, small_chunks):
     """400 fuzzed rows (valid and defective) in one file: skip counts the same rows, error stops at the same
     row with the same message, with one process and with two; a line that is not JSON ends the file the same
@@ -119,6 +120,7 @@ def test_fuzz_corpus_mixed_file(tmp_path, tok, small_chunks):
         assert ("row 101" in message) == (on_invalid == "skip"), message  # error: an earlier invalid row first
 
 
+@pytest.mark.unit
 def test_fuzz_rows_one_by_one(tok):
     """300 fuzzed single rows: each is accepted as the same pair or refused with the same error."""
     rng = random.Random(5)
@@ -127,6 +129,7 @@ def test_fuzz_rows_one_by_one(tok):
         assert_same([row], tok, max_length=10**6, max_prompt_length=None)
 
 
+@pytest.mark.unit
 def test_listwise_weights_and_template_errors(tok):
     """Listwise rows, pair weights, per-token weights of the wrong length and a tokenizer without a chat
     template: the same pairs or the same error."""
@@ -144,11 +147,13 @@ def test_listwise_weights_and_template_errors(tok):
     assert kind == "TemplateError" and "chat template" in message
 
 
+@pytest.mark.unit
 def test_num_proc_is_validated(tok):
     with pytest.raises(UnipoError, match="num_proc must be at least 1"):
         prepare_pairs([{"prompt": "a", "chosen": "b", "rejected": "c"}], tok, num_proc=0)
 
 
+@pytest.mark.unit
 def test_a_worker_error_is_raised_as_the_sequential_one(tmp_path, tok, small_chunks):
     """An invalid row deep in the file (chunk 5 of 16-row chunks, prepared by a worker): the error names it."""
     rows = [{"prompt": f"q{i}?", "chosen": f" a{i}", "rejected": f" b{i}"} for i in range(100)]
@@ -157,3 +162,50 @@ def test_a_worker_error_is_raised_as_the_sequential_one(tmp_path, tok, small_chu
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match="row 71, field 'chosen'"):
         prepare_pairs(str(path), tok, num_proc=2)
+
+
+@pytest.mark.unit
+def test_a_tokenizer_that_cannot_be_split_is_tokenised_whole(hh_file, tok, small_chunks, monkeypatch):
+    """The conversations are tokenised in two pieces only where that is exact: a cut in the middle of the text
+    (not after an added token) changes BPE merges, the check on the first chunk finds it, and every chunk is
+    then tokenised whole: still the same pairs."""
+    from unipo.data import tokenize
+
+    facts = []
+    real = tokenize._Tok.__init__
+
+    def spy(self, tokenizer):
+        real(self, tokenizer)
+        facts.append(self)
+
+    monkeypatch.setattr(tokenize._Tok, "__init__", spy)
+    monkeypatch.setattr(prepare, "_last_added_token_end", lambda text, _: len(text) // 2)
+    assert_same(hh_file, tok, on_invalid="skip", max_length=64, num_proc=1)
+    assert [f.split_ok for f in facts] == [None, False]  # the reference's reader, then the batched one
+    monkeypatch.undo()
+    facts.clear()
+    monkeypatch.setattr(tokenize._Tok, "__init__", spy)
+    assert_same(hh_file, tok, on_invalid="skip", max_length=64, num_proc=1)
+    assert [f.split_ok for f in facts] == [None, True]
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_on_synthesised_hh_pairs(hh_file, tmp_path):
+    """The real tokenizer and chat template (SmolLM2's ChatML, a 49k vocabulary): the 200-row slice and 3,000
+    synthesised HH pairs (bench/synth_pairs.py), with the default chunks, in one process and in two."""
+    import sys
+    from pathlib import Path
+
+    from unipo.models.builtin import resolve_builtin
+    from unipo.models.loading import load_tokenizer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from synth_pairs import synthesise
+
+    smol = load_tokenizer(str(resolve_builtin("smollm2-135m-instruct")))
+    assert_same(hh_file, smol, on_invalid="skip")
+    synth = tmp_path / "synth.jsonl"
+    synthesise(3000, synth)
+    for num_proc in (1, 2):
+        pairs, summary = assert_same(str(synth), smol, num_proc=num_proc, max_length=1024, max_prompt_length=512)
+        assert len(pairs) == 3000 and summary["truncated_prompt"] > 0

@@ -50,6 +50,8 @@ __all__ = ["CHUNK_ROWS", "available_cores", "prepare_chunk", "prepared_chunks"]
 
 #: rows per chunk: one batched tokenizer call, one unit of work for a worker process
 CHUNK_ROWS = 1024
+#: conversation texts tokenised both whole and in two pieces to check that the pieces are exact
+CHECKED_TEXTS = 64
 #: below this many rows the data is prepared in this process whatever ``num_proc`` says (starting workers
 #: costs more than it saves)
 MIN_ROWS_FOR_WORKERS = 2 * CHUNK_ROWS
@@ -66,37 +68,72 @@ def available_cores() -> int:
 
 
 class _Texts:
-    """The distinct texts of a chunk, each tokenised once in one batched call."""
+    """The distinct texts of a chunk, each tokenised once in one batched call.
 
-    def __init__(self) -> None:
+    A rendered conversation may be registered split after its prompt's last added (special) token
+    (:meth:`add_split`): the head, shared by the prompt and every response of the pair, is then tokenised once,
+    and each text's ids are the head's followed by the rest's. That is exact because a tokenizer cuts the text
+    at its added tokens before anything else and tokenises the pieces apart; :func:`_batched_ids` checks it on
+    the first :data:`CHECKED_TEXTS` conversation texts (both ways) and tokenises whole texts if it does not hold."""
+
+    def __init__(self, split: bool, check: bool) -> None:
         self.index: dict[str, int] = {}
         self.ids: list[list[int]] = []
+        self.split, self.check = split, check
+        self.parts: dict[str, tuple[str, str]] = {}
+        self.checked: list[str] = []
 
     def add(self, text: str) -> str:
         self.index.setdefault(text, len(self.index))
+        return text
+
+    def add_split(self, text: str, cut: int) -> str:
+        if self.split:
+            self.parts[text] = (self.add(text[:cut]), self.add(text[cut:]))
+            if self.check and len(self.checked) < CHECKED_TEXTS:
+                self.checked.append(self.add(text))
+        else:
+            self.add(text)
         return text
 
     def tokenise(self, tokenizer: Any) -> None:
         texts = list(self.index)
         self.ids = list(tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else []
 
-    def __getitem__(self, text: str) -> list[int]:
+    def whole(self, text: str) -> list[int]:
         return self.ids[self.index[text]]
 
+    def __getitem__(self, text: str) -> list[int]:
+        if self.split and text in self.parts:
+            head, tail = self.parts[text]
+            return self.whole(head) + self.whole(tail)
+        return self.whole(text)
 
-def _plan_conversational(pair: PreferencePair, tok: _Tok, texts: _Texts, prompts: dict[str, str],
+    def split_agrees(self) -> bool:
+        """Whether the checked texts' ids in two pieces equal their ids tokenised whole."""
+        return all(self[text] == self.whole(text) for text in self.checked)
+
+
+def _last_added_token_end(text: str, tok: _Tok) -> int:
+    """Where the last added token of ``text`` ends (0: it has none)."""
+    return max((i + len(t) for t in tok.added if (i := text.rfind(t)) >= 0), default=0)
+
+
+def _plan_conversational(pair: PreferencePair, tok: _Tok, texts: _Texts, prompts: dict[str, tuple[str, int]],
                          file: str, row: int) -> tuple[str, list[str]] | None:
     if not tok.has_template:
         return None
     key = json.dumps(pair.prompt, sort_keys=True, ensure_ascii=False)
     if key not in prompts:  # the template renders each distinct prompt once
-        prompts[key] = _render(tok, pair.prompt, True, file, row, "prompt")  # type: ignore[arg-type]
-    prompt_text = texts.add(prompts[key])
+        text = _render(tok, pair.prompt, True, file, row, "prompt")  # type: ignore[arg-type]
+        prompts[key] = (text, _last_added_token_end(text, tok))
+    prompt_text, cut = prompts[key]
+    texts.add_split(prompt_text, cut)
     fulls = []
     for name, msgs in _named_responses(pair):
         full_text = _render(tok, pair.prompt + msgs, False, file, row, name)  # type: ignore[operator]
         check_prefix(prompt_text, full_text, file, row, name)
-        fulls.append(texts.add(full_text))
+        fulls.append(texts.add_split(full_text, cut))
     return prompt_text, fulls
 
 
@@ -111,7 +148,7 @@ def _plan_text(pair: PreferencePair, texts: _Texts) -> tuple[str, list[tuple[str
 def _batched_ids(recs: list[SourceRow], tok: _Tok) -> list[tuple[PreferencePair, _Ids] | None]:
     """Each row's normalised pair and ids from one batched tokenizer call; None for a row the per-row path
     must do (it raises or counts that row's error exactly as before)."""
-    texts, prompts = _Texts(), {}
+    texts, prompts = _Texts(split=tok.split_ok is not False, check=tok.split_ok is None), {}
     plans: list[tuple[PreferencePair, Any] | None] = []
     for rec in recs:
         try:
@@ -122,6 +159,10 @@ def _batched_ids(recs: list[SourceRow], tok: _Tok) -> list[tuple[PreferencePair,
         except Exception:  # noqa: BLE001 - the per-row path reports it, in row order
             plans.append(None)
     texts.tokenise(tok.tokenizer)
+    if texts.checked:  # the first conversations: is the split exact for this tokenizer?
+        tok.split_ok = texts.split_agrees()
+        if not tok.split_ok:
+            return _batched_ids(recs, tok)  # this chunk again, every text whole
     out: list[tuple[PreferencePair, _Ids] | None] = []
     for item in plans:
         if item is None:

@@ -233,6 +233,10 @@ class _Tok:
         self.specials = _special_ids(tokenizer)
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self._blank: dict[tuple[int, ...], bool] = {}
+        #: the added tokens' texts, and whether a text may be tokenised in pieces cut after one of them (None:
+        #: not checked yet; unipo.data.prepare checks it on the first conversations it prepares)
+        self.added = sorted({str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()} - {""})
+        self.split_ok: bool | None = None
 
     def is_blank(self, ids: list[int]) -> bool:
         """Whether ``ids`` decode to whitespace only (memoised: templates write the same few tails)."""
