@@ -99,18 +99,19 @@ def speed_one(method: str, data: str, num_proc: int, tiny: bool) -> dict:
                          max_length=512, report_to=[], bf16=False, use_cpu=True)
         start = time.perf_counter()
         out = DPOTrainer._prepare_dataset(holder, ds, tok, args, "train")
-        seconds, n = time.perf_counter() - start, len(out)
+        seconds, rows, n = time.perf_counter() - start, len(ds), len(out)
     else:
         from unipo.data.tokenize import prepare_pairs
 
         start = time.perf_counter()
         if method == "old":
-            pairs, _ = row_at_a_time(data, tok)
+            pairs, summary = row_at_a_time(data, tok)
         else:
-            pairs, _ = prepare_pairs(data, tok, num_proc=num_proc)
-        seconds, n = time.perf_counter() - start, len(pairs)
-    return {"method": method, "num_proc": num_proc, "pairs": n, "seconds": round(seconds, 2),
-            "pairs_per_s": round(n / seconds, 1)}
+            pairs, summary = prepare_pairs(data, tok, num_proc=num_proc)
+        seconds, rows, n = time.perf_counter() - start, summary.rows_read, len(pairs)
+    # the rate is of rows in: TRL's default truncation_mode keep_start drops rows whose prompt fills max_length
+    return {"method": method, "num_proc": num_proc, "rows": rows, "pairs_out": n, "seconds": round(seconds, 2),
+            "pairs_per_s": round(rows / seconds, 1)}
 
 
 def _child(argv: list[str], env: dict | None = None) -> tuple[str, float, int, int]:
