@@ -114,26 +114,28 @@ def speed_one(method: str, data: str, num_proc: int, tiny: bool) -> dict:
             "pairs_per_s": round(rows / seconds, 1)}
 
 
-def _child(argv: list[str], env: dict | None = None) -> tuple[str, float, int, int]:
-    """Run ``argv``; (its output, wall seconds, peak RSS in MB, exit status)."""
+def _child(argv: list[str], env: dict | None = None) -> tuple[str, float, int, int, float]:
+    """Run ``argv``; (its output, wall seconds, peak RSS in MB of it or any process it waited for, exit status,
+    CPU seconds of it and those processes: the work done, whatever else the machine was running)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return out, time.perf_counter() - start, usage.ru_maxrss // 1024, proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return out, time.perf_counter() - start, usage.ru_maxrss // 1024, proc.returncode, round(cpu, 1)
 
 
 def speed(data: str, tiny: bool, cores: int) -> list[dict]:
     results = []
     for method, num_proc in (("old", 1), ("new", 1), ("new", cores), ("trl", 1), ("trl", cores)):
-        out, _, rss, rc = _child([sys.executable, str(HERE / "prep.py"), "--one", method, str(num_proc), "--data",
+        out, _, rss, rc, cpu = _child([sys.executable, str(HERE / "prep.py"), "--one", method, str(num_proc), "--data",
                                   data, *(["--tiny"] if tiny else [])])
         if rc != 0:
             print(out[-2000:], file=sys.stderr)
             raise SystemExit(f"{method} num_proc={num_proc} failed")
         line = json.loads(next(ln for ln in out.splitlines()[::-1] if ln.startswith("{")))
-        line["peak_rss_mb"] = rss
+        line["peak_rss_mb"], line["cpu_s"] = rss, cpu
         results.append(line)
         print("SPEED", json.dumps(line), flush=True)
     return results
@@ -154,15 +156,16 @@ def train_runs(data: str, tiny: bool) -> list[dict]:
             argv = [sys.executable, "-m", "unipo", "train", "--model", str(model), "--data", data, "--max-steps", "1",
                     "--per-device-batch-size", "4", "--output-dir", f"{tmp}/run-{run}", "--save-steps", "1000",
                     "--no-progress", "--set", "plots=false"]
-            out, seconds, rss, rc = _child(["python3", "-c", _TIMESTAMPED, *argv], env)
+            out, seconds, rss, rc, cpu = _child(["python3", "-c", _TIMESTAMPED, *argv], env)
             if rc != 0:
                 print(out[-3000:], file=sys.stderr)
                 raise SystemExit(f"unipo train ({run} run) failed")
             first_step = next((float(ln.split()[0]) for ln in out.splitlines() if " step 1" in ln
                                or "'loss'" in ln or '"loss"' in ln), None)
-            line = {"run": run, "pairs_file": data, "seconds": round(seconds, 1), "peak_rss_mb": rss,
-                    "first_step_logged_at_s": first_step,
-                    "cache": "reused" if "reused from the cache" in out else "prepared"}
+            data_line = next((ln.split(" ", 1)[1] for ln in out.splitlines() if "unipo: data: " in ln
+                              and ("reused from the cache" in ln or "prepared in" in ln)), "")
+            line = {"run": run, "pairs_file": data, "seconds": round(seconds, 1), "cpu_s": cpu, "peak_rss_mb": rss,
+                    "first_step_logged_at_s": first_step, "data_log": data_line.strip()}
             results.append(line)
             print("TRAIN", json.dumps(line), flush=True)
     return results

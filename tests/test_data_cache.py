@@ -155,3 +155,18 @@ def test_uncached_sources_and_switch(tmp_path, tok, cache, monkeypatch):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "home"))
     assert data_cache_dir() == tmp_path / "home" / "data"
     assert os.fspath(data_cache_dir()).endswith("data")
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(hh_file, tok, cache, monkeypatch):
+    """A full disk while writing the entry: one line, the pairs prepared in memory, no entry left."""
+    import pyarrow.ipc
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyarrow.ipc, "new_file", full)
+    opts = PrepOptions(on_invalid="skip", max_length=64, limit=30)
+    table, summary, lines = run(hh_file, tok, opts)
+    assert len(lines) == 1 and "cannot write" in lines[0] and "No space left" in lines[0]
+    assert list(table) == expected_rows(prepare_pairs(hh_file, tok, opts)[0]) and summary.rows_read == 30
+    assert not list(cache.glob("*.arrow")) and not list(cache.glob("*.tmp*"))

@@ -125,17 +125,25 @@ def prepared_table(source: str | os.PathLike | Sequence[dict], tokenizer: Any, o
             f"writable directory)")
         pairs, summary = prepare_pairs(source, tokenizer, options)
         return PairsTable.from_pairs(pairs, options), summary
+    start = time.perf_counter()
     key = cache_key(name, source_digest(path), tokenizer, options)
     with _lock(root / f"{key}.lock"):
         entry = _Entry(root, key)
         found = entry.read()
         if isinstance(found, tuple):
-            log(f"data: {name}: {len(found[0])} prepared pairs reused from the cache ({entry.arrow}, memory-mapped)")
+            log(f"data: {name}: {len(found[0])} prepared pairs reused from the cache ({entry.arrow}, memory-mapped; "
+                f"key and check {time.perf_counter() - start:.1f} s)")
             return found
         if found is not None:
             log(f"data cache: {entry.arrow} failed its check ({found}); preparing the pairs again")
-        start = time.perf_counter()
-        entry.write(name, tokenizer, options)
+        start = time.perf_counter()  # the time to prepare, without the hashing before
+        try:
+            entry.write(name, tokenizer, options)
+        except OSError as exc:  # a full or read-only disk: the run goes on without the cache
+            log(f"data cache: cannot write {entry.arrow} ({exc.strerror or exc}); preparing in memory (free space "
+                f"there, or set UNIPO_DATA_CACHE to another directory or to off)")
+            pairs, summary = prepare_pairs(source, tokenizer, options)
+            return PairsTable.from_pairs(pairs, options), summary
         table = entry.read()
         if not isinstance(table, tuple):  # what was just written does not verify: a fault of the disk
             raise OSError(f"{entry.arrow}: the entry just written does not verify ({table})")
