@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,11 @@ HH_FILE = Path(__file__).resolve().parent / "data" / "hh-rlhf-harmless-base-test
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# the prepared-data cache of this test session (each xdist worker its own, removed at exit), not the user's
+# ~/.cache/unipo/data
+if "UNIPO_DATA_CACHE" not in os.environ:
+    os.environ["UNIPO_DATA_CACHE"] = tempfile.mkdtemp(prefix="unipo-data-cache-")
+    atexit.register(shutil.rmtree, os.environ["UNIPO_DATA_CACHE"], ignore_errors=True)
 
 #: every test carries exactly one of these markers (declared in pyproject.toml; see docs/testing.md)
 TIERS = ("unit", "integration", "slow")

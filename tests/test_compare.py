@@ -21,6 +21,12 @@ def test_compare_three_variants(tiny_model_dir, tmp_path, capsys):
             "--max-steps", "2", "--variants", "dpo", "simpo", "{preset: tdpo2, beta: 0.2}", "--out", str(out),
             "--n-prompts", "3", "--n-samples", "2", "--max-new-tokens", "6"]
     assert main(args) == 0
+    log = capsys.readouterr().err
+    # the training pairs are prepared once for the three variants, the held-out pairs once for four evaluations
+    assert log.count(f"data: {data}: 12 pairs prepared in") == 1, log
+    assert log.count(f"data: {data}: 12 prepared pairs reused from the cache") == 2, log
+    assert log.count(f"data: {held}: 6 pairs prepared in") == 1, log
+    assert log.count(f"data: {held}: 6 prepared pairs reused from the cache") == 3, log
     report = (out / "report.md").read_text()
     rows = {r["run"]: r for r in csv.DictReader((out / "metrics.csv").open())}
     names = ["reference", "dpo", "simpo", "tdpo2_beta=0.2"]
@@ -33,7 +39,6 @@ def test_compare_three_variants(tiny_model_dir, tmp_path, capsys):
     for png in ("training_curves.png", "reliability.png"):
         assert (out / png).exists(), png
     # resumes: a second call retrains nothing
-    capsys.readouterr()
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("finished earlier, not retrained") == 3

@@ -119,6 +119,24 @@ class PrepSummary:
         if len(rows) < 5:
             rows.append(row)
 
+    def merge(self, part: PrepSummary) -> None:
+        """Add the counts of ``part``, the summary of the rows that follow this one's (a later chunk)."""
+        for name in ("rows_read", "pairs_kept", "truncated_prompt", "truncated_response", "conversational", "text",
+                     "listwise", "listwise_rejected", "prompt_tokens_total", "response_tokens_total"):
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+        self.prompt_tokens_max = max(self.prompt_tokens_max, part.prompt_tokens_max)
+        self.response_tokens_max = max(self.response_tokens_max, part.response_tokens_max)
+        for reason, n in part.dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+            rows = self.dropped_rows.setdefault(reason, [])
+            rows.extend(part.dropped_rows.get(reason, [])[:5 - len(rows)])
+        self.invalid_messages.extend(part.invalid_messages[:5 - len(self.invalid_messages)])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PrepSummary:
+        """The summary :meth:`to_dict` wrote."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
     def to_dict(self) -> dict:
         """The summary as a JSON-serialisable dict (for run logs)."""
         d = asdict(self)
@@ -217,6 +235,18 @@ class _Tok:
         self.eos = getattr(tokenizer, "eos_token_id", None)
         self.specials = _special_ids(tokenizer)
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self._blank: dict[tuple[int, ...], bool] = {}
+        #: the added tokens' texts, and whether a text may be tokenised in pieces cut after one of them (None:
+        #: not checked yet; unipo.data.prepare checks it on the first conversations it prepares)
+        self.added = sorted({str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()} - {""})
+        self.split_ok: bool | None = None
+
+    def is_blank(self, ids: list[int]) -> bool:
+        """Whether ``ids`` decode to whitespace only (memoised: templates write the same few tails)."""
+        key = tuple(ids)
+        if key not in self._blank:
+            self._blank[key] = not self.tokenizer.decode(ids).strip()
+        return self._blank[key]
 
 
 #: Public name of :class:`_Tok`: pass one to :func:`tokenize_pair` to reuse its facts across rows.
@@ -244,7 +274,7 @@ def _strip_after_end_of_turn(ids: list[int], tok: _Tok) -> list[int]:
     for k in range(len(ids) - 1, -1, -1):
         if ids[k] in tok.specials:
             tail = ids[k + 1:]
-            if tail and not tok.tokenizer.decode(tail).strip():
+            if tail and tok.is_blank(tail):
                 return ids[:k + 1]
             return ids
     return ids
@@ -263,23 +293,37 @@ def _conversational_ids(pair: PreferencePair, tok: _Tok, file: str, row: int) ->
     for name, msgs in _named_responses(pair):
         assert isinstance(msgs, list)
         full_text = _render(tok, pair.prompt + msgs, False, file, row, name)
-        if not full_text.startswith(prompt_text):
-            raise TemplateError(
-                "the chat template is not prefix-consistent: the prompt rendered with "
-                "add_generation_prompt=True is not the beginning of the prompt + response rendering, so the "
-                "response tokens cannot be separated from the prompt (does the template rewrite earlier "
-                "turns, e.g. drop reasoning, or lack an add_generation_prompt branch?)",
-                file=file, row=row, field=name)
-        full_ids = _ids(tok.tokenizer, full_text)
-        if full_ids[:len(prompt_ids)] == prompt_ids:
-            resp = full_ids[len(prompt_ids):]
-        else:  # a BPE merge across the boundary: tokenise the response text on its own
-            resp = _ids(tok.tokenizer, full_text[len(prompt_text):])
-        resp = _strip_after_end_of_turn(resp, tok)
-        if resp and resp[-1] not in tok.specials and tok.eos is not None:
-            resp.append(tok.eos)  # a template without an end-of-turn token: end with EOS
-        responses.append(resp)
+        check_prefix(prompt_text, full_text, file, row, name)
+        responses.append(conversational_response(tok, prompt_text, prompt_ids, full_text,
+                                                 _ids(tok.tokenizer, full_text)))
     return prompt_ids, responses
+
+
+def conversational_response(tok: _Tok, prompt_text: str, prompt_ids: list[int], full_text: str,
+                            full_ids: list[int]) -> list[int]:
+    """The response ids of a conversation rendered as ``full_text`` (tokenised: ``full_ids``) after its prompt
+    ``prompt_text`` (``prompt_ids``): the tokens after the prompt's, or, when a BPE merge joins the boundary,
+    the response text tokenised on its own; ending at the end-of-turn token (EOS added if the template has
+    none)."""
+    if full_ids[:len(prompt_ids)] == prompt_ids:
+        resp = list(full_ids[len(prompt_ids):])
+    else:  # a BPE merge across the boundary: tokenise the response text on its own
+        resp = _ids(tok.tokenizer, full_text[len(prompt_text):])
+    resp = _strip_after_end_of_turn(resp, tok)
+    if resp and resp[-1] not in tok.specials and tok.eos is not None:
+        resp.append(tok.eos)  # a template without an end-of-turn token: end with EOS
+    return resp
+
+
+def check_prefix(prompt_text: str, full_text: str, file: str, row: int, name: str) -> None:
+    """Refuse a chat template whose prompt rendering is not the start of the prompt + response rendering."""
+    if not full_text.startswith(prompt_text):
+        raise TemplateError(
+            "the chat template is not prefix-consistent: the prompt rendered with "
+            "add_generation_prompt=True is not the beginning of the prompt + response rendering, so the "
+            "response tokens cannot be separated from the prompt (does the template rewrite earlier "
+            "turns, e.g. drop reasoning, or lack an add_generation_prompt branch?)",
+            file=file, row=row, field=name)
 
 
 def _named_responses(pair: PreferencePair) -> list[tuple[str, Any]]:
@@ -292,24 +336,36 @@ def _named_responses(pair: PreferencePair) -> list[tuple[str, Any]]:
 def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list[list]]:
     assert isinstance(pair.prompt, str)
     plain = _ids(tok.tokenizer, pair.prompt) if pair.prompt else []
-    prompt_ids = ([tok.bos] if tok.adds_bos else []) + plain
+    responses = []
+    for _, resp_text in _named_responses(pair):
+        assert isinstance(resp_text, str)
+        responses.append(text_response(tok, plain, resp_text, _ids(tok.tokenizer, pair.prompt + resp_text)))
+    return text_prompt_ids(tok, plain), responses
+
+
+def text_prompt_ids(tok: _Tok, plain: list[int]) -> list[int]:
+    """A text prompt's ids from its plain tokens: BOS first if the tokenizer adds one; an empty prompt is one
+    BOS (or EOS) so that the first response token has a position to be predicted from."""
+    prompt_ids = ([tok.bos] if tok.adds_bos else []) + list(plain)
     if not prompt_ids:
         # No prompt at all (an implicit prompt with nothing shared): the first response token still needs
         # a position to be predicted from, so the prompt is one BOS (or EOS when there is no BOS).
         start = tok.bos if tok.bos is not None else tok.eos
         prompt_ids = [start] if start is not None else []
-    responses = []
-    for _, resp_text in _named_responses(pair):
-        assert isinstance(resp_text, str)
-        full = _ids(tok.tokenizer, pair.prompt + resp_text)
-        if full[:len(plain)] == plain:
-            resp = full[len(plain):]
-        else:  # the prompt's last token merged with the response's first: tokenise the response alone
-            resp = _ids(tok.tokenizer, resp_text)
-        if tok.eos is not None and (not resp or resp[-1] != tok.eos):
-            resp.append(tok.eos)
-        responses.append(resp)
-    return prompt_ids, responses
+    return prompt_ids
+
+
+def text_response(tok: _Tok, plain: list[int], resp_text: str, full: list[int]) -> list[int]:
+    """A text response's ids from the tokens ``full`` of ``prompt + response`` (the prompt's plain tokens
+    ``plain``): the tokens after the prompt's, or the response alone when the boundary tokens merged; EOS
+    appended."""
+    if full[:len(plain)] == plain:
+        resp = list(full[len(plain):])
+    else:  # the prompt's last token merged with the response's first: tokenise the response alone
+        resp = _ids(tok.tokenizer, resp_text)
+    if tok.eos is not None and (not resp or resp[-1] != tok.eos):
+        resp.append(tok.eos)
+    return resp
 
 
 def tokenize_responses(pair: PreferencePair, tokenizer: Any, *, file: str = "<rows>",
@@ -368,7 +424,7 @@ def _read_weights(value: Any, name: str, n_tokens: int, file: str, row: int) -> 
 # --------------------------------------------------------------------------------------------- pipeline
 
 
-def _source_rows(source: str | os.PathLike | Sequence[dict] | Iterable[dict],
+def source_rows(source: str | os.PathLike | Sequence[dict] | Iterable[dict],
                  split: str) -> tuple[str, Iterator[SourceRow]]:
     if isinstance(source, (str, os.PathLike)):
         return str(source), iter_rows(source, split=split)
@@ -406,6 +462,8 @@ class PrepOptions:
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
     - ``invalid_counted_in``: the file in which the calling command counts skipped rows; the invalid-row
       error ends with the way out (:func:`unipo.errors.skip_invalid_hint`).
+    - ``num_proc``: worker processes for the tokenisation (None: the cores available; 1: none), used from
+      :data:`unipo.data.prepare.MIN_ROWS_FOR_WORKERS` rows on; the result is the same for every value.
     """
 
     max_length: int = 512
@@ -422,6 +480,8 @@ class PrepOptions:
     pair_weight_column: str | None = None
     #: where the command that reads the pairs counts skipped rows (named in the invalid-row error's way out)
     invalid_counted_in: str = "data_summary.json"
+    #: worker processes that tokenise (None: the cores available; 1: this process); never changes the result
+    num_proc: int | None = None
 
     def validate(self) -> None:
         for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
@@ -438,6 +498,8 @@ class PrepOptions:
             raise ConfigError(f"weights_columns must be two column names (chosen, rejected), not {cols!r}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must be non-negative (or None), not {self.limit}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ConfigError(f"num_proc must be at least 1 (or None: the cores available), not {self.num_proc}")
 
 
 def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, options: PrepOptions | None = None,
@@ -446,24 +508,26 @@ def prepare_pairs(source: str | os.PathLike | Sequence[dict], tokenizer: Any, op
 
     ``source``: a path / Hub name (see :func:`unipo.data.formats.iter_rows`) or a list of row dicts;
     ``options`` (:class:`PrepOptions`) says how; keyword ``overrides`` replace its fields
-    (``prepare_pairs(rows, tok, max_length=64)``).
+    (``prepare_pairs(rows, tok, max_length=64)``). The rows are prepared in chunks with batched tokenizer
+    calls, in ``options.num_proc`` worker processes (:mod:`unipo.data.prepare`), with the result of preparing
+    them one at a time. :func:`unipo.data.cache.prepared_table` stores the result for reuse.
     """
+    from unipo.data.prepare import prepared_chunks
+
     opts = replace(options or PrepOptions(), **overrides)
     opts.validate()
-    name, rows = _source_rows(source, opts.split)
-    summary = PrepSummary(source=name, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length,
-                          truncation_mode=opts.truncation_mode)
-    reader = _PairReader(tokenizer, opts, summary)
+    name, rows = source_rows(source, opts.split)
+    summary = new_summary(name, opts)
     pairs: list[TokenizedPair] = []
-    for rec in rows:
-        if opts.limit is not None and summary.rows_read >= opts.limit:
-            break
-        summary.rows_read += 1
-        pair = reader.read(rec)
-        if pair is not None:
-            pairs.append(pair)
-            summary.pairs_kept += 1
+    for chunk in prepared_chunks(rows, tokenizer, opts, summary):
+        pairs.extend(chunk)
     return pairs, summary
+
+
+def new_summary(name: str, opts: PrepOptions) -> PrepSummary:
+    """The empty summary of preparing ``name`` with ``opts``."""
+    return PrepSummary(source=name, max_length=opts.max_length, max_prompt_length=opts.max_prompt_length,
+                       truncation_mode=opts.truncation_mode)
 
 
 class _PairReader:
@@ -477,10 +541,13 @@ class _PairReader:
         self.pad_id = pad if pad is not None else getattr(tokenizer, "eos_token_id", None)
         self.fingerprint: str | None = None
 
-    def read(self, rec: SourceRow) -> TokenizedPair | None:
+    def read(self, rec: SourceRow, pre: tuple[PreferencePair, tuple[list, list[list]]] | None = None
+             ) -> TokenizedPair | None:
+        """One row; ``pre``: its normalised pair and its ids already computed (the batched path,
+        :mod:`unipo.data.prepare`), else normalised and tokenised here."""
         file, rown, summary = rec.file, rec.row, self.summary
         try:
-            pair = normalize_row(rec.data, file=file, row_number=rown)
+            pair = pre[0] if pre is not None else normalize_row(rec.data, file=file, row_number=rown)
             if pair.more_rejected and (self.opts.weights_columns or self.opts.bmc_masks):
                 raise DataError("per-token weights and BMC masks are for one rejected response; this row has "
                                 f"{len(pair.all_rejected)} (listwise rows work with sequence-level variants)",
@@ -488,7 +555,8 @@ class _PairReader:
             if len(pair.all_rejected) > MAX_REJECTED:
                 raise DataError(f"{len(pair.all_rejected)} rejected responses; at most {MAX_REJECTED} are "
                                 "supported", file=file, row=rown, field="rejected")
-            prompt_ids, responses = tokenize_responses(pair, self.tok, file=file, row=rown)
+            prompt_ids, responses = pre[1] if pre is not None else \
+                tokenize_responses(pair, self.tok, file=file, row=rown)
             pair_weight = self._pair_weight(pair, file, rown)
         except TemplateError:
             raise

@@ -136,6 +136,9 @@ class TrainConfig:
     weight_column: str | None = field(default=None, metadata={
         "help": "a numeric column whose value (finite, >= 0) multiplies each pair's loss: the batch loss is then "
                 "the weighted mean; a row without a valid value is invalid (on_invalid applies)"})
+    data_num_proc: int | None = field(default=None, metadata={
+        "help": "worker processes that tokenise the data (null: the cores available; 1: none); the prepared "
+                "pairs are the same for every value, and cached (docs/data.md)"})
     bmc_alignment: str = field(default="levenshtein", metadata={
         "help": "BMC diff masks: how the two responses are aligned: levenshtein (the paper's minimal edit "
                 "distance) or difflib (the released code's SequenceMatcher over the padded prompt + response rows)",

@@ -27,7 +27,7 @@ from unipo.errors import UnipoError
 #: keys that may differ between a checkpoint and the run that resumes it
 RESUMABLE_KEYS = frozenset({"output_dir", "max_steps", "num_epochs", "save_steps", "save_total_limit", "logging_steps",
                             "eval_steps", "report_to", "progress", "plots", "resume", "overwrite", "nan_policy",
-                            "nan_skip_limit"})
+                            "nan_skip_limit", "data_num_proc"})
 #: what makes a directory hold a run (anything a run writes that a later run would mix with)
 RUN_FILES = ("unipo_config.yaml", "metrics.jsonl", "eval.json", "data_summary.json", "model.safetensors",
              "adapter_model.safetensors", "unipo_signal.safetensors", "trainer_state.json")

@@ -135,34 +135,37 @@ def _check_ref_sync(cfg: TrainConfig, reference: str) -> None:
 # -- 2. load ----------------------------------------------------------------------------------------------
 def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
                  weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                 counted_in: str = "data_summary.json"):
+                 counted_in: str = "data_summary.json", materialize: bool = True):
     """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
     a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary. ``counted_in``:
-    the file where the calling command records skipped rows (named by an invalid-row error's way out)."""
-    from unipo.data.tokenize import PrepOptions, prepare_pairs
+    the file where the calling command records skipped rows (named by an invalid-row error's way out).
+
+    The pairs come from the prepared-data cache (:func:`unipo.data.cache.prepared_table`: prepared once per
+    data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
+    the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
+    from unipo.data.cache import prepared_table
+    from unipo.data.tokenize import PrepOptions
 
     options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
                           bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
-                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in)
-    pairs, summary = prepare_pairs(source, tokenizer, options)
+                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in,
+                          num_proc=cfg.data_num_proc)
+    table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
-    if not pairs:
+    if not len(table):
         raise UnipoError(f"{source}: no usable preference pairs (see the summary above)")
-    rows = []
-    for i, p in enumerate(pairs):
-        d = {k: v for k, v in p.to_dict().items() if v is not None}
-        d["index"] = i
-        rows.append(d)
-    return rows, summary
+    return (table.to_rows() if materialize else table), summary
 
 
-def check_listwise_rows(objective: Objective, rows: list[dict[str, Any]], source: str) -> None:
+def check_listwise_rows(objective: Objective, rows, source: str) -> None:
     """Refuse rows with several rejected responses (listwise, ``more_rejected_ids``) when the objective cannot
     train on them (:meth:`Objective.listwise_refusal`: a pair loss that compares one rejected response, or
     per-token parts)."""
-    row = next((r for r in rows if r.get("more_rejected_ids")), None)
+    from unipo.data.table import first_listwise
+
+    row = first_listwise(rows)
     if row is None:
         return
     refusal = objective.listwise_refusal()
@@ -173,14 +176,21 @@ def check_listwise_rows(objective: Objective, rows: list[dict[str, Any]], source
 
 @dataclass
 class RunData:
-    train: list[dict[str, Any]]
-    eval: list[dict[str, Any]] | None
+    """The pairs of a run: a memory-mapped :class:`~unipo.data.table.PairsTable` (or, with a precomputed
+    reference, which adds the reference's log-probs to every pair, a list of dicts)."""
+
+    train: Any
+    eval: Any | None
     summary: Any
 
 
 def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     """Training pairs, and evaluation pairs from ``eval_data`` or a seeded ``eval_fraction`` hold-out."""
-    cfg, columns = plan.cfg, {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks}
+    from unipo.data.table import take
+
+    cfg = plan.cfg
+    columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
+               "materialize": plan.reference == "precomputed"}
     train_rows, summary = prepare_data(cfg, tokenizer, cfg.data, cfg.limit, **columns)
     check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
@@ -190,8 +200,8 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     elif cfg.eval_fraction > 0:
         n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
         perm = torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        eval_rows = [train_rows[i] for i in perm[:n_eval]]
-        train_rows = [train_rows[i] for i in perm[n_eval:]]
+        eval_rows = take(train_rows, perm[:n_eval])
+        train_rows = take(train_rows, perm[n_eval:])
     return RunData(train_rows, eval_rows, summary)
 
 

@@ -8,15 +8,14 @@ metrics (TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies, rewa
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 from transformers import Trainer
 
-from unipo.layout import PAD_SEGMENT
+from unipo.layout import PAD_SEGMENT, PackedBatch
 from unipo.models.signals import SIGNAL_ATTRIBUTE, attach_signal, is_signal_key
 from unipo.objective import Objective
 from unipo.training.console import use_console
+from unipo.training.metrics import PairWeightedMeans
 from unipo.training.nonfinite import NonFiniteError, NonFiniteGuard, as_float, local_flags, nonfinite_parameters
 from unipo.training.ref_sync import (
     BEMA_FILE,
@@ -73,7 +72,8 @@ class PreferenceTrainer(Trainer):
         if ref_bema is not None:  # BEMA
             self.bema = BEMAReferenceCallback(self.ref_model, ref_bema)
             self.add_callback(self.bema)
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # the loss and the objective's metrics, weighted by the pairs of each batch and each process (metrics.py)
+        self._metrics = {"train": PairWeightedMeans(), "eval": PairWeightedMeans()}
         self._tokens = 0  # real (not padding) tokens trained on since the last log, this process
         # a step whose loss or gradient norm is not finite is never applied (training/nonfinite.py)
         self.guard = NonFiniteGuard(nan_policy, nan_skip_limit)
@@ -262,8 +262,7 @@ class PreferenceTrainer(Trainer):
         mode = "train" if model.training else "eval"
         if model.training:
             self._tokens += int((inputs["segments"] != PAD_SEGMENT).sum())
-        for key, value in out.metrics.items():
-            self._metrics[mode][key].append(float(value))
+        self._metrics[mode].add({"loss": out.loss.detach(), **out.metrics}, PackedBatch.from_dict(inputs).num_pairs)
         return (out.loss, out) if return_outputs else out.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -273,14 +272,25 @@ class PreferenceTrainer(Trainer):
         return loss.detach(), None, None
 
     # -- logging ------------------------------------------------------------------------------------
+    def _sum_across(self, t: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return t
+        return self.accelerator.reduce(t.to(self.accelerator.device), "sum").cpu()
+
+    def _keys_across(self, keys: list[str]) -> list[list[str]]:
+        if self.accelerator.num_processes == 1:
+            return [keys]
+        from accelerate.utils import gather_object
+
+        return gather_object([keys])
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         mode = "train" if "loss" in logs else "eval"
         prefix = "eval_" if mode == "eval" else ""
-        for key, values in self._metrics[mode].items():
-            if values:
-                t = torch.tensor(sum(values) / len(values), device=self.accelerator.device)
-                logs[prefix + key] = self.accelerator.reduce(t, "mean").item()
-        self._metrics[mode].clear()
+        if self._metrics[mode] or "loss" in logs or "eval_loss" in logs:  # every process logs at the same steps
+            # the loss too: Trainer's is a mean of per-step (eval: per-row) means, averaged over the processes
+            logs.update({prefix + k: v for k, v in self._metrics[mode].reduce(self._sum_across,
+                                                                               self._keys_across).items()})
         if mode == "train" and self.args.include_num_input_tokens_seen == "no":
             # exact token count (Trainer's own counts padding, or guesses it from the pad id); kept in the
             # checkpointed TrainerState, so it continues across a resume
