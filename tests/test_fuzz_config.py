@@ -207,6 +207,7 @@ TRAIN: dict[str, Oracle] = {
     "attn_implementation": attn, "share_prompt": boolean, "packing": boolean, "chunk_size": count(),
     "nan_policy": choice(("stop", "skip_step")), "nan_skip_limit": count(), "logging_steps": count(),
     "eval_steps": count(optional=True), "save_steps": count(), "save_total_limit": count(optional=True),
+    "data_num_proc": count(optional=True),
     "report_to": report_to, "resume": boolean, "overwrite": boolean, "progress": boolean, "plots": boolean,
 }
 #: keys fuzzed on top of another key's value (they apply only there)

@@ -200,7 +200,7 @@ def test_gradient_reaches_mask_network_not_reference(models, tmp_path):
     for net in (signal.token_mask, signal.kl_mask):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
-    assert {"mask/zero_frac", "mask/mean", "mask_kl/zero_frac"} <= set(trainer._metrics["train"])
+    assert {"mask/zero_frac", "mask/mean", "mask_kl/zero_frac"} <= set(trainer._metrics["train"].pairs)
 
     # a submodule of the policy (what the engine wraps: DDP all-reduces its gradients, FSDP shards it,
     # Trainer's clipping and zero_grad include it), in its own optimiser group with its weight decay

@@ -64,7 +64,7 @@ RANGES: dict[str, Range] = {
     "max_length": Range(2, INT_MAX), "max_prompt_length": AT_LEAST_1, "limit": AT_LEAST_1, "eval_limit": AT_LEAST_1,
     "eval_fraction": FRACTION, "ref_sync_alpha": Range(0, 1, lo_open=True), "ref_sync_steps": AT_LEAST_1,
     "chunk_size": AT_LEAST_1, "logging_steps": AT_LEAST_1, "eval_steps": AT_LEAST_1, "save_steps": AT_LEAST_1,
-    "save_total_limit": AT_LEAST_1, "nan_skip_limit": AT_LEAST_1,
+    "save_total_limit": AT_LEAST_1, "nan_skip_limit": AT_LEAST_1, "data_num_proc": AT_LEAST_1,
 }
 #: the keys of ``lora`` (unipo.models.loading.apply_lora): type and range of each
 LORA_KEYS: dict[str, tuple[Any, Range | None]] = {
