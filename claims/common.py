@@ -172,9 +172,12 @@ def write_claim(out: Path, name: str, lines: list[str], results: dict[str, Any])
 
 
 def setting_line(s: Setting) -> str:
+    from unipo.models.loading import choose_precision
+
     return (f"Setting: {s.model}, arithmetic task ({s.n_train} training / {s.n_heldout} held-out problems), "
             f"{s.steps} steps of {s.batch_size} pairs, lr {s.learning_rate:g} unless stated, each preset's own β "
-            f"(0.1 unless stated), warm-up 0.1, precision {s.precision}, seeds {', '.join(map(str, s.seeds))}; "
+            f"(0.1 unless stated), warm-up 0.1, precision {choose_precision(s.precision)} ({s.precision}), "
+            f"seeds {', '.join(map(str, s.seeds))}; "
             f"evaluation: greedy and {s.n_samples} samples per held-out problem, at most {s.max_new_tokens} new "
             "tokens.")
 
