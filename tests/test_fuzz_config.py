@@ -187,7 +187,8 @@ POSITIVE = {"lo": 0, "lo_open": True}
 TRAIN: dict[str, Oracle] = {
     "model": text(), "data": text(), "eval_data": text(True), "variant": variant(),
     "beta": number(False, optional=True, **POSITIVE), "output_dir": text(),
-    "learning_rate": number(False, **POSITIVE), "lr_scheduler_type": choice(LR_SCHEDULERS),
+    "learning_rate": number(False, 0),  # 0 is a control (the policy stays its reference), e.g. in a sweep
+    "lr_scheduler_type": choice(LR_SCHEDULERS),
     "warmup_ratio": number(False, 0, check=lambda v: v < 1 or v == int(v)),
     "weight_decay": number(False, 0), "max_grad_norm": number(False, 0), "per_device_batch_size": count(),
     "gradient_accumulation_steps": count(), "num_epochs": number(False, **POSITIVE),

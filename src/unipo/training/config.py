@@ -58,7 +58,7 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3
 NAN_POLICIES = ("stop", "skip_step")
 #: the valid numbers of each numeric key (unipo.training.values; the type comes from the field's annotation)
 RANGES: dict[str, Range] = {
-    "learning_rate": POSITIVE, "warmup_ratio": Range(0, None, whole_from=1), "weight_decay": NON_NEGATIVE,
+    "learning_rate": NON_NEGATIVE, "warmup_ratio": Range(0, None, whole_from=1), "weight_decay": NON_NEGATIVE,
     "max_grad_norm": NON_NEGATIVE, "per_device_batch_size": AT_LEAST_1, "gradient_accumulation_steps": AT_LEAST_1,
     "num_epochs": POSITIVE, "max_steps": Range(1, INT_MAX, also=(-1,)), "seed": Range(0, 2**32 - 1),
     "max_length": Range(2, INT_MAX), "max_prompt_length": AT_LEAST_1, "limit": AT_LEAST_1, "eval_limit": AT_LEAST_1,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from contextlib import nullcontext
 from pathlib import Path
@@ -213,8 +214,10 @@ def precompute_reference(ref_model: torch.nn.Module, pairs: list[dict], collate,
     if rank == 0:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         listwise = {"more_rejected": more_rejected} if any(more_rejected) else {}
+        buffer = io.BytesIO()  # not torch.save(tmp): the archive would embed the temporary file's name (its pid)
+        torch.save({"chosen": chosen, "rejected": rejected, **listwise}, buffer)
         with atomic_path(cache_file, again="run again (the cache is rebuilt)") as tmp:
-            torch.save({"chosen": chosen, "rejected": rejected, **listwise}, tmp)
+            tmp.write_bytes(buffer.getvalue())
     if world > 1:
         import torch.distributed as dist
 
