@@ -131,3 +131,25 @@ class CPUAccelerator:
         import contextlib
 
         return contextlib.nullcontext()
+
+
+def moved_policy_and_batch(model_dir: Path, rows: list[dict], *, seed: int, scale: float):
+    """(the tiny policy moved away from its reference by ``scale``·N(0, 1) noise, so that pairs' losses differ; the
+    reference, a frozen copy; a packed batch of ``rows``), for step-level tests of a variant on a model."""
+    from unipo.data.tokenize import prepare_pairs
+    from unipo.layout import PackedBatch
+    from unipo.models.loading import load_model
+    from unipo.testing import make_tiny_tokenizer
+    from unipo.training.collate import collate_for
+    from unipo.training.reference import Reference
+
+    tok = make_tiny_tokenizer()
+    policy = load_model(str(model_dir), trainable=False)
+    reference = Reference("copy", load_model(str(model_dir), trainable=False))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    batch = PackedBatch.from_dict(collate_for(policy, tok.pad_token_id)(
+        [p.to_dict() for p in prepare_pairs(rows, tok)[0]]))
+    return policy, reference, batch

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unipo.data.tokenize import prepare_pairs
-from unipo.testing import make_tiny_tokenizer
+from tests.helpers import moved_policy_and_batch
 
 pytestmark = pytest.mark.integration
 
@@ -19,21 +18,7 @@ ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
     """(policy moved away from the reference, the reference, a packed batch)."""
-    from unipo.layout import PackedBatch
-    from unipo.models.loading import load_model
-    from unipo.training.collate import collate_for
-    from unipo.training.reference import Reference
-
-    tok = make_tiny_tokenizer()
-    policy = load_model(str(tiny_model_dir), trainable=False)
-    reference = Reference("copy", load_model(str(tiny_model_dir), trainable=False))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    batch = PackedBatch.from_dict(collate_for(policy, tok.pad_token_id)(
-        [p.to_dict() for p in prepare_pairs(ROWS, tok)[0]]))
-    return policy, reference, batch
+    return moved_policy_and_batch(tiny_model_dir, ROWS, seed=1, scale=0.3)
 
 
 def test_epsilon_dpo_step_is_the_released_loss_on_both_models_logits(models):
