@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from unipo.compare.pipeline import compare, run_dir_of, run_name
+from unipo.compare.pipeline import compare, record_items, run_dir_of, run_name
+from unipo.compare.seeds import PAIRED
 from unipo.eval.stats import PairedDifference, mean_and_se, paired_bootstrap
 
-#: per-item values of a run's eval.json → what the claims call them (unipo.compare.seeds.PAIRED's names)
-METRICS = {"greedy_pass_rate": "greedy_pass", "pass_rate": "sampled_pass", "chosen_mean_logp": "chosen_logp",
-           "entropy": "entropy", "distinct_2": "distinct_2", "dpo_margin": "dpo_margin"}
+#: a paired metric's name → its per-item key in a run's record (the inverse of unipo.compare.seeds.PAIRED)
+METRICS = {metric: key for key, metric in PAIRED.items()}
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,7 @@ class Arm:
         return json.loads((self.runs / f"seed-{seed}" / "eval.json").read_text())
 
     def items(self, seed: int, metric: str) -> list[float]:
-        record = self.eval(seed)
-        key = METRICS[metric]
-        if key == "dpo_margin":
-            return list(record["pair_margins"]["dpo"])
-        return list(record["items"][key])
+        return list(record_items(self.eval(seed))[METRICS[metric]])
 
     def metric(self, seed: int, key: str) -> float:
         v = self.eval(seed)["metrics"].get(key)

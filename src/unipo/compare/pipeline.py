@@ -209,13 +209,14 @@ def _run_record(run_dir: Path, spec: Any) -> dict[str, Any]:
     record = json.loads((run_dir / "eval.json").read_text())
     objective = resolve(read_config(run_dir)["objective"])
     return {"metrics": record["metrics"], "calibration_bins": record.get("calibration_bins"),
-            "items": _items(record),
+            "items": record_items(record),
             "history": [h for h in read_metrics(run_dir / "metrics.jsonl") if "loss" in h],
             "config": {"variant": objective.name, **objective.changes(), **split_spec(spec)[1]}}
 
 
-def _items(record: dict[str, Any]) -> dict[str, list[float]]:
-    """Per held-out item, the values whose means are the paired metrics (:data:`unipo.compare.seeds.PAIRED`)."""
+def record_items(record: dict[str, Any]) -> dict[str, list[float]]:
+    """Per held-out item, the values whose means are the paired metrics (:data:`unipo.compare.seeds.PAIRED`), from
+    an ``eval.json`` record: its ``items`` and, from its per-pair DPO margins, the margin and the pair accuracy."""
     from unipo.compare.seeds import PAIRED
     from unipo.eval.stats import pair_accuracy
 
@@ -253,7 +254,7 @@ def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
                                                        eval_kwargs.get("verifier")), **kw)
         atomic_write_text(ref_file, json.dumps(res, indent=2, default=str))
     res = json.loads(ref_file.read_text())
-    return {"metrics": res["metrics"], "items": _items(res), "config": {"variant": "(starting model)"}}
+    return {"metrics": res["metrics"], "items": record_items(res), "config": {"variant": "(starting model)"}}
 
 
 def run_config_for(base: TrainConfig, spec: Any, out: Path, overrides: dict[str, Any] | None = None, *,
