@@ -8,6 +8,7 @@ and for plain DPO TRL's own loss (``DPOTrainer.compute_loss`` with ``loss_type="
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import pytest
@@ -216,6 +217,41 @@ def test_without_trl_the_integration_says_how_to_install_it(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'unipo\[trl\]'"):
         importlib.import_module("unipo.integrations.trl")
     monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+
+
+@pytest.mark.unit
+def test_a_trl_below_the_floor_is_refused_at_import(monkeypatch):
+    """TRL_FLOOR is the first version the drop-in ran on (docs/trl.md, "Which TRL"): an older TRL (its version
+    monkeypatched) is refused when the module is imported, in one line naming both versions and the way out."""
+    from unipo.integrations.trl import TRL_FLOOR, check_trl_version
+
+    assert TRL_FLOOR == "1.16"
+    for older in ("1.0.0", "1.14.2", "1.15.0", "0.29.1"):
+        with pytest.raises(ImportError, match=rf"needs trl>=1\.16, but trl {re.escape(older)} is installed") as err:
+            check_trl_version(older)
+        assert "\n" not in str(err.value) and "pip install -U 'trl>=1.16'" in str(err.value)
+    for ok in ("1.16.0", "1.16.1", "1.17.0", "2.0.0"):
+        check_trl_version(ok)
+    monkeypatch.setattr(trl, "__version__", "1.15.0")
+    monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+    with pytest.raises(ImportError, match=r"needs trl>=1\.16, but trl 1\.15\.0 is installed"):
+        importlib.import_module("unipo.integrations.trl")
+    monkeypatch.delitem(sys.modules, "unipo.integrations.trl", raising=False)
+
+
+@pytest.mark.unit
+def test_the_extras_name_the_floor_the_drop_in_checks():
+    """pyproject's `trl`, `test` and `bench` extras ask pip for the floor the module enforces."""
+    from pathlib import Path
+
+    import tomllib
+
+    from unipo.integrations.trl import TRL_FLOOR
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for name in ("trl", "test", "bench"):
+        assert f"trl>={TRL_FLOOR}" in extras[name], name
 
 
 @pytest.mark.integration

@@ -47,6 +47,8 @@ from typing import Any
 import torch
 
 try:
+    import trl
+    from packaging.version import Version  # a dependency of TRL's
     from trl import DPOConfig, DPOTrainer
     from trl.models.utils import disable_gradient_checkpointing
     from trl.trainer.utils import use_adapter
@@ -58,6 +60,21 @@ from unipo.errors import ConfigError
 from unipo.objective import LossOutput, Objective
 from unipo.objective.registry import SIDE_INPUTS
 from unipo.objective.sides import ObjectiveInputs, Side
+
+#: the first TRL the drop-in runs on (docs/trl.md, "Which TRL": the versions tried; pyproject's extras say the
+#: same): TRL 1.0-1.14 have no fused LM head (``fused_lm_head=True``, ``log_probs``), 1.15.0's runs on Triton only
+TRL_FLOOR = "1.16"
+
+
+def check_trl_version(installed: str) -> None:
+    """Refuse a TRL older than :data:`TRL_FLOOR`, in one line naming both and the way out."""
+    if Version(installed) < Version(TRL_FLOOR):
+        raise ImportError(f"unipo.integrations.trl needs trl>={TRL_FLOOR}, but trl {installed} is installed (older "
+                          f"TRL lacks the DPOTrainer internals the drop-in uses): pip install -U 'trl>={TRL_FLOOR}' "
+                          f"(docs/trl.md, 'Which TRL', lists the versions tried)")
+
+
+check_trl_version(trl.__version__)
 
 #: the per-token objective inputs this trainer can build from TRL's batch
 SUPPLIED_INPUTS = frozenset({"ref_logps", "diff_mask"})
