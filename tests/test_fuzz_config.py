@@ -28,7 +28,7 @@ from unipo.training.config import (
     TRUNCATION_MODES,
     TrainConfig,
 )
-from unipo.training.train import plan_training
+from unipo.training.plan import plan_training
 
 pytestmark = pytest.mark.unit
 

@@ -7,7 +7,7 @@ import pytest
 
 from unipo.errors import ConfigError
 from unipo.training.config import TrainConfig
-from unipo.training.train import plan_training
+from unipo.training.plan import plan_training
 
 pytestmark = pytest.mark.unit
 
