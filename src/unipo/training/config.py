@@ -120,8 +120,9 @@ class TrainConfig:
     max_length: int = field(default=512, metadata={
         "help": "tokens of prompt + response at most; responses are cut to fit (rows whose prompt alone is "
                 "that long are dropped and reported)"})
-    max_prompt_length: int = field(default=256, metadata={
-        "help": "tokens of prompt at most (cut as truncation_mode says); smaller than max_length"})
+    max_prompt_length: int | None = field(default=256, metadata={
+        "help": "tokens of prompt at most (cut as truncation_mode says); smaller than max_length; null: no limit "
+                "of its own (a row whose prompt alone fills max_length is dropped and reported)"})
     truncation_mode: str = field(default="keep_end", metadata={
         "help": "which part of a too-long prompt is kept", "choices": TRUNCATION_MODES})
     limit: int | None = field(default=None, metadata={"help": "use only the first N rows of data"})
@@ -276,7 +277,7 @@ class TrainConfig:
             raise ConfigError(f"{source}: variant must be a preset name or a mapping {{preset: ..., ...}}, "
                               f"got {self.variant!r}")
         self._validate_lora(source)
-        if self.max_prompt_length >= self.max_length:
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ConfigError(f"{source}: max_prompt_length ({self.max_prompt_length}) must be smaller than "
                               f"max_length ({self.max_length})")
         if self.token_signal is not None and not isinstance(self.token_signal, str | dict):
