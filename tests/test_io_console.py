@@ -9,9 +9,8 @@ import pytest
 
 from unipo.io.console import log, logger, progress_bars
 
-pytestmark = pytest.mark.unit
 
-
+@pytest.mark.unit
 def test_log_lines_carry_the_commands_prefix_on_stderr(capsys):
     log("saved")
     logger("unipo iterate")("round 1")
@@ -19,6 +18,7 @@ def test_log_lines_carry_the_commands_prefix_on_stderr(capsys):
     assert out.out == "" and out.err == "unipo: saved\nunipo iterate: round 1\n"
 
 
+@pytest.mark.unit
 def test_progress_bars_off_silences_transformers_bars_and_restores_them(capsys):
     from transformers.utils import logging as hf_logging
 
