@@ -326,6 +326,7 @@ def part_fsdp(args, rec: PartRecord) -> None:
     """``accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 1 -m unipo train`` on the
     tiny model for tdpo2 (a sharded reference) and sparsepo (a token signal inside the policy)."""
     from unipo.testing import make_tiny_model
+    from unipo.training.rundir import RunDir
 
     with tempfile.TemporaryDirectory(prefix="unipo-gpu-fsdp-") as tmp:
         model = make_tiny_model(Path(tmp) / "tiny")
@@ -348,11 +349,10 @@ def part_fsdp(args, rec: PartRecord) -> None:
             except subprocess.TimeoutExpired:
                 rec.data[variant] = {"killed": f"at the budget after {time.perf_counter() - t:.0f} s"}
                 continue
-            metrics = run_dir / "metrics.jsonl"
-            steps = [json.loads(x) for x in metrics.read_text().splitlines()] if metrics.exists() else []
+            steps = RunDir(run_dir).metrics()
             rec.data[variant] = {"returncode": proc.returncode, "seconds": time.perf_counter() - t,
                                  "losses": [s["loss"] for s in steps if "loss" in s],
-                                 "checkpoints": sorted(p.name for p in run_dir.glob("checkpoint-*")),
+                                 "checkpoints": sorted(p.name for p in RunDir(run_dir).checkpoints()),
                                  "stderr_tail": proc.stderr[-3000:], "command": " ".join(cmd)}
             rec.save()
             log(f"fsdp {variant}: exit {proc.returncode}, losses {rec.data[variant]['losses']}")

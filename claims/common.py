@@ -28,6 +28,7 @@ from typing import Any
 from unipo.compare.pipeline import compare, record_items, run_dir_of, run_name
 from unipo.compare.seeds import PAIRED
 from unipo.eval.stats import PairedDifference, mean_and_se, paired_bootstrap
+from unipo.training.rundir import EvalRecord, RunDir
 
 #: a paired metric's name → its per-item key in a run's record (the inverse of unipo.compare.seeds.PAIRED)
 METRICS = {metric: key for key, metric in PAIRED.items()}
@@ -101,19 +102,21 @@ class Arm:
     label: str
     runs: Path
 
-    def eval(self, seed: int) -> dict[str, Any]:
-        return json.loads((self.runs / f"seed-{seed}" / "eval.json").read_text())
+    def run(self, seed: int) -> RunDir:
+        return RunDir(self.runs / f"seed-{seed}")
+
+    def eval(self, seed: int) -> EvalRecord:
+        return self.run(seed).eval_record()
 
     def items(self, seed: int, metric: str) -> list[float]:
         return list(record_items(self.eval(seed))[METRICS[metric]])
 
     def metric(self, seed: int, key: str) -> float:
-        v = self.eval(seed)["metrics"].get(key)
+        v = self.eval(seed).metrics.get(key)
         return float(v) if isinstance(v, int | float) else math.nan
 
     def history(self, seed: int) -> list[dict[str, Any]]:
-        path = self.runs / f"seed-{seed}" / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return self.run(seed).metrics()
 
 
 def arm(runs: dict[str, Path], spec: Any, label: str | None = None) -> Arm:

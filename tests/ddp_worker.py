@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from unipo.training.config import TrainConfig
-from unipo.training.train import build_trainer, load_data, load_models, plan_training
+from unipo.training.plan import plan_training
+from unipo.training.train import build_trainer, load_data, load_models
 
 VARIANTS = {
     "tdpo2": {},

@@ -99,8 +99,11 @@ def captured_train(monkeypatch):
     seen = {}
 
     def fake_train(cfg, **kwargs):
+        from unipo.training.rundir import RunDir
+        from unipo.training.train import TrainResult
+
         seen["cfg"] = cfg
-        return {"output_dir": cfg.output_dir, "final": {}}
+        return TrainResult(RunDir(cfg.output_dir), {})
 
     monkeypatch.setattr(train_module, "train", fake_train)
 

@@ -28,7 +28,7 @@ from unipo.training.config import (
     TRUNCATION_MODES,
     TrainConfig,
 )
-from unipo.training.train import plan_training
+from unipo.training.plan import plan_training
 
 pytestmark = pytest.mark.unit
 
@@ -194,7 +194,7 @@ TRAIN: dict[str, Oracle] = {
     "gradient_accumulation_steps": count(), "num_epochs": number(False, **POSITIVE),
     "max_steps": count(also=(-1,)), "seed": number(True, 0, 2**32 - 1),
     "max_length": count(2, check=lambda v: v > 256),  # above the default max_prompt_length
-    "max_prompt_length": count(check=lambda v: v < 512),  # below the default max_length
+    "max_prompt_length": count(optional=True, check=lambda v: v < 512),  # below the default max_length; null: no limit
     "truncation_mode": choice(TRUNCATION_MODES), "limit": count(optional=True), "eval_limit": count(optional=True),
     "eval_fraction": number(False, 0, 1, hi_open=True), "on_invalid": choice(ON_INVALID),
     "weights_columns": names(length=2, optional=True), "weight_column": text(True),

@@ -7,7 +7,7 @@ import pytest
 
 from unipo.errors import ConfigError
 from unipo.training.config import TrainConfig
-from unipo.training.train import plan_training
+from unipo.training.plan import plan_training
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +50,43 @@ def test_bad_combinations_fail_in_the_plan(kw, message):
 def test_no_data_is_refused():
     with pytest.raises(ConfigError, match="no training data"):
         plan_training(TrainConfig())
+
+
+# -- DataSettings: what data preparation reads, from a TrainConfig or a saved configuration (issue 24) --------
+def test_max_prompt_length_null_means_no_prompt_limit(tmp_path, monkeypatch):
+    """docs/data.md: ``max_prompt_length: None`` for no limit, in a YAML config too (it was a TypeError)."""
+    import json
+
+    from unipo.testing import make_tiny_tokenizer
+    from unipo.training.plan import DataSettings, prepare_data
+
+    monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("data: pairs.jsonl\nmax_prompt_length: null\nmax_length: 64\n")
+    cfg = TrainConfig.load(str(yaml_file), {})
+    assert cfg.max_prompt_length is None and DataSettings.of(cfg).max_prompt_length is None
+    assert plan_training(cfg).cfg.max_prompt_length is None
+    data = tmp_path / "p.jsonl"
+    prompt = " ".join(f"w{i}" for i in range(20))
+    data.write_text(json.dumps({"prompt": prompt, "chosen": "yes", "rejected": "no"}) + "\n")
+    tok = make_tiny_tokenizer()
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert 4 < n_prompt < 60  # the prompt is longer than 4 tokens and fits max_length 64 with a response
+    rows, summary = prepare_data(DataSettings.of(cfg), tok, str(data), None)
+    assert summary.truncated_prompt == 0 and len(rows[0]["prompt_ids"]) >= n_prompt
+    cut, summary = prepare_data(DataSettings.of(TrainConfig.from_dict({"max_length": 64, "max_prompt_length": 4})),
+                                tok, str(data), None)
+    assert summary.truncated_prompt == 1 and len(cut[0]["prompt_ids"]) == 4
+    with pytest.raises(ConfigError, match="max_prompt_length"):
+        TrainConfig.from_dict({"max_length": 64, "max_prompt_length": 64})
+
+
+def test_data_settings_from_a_saved_configuration_take_the_saved_values_and_defaults_for_missing_keys():
+    from unipo.training.plan import DataSettings
+
+    saved = DataSettings.saved({"max_length": 99, "max_prompt_length": None, "on_invalid": "skip", "other": 1})
+    default = DataSettings.of(TrainConfig())
+    assert (saved.max_length, saved.max_prompt_length, saved.on_invalid) == (99, None, "skip")
+    assert (saved.truncation_mode, saved.weight_column) == (default.truncation_mode, default.weight_column)
+    with pytest.raises(ConfigError, match=r"max_prompt_length \(120\) must be smaller than max_length \(99\)"):
+        DataSettings.saved({"max_length": 99, "max_prompt_length": 120}).check()

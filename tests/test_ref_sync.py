@@ -17,8 +17,8 @@ from tests.helpers import ROWS, train_args, write_jsonl
 from unipo.cli import main
 from unipo.errors import ConfigError
 from unipo.training.config import TrainConfig
+from unipo.training.plan import plan_training
 from unipo.training.ref_sync import REFERENCE_FILE
-from unipo.training.train import plan_training
 
 
 def _cfg(**kw) -> TrainConfig:

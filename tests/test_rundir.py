@@ -54,8 +54,8 @@ def test_a_bfloat16_reference_copy_stays_available_and_is_offset(tiny_model_dir,
 # -- one writer, no mixed runs ---------------------------------------------------------------------------
 HOLD_LOCK = """
 import sys, time
-from unipo.io.rundir import RunDirLock
-with RunDirLock(sys.argv[1], "unipo train"):
+from unipo.training.rundir import RunDir
+with RunDir(sys.argv[1]).lock("unipo train"):
     print("locked", flush=True)
     time.sleep(60)
 """

@@ -321,7 +321,7 @@ def run_train(model, data, out, variant, max_steps, resume=False, **extra):
 @pytest.mark.parametrize("variant", ["sparsepo", "learned_prior"])
 def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
     full = run_train(tiny_model_dir, data_file, tmp_path / "full", variant, 4)
-    losses = [h["loss"] for h in full["history"] if "loss" in h]
+    losses = [h["loss"] for h in full.history if "loss" in h]
     assert len(losses) == 4 and all(map(torch.isfinite, torch.tensor(losses)))
     state = load_file(tmp_path / "full" / "unipo_signal.safetensors")
     assert set(state) == set(load_file(tmp_path / "full" / "checkpoint-4" / "unipo_signal.safetensors"))
@@ -332,11 +332,11 @@ def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
         assert spec["type"] == "sparsepo_masks"
         assert not torch.allclose(state["token_mask.mix.weight"], torch.full_like(state["token_mask.mix.weight"],
                                                                                   1 / spec["num_layers"]))
-        assert {"mask/zero_frac", "mask/mean", "weights/chosen_mean"} <= set(full["history"][0])
+        assert {"mask/zero_frac", "mask/mean", "weights/chosen_mean"} <= set(full.history[0])
     else:
         assert spec["type"] == "learned_prior"
         assert state["net.2.weight"].abs().sum() > 0  # the zero-initialised output layer has learned
-        assert {"prior/offset_chosen_mean", "prior/offset_rms"} <= set(full["history"][0])
+        assert {"prior/offset_chosen_mean", "prior/offset_rms"} <= set(full.history[0])
 
     part = tmp_path / "resumed"
     run_train(tiny_model_dir, data_file, part, variant, 2)
@@ -353,9 +353,9 @@ def test_train_save_and_resume(tiny_model_dir, data_file, tmp_path, variant):
 def test_train_activation_masks(tiny_model_dir, data_file, tmp_path):
     result = run_train(tiny_model_dir, data_file, tmp_path / "act", "sparsepo", 2,
                        token_signal={"type": "activation_masks"})
-    losses = [h["loss"] for h in result["history"] if "loss" in h]
+    losses = [h["loss"] for h in result.history if "loss" in h]
     assert len(losses) == 2 and all(map(torch.isfinite, torch.tensor(losses)))
-    entry = result["history"][0]
+    entry = result.history[0]
     assert 0 < entry["mask/zero_frac"] < 1 and 0 < entry["mask/mean"] <= 1
 
 

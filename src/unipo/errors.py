@@ -34,6 +34,6 @@ class DataError(UnipoError, ValueError):
         return err
 
 
-def skip_invalid_hint(counted_in: str = "data_summary.json") -> str:
+def skip_invalid_hint(counted_in: str) -> str:
     """The way out that ends every invalid-row error of the commands that read pairs (``--on-invalid``)."""
     return f"pass --on-invalid skip to drop such rows; they are counted in {counted_in}"

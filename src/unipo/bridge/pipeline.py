@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
 from unipo.errors import DataError, UnipoError, skip_invalid_hint
 from unipo.io.atomic import atomic_path, atomic_write_text
+from unipo.io.console import logger
 from unipo.io.files import read_jsonl_repairing, sidecar_paths
 from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 
@@ -57,6 +57,7 @@ class BridgePair:
 
 # ----------------------------------------------------------------------------------------------------
 # input
+_log = logger("unipo bridge")
 
 
 def _response_text(value: Any, *, file: str, row: int, field: str) -> str:
@@ -152,7 +153,7 @@ def _read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     """Records of an append-only JSONL file; a last line cut short by a kill is trimmed off the file."""
     return read_jsonl_repairing(
         path, invalid_hint="fix or delete the file (bridge outputs are append-only)",
-        log=lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr))
+        log=_log)
 
 
 @dataclass
@@ -213,7 +214,7 @@ def run_bridge(data: str | Path, out: str | Path, editor: Editor, template: Edit
     ``tokenizer`` measures the token edit distance (default: the editor's own tokenizer when it has one,
     else whitespace words).
     """
-    log = log or (lambda msg: print(f"unipo bridge: {msg}", file=sys.stderr, flush=True))
+    log = log or _log
     return _BridgeRun(data, BridgePaths.for_output(out), editor, template, options or BridgeOptions(),
                       tokenizer, log).run()
 

@@ -35,6 +35,6 @@ def run_train(args: argparse.Namespace) -> int:
     label = str(cfg.objective_spec().get("preset", "dpo"))
     result = train(cfg, callbacks=[TrainingCurvesCallback(label)] if cfg.plots else [])
     # 4 significant digits: a learning rate of 5e-7 must not print as 0.0
-    final = {k: float(f"{v:.4g}") for k, v in result["final"].items() if isinstance(v, float)}
-    print(json.dumps({"output_dir": result["output_dir"], **final}, indent=1))
+    final = {k: float(f"{v:.4g}") for k, v in result.final_metrics.items() if isinstance(v, float)}
+    print(json.dumps({"output_dir": str(result.run), **final}, indent=1))
     return 0

@@ -18,8 +18,10 @@ import torch
 
 from unipo.errors import ConfigError
 from unipo.io.atomic import atomic_write_text
+from unipo.io.console import log
 from unipo.objective import resolve
 from unipo.training.config import TrainConfig
+from unipo.training.rundir import EvalRecord, RunConfig, RunDir
 
 
 def run_name(variant: Any) -> str:
@@ -77,14 +79,6 @@ def expand_sweep(variants: list[Any], sweep: dict[str, list[Any]] | None) -> lis
     return out
 
 
-def _trained(run: Path) -> bool:
-    return (run / "unipo_config.yaml").exists()  # written by train() after the final model is saved
-
-
-def _finished(run: Path) -> bool:
-    return _trained(run) and (run / "eval.json").exists()
-
-
 def run_dir_of(out: Path, name: str, seed: int | None) -> Path:
     """``OUT/runs/NAME`` for a single-seed comparison, ``OUT/runs/NAME/seed-S`` for one seed of several."""
     return out / "runs" / name if seed is None else out / "runs" / name / f"seed-{seed}"
@@ -96,7 +90,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
             train_overrides: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None,
             baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
     """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
-    comparison writes ``out_dir`` at a time (:class:`unipo.io.rundir.RunDirLock`). ``train_overrides``: per run
+    comparison writes ``out_dir`` at a time (:meth:`unipo.training.rundir.RunDir.lock`). ``train_overrides``: per run
     name (:func:`run_name`), training settings that differ from ``base`` (``{"dpo": {"learning_rate": 5e-5}}``).
 
     ``seeds``: train and evaluate every variant under each seed (``OUT/runs/NAME/seed-S``, resumable per
@@ -106,7 +100,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
     ``keep_models`` False: once a run is evaluated, its checkpoints and weights are deleted (its configuration,
     metrics and ``eval.json`` stay): a sweep of many runs needs the disk of one (a checkpoint with its optimizer
     state is about 12 bytes per parameter)."""
-    from unipo.io.rundir import RunDirLock, preflight
+    from unipo.io.disk import preflight
 
     unknown = {k for o in (train_overrides or {}).values() for k in o} - set(TrainConfig.keys())
     if unknown:
@@ -114,7 +108,7 @@ def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval
     if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
         raise ConfigError(f"compare: seeds must be distinct and at least one, got {seeds}")
     preflight(out_dir, what="this comparison")
-    with RunDirLock(out_dir, "unipo compare"):
+    with RunDir(out_dir).lock("unipo compare"):
         return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
                         include_reference=include_reference, title=title, train_overrides=train_overrides or {},
                         seeds=seeds, baseline=baseline, keep_models=keep_models)
@@ -125,7 +119,6 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
              title: str, train_overrides: dict[str, dict[str, Any]], seeds: list[int] | None = None,
              baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
     from unipo.eval.report import write_report
-    from unipo.training.train import log
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +142,7 @@ def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eva
             _train_and_evaluate(configs[(name, s)], run_dir, label, held_out,
                                 {**eval_kwargs, **({"seed": s} if s is not None else {})})
             if not keep_models:
-                prune_run(run_dir)
+                RunDir(run_dir).prune()
             records[(name, s)] = _run_record(run_dir, spec)
     reference = None
     if include_reference and specs:
@@ -172,12 +165,12 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: s
                         eval_kwargs: dict[str, Any]) -> None:
     """Train ``cfg`` into ``run_dir`` and evaluate it, skipping what an earlier (interrupted) call finished."""
     from unipo.eval.evaluate import evaluate_run
-    from unipo.training.train import log, train
+    from unipo.training.train import train
 
-    if _finished(run_dir):
+    if RunDir(run_dir).evaluated:
         log(f"{label}: finished earlier, not retrained")
         return
-    if _trained(run_dir):
+    if RunDir(run_dir).trained:
         log(f"{label}: trained earlier, not retrained")
     else:
         log(f"{label}: training")
@@ -186,42 +179,31 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: s
     evaluate_run(run_dir, held_out, **eval_kwargs)
 
 
-#: what :func:`prune_run` deletes from an evaluated run: the checkpoints and the weights
-PRUNED = ("checkpoint-*", "*.safetensors", "*.bin", "*.pt")
-
-
 def prune_run(run_dir: Path) -> None:
-    """Delete an evaluated run's checkpoints and weights, keeping what its record needs (``unipo_config.yaml``,
-    ``metrics.jsonl``, ``eval.json``, the tokenizer and the model's config). Only after ``eval.json`` exists."""
-    import shutil
-
-    if not _finished(run_dir):
-        raise ConfigError(f"{run_dir}: not evaluated yet; its model is kept")
-    for pattern in PRUNED:
-        for path in run_dir.glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    """Delete an evaluated run's checkpoints and weights (:meth:`RunDir.prune`)."""
+    RunDir(run_dir).prune()
 
 
 def _run_record(run_dir: Path, spec: Any) -> dict[str, Any]:
     """What the report needs of one finished run: its metrics, per-item results, history and configuration."""
-    from unipo.training.outputs import read_metrics
-
-    record = json.loads((run_dir / "eval.json").read_text())
-    objective = resolve(read_config(run_dir)["objective"])
-    return {"metrics": record["metrics"], "calibration_bins": record.get("calibration_bins"),
+    run = RunDir(run_dir)
+    record = run.eval_record()
+    objective = resolve(run.objective())
+    return {"metrics": record.metrics, "calibration_bins": record.calibration_bins,
             "items": record_items(record),
-            "history": [h for h in read_metrics(run_dir / "metrics.jsonl") if "loss" in h],
+            "history": [h for h in run.metrics() if "loss" in h],
             "config": {"variant": objective.name, **objective.changes(), **split_spec(spec)[1]}}
 
 
-def record_items(record: dict[str, Any]) -> dict[str, list[float]]:
+def record_items(record: EvalRecord) -> dict[str, list[float]]:
     """Per held-out item, the values whose means are the paired metrics (:data:`unipo.compare.seeds.PAIRED`), from
-    an ``eval.json`` record: its ``items`` and, from its per-pair DPO margins, the margin and the pair accuracy."""
+    an eval record (:meth:`RunDir.eval_record`): its ``items`` and, from its per-pair DPO margins, the margin and
+    the pair accuracy."""
     from unipo.compare.seeds import PAIRED
     from unipo.eval.stats import pair_accuracy
 
-    items = {k: v for k, v in (record.get("items") or {}).items() if k in PAIRED}
-    margins = (record.get("pair_margins") or {}).get("dpo")
+    items = {k: v for k, v in record.items.items() if k in PAIRED}
+    margins = record.pair_margins.get("dpo")
     if margins:
         items["dpo_margin"] = list(margins)
         items["dpo_reward_accuracy"] = pair_accuracy(margins)
@@ -233,19 +215,20 @@ def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
     """The starting model evaluated once on the held-out data (``OUT/reference_eval.json``): the "before" row."""
     ref_file = out / "reference_eval.json"
     if not ref_file.exists():
-        from unipo.eval.evaluate import evaluate_models, prompt_verifier, run_config, with_reference_logps
+        from unipo.eval.evaluate import evaluate_models, prompt_verifier, with_reference_logps
         from unipo.models.loading import load_model, load_tokenizer
         from unipo.objective import Objective
-        from unipo.training.train import log, prepare_data
+        from unipo.training.plan import DataSettings, prepare_data
 
         log("reference: evaluating the starting model (the 'before' row)")
-        cfg_dict = run_config(first)
+        model_path = RunDir(first).config().model_path
         tok = load_tokenizer(str(first))
         obj = Objective("dpo", beta=base.beta or 0.1)
-        unweighted = dataclasses.replace(base, weight_column=None)  # held-out pairs are scored unweighted
+        # held-out pairs are scored unweighted
+        unweighted = dataclasses.replace(DataSettings.of(base), weight_column=None)
         pairs, _ = prepare_data(unweighted, tok, held_out, eval_kwargs.get("limit", 256))
-        ref = load_model(cfg_dict["model_path"], dtype=torch.float32, trainable=False)
-        with_reference_logps(ref, cfg_dict["model_path"], tok, pairs, share_prompt=base.share_prompt,
+        ref = load_model(model_path, dtype=torch.float32, trainable=False)
+        with_reference_logps(ref, model_path, tok, pairs, share_prompt=base.share_prompt,
                              packing=base.packing, batch_size=eval_kwargs.get("batch_size", 8))
         kw = {k: v for k, v in eval_kwargs.items() if k in ("n_prompts", "n_samples", "max_new_tokens",
                                                              "batch_size", "seed")}
@@ -253,8 +236,8 @@ def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
                               verifier=prompt_verifier(tok, pairs, eval_kwargs.get("task"),
                                                        eval_kwargs.get("verifier")), **kw)
         atomic_write_text(ref_file, json.dumps(res, indent=2, default=str))
-    res = json.loads(ref_file.read_text())
-    return {"metrics": res["metrics"], "items": record_items(res), "config": {"variant": "(starting model)"}}
+    res = EvalRecord.from_dict(json.loads(ref_file.read_text()))
+    return {"metrics": res.metrics, "items": record_items(res), "config": {"variant": "(starting model)"}}
 
 
 def run_config_for(base: TrainConfig, spec: Any, out: Path, overrides: dict[str, Any] | None = None, *,
@@ -273,7 +256,6 @@ def run_config_for(base: TrainConfig, spec: Any, out: Path, overrides: dict[str,
     return cfg
 
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    from unipo.eval.evaluate import run_config
-
-    return run_config(run_dir)
+def read_config(run_dir: Path) -> RunConfig:
+    """The configuration a run saved (:meth:`RunDir.config`)."""
+    return RunDir(run_dir).config()

@@ -80,11 +80,12 @@ def run_demo(out_dir: str = "runs/demo", *, model: str = DEFAULTS["model"], step
                    title=f"unipo demo: SmolLM2-135M-Instruct learns exact-format addition (training precision "
                          f"{precision})",
                    train_overrides=VARIANT_SETTINGS, seeds=seeds, baseline="reference" if seeds else None)
-    for name, run in runs.items():  # what each run was trained with (its unipo_config.yaml), for the table
+    for name, run in runs.items():  # what each run was trained with (its saved configuration), for the table
         if name != "reference":
             config = read_config(run_dir_of(out, name, seeds[0] if seeds else None))
-            run["settings"] = {"learning_rate": config["learning_rate"], "steps": config.get("max_steps"),
-                               "beta": (config.get("objective") or {}).get("beta", config.get("beta"))}
+            run["settings"] = {"learning_rate": config.training["learning_rate"],
+                               "steps": config.training.get("max_steps"),
+                               "beta": (config.objective or {}).get("beta", config.training.get("beta"))}
     return runs
 
 

@@ -3,8 +3,6 @@ layer imports nothing from here)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import TrainerCallback
 
 #: the panels of a run's training-curve plot; ``kl/rejected`` is added when the run logged it
@@ -12,7 +10,8 @@ CURVE_KEYS = ("loss", "rewards/accuracies", "rewards/margins")
 
 
 class TrainingCurvesCallback(TrainerCallback):
-    """Draws ``training_curves.png`` into the run directory when training ends (main process only)."""
+    """Draws the training curves into the run directory (:attr:`RunDir.curves_file`) when training ends (main
+    process only)."""
 
     def __init__(self, label: str):
         self.label = label
@@ -21,8 +20,10 @@ class TrainingCurvesCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         from unipo.eval.plots import training_curves
+        from unipo.training.rundir import RunDir
 
         history = [h for h in state.log_history if "loss" in h]
         keys = CURVE_KEYS + (("kl/rejected",) if any("kl/rejected" in h for h in history) else ())
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        training_curves({self.label: history}, Path(args.output_dir) / "training_curves.png", keys=keys)
+        run = RunDir(args.output_dir)
+        run.path.mkdir(parents=True, exist_ok=True)
+        training_curves({self.label: history}, run.curves_file, keys=keys)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unipo.training.rundir import RunDir
+
 TASKS = ("arithmetic", "none")
 ON_INVALID = ("error", "skip")
 
@@ -23,10 +25,10 @@ class EvalArguments:
     data: str = field(metadata={"help": "held-out preference data (any format unipo train reads)"})
     reference: str | None = field(default=None, metadata={
         "help": "reference model (null: the run's starting model)"})
-    out: str | None = field(default=None, metadata={"help": "where to write the JSON (null: RUN/eval.json)"})
+    out: str | None = field(default=None, metadata={"help": f"where to write the JSON (null: RUN/{RunDir.EVAL})"})
     max_length: int | None = field(default=None, metadata={
         "help": "truncate held-out prompt + response to this many tokens (null: the run's training max_length; "
-                "what was truncated is printed and recorded in eval.json)"})
+                f"what was truncated is printed and recorded in {RunDir.EVAL})"})
     max_prompt_length: int | None = field(default=None, metadata={
         "help": "truncate held-out prompts to this many tokens (null: the run's training max_prompt_length)"})
 
@@ -56,7 +58,7 @@ class CompareArguments:
                 "95%% bootstrap intervals (over seeds and held-out items)", "nargs": "+", "metavar": "N|SEED"})
     keep_models: bool = field(default=True, metadata={
         "help": "keep every run's checkpoints and weights; --no-keep-models deletes them once the run is evaluated "
-                "(configuration, metrics and eval.json stay): a sweep of many runs then needs the disk of one"})
+                f"(configuration, metrics and {RunDir.EVAL} stay): a sweep of many runs then needs the disk of one"})
     baseline: str | None = field(default=None, metadata={
         "help": "the run every other run is compared with (a run name such as dpo, or reference: the starting "
                 "model); null: the first variant"})
@@ -77,12 +79,13 @@ class EvalOptions:
         "help": "a built-in task whose verifier scores the samples (null: none)", "choices": TASKS})
     verifier: str | None = field(default=None, metadata={
         "help": "your scorer module:function, called as function(prompt_text, response_text) -> bool or a score in "
-                "[0, 1] on every greedy and sampled answer (pass rates; each answer and verdict kept in eval.json); "
+                f"[0, 1] on every greedy and sampled answer (pass rates; each answer and verdict kept in "
+                f"{RunDir.EVAL}); "
                 "instead of --task"})
     on_invalid: str | None = field(default=None, metadata={
         "help": "a held-out row that fails validation: error (stop, naming file, row and field) or skip (counted "
-                "in eval.json's data_summary; compare: also the training rows, counted in each run's "
-                "data_summary.json); null: the run's (compare: the base config's) on_invalid",
+                f"in {RunDir.EVAL}'s data_summary; compare: also the training rows, counted in each run's "
+                f"{RunDir.DATA_SUMMARY}); null: the run's (compare: the base config's) on_invalid",
         "choices": ON_INVALID})
 
 

@@ -7,21 +7,18 @@ responses, distinct-1/2, self-BLEU, predictive entropy, and a verifier's pass ra
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from unipo.errors import UnipoError
 from unipo.eval.generation import generation_metrics
 from unipo.eval.metrics import fdpo_calibration, pairwise_calibration, reward_accuracy_and_margin
-from unipo.io.atomic import atomic_write_text
 from unipo.objective import Objective
+from unipo.training.rundir import RunConfig, RunDir, write_json
 
 
 def load_policy(run_dir: str | Path, dtype: torch.dtype = torch.float32):
@@ -32,7 +29,7 @@ def load_policy(run_dir: str | Path, dtype: torch.dtype = torch.float32):
 
     run = Path(run_dir)
     check_model_dir(run)
-    if (run / "adapter_config.json").exists():
+    if RunDir(run).is_adapter:
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(str(run), dtype=dtype).eval()
@@ -42,11 +39,9 @@ def load_policy(run_dir: str | Path, dtype: torch.dtype = torch.float32):
     return model
 
 
-def run_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "unipo_config.yaml"
-    if not path.exists():
-        raise UnipoError(f"{run_dir}: not a unipo run directory (no unipo_config.yaml)")
-    return yaml.safe_load(path.read_text())
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run saved, typed (:meth:`RunDir.config`; refused in one line when there is none)."""
+    return RunDir(run_dir).config()
 
 
 @torch.no_grad()
@@ -211,15 +206,13 @@ def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None
     ``on_invalid``: error | skip for held-out rows that fail validation (None: the run's setting); what was
     dropped is recorded in ``eval.json`` (``data_summary``). ``verifier``: a user's ``module:function`` that
     scores each held-out prompt's answers (:func:`prompt_verifier`), instead of a built-in ``task``'s."""
-    from unipo.io.rundir import RunDirLock
-
-    out_path = Path(out) if out else Path(run_dir) / "eval.json"
-    with RunDirLock(out_path.parent, "unipo eval"):
+    out_path = Path(out) if out else RunDir(run_dir).eval_file
+    with RunDir(out_path.parent).lock("unipo eval"):
         result = _evaluate(run_dir, data, reference=reference, limit=limit, n_prompts=n_prompts, n_samples=n_samples,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
                            reference_cache=reference_cache, max_length=max_length,
                            max_prompt_length=max_prompt_length, on_invalid=on_invalid, verifier=verifier)
-        atomic_write_text(out_path, json.dumps(result, indent=2, default=_nan_to_none))
+        write_json(out_path, result)
     return result
 
 
@@ -228,45 +221,48 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
               judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
               max_prompt_length: int | None, on_invalid: str | None = None,
               verifier: str | None = None) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from unipo.io.console import log
     from unipo.models.checks import check_model_dir, check_weights_finite
     from unipo.models.loading import load_model, load_tokenizer, resolve_model_path
-    from unipo.training.config import TrainConfig
-    from unipo.training.train import check_listwise_rows, log, plan_training, prepare_data
+    from unipo.training.plan import DataSettings, check_listwise_rows, data_needs, prepare_data
 
-    cfg_dict = run_config(run_dir)
+    saved = RunDir(run_dir).config()
     check_model_dir(run_dir, tokenizer=True)  # before the data is read
-    objective = Objective(cfg_dict["objective"])
+    objective = Objective(saved.objective)
     lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
     # held-out pairs are scored unweighted: the training data's pair-weight column does not apply to them
-    cfg = TrainConfig.from_dict({**{k: v for k, v in cfg_dict.items() if k in TrainConfig.keys()}, **lengths,
-                                 "weight_column": None, **({"on_invalid": on_invalid} if on_invalid else {})})
-    plan = plan_training(cfg)
+    settings = replace(DataSettings.saved(saved.training), **lengths, weight_column=None,
+                       **({"on_invalid": on_invalid} if on_invalid else {}))
+    settings.check()
+    needs = data_needs(objective, saved.training.get("weights_columns"), saved.token_signal)
     tokenizer = load_tokenizer(str(run_dir))
-    weights_columns = plan.weights_columns if _has_columns(data, plan.weights_columns) else None
-    if plan.weights_columns and weights_columns is None:
-        log(f"eval: {data} has no {' / '.join(plan.weights_columns)} columns: the variant's own margin needs its "
+    weights_columns = needs.weights_columns if _has_columns(data, needs.weights_columns) else None
+    if needs.weights_columns and weights_columns is None:
+        log(f"eval: {data} has no {' / '.join(needs.weights_columns)} columns: the variant's own margin needs its "
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
-    pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=weights_columns,
-                                  diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)")
+    pairs, summary = prepare_data(settings, tokenizer, data, limit, weights_columns=weights_columns,
+                                  diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)")
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
-    log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "
-        f"{summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
+    log(f"eval truncation: max_length {settings.max_length}, max_prompt_length {settings.max_prompt_length} "
+        f"({source}); {summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
-    ref_path = resolve_model_path(reference) if reference else cfg_dict.get("ref_model_path", cfg_dict["model_path"])
+    ref_path = resolve_model_path(reference) if reference else saved.ref_model_path
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
     check_weights_finite(ref_model, ref_path, use="the reference")
     if reference_cache and not objective.requirements.live_reference:
-        with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=cfg.share_prompt,
-                             packing=cfg.packing, batch_size=batch_size, chunk_size=cfg.chunk_size)
-    result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=cfg.share_prompt,
-                             packing=cfg.packing,
+        with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=saved.share_prompt,
+                             packing=saved.packing, batch_size=batch_size, chunk_size=saved.chunk_size)
+    result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=saved.share_prompt,
+                             packing=saved.packing,
                              batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
                              max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task, verifier),
                              seed=seed, judge=judge)
     result["run"] = str(run_dir)
     result["data"] = str(data)
-    result["truncation"] = {"max_length": cfg.max_length, "max_prompt_length": cfg.max_prompt_length,
+    result["truncation"] = {"max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,
                             "truncated_prompts": summary.truncated_prompt,
                             "truncated_responses": summary.truncated_response}
     result["data_summary"] = summary.to_dict()
@@ -281,10 +277,6 @@ def _has_columns(data: str, columns: tuple[str, str] | None) -> bool:
 
     first = next(load_rows(data), None)
     return first is not None and all(c in first[1] for c in columns)
-
-
-def _nan_to_none(x):
-    return None if isinstance(x, float) and math.isnan(x) else str(x)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

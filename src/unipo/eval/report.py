@@ -193,7 +193,9 @@ def _write_plots(out: Path, runs: Mapping[str, Mapping[str, Any]], metrics: dict
                                                           colours=colours)
     histories = {n: runs[n]["history"] for n in names if runs[n].get("history")}
     if histories:
-        files["training_curves"] = plots.training_curves(histories, out / "training_curves.png", colours=colours)
+        from unipo.training.rundir import RunDir  # the report's curves keep a run's file name
+
+        files["training_curves"] = plots.training_curves(histories, out / RunDir.CURVES, colours=colours)
     bar_keys = [k for k in ("reward_accuracy", "margin") if k in columns]
     if bar_keys:
         files["reward_bars"] = plots.metric_bars(metrics, out / "reward_bars.png", keys=bar_keys,

@@ -15,6 +15,7 @@ from typing import Any
 from unipo.io.urls import redact_url
 from unipo.iterate.labels import LABELS
 from unipo.iterate.prompts import TASKS
+from unipo.training.rundir import RunDir
 from unipo.training.values import AT_LEAST_1, FRACTION, INT_MAX, NON_NEGATIVE, POSITIVE, Range, check_fields
 
 REFERENCES = ("reset", "fixed")
@@ -49,7 +50,7 @@ class SourceArguments:
     _argument_group_name = "model, prompts and output"
 
     out: str = field(default="runs/iterate", metadata={
-        "help": "output directory: round-N/{samples.jsonl, pairs.jsonl, model, eval.json}, report.md"})
+        "help": f"output directory: round-N/{{samples.jsonl, pairs.jsonl, model, {RunDir.EVAL}}}, report.md"})
     model: str = field(default="smollm2-135m-instruct", metadata={
         "help": "starting policy: a built-in name, a checkpoint directory or a hub name"})
     task: str | None = field(default=None, metadata={

@@ -20,7 +20,6 @@ model (``fixed``). Files, under ``OUT``:
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,19 +30,20 @@ import torch
 from unipo.errors import ConfigError, DataError, UnipoError, skip_invalid_hint
 from unipo.io.assignments import parse_assignments
 from unipo.io.atomic import atomic_write_text, describe_write_error, is_file_system_error, remove_quietly
+from unipo.io.console import logger, progress_bars
 from unipo.io.files import JsonlAppender, RunLock, read_jsonl_repairing
 from unipo.iterate.config import TRAIN_DEFAULTS, IterateConfig
 from unipo.iterate.labels import ImplicitLabeller, make_labeller, task_pass
 from unipo.iterate.pairs import dice_alpha, pair_rows, prompt_key, replay_mix, select_pairs
 from unipo.iterate.prompts import Prompt, read_prompts, render, task_pairs, task_prompts
 from unipo.iterate.sampling import GenerationClock, evaluate_policy, label_batch, sample_prompts
+from unipo.training.rundir import RunDir
 
 #: settings that may change between a run and its resume
 RESUMABLE = {"rounds", "overwrite", "progress", "baseline"}
 
 
-def _log(msg: str) -> None:
-    print(f"unipo iterate: {msg}", file=sys.stderr, flush=True)
+_log = logger("unipo iterate")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -80,7 +80,7 @@ def check_config(cfg: IterateConfig) -> None:
     """Refuse a bad value or combination before anything is read or loaded (the training settings of the rounds
     included: their objective is resolved here, so a bad β stops the run before any sampling)."""
     from unipo.training.config import TrainConfig
-    from unipo.training.train import plan_training
+    from unipo.training.plan import plan_training
 
     cfg.validate()
     plan_training(TrainConfig.from_dict({**train_config_base(cfg), "data": "-"},
@@ -104,7 +104,7 @@ def run_iterate(cfg: IterateConfig, log: Callable[[str], None] = _log) -> dict[s
     """Run (or resume) every round into ``cfg.out``; write the report; return the per-round results."""
     check_config(cfg)
     out = Path(cfg.out)
-    with RunLock(out / "iterate.lock", "unipo iterate", subject=f"{out}/"):
+    with RunLock(out / "iterate.lock", "unipo iterate", subject=f"{out}/"), progress_bars(cfg.progress):
         if cfg.overwrite and out.exists():
             import shutil
 
@@ -362,7 +362,7 @@ class _IterateRun:
         tc = self._train_config(str(rd / "train.jsonl"), rd / "model", start, self.cfg.seed + t,
                                 self.model_path if fixed else None)
         train(tc)
-        if (rd / "model" / "adapter_config.json").exists() and not (rd / "merged").exists():
+        if RunDir(rd / "model").is_adapter and not (rd / "merged").exists():
             _merge_lora(rd / "model", rd / "merged")
 
     def _baseline(self) -> dict[str, Any]:
@@ -380,7 +380,7 @@ class _IterateRun:
         self.log(f"baseline: the starting model trained on the offline pairs alone, {steps} steps")
         tic = time.perf_counter()
         train(tc)
-        if (bd / "model" / "adapter_config.json").exists():
+        if RunDir(bd / "model").is_adapter:
             _merge_lora(bd / "model", bd / "merged")
         train_s = time.perf_counter() - tic
         record = self._evaluate(bd, self._load(bd / ("merged" if (bd / "merged").exists() else "model")),
@@ -390,7 +390,7 @@ class _IterateRun:
         return record
 
     def _evaluate(self, rd: Path, policy, stats: dict[str, Any]) -> dict[str, Any]:
-        path = rd / "eval.json"
+        path = rd / RunDir.EVAL  # the round's record, named as a run's eval record
         if path.exists():
             return json.loads(path.read_text())
         cfg = self.cfg

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,8 @@ from typing import Any
 from unipo.data.formats import PreferencePair
 from unipo.errors import ConfigError
 from unipo.io.atomic import atomic_write_text
+from unipo.io.console import logger
+from unipo.training.rundir import RunDir
 
 METHODS = ("prompt", "sft", "dpo")
 DEFAULT_LORA = {"r": 16, "alpha": 32}
@@ -54,8 +55,7 @@ MANIFEST = "contrastive.json"
 TRAINING_RUNS = 0
 
 
-def log(msg: str) -> None:
-    print(f"unipo weights: {msg}", file=sys.stderr, flush=True)
+log = logger("unipo weights")
 
 
 @dataclass
@@ -161,7 +161,7 @@ def ensure_pair(method: str, base: str, pairs: list[PreferencePair], *, models_d
         log(f"training π{'+' if role == 'positive' else '−'} ({method} {what}) into {target}")
         train(cfg)
         TRAINING_RUNS += 1
-        for stale in partial.glob("checkpoint-*"):
+        for stale in RunDir(partial).checkpoints():
             shutil.rmtree(stale)
         if target.exists():
             shutil.rmtree(target)
@@ -192,7 +192,7 @@ def load_scorer(path: Path | None, base: str, dtype):
 
     if path is None:
         return load_model(base, dtype=dtype, trainable=False)
-    if (Path(path) / "adapter_config.json").exists():
+    if RunDir(path).is_adapter:
         from peft import PeftModel
 
         model = load_model(base, dtype=dtype, trainable=False)

@@ -23,6 +23,7 @@ import yaml
 from unipo.data.bmc_align import ALIGNMENTS as BMC_ALIGNMENTS
 from unipo.data.bmc_align import EXEMPTIONS as BMC_EXEMPTIONS
 from unipo.errors import ConfigError
+from unipo.training.rundir import RunDir
 from unipo.training.values import (
     AT_LEAST_1,
     FLOAT32_MAX,
@@ -96,7 +97,7 @@ class TrainConfig:
     beta: float | None = field(default=None, metadata={
         "help": "shortcut for the objective's beta (null: the preset's)"})
     output_dir: str = field(default="runs/unipo", metadata={
-        "help": "run directory: model, unipo_config.yaml, metrics, plots and checkpoints"})
+        "help": f"run directory: model, {RunDir.CONFIG}, metrics, plots and checkpoints"})
     # optimisation
     learning_rate: float = field(default=1e-6, metadata={"help": "peak learning rate"})
     lr_scheduler_type: str = field(default="linear", metadata={
@@ -119,8 +120,9 @@ class TrainConfig:
     max_length: int = field(default=512, metadata={
         "help": "tokens of prompt + response at most; responses are cut to fit (rows whose prompt alone is "
                 "that long are dropped and reported)"})
-    max_prompt_length: int = field(default=256, metadata={
-        "help": "tokens of prompt at most (cut as truncation_mode says); smaller than max_length"})
+    max_prompt_length: int | None = field(default=256, metadata={
+        "help": "tokens of prompt at most (cut as truncation_mode says); smaller than max_length; null: no limit "
+                "of its own (a row whose prompt alone fills max_length is dropped and reported)"})
     truncation_mode: str = field(default="keep_end", metadata={
         "help": "which part of a too-long prompt is kept", "choices": TRUNCATION_MODES})
     limit: int | None = field(default=None, metadata={"help": "use only the first N rows of data"})
@@ -129,7 +131,7 @@ class TrainConfig:
         "help": "hold out this share of data for evaluation when no eval_data is given"})
     on_invalid: str = field(default="error", metadata={
         "help": "a row that fails validation: error (stop, naming file, row and field) or skip (counted and "
-                "reported in data_summary.json)", "choices": ON_INVALID})
+                f"reported in {RunDir.DATA_SUMMARY})", "choices": ON_INVALID})
     weights_columns: list[str] | None = field(default=None, metadata={
         "help": "columns holding TIS-DPO per-token weights of the chosen and rejected responses, e.g. "
                 "chosen_weights rejected_weights (null: those two for variants that need given weights)"})
@@ -213,7 +215,7 @@ class TrainConfig:
         "help": "checkpoints kept at most (the oldest are deleted); null: all"})
     report_to: list[str] = field(default_factory=lambda: ["none"], metadata={
         "help": "experiment trackers for the metrics (transformers' report_to: tensorboard, wandb, ...); none: "
-                "only metrics.jsonl"})
+                f"only {RunDir.METRICS}"})
     resume: bool = field(default=False, metadata={
         "help": "resume from the last checkpoint in output_dir (model, optimizer, scheduler and RNG state); the "
                 "checkpoint must come from the same configuration (except max_steps, num_epochs, save/logging "
@@ -222,7 +224,7 @@ class TrainConfig:
         "help": "delete the run already in output_dir (all of it, never merged) and start again; without it "
                 "(or resume) a directory holding a run is refused"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
-    plots: bool = field(default=True, metadata={"help": "write training_curves.png at the end of the run"})
+    plots: bool = field(default=True, metadata={"help": f"write {RunDir.CURVES} at the end of the run"})
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -275,7 +277,7 @@ class TrainConfig:
             raise ConfigError(f"{source}: variant must be a preset name or a mapping {{preset: ..., ...}}, "
                               f"got {self.variant!r}")
         self._validate_lora(source)
-        if self.max_prompt_length >= self.max_length:
+        if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ConfigError(f"{source}: max_prompt_length ({self.max_prompt_length}) must be smaller than "
                               f"max_length ({self.max_length})")
         if self.token_signal is not None and not isinstance(self.token_signal, str | dict):

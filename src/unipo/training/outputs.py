@@ -1,4 +1,5 @@
-"""What a run leaves behind besides the model: metrics JSONL, the resolved config, curves and a model card."""
+"""What a run leaves behind besides the model, as Trainer callbacks and text: ``metrics.jsonl`` appended live,
+the resolved configuration in every checkpoint, and the model card (the files: ``RunDir``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import yaml
 from transformers import TrainerCallback
 
 from unipo.io.atomic import atomic_write_text
+from unipo.training.rundir import RunDir
 
 
 class JsonlMetricsCallback(TrainerCallback):
@@ -34,16 +36,25 @@ class JsonlMetricsCallback(TrainerCallback):
             f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
-def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+class CheckpointConfigCallback(TrainerCallback):
+    """Writes the resolved configuration into every checkpoint (:attr:`RunDir.checkpoint_config_file`)."""
 
+    def __init__(self, config: dict[str, Any]):
+        self.text = yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False)
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    def on_save(self, args, state, control, **kwargs):
+        """Written after Trainer's ``trainer_state.json``: a checkpoint whose configuration could not be written
+        is removed (a resume could not check it), and the error goes on to the run's handler."""
+        from unipo.io.atomic import remove_quietly
 
-
-def write_config(path: Path, config: dict[str, Any]) -> None:
-    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+        if state.is_world_process_zero:
+            ckpt = RunDir(args.output_dir).checkpoint(state.global_step)
+            if ckpt.path.is_dir():
+                try:
+                    ckpt.write_checkpoint_config(self.text)
+                except BaseException:
+                    remove_quietly(ckpt.path)
+                    raise
 
 
 def model_card(cfg: dict[str, Any], objective: dict[str, Any], summary: dict[str, Any],
@@ -66,6 +77,6 @@ def model_card(cfg: dict[str, Any], objective: dict[str, Any], summary: dict[str
     for k, v in final.items():
         if isinstance(v, int | float):
             lines.append(f"| {k} | {v:.4g} |")
-    lines += ["", "The full configuration is in `unipo_config.yaml`, the curves in `training_curves.png`, "
-              "every logged step in `metrics.jsonl`."]
+    lines += ["", f"The full configuration is in `{RunDir.CONFIG}`, the curves in `{RunDir.CURVES}`, "
+              f"every logged step in `{RunDir.METRICS}`."]
     return "\n".join(lines) + "\n"

@@ -1,15 +1,15 @@
-"""``train(config)``: from a model name and a preference file to a trained model directory.
+"""``train(config)``: from a model name and a preference file to a trained model directory (a :class:`TrainResult`).
 
 Four stages, each a function:
 
-1. :func:`plan_training` — pure validation, no model and no data read: the objective, what it needs from
-   the data (token-weight columns, BMC diff masks), the token signal, the reference mode; a bad combination
-   fails here, in a second, before anything is loaded;
+1. :func:`unipo.training.plan.plan_training` — pure validation, no model and no data read: the objective, what
+   it needs from the data (token-weight columns, BMC diff masks), the token signal, the reference mode; a bad
+   combination fails here, in a second, before anything is loaded;
 2. :func:`load_data` and :func:`load_models` — tokenizer, pairs (with a summary of what was truncated or
    dropped), policy (+ LoRA), reference (a copy, or precomputed log-probs), token signal;
 3. :func:`build_trainer` — transformers' Trainer with the objective as its loss (:class:`PreferenceTrainer`);
 4. :func:`save_final_model` (every process) and :func:`write_outputs` — model, tokenizer, resolved config,
-   metrics, data summary, model card.
+   metrics, data summary, model card (the files of :class:`~unipo.training.rundir.RunDir`).
 
 Plots and other extras come in through Trainer callbacks (``train(cfg, callbacks=[...])``): the training
 layer imports nothing from the pipelines above it.
@@ -17,11 +17,10 @@ layer imports nothing from the pipelines above it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,12 @@ from typing import Any
 import torch
 
 from unipo.errors import ConfigError, UnipoError
-from unipo.objective import Objective
+from unipo.io.console import log, progress_bars
 from unipo.training import rundir
 from unipo.training.config import TrainConfig
 from unipo.training.nonfinite import NonFiniteError
+from unipo.training.plan import DataSettings, TrainingPlan, check_listwise_rows, plan_training, prepare_data
+from unipo.training.rundir import RunDir
 
 
 class PairsDataset(torch.utils.data.Dataset):
@@ -46,134 +47,17 @@ class PairsDataset(torch.utils.data.Dataset):
         return self.pairs[i]
 
 
-def log(msg: str) -> None:
-    print(f"unipo: {msg}", file=sys.stderr, flush=True)
-
-
-# -- 1. plan ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainingPlan:
-    """What a run will do, decided from the configuration alone.
+class TrainResult:
+    """What :func:`train` returns: the run directory it wrote, the final metrics (the last value of every logged
+    key, the final evaluation's and the mean training loss over the whole run) and every logged step."""
 
-    ``weights_columns``: the data columns that hold per-token weights (None: the data supplies none);
-    ``diff_masks``: compute BMC's difference masks while tokenising; ``signal``: the resolved token-signal
-    spec (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter |
-    precomputed | none."""
-
-    cfg: TrainConfig
-    objective: Objective
-    weights_columns: tuple[str, str] | None
-    diff_masks: bool
-    signal: dict[str, Any] | None
-    reference: str
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.cfg.output_dir)
-
-
-def plan_training(cfg: TrainConfig) -> TrainingPlan:
-    """Validate ``cfg`` against what its objective needs (the parts' declared needs; no part names)."""
-    from unipo.models.signals import SIGNAL_TYPES, resolve_signal_spec
-
-    if not cfg.data:
-        raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
-    try:
-        objective = Objective(cfg.objective_spec())
-    except ConfigError as exc:  # name the key the objective came from
-        raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
-    req = objective.requirements
-    data_weights = bool(cfg.weights_columns)
-    signal = resolve_signal_spec(cfg.token_signal, req, data_weights=data_weights,
-                                 name=f"variant {objective.config.name}")
-    signal_gives_weights = signal is not None and "weights" in SIGNAL_TYPES[signal["type"]].provides
-    columns = tuple(cfg.weights_columns) if cfg.weights_columns else None
-    if "weights" in req.inputs and columns is None and not signal_gives_weights:
-        columns = ("chosen_weights", "rejected_weights")
-    reference = _reference_mode(cfg, objective, signal)
-    return TrainingPlan(cfg, objective, columns, "diff_mask" in req.inputs, signal, reference)
-
-
-def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
-    from unipo.training.reference import check_reference_mode
-
-    reference = cfg.reference
-    if reference == "auto":
-        reference = "none" if not objective.requirements.reference else ("adapter" if cfg.lora else "copy")
-    check_reference_mode(objective, reference)
-    if cfg.ref_model and reference not in ("copy", "precomputed"):
-        raise ConfigError(f"ref_model {cfg.ref_model!r} needs reference: copy or precomputed (got {reference}); "
-                          f"reference: adapter is the starting model with its LoRA adapters off")
-    if reference == "adapter" and not cfg.lora:
-        raise ConfigError("reference: adapter needs LoRA (set lora: {r: 16})")
-    if signal is not None and reference in ("precomputed", "none"):
-        raise ConfigError(f"token_signal {signal['type']} reads the reference model's hidden states during "
-                          f"training; reference: {reference} cannot serve it (use reference: copy, or adapter "
-                          f"with LoRA)")
-    _check_ref_sync(cfg, reference)
-    return reference
-
-
-def _check_ref_sync(cfg: TrainConfig, reference: str) -> None:
-    """TR-DPO's reference updates need a live reference copy of the policy (training/ref_sync.py)."""
-    if cfg.ref_sync == "none":
-        return
-    if reference in ("precomputed", "none"):
-        what = ("precomputed reference log-probs are computed once, before training, from the starting model"
-                if reference == "precomputed" else "reference: none means the objective reads no reference")
-        raise ConfigError(f"ref_sync: {cfg.ref_sync} updates a reference model during training, but {what}: "
-                          f"there is no model to update (use reference: copy, or ref_sync: none)")
-    if cfg.lora:
-        raise ConfigError(
-            f"ref_sync: {cfg.ref_sync} is not available with LoRA: the reference is then the policy with its "
-            f"adapters switched off (reference: adapter), i.e. the frozen base weights, so there is no separate "
-            f"reference to move; following the policy would mean merging the adapters into the base weights, "
-            f"which changes the model the saved adapters belong to (and a soft update has no adapter form at "
-            f"all). Train without lora (full fine-tuning, reference: copy) to use ref_sync")
+    run: RunDir
+    final_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- 2. load ----------------------------------------------------------------------------------------------
-def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
-                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                 counted_in: str = "data_summary.json", materialize: bool = True):
-    """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
-    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary. ``counted_in``:
-    the file where the calling command records skipped rows (named by an invalid-row error's way out).
-
-    The pairs come from the prepared-data cache (:func:`unipo.data.cache.prepared_table`: prepared once per
-    data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
-    the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
-    from unipo.data.cache import prepared_table
-    from unipo.data.tokenize import PrepOptions
-
-    options = PrepOptions(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                          truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
-                          bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
-                          weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
-                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in,
-                          num_proc=cfg.data_num_proc)
-    table, summary = prepared_table(source, tokenizer, options, log=log)
-    log(summary.format())
-    if not len(table):
-        raise UnipoError(f"{source}: no usable preference pairs (see the summary above)")
-    return (table.to_rows() if materialize else table), summary
-
-
-def check_listwise_rows(objective: Objective, rows, source: str) -> None:
-    """Refuse rows with several rejected responses (listwise, ``more_rejected_ids``) when the objective cannot
-    train on them (:meth:`Objective.listwise_refusal`: a pair loss that compares one rejected response, or
-    per-token parts)."""
-    from unipo.data.table import first_listwise
-
-    row = first_listwise(rows)
-    if row is None:
-        return
-    refusal = objective.listwise_refusal()
-    if refusal:
-        n = 1 + len(row["more_rejected_ids"])
-        raise ConfigError(f"{source}: row {row['row']} (and maybe others) has {n} rejected responses, but {refusal}")
-
-
 @dataclass
 class RunData:
     """The pairs of a run: a memory-mapped :class:`~unipo.data.table.PairsTable` (or, with a precomputed
@@ -189,13 +73,14 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     from unipo.data.table import take
 
     cfg = plan.cfg
+    settings = DataSettings.of(cfg)
     columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
                "materialize": plan.reference == "precomputed"}
-    train_rows, summary = prepare_data(cfg, tokenizer, cfg.data, cfg.limit, **columns)
+    train_rows, summary = prepare_data(settings, tokenizer, cfg.data, cfg.limit, **columns)
     check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
     if cfg.eval_data:
-        eval_rows, _ = prepare_data(cfg, tokenizer, cfg.eval_data, cfg.eval_limit, **columns)
+        eval_rows, _ = prepare_data(settings, tokenizer, cfg.eval_data, cfg.eval_limit, **columns)
         check_listwise_rows(plan.objective, eval_rows, cfg.eval_data)
     elif cfg.eval_fraction > 0:
         n_eval = max(1, int(len(train_rows) * cfg.eval_fraction))
@@ -306,7 +191,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         processing_class=models.tokenizer, objective=plan.objective, ref_model=models.ref_model,
         reference_mode=plan.reference, chunk_size=cfg.chunk_size,
         head_dtype=torch.bfloat16 if models.precision == "bf16" else None,
-        callbacks=[JsonlMetricsCallback(plan.out_dir / "metrics.jsonl"), *callbacks],
+        callbacks=[JsonlMetricsCallback(plan.run.metrics_file), *callbacks],
         token_signal=models.token_signal, ref_sync=cfg.ref_sync_schedule(), ref_bema=cfg.ref_bema_schedule(),
         nan_policy=cfg.nan_policy, nan_skip_limit=cfg.nan_skip_limit,
     )
@@ -314,7 +199,7 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
 
 # -- 4. write ---------------------------------------------------------------------------------------------
 def save_final_model(trainer, out_dir: Path) -> None:
-    """The trained model (with a token signal, also ``unipo_signal.safetensors``: PreferenceTrainer._save), called
+    """The trained model (with a token signal, also its weights: PreferenceTrainer._save), called
     by EVERY process: under FSDP and DeepSpeed gathering the full state dict is a collective (Trainer writes on
     the main process only). Under FSDP the final model is gathered whole (``FULL_STATE_DICT``) whatever the
     checkpoints' state-dict type, so the output directory holds a model that ``from_pretrained`` loads. Weights
@@ -327,57 +212,57 @@ def save_final_model(trainer, out_dir: Path) -> None:
 
 def write_outputs(plan: TrainingPlan, models: RunModels, data: RunData, trainer, final: dict[str, Any]) -> None:
     """Tokenizer, token signal spec, resolved config, metrics, data summary and model card (main process)."""
-    from unipo.io.atomic import atomic_write_text
     from unipo.models.loading import resolve_model_path
-    from unipo.training.outputs import model_card, write_config, write_metrics
+    from unipo.training.outputs import model_card
 
-    out_dir = plan.out_dir  # the model itself is saved by every process before (save_final_model)
-    models.tokenizer.save_pretrained(str(out_dir))
+    run = plan.run  # the model itself is saved by every process before (save_final_model)
+    models.tokenizer.save_pretrained(str(run.path))
     if plan.signal is not None:
-        atomic_write_text(out_dir / "unipo_signal.json", json.dumps({**plan.signal, **models.signal_sizes}, indent=2))
-    write_metrics(out_dir / "metrics.jsonl", trainer.state.log_history)
-    trainer.state.save_to_json(str(out_dir / "trainer_state.json"))  # marks the run finished, with its step
+        run.write_signal_spec({**plan.signal, **models.signal_sizes})
+    run.write_metrics(trainer.state.log_history)
+    trainer.state.save_to_json(str(run.trainer_state_file))  # marks the run finished, with its step
     resolved = {**plan.cfg.to_dict(), "model_path": models.model_path, "reference": plan.reference,
                 "ref_model_path": resolve_model_path(plan.cfg.ref_model) if plan.cfg.ref_model else models.model_path,
                 "precision": models.precision, "token_signal": plan.signal,
                 "objective": plan.objective.config.to_dict()}
-    write_config(out_dir / "unipo_config.yaml", resolved)
+    run.write_config(resolved)
     summary = data.summary.to_dict()
-    atomic_write_text(out_dir / "data_summary.json", json.dumps(summary, indent=2))
+    run.write_data_summary(summary)
     card_metrics = {k: v for k, v in final.items() if "/" in k or "loss" in k}
-    atomic_write_text(out_dir / "README.md", model_card(resolved, plan.objective.config.to_dict(), summary,
-                                                       card_metrics))
-    log(f"saved model, metrics.jsonl and README.md to {out_dir}")
+    run.write_card(model_card(resolved, plan.objective.config.to_dict(), summary, card_metrics))
+    log(f"saved model, {run.METRICS} and {run.CARD} to {run.path}")
 
 
-def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> dict[str, Any]:
-    """Run one training job; return a dict with the output directory, the final metrics and the history.
+def train(cfg: TrainConfig, callbacks: list | tuple = ()) -> TrainResult:
+    """Run one training job; return its :class:`TrainResult` (the run directory, the final metrics, the history).
 
     ``callbacks``: extra :class:`transformers.TrainerCallback` objects (e.g. the training-curve plot that
     ``unipo train`` adds). The output directory is locked for the whole run (one writer), checked before any
-    model loads (writable, enough disk), and never holds two runs mixed (:mod:`unipo.training.rundir`)."""
-    from unipo.io.rundir import RunDirLock, preflight
+    model loads (writable, enough disk), and never holds two runs mixed (:class:`~unipo.training.rundir.RunDir`).
+    ``progress: false`` also silences transformers' own progress bars (loading and writing weights)."""
+    from unipo.io.disk import preflight
     from unipo.models.checks import check_model_dir
     from unipo.models.loading import resolve_model_path
 
     plan = plan_training(cfg)
+    run = plan.run
     model_path = resolve_model_path(cfg.model)
     check_model_dir(model_path, tokenizer=True)  # a damaged directory: one line before any work
     check_positions(cfg, model_path, resolve_model_path(cfg.ref_model) if cfg.ref_model else None)
-    created = rundir.first_missing(plan.out_dir)  # removed again if the run is refused before writing anything
+    created = rundir.first_missing(run.path)  # removed again if the run is refused before writing anything
     try:
-        preflight(plan.out_dir, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
-        with RunDirLock(plan.out_dir, "unipo train"):
-            rundir.prepare_output_dir(plan.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)
-            done = rundir.finished_steps(plan.out_dir) if cfg.resume else None
+        preflight(run.path, need_bytes=rundir.disk_need(model_path, cfg), what="this run")
+        with run.lock("unipo train"), progress_bars(cfg.progress):
+            run.prepare(resume=cfg.resume, overwrite=cfg.overwrite, log=log)
+            done = run.finished_steps() if cfg.resume else None
             if done is not None and (cfg.max_steps <= done if cfg.max_steps > 0 else True):
-                log(f"{plan.out_dir} holds a finished run ({done} steps): nothing to train (raise --max-steps to "
+                log(f"{run.path} holds a finished run ({done} steps): nothing to train (raise --max-steps to "
                     f"train further, or pass --overwrite to start again)")
-                return {"output_dir": str(plan.out_dir), "final": _final_from_files(plan.out_dir), "history": []}
+                return TrainResult(run, run.final_metrics(), [])
             return _run(plan, model_path, callbacks)
     except BaseException:
         if created is not None:
-            rundir.remove_if_unused(created)
+            RunDir(created).remove_if_unused()
         raise
 
 
@@ -401,14 +286,15 @@ def check_positions(cfg: TrainConfig, model_path: str, ref_path: str | None) -> 
                               f"most {limit}")
 
 
-def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
+def _run(plan: TrainingPlan, model_path: str, callbacks) -> TrainResult:
     from transformers import set_seed
 
     from unipo.io.atomic import is_file_system_error
-    from unipo.io.rundir import describe_os_error
+    from unipo.io.disk import describe_os_error
     from unipo.models.loading import load_tokenizer
+    from unipo.training.outputs import CheckpointConfigCallback
 
-    cfg = plan.cfg
+    cfg, run = plan.cfg, plan.run
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(model_path)
     data = load_data(plan, tokenizer)
@@ -416,11 +302,11 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
     log(f"model {model_path} · variant {plan.objective.config.name} · reference {plan.reference} · precision "
         f"{models.precision} · {len(data.train)} training pairs"
         + (f", {len(data.eval)} eval pairs" if data.eval else ""))
-    resolved = rundir.resolved_config(plan)
-    trainer = build_trainer(plan, models, data, [rundir.CheckpointConfigCallback(resolved), *callbacks])
-    resume_from = rundir.last_complete_checkpoint(plan.out_dir, log) if cfg.resume else None
+    resolved = plan.resolved()
+    trainer = build_trainer(plan, models, data, [CheckpointConfigCallback(resolved), *callbacks])
+    resume_from = run.last_complete_checkpoint(log) if cfg.resume else None
     if cfg.resume:
-        rundir.check_resume(plan.out_dir, resume_from, plan)
+        run.check_resume(resume_from, resolved)
         log(f"resuming from {resume_from}" if resume_from else "no checkpoint to resume from: starting fresh")
     saving_final = False  # a failure while the final model is written: its half-written files are removed
     try:
@@ -429,7 +315,7 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         saving_final = True
         save_final_model(trainer, plan.out_dir)
         if not trainer.is_world_process_zero():
-            return {"output_dir": str(plan.out_dir), "final": final}
+            return TrainResult(run, final)
         history = trainer.state.log_history
         for entry in history:
             final.update({k: v for k, v in entry.items() if k not in final or not k.startswith("eval_")})
@@ -444,15 +330,15 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> dict[str, Any]:
         # described (unipo.io.atomic): what it left half-written goes, the error is one line
         if not (isinstance(exc, UnipoError) or is_file_system_error(exc)):
             raise
-        rundir.remove_partial_checkpoints(plan.out_dir, log)
+        run.remove_partial_checkpoints(log)
         if saving_final:
-            rundir.remove_final_outputs(plan.out_dir, log)
+            run.remove_final_outputs(log)
         if isinstance(exc, UnipoError):
             raise
         raise UnipoError(describe_os_error(exc, plan.out_dir)) from None
     finally:
         _finish_trackers(cfg.report_to)
-    return {"output_dir": str(plan.out_dir), "final": final, "history": history}
+    return TrainResult(run, final, history)
 
 
 def nonfinite_way_out(exc: NonFiniteError, plan: TrainingPlan) -> str:
@@ -461,7 +347,7 @@ def nonfinite_way_out(exc: NonFiniteError, plan: TrainingPlan) -> str:
     from unipo.training.nonfinite import way_out
 
     cfg = plan.cfg
-    checkpoint = rundir.last_complete_checkpoint(plan.out_dir, log)
+    checkpoint = plan.run.last_complete_checkpoint(log)
     beta = plan.objective.config.params.get("beta")
     return way_out(exc.quantity, exc.step, checkpoint, str(plan.out_dir), cfg.save_steps, cfg.learning_rate,
                    beta, cfg.nan_policy)
@@ -473,13 +359,3 @@ def _finish_trackers(report_to: list[str]) -> None:
     wandb = sys.modules.get("wandb")
     if "wandb" in report_to and wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
-
-
-def _final_from_files(out_dir: Path) -> dict[str, Any]:
-    from unipo.training.outputs import read_metrics
-
-    final: dict[str, Any] = {}
-    metrics = out_dir / "metrics.jsonl"
-    for entry in read_metrics(metrics) if metrics.exists() else []:
-        final.update(entry)
-    return final

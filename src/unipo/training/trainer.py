@@ -25,10 +25,11 @@ from unipo.training.ref_sync import (
     ReferenceSyncCallback,
 )
 from unipo.training.reference import Reference, check_reference_mode
+from unipo.training.rundir import RunDir
 from unipo.training.step import preference_step
 
 #: the objective's stateful parts' state in a checkpoint (β-DPO / α-DPO moving statistics), when there is any
-OBJECTIVE_STATE = "unipo_objective_state.json"
+OBJECTIVE_STATE = RunDir.OBJECTIVE_STATE
 
 
 class PreferenceTrainer(Trainer):
@@ -119,7 +120,7 @@ class PreferenceTrainer(Trainer):
                 signal_state = self.token_signal.state_dict()
             out = output_dir or self.args.output_dir
             save_file({k: v.detach().cpu().contiguous() for k, v in signal_state.items()},
-                      f"{out}/unipo_signal.safetensors")
+                      str(RunDir(out).signal_weights_file))
 
     def _save_objective_state(self, output_dir: str | None) -> None:
         objective_state = self.objective.state_dict()
@@ -142,7 +143,7 @@ class PreferenceTrainer(Trainer):
 
             from safetensors.torch import save_file, save_model
 
-            ckpt = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            ckpt = str(RunDir(self._get_output_dir(trial=trial)).checkpoint(self.state.global_step))
             os.makedirs(ckpt, exist_ok=True)
             save_model(self.ref_model, os.path.join(ckpt, REFERENCE_FILE))  # tied weights stored once
             if self.bema is not None:  # θ₀, the EMA and the BEMA weights: resume continues the same average
@@ -164,7 +165,7 @@ class PreferenceTrainer(Trainer):
                 self.objective.load_state_dict(json.load(f))
         if self.token_signal is None or self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return
-        path = f"{resume_from_checkpoint}/unipo_signal.safetensors"
+        path = str(RunDir(resume_from_checkpoint).signal_weights_file)
         if os.path.exists(path):
             from safetensors.torch import load_file
 

@@ -1,14 +1,13 @@
-"""A run directory is a unit of work: one writer at a time, checked before any model loads, and file-system
-failures reported as one line.
+"""An output directory's disk, checked before any model loads, and file-system failures reported as one line.
 
-* :class:`RunDirLock` — the pipelines' :class:`~unipo.io.files.RunLock` on ``DIR/.unipo.lock``, held while
-  a command writes into DIR (``unipo train``, ``compare``, ``eval``); a second writer is refused at once with
-  the holder's pid, host, command and start time; the lock of a killed run is taken over by the next one.
-* :func:`preflight` — before anything is loaded: DIR can be created and written (a probe file), and the disk
-  has room for what the run will write (refused when clearly too small, warned when tight).
+* :func:`preflight` — before anything is loaded: DIR can be created and written (a probe file named
+  :data:`PROBE_PREFIX` + pid, removed at once), and the disk has room for what the run will write (refused when
+  clearly too small, warned when tight);
 * :func:`describe_os_error` — a file-system failure of any exception type (an ``OSError``, torch's
   serialisation error or the tokenizers library's plain ``Exception`` on a full disk:
   :func:`unipo.io.atomic.is_file_system_error`) as one line: what failed, where, and what to free or change.
+
+The run directory itself (its files, its lock, its checkpoints) is :class:`unipo.training.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -16,26 +15,15 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from unipo.errors import UnipoError
 from unipo.io.atomic import is_disk_full
-from unipo.io.files import RunLock
+from unipo.io.console import log
 
-LOCK_NAME = ".unipo.lock"
 GiB = 1024 ** 3
-
-
-def _log(msg: str) -> None:
-    print(f"unipo: {msg}", file=sys.stderr, flush=True)
-
-
-class RunDirLock(RunLock):
-    """One writer per run directory: :class:`~unipo.io.files.RunLock` on ``DIR/.unipo.lock``."""
-
-    def __init__(self, directory: str | Path, command: str) -> None:
-        super().__init__(Path(directory) / LOCK_NAME, command, subject=str(directory))
+#: the name of preflight's write probe (a file a killed preflight may leave behind: not part of a run)
+PROBE_PREFIX = ".unipo-write-test-"
 
 
 def _gib(n: float) -> str:
@@ -53,7 +41,7 @@ def preflight(directory: str | Path, *, need_bytes: int = 0, what: str = "this r
                          f"output directory") from None
     if not d.is_dir():
         raise UnipoError(f"the output directory {d} exists and is not a directory; choose another")
-    probe = d / f".unipo-write-test-{os.getpid()}"
+    probe = d / f"{PROBE_PREFIX}{os.getpid()}"
     try:
         with open(probe, "wb") as fh:
             fh.write(b"ok")
@@ -70,7 +58,7 @@ def preflight(directory: str | Path, *, need_bytes: int = 0, what: str = "this r
                              f"{_gib(need_bytes)}; free space there, lower save_total_limit, or choose another "
                              f"output directory")
         if free < 1.25 * need_bytes:
-            _log(f"warning: {d} has {_gib(free)} free and {what} writes up to about {_gib(need_bytes)}")
+            log(f"warning: {d} has {_gib(free)} free and {what} writes up to about {_gib(need_bytes)}")
 
 
 def describe_os_error(exc: BaseException, directory: str | Path) -> str:
