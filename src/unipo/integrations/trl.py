@@ -56,11 +56,11 @@ except ImportError as exc:  # unipo itself never imports this module
 from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.errors import ConfigError
 from unipo.objective import LossOutput, Objective
-from unipo.objective.registry import SIDE_INPUTS
+from unipo.objective.inputs import DROP_IN, SIDE_INPUTS
 from unipo.objective.sides import ObjectiveInputs, Side
 
-#: the per-token objective inputs this trainer can build from TRL's batch
-SUPPLIED_INPUTS = frozenset({"ref_logps", "diff_mask"})
+#: the per-token objective inputs this trainer can build from TRL's batch (the input table's ``drop_in`` entries)
+SUPPLIED_INPUTS = DROP_IN
 #: DPOConfig fields that shape TRL's own loss; with a unipo objective they must keep their defaults
 TRL_LOSS_FIELDS = ("loss_type", "loss_weights", "ld_alpha", "f_divergence_type", "label_smoothing", "use_weighting")
 #: the keys of TRL's batch that are not model inputs (trl 1.16, DPOTrainer._compute_loss)

@@ -10,6 +10,7 @@ no Python loop over the batch or the tokens. This module imports no transformers
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,9 +19,10 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
+from unipo.objective.inputs import SIDE_INPUTS, TOKEN_INPUTS, input_keywords
 from unipo.objective.listwise import check_groups, per_pair_max
-from unipo.objective.registry import KINDS, SIDE_INPUTS, StatefulPart, parts
-from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
+from unipo.objective.registry import KINDS, StatefulPart, parts
+from unipo.objective.sides import ObjectiveInputs, PairTerms, Side
 
 
 @dataclass
@@ -135,13 +137,13 @@ class Objective:
                              f"least one token (check truncation / max_length)")
         fields = {}
         for attr, value in side.optional().items():
-            key = KEYWORDS[attr].format(side.name)
+            key = TOKEN_INPUTS[attr].key(side.name)
             if value is not None:
                 if value.shape != logps.shape:
                     raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
                                      f"{side.name} logps")
                 value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
-                if attr == "ref_logps":  # the reference is a constant of the objective: it never gets gradient
+                if TOKEN_INPUTS[attr].constant:  # the reference is a constant of the objective: never any gradient
                     value = value.detach()
             elif attr in self.requirements.inputs:
                 who = next(f"{p.kind}={p.name}" for p in self.parts.values() if attr in p.inputs)
@@ -297,46 +299,41 @@ class Objective:
 
 def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch.Tensor,
                  policy_rejected_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
-                 ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
-                 chosen_weights: torch.Tensor | None = None, rejected_weights: torch.Tensor | None = None,
-                 chosen_kl: torch.Tensor | None = None, rejected_kl: torch.Tensor | None = None,
-                 chosen_kl_weights: torch.Tensor | None = None, rejected_kl_weights: torch.Tensor | None = None,
-                 chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
-                 chosen_prior_offsets: torch.Tensor | None = None,
-                 rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
-                 rejected_pair: torch.Tensor | None = None, chosen_log_sum_sq_probs: torch.Tensor | None = None,
-                 rejected_log_sum_sq_probs: torch.Tensor | None = None,
-                 chosen_eps_plus_logps: torch.Tensor | None = None, rejected_eps_plus_logps: torch.Tensor | None = None,
-                 chosen_eps_minus_logps: torch.Tensor | None = None,
-                 rejected_eps_minus_logps: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 **inputs_and_params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
-    ``params`` override parameters (``beta=0.2``) or parts (``link="js"``). Every tensor is
-    ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
-    tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
-    SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
+    the other keywords are either inputs of the objective (every keyword of the input table,
+    :data:`unipo.objective.inputs.INPUTS`: ``ref_chosen_logps``, ``chosen_weights``, …, ``pair_weights``,
+    ``rejected_pair``, ``pair_ids``; the signature lists them) or parameter / part overrides (``beta=0.2``,
+    ``link="js"``). Every per-token tensor is ``[batch, tokens]``, per response token: policy / reference
+    log-probabilities, masks (1 on response tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL
+    (KL(π_ref‖π_θ) for TDPO / SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and
+    learned-prior offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
     ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
     rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
     """
-    objective = Objective(variant, **params)
-    return objective(
+    keywords = input_keywords()
+    inputs = {k: v for k, v in inputs_and_params.items() if k in keywords}
+    params = {k: v for k, v in inputs_and_params.items() if k not in keywords}
+    return Objective(variant, **params)(
         policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        chosen_mask=chosen_mask, rejected_mask=rejected_mask,
-        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
-        chosen_weights=chosen_weights, rejected_weights=rejected_weights,
-        chosen_kl=chosen_kl, rejected_kl=rejected_kl,
-        chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
-        chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
-        chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
-        pair_weights=pair_weights, rejected_pair=rejected_pair, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
-        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs, chosen_eps_plus_logps=chosen_eps_plus_logps,
-        rejected_eps_plus_logps=rejected_eps_plus_logps, chosen_eps_minus_logps=chosen_eps_minus_logps,
-        rejected_eps_minus_logps=rejected_eps_minus_logps,
-    )
+        chosen_mask=chosen_mask, rejected_mask=rejected_mask, **inputs)
+
+
+def _signature_from_table(fn: Any) -> inspect.Signature:
+    """``fn``'s signature with one keyword (default None) per input of the table, before ``**params``."""
+    sig = inspect.signature(fn)
+    head = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    table = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="torch.Tensor | None")
+             for key in input_keywords()]
+    params = inspect.Parameter("params", inspect.Parameter.VAR_KEYWORD, annotation="Any")
+    return sig.replace(parameters=[*head, *table, params])
+
+
+compute_loss.__signature__ = _signature_from_table(compute_loss)  # type: ignore[attr-defined]
 
 
 def variants() -> list[str]:

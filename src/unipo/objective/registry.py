@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unipo.errors import ConfigError
+from unipo.objective.inputs import SIDE_INPUTS
 from unipo.objective.protocols import PROTOCOLS
 
 #: the part kinds in the order they act, with a one-line description each
@@ -42,23 +43,8 @@ KINDS: dict[str, str] = {
     "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
 }
 
-#: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
-SIDE_INPUTS: dict[str, str] = {
-    "ref_logps": "reference log-probabilities r_t of the response tokens",
-    "weights": "token weights ω_t (TIS-DPO weights from the data, SparsePO masks m^u from a token signal)",
-    "kl": "per-position KL between policy and reference over the vocabulary (direction: the KL part's)",
-    "kl_weights": "weights on the per-position KL (SparsePO masks m^d, from a token signal)",
-    "diff_mask": "BMC: 1 on tokens where the pseudo-winning and the losing response differ",
-    "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
-    "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
-                        "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
-    "eps_plus_logps": "log-probs of the response tokens under the ε-perturbed policy "
-                      "log softmax((1 + ε)·z_θ − ε·z_ref) (the policy trained with β/(1 + ε)), no gradient "
-                      "(ε-DPO; from the policy's and the reference's logits at each position)",
-    "eps_minus_logps": "log-probs of the response tokens under log softmax((1 − ε)·z_θ + ε·z_ref) (the policy trained "
-                       "with β/(1 − ε)), no gradient (ε-DPO)",
-}
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
+#: the per-token inputs a part may read: :data:`unipo.objective.inputs.SIDE_INPUTS` (the one input table)
 #: the largest float32 magnitude: the objective computes in float32, where a larger parameter is inf
 FLOAT32_MAX = 3.4028234663852886e38
 
