@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from unipo.errors import ConfigError
@@ -55,8 +56,10 @@ class ObjectiveConfig:
         {sigmoid: 0.8, bco_pair: 0.2}``), or the one selected part with weight 1."""
         return mixture_components(self.part(kind), self.params)
 
-    @property
+    @cached_property
     def requirements(self) -> Requirements:
+        """Gathered from the parts' :class:`Needs` once per configuration (a resolved configuration never changes:
+        ``Objective.requirements`` and every step read this one value)."""
         needs = [c.needs for kind in KINDS for c, _ in [(self.part(kind), 1.0), *self.components(kind)]]
         directions = {n.kl_direction for n in needs if n.kl_direction}
         signals = [n.signal for n in needs if n.signal and (n.signal_when is None or self.params.get(n.signal_when))]

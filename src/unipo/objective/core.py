@@ -20,9 +20,10 @@ import torch
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
 from unipo.objective.inputs import SIDE_INPUTS, TOKEN_INPUTS, input_keywords
-from unipo.objective.listwise import check_groups, per_pair_max
+from unipo.objective.listwise import check_groups
+from unipo.objective.metrics import summarise
 from unipo.objective.registry import KINDS, StatefulPart, parts
-from unipo.objective.sides import ObjectiveInputs, PairTerms, Side
+from unipo.objective.sides import ObjectiveInputs, PairLossOut, PairTerms, Side
 
 
 @dataclass
@@ -69,14 +70,6 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where, not multiply: padding may hold -inf or NaN
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
-def _score_weights_metrics(name: str, w: torch.Tensor | None, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    if w is None:
-        return {}
-    vals = w.detach()[mask]
-    return {f"weights/{name}_mean": vals.mean(),
-            f"weights/{name}_std": vals.std() if vals.numel() > 1 else vals.new_zeros(())}
 
 
 class Objective:
@@ -236,11 +229,13 @@ class Objective:
         logits = beta * inner - gamma
         if p["length_alpha"]:
             logits = logits - float(p["length_alpha"]) * (each(chosen.lengths) - rejected.lengths)
-        losses = self.fns["pair_loss"](PairTerms(
+        out = self.fns["pair_loss"](PairTerms(
             logits, beta, each(h_w), h_l, each(pol_w), pol_l, each(pri_w), pri_l, groups,
             None if groups is None else n_pairs, None if groups is not None else (chosen, rejected)), p)
-        # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
-        losses, selected = losses if isinstance(losses, tuple) else (losses, None)
+        if not isinstance(out, PairLossOut):
+            raise UnipoError(f"pair_loss={self.parts['pair_loss'].name} returned {type(out).__name__}; a pair loss "
+                             f"returns PairLossOut(losses, selected=None) (unipo.objective.protocols.PairLoss)")
+        losses = out.losses
         factor = self.fns["pair_weighting"](chosen, rejected, p)
         if factor is not None:
             losses = losses * factor.detach()
@@ -249,32 +244,14 @@ class Objective:
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
             metrics.update(fn.metrics if isinstance(fn, StatefulPart) else {})
-        rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
-        if groups is not None:  # per pair: the strongest rejected response (the chosen must beat every one)
-            metrics["rewards/rejected_all"] = rl.mean()
-            rl = per_pair_max(rl, groups, n_pairs)
-        metrics.update({
-            "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
-            "rewards/accuracies": (rw > rl).float().mean(),
-            "logps/chosen": chosen.logps.sum(-1).detach().mean(),
-            "logps/rejected": rejected.logps.sum(-1).detach().mean(), "logits": logits.detach().mean(),
-            **_score_weights_metrics("chosen", ww, chosen.mask),
-            **_score_weights_metrics("rejected", wl, rejected.mask),
-        })
-        margins = None
-        if chosen.ref_logps is not None and rejected.ref_logps is not None:
-            rho_l = (rejected.logps - rejected.ref_logps).sum(-1)
-            margins = ((chosen.logps - chosen.ref_logps).sum(-1)
-                       - (rho_l if groups is None else per_pair_max(rho_l, groups, n_pairs))).detach()
-            # the plain DPO log-ratio, comparable across variants (a transformed score, e.g. MinorDPO's, is not)
-            metrics["logratio/margins"] = margins.mean()
-            metrics["logratio/accuracies"] = (margins > 0).float().mean()
+        summary = summarise(chosen, rejected, beta=beta, h_w=h_w, h_l=h_l, logits=logits, score_weights=(ww, wl),
+                            groups=groups, n_pairs=n_pairs)
         weights = self._pair_weights(inputs.pair_weights, losses)
-        if selected is not None:
-            weights = selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
-        mean_logps = {f"mean_logps/{s.name}": (s.logps.sum(-1) / s.lengths).detach() for s in (chosen, rejected)}
-        z = logits.detach() if groups is None else -per_pair_max(-logits.detach(), groups, n_pairs)
-        return LossOutput(losses + aux, metrics, rw, rl, z, margins, weights, mean_logps)
+        if out.selected is not None:  # a pair loss that selects pairs (β-DPO's filtering) weights them 0 / 1
+            weights = out.selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
+        return LossOutput(losses + aux, {**metrics, **summary.metrics}, summary.chosen_rewards,
+                          summary.rejected_rewards, summary.logits, summary.log_ratio_margins, weights,
+                          summary.mean_logps)
 
     @staticmethod
     def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:

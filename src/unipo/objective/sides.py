@@ -17,7 +17,7 @@ import torch
 from unipo.errors import UnipoError
 from unipo.objective.inputs import KEYWORDS, PAIR_INPUTS, SIDE_NAMES, TOKEN_INPUTS, input_keywords
 
-__all__ = ["KEYWORDS", "SIDE_NAMES", "ObjectiveInputs", "PairTerms", "Side"]
+__all__ = ["KEYWORDS", "SIDE_NAMES", "ObjectiveInputs", "PairLossOut", "PairTerms", "Side"]
 
 class _SideMethods:
     """The methods of :class:`Side` (its fields come from the input table)."""
@@ -128,3 +128,13 @@ class PairTerms:
     #: the two checked sides (per-token inputs zero on padding), for a pair loss that reads more than the scores
     #: (ε-DPO's perturbed log-probs); None with several rejected responses per pair
     sides: tuple[Side, Side] | None = None
+
+
+@dataclass(frozen=True)
+class PairLossOut:
+    """What a pair loss returns: ``losses`` ``[B]`` (one per pair, with gradient) and, for a pair loss that also
+    selects pairs (β-DPO's filtering), ``selected`` ``[B]`` in {0, 1}: the objective then weights each pair's loss
+    by it (:attr:`unipo.objective.LossOutput.pair_weights`); None keeps every pair."""
+
+    losses: torch.Tensor
+    selected: torch.Tensor | None = None
