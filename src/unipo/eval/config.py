@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unipo.data.tokenize import ON_INVALID
+
 TASKS = ("arithmetic", "none")
-ON_INVALID = ("error", "skip")
 
 
 @dataclass

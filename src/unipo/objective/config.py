@@ -164,6 +164,28 @@ TRAINING_BEHAVIOURS["bema"] = (
     "'Training behaviours')")
 
 
+def with_beta(variant: str | Mapping[str, Any], beta: float | None, *, source: str) -> dict[str, Any]:
+    """The variant as a mapping, with a β given outside it (``source``: TrainConfig's ``beta``, DPOConfig's ``beta``).
+
+    One rule wherever β can be given twice: given once, it is used (over the preset's default); given in both places
+    with different values, refused in one line naming both; the same value in both is fine."""
+    spec = {"preset": variant} if isinstance(variant, str) else dict(variant)
+    if beta is None:
+        return spec
+    check_beta(spec.get("beta"), beta, source=source)
+    return {**spec, "beta": beta}
+
+
+def check_beta(variant_beta: Any, beta: float, *, source: str) -> None:
+    """Refuse two different explicit values of β: the variant's (None: not given) and ``source``'s."""
+    if variant_beta is None:
+        return
+    number = isinstance(variant_beta, int | float) and not isinstance(variant_beta, bool)
+    if not number or float(variant_beta) != float(beta):
+        raise ConfigError(f"{source}={beta} but the variant sets beta={variant_beta}: give beta in one place (or the "
+                          f"same value in both)")
+
+
 def _params_owner() -> dict[str, str]:
     owner = {}
     for kind in KINDS:
