@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+import unipo
 from unipo.errors import ConfigError
 from unipo.objective import Objective, resolve
 from unipo.objective.config import with_beta
@@ -74,3 +75,37 @@ def test_two_different_betas_are_refused_in_one_line_naming_both():
 def test_a_beta_inside_that_is_not_a_number_is_a_second_different_value():
     with pytest.raises(ConfigError, match="beta=0.2 but the variant sets beta=high: give beta in one place"):
         with_beta({"preset": "dpo", "beta": "high"}, 0.2, source="beta")
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'simpo'"):
+        unipo.resolve("simp")
+
+
+def test_unknown_key_lists_allowed():
+    with pytest.raises(ConfigError, match="unknown key 'betta'.*did you mean 'beta'"):
+        unipo.resolve({"preset": "dpo", "betta": 0.1})
+
+
+def test_param_of_unselected_part_is_rejected():
+    with pytest.raises(ConfigError, match="'bmc_delta' belongs to weights=bmc.*weights=none"):
+        unipo.resolve("dpo", {"bmc_delta": 2.0})
+
+
+def test_illegal_combination_rejected():
+    with pytest.raises(ConfigError, match="nca_pair scores each side separately"):
+        unipo.resolve({"preset": "nca_pair", "gamma": 0.5})
+    with pytest.raises(ConfigError, match="either 'gamma'"):
+        unipo.resolve("dpo", {"gamma": 0.5, "gamma_beta_ratio": 0.2})
+    with pytest.raises(ConfigError, match="f_alpha"):
+        unipo.resolve("fdpo_alpha", {"f_alpha": 1.5})
+    with pytest.raises(ConfigError, match="unknown link 'jss'.*allowed link values"):
+        unipo.resolve({"preset": "dpo", "link": "jss"})
+
+
+def test_hyphenated_names_and_yaml_mapping():
+    import yaml
+
+    cfg = yaml.safe_load("preset: fdpo-js\nbeta: 0.3\naggregation: mean\n")
+    c = unipo.resolve(cfg)
+    assert c.parts["link"] == "js" and c.parts["aggregation"] == "mean" and c.params["beta"] == 0.3
