@@ -23,7 +23,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 # The expected strings below are written out by hand from the papers' definitions (and agree with the
-# independent formula tests in test_objective_formulas.py); they are not read from the registry that the
+# independent formula tests in tests/objective/test_presets.py); they are not read from the registry that the
 # renderer reads, so a wrong part, value or formula in either one makes these tests fail.
 
 KINDS = ["prior", "weights", "aggregation", "link", "chosen_transform", "rejected_transform", "kl", "pair_loss",

@@ -29,8 +29,6 @@ DPOTrainer = pytest.importorskip("trl.trainer.dpo_trainer").DPOTrainer
 pytestmark = pytest.mark.unit
 
 B, T = 6, 8
-#: presets whose formula is tested here (read by test_objective_formulas.test_every_preset_has_a_formula_test)
-FORMULA_TESTED = ("mpo",)
 
 #: (TRL loss types, TRL loss weights (None: TRL's default of 1 each), TRL β, label_smoothing, unipo objective)
 MIXTURES = [

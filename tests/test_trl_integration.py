@@ -69,7 +69,7 @@ def setup(models, tiny_model_dir, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = UnipoDPOTrainer(model=_load(policy_dir), ref_model=_load(ref_dir),
                               args=_config(tmp_path_factory.mktemp("trl")), train_dataset=Dataset.from_list(ROWS),
-                              processing_class=tok, objective="dpo")
+                              processing_class=tok, variant="dpo")
     trainer.model.train()  # as in trainer.train() (the tiny model has no dropout): metrics are logged as "train"
     rows = [trainer.train_dataset[i] for i in (0, 3, 5, 10)]
     return trainer, rows, trainer.data_collator(rows)
@@ -186,7 +186,7 @@ def test_variants_whose_inputs_trl_cannot_give_are_refused(tmp_path, variant, mi
 def test_trl_loss_options_and_beta(tmp_path):
     from unipo.integrations.trl import build_objective
 
-    with pytest.raises(ConfigError, match=r"loss_type=\['ipo'\].*objective=\{'preset': 'ipo'\}"):
+    with pytest.raises(ConfigError, match=r"loss_type=\['ipo'\].*variant=\{'preset': 'ipo'\}"):
         build_objective("dpo", _config(tmp_path, loss_type="ipo"))
     with pytest.raises(ConfigError, match="precompute_ref_log_probs=True keeps one summed"):
         build_objective("bmc", _config(tmp_path, precompute_ref_log_probs=True))
@@ -197,6 +197,41 @@ def test_trl_loss_options_and_beta(tmp_path):
     assert build_objective("simpo", _config(tmp_path)).params["beta"] != 0.1  # TRL's default is not forced on it
     with pytest.raises(ConfigError, match="give beta in one place"):
         build_objective({"preset": "dpo", "beta": 0.2}, _config(tmp_path, beta=0.5))
+
+
+@pytest.mark.unit
+def test_beta_follows_the_one_rule_of_unipo_train(tmp_path):
+    """One β rule for the drop-in and TrainConfig (issue 24): given once → used; two different explicit values →
+    refused in one line naming both; the same value twice → fine. An Objective passed in carries an explicit β."""
+    from unipo.integrations.trl import build_objective
+    from unipo.objective import Objective
+    from unipo.training.config import TrainConfig
+
+    # given once: the variant's, or DPOConfig's over the preset's default (simpo's 2.0)
+    assert build_objective({"preset": "simpo", "beta": 3.0}, _config(tmp_path)).params["beta"] == 3.0
+    assert build_objective("simpo", _config(tmp_path, beta=0.5)).params["beta"] == 0.5
+    assert TrainConfig.from_dict({"variant": {"preset": "simpo", "beta": 3.0}}).variant_spec()["beta"] == 3.0
+    assert TrainConfig.from_dict({"variant": "simpo", "beta": 0.5}).variant_spec()["beta"] == 0.5
+    # the same value twice
+    assert build_objective({"preset": "dpo", "beta": 0.5}, _config(tmp_path, beta=0.5)).params["beta"] == 0.5
+    assert TrainConfig.from_dict({"variant": {"preset": "dpo", "beta": 0.5}, "beta": 0.5}).variant_spec()["beta"] == 0.5
+    # two different values: refused by both, with the same words
+    with pytest.raises(ConfigError, match=r"^config: beta=0.2 but the variant sets beta=2.0: give beta in one place"):
+        TrainConfig.from_dict({"variant": {"preset": "simpo", "beta": 2.0}, "beta": 0.2})
+    with pytest.raises(ConfigError, match=r"^DPOConfig.beta=0.5 but the variant sets beta=0.2: give beta in one place"):
+        build_objective(Objective("dpo", beta=0.2), _config(tmp_path, beta=0.5))
+
+
+@pytest.mark.unit
+def test_the_trainer_takes_variant_and_its_former_name_objective(tmp_path):
+    """``variant=`` is the keyword (as unipo train's --variant); ``objective=`` is still accepted; both: refused."""
+    from unipo.integrations.trl import UnipoDPOTrainer
+
+    with pytest.raises(ConfigError, match="variant= .*objective=.*not both"):
+        UnipoDPOTrainer(variant="dpo", objective="ipo", args=_config(tmp_path))
+    for keyword in ("variant", "objective"):  # refused on the variant itself, before TRL builds anything
+        with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+            UnipoDPOTrainer(**{keyword: "nope"}, args=_config(tmp_path))
 
 
 @pytest.mark.unit

@@ -1,7 +1,7 @@
 """The packed preference batch: the one tensor layout that data, models and training share.
 
-This module sits below ``unipo.data``, ``unipo.models`` and ``unipo.training`` (it imports only torch) and
-holds the contract between them:
+This module sits below ``unipo.data``, ``unipo.models`` and ``unipo.training`` (it imports only torch and the
+objective's input table, :mod:`unipo.objective.inputs`) and holds the contract between them:
 
 * the segment ids of every position (:data:`PAD_SEGMENT`, :data:`PROMPT`, :data:`CHOSEN`, :data:`REJECTED`;
   with several rejected responses per pair the k-th is ``REJECTED + k``, :func:`rejected_segment`);
@@ -19,10 +19,12 @@ and :meth:`PackedBatch.to_dict` back.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Generic, TypeVar
 
 import torch
+
+from unipo.objective.inputs import DATA_COLUMNS
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -39,8 +41,9 @@ def rejected_segment(k: int) -> int:
     own id, so that every rejected response is its own branch over the shared prompt."""
     return REJECTED + k
 
-#: optional per-token data columns of a side, by :class:`SideLayout` field → batch key pattern
-SIDE_COLUMNS = {"weights": "{}_weights", "diff_mask": "{}_diff_mask", "ref_logps": "ref_{}_logps"}
+#: optional per-token data columns of a side, by :class:`SideLayout` field → batch key pattern (from the objective's
+#: input table: the inputs declared ``column``)
+SIDE_COLUMNS = dict(DATA_COLUMNS)
 #: every optional per-token key a collated batch may carry
 TOKEN_COLUMNS = tuple(pattern.format(side) for side in SIDES for pattern in SIDE_COLUMNS.values())
 
@@ -69,28 +72,27 @@ class Sides(Generic[T]):
         return cls(fn("chosen"), fn("rejected"))
 
 
-@dataclass(frozen=True)
-class SideLayout:
-    """Where one side's response tokens sit in the packed rows. Every tensor is ``[B, T]`` (B pairs, T the
+class _SideLayoutMethods:
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+SideLayout = make_dataclass("SideLayout", [
+    ("src", "torch.Tensor"), ("labels", "torch.Tensor"), ("mask", "torch.Tensor"),
+    *[(name, "torch.Tensor | None", field(default=None)) for name in SIDE_COLUMNS],
+], bases=(_SideLayoutMethods,), frozen=True, namespace={"__module__": __name__, "__doc__": """\
+Where one side's response tokens sit in the packed rows. Every tensor is ``[B, T]`` (B pairs, T the
     longest response of this side in the batch):
 
     - ``src`` (long): flat index into the ``[rows × L]`` positions of the position whose hidden state
       PREDICTS each token;
     - ``labels`` (long): the token ids; ``mask`` (bool): True on real tokens, False on padding;
-    - optional data columns: ``weights`` (float, token weights from the data: TIS-DPO), ``diff_mask``
-      (float 0/1, BMC's differing tokens), ``ref_logps`` (float, precomputed reference log-probs).
-    """
-
-    src: torch.Tensor
-    labels: torch.Tensor
-    mask: torch.Tensor
-    weights: torch.Tensor | None = None
-    diff_mask: torch.Tensor | None = None
-    ref_logps: torch.Tensor | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.mask.sum())
+    - the optional per-token data columns (float, padded with 0), one field each: the inputs of the objective's
+      input table declared ``column`` (:data:`unipo.objective.inputs.DATA_COLUMNS`: ``ref_logps``, precomputed
+      reference log-probs; ``weights``, token weights from the data (TIS-DPO); ``diff_mask``, BMC's differing
+      tokens).
+    """})
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,10 @@ DROP_REASONS: dict[str, str] = {
     "empty_response": "a response has no tokens left",
     "invalid": "the row failed validation (on_invalid='skip')",
 }
-_TRUNCATION_MODES = ("keep_end", "keep_start")
-_ON_TOO_LONG = ("truncate", "drop", "error")
-_ON_INVALID = ("error", "skip")
+#: the closed choices of the data settings (TrainConfig, EvalConfig and TisdpoConfig read them from here)
+TRUNCATION_MODES = ("keep_end", "keep_start")
+ON_TOO_LONG = ("truncate", "drop", "error")
+ON_INVALID = ("error", "skip")
 FINGERPRINT_COLUMN = "tokenizer"
 
 
@@ -484,8 +485,8 @@ class PrepOptions:
     num_proc: int | None = None
 
     def validate(self) -> None:
-        for key, allowed in (("truncation_mode", _TRUNCATION_MODES), ("on_too_long", _ON_TOO_LONG),
-                             ("on_invalid", _ON_INVALID), ("bmc_alignment", ALIGNMENTS),
+        for key, allowed in (("truncation_mode", TRUNCATION_MODES), ("on_too_long", ON_TOO_LONG),
+                             ("on_invalid", ON_INVALID), ("bmc_alignment", ALIGNMENTS),
                              ("bmc_exempt", EXEMPTIONS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unipo.data.tokenize import ON_INVALID
 from unipo.training.rundir import RunDir
 
 TASKS = ("arithmetic", "none")
-ON_INVALID = ("error", "skip")
 
 
 @dataclass

@@ -6,7 +6,7 @@
     from unipo.integrations.trl import UnipoDPOTrainer
 
     trainer = UnipoDPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=dataset,
-                              processing_class=tokenizer, objective={"preset": "simpo", "weights": "bmc"})
+                              processing_class=tokenizer, variant={"preset": "simpo", "weights": "bmc"})
     trainer.train()
 
 The override point is :meth:`transformers.Trainer.compute_loss`, the Trainer's documented hook for a custom
@@ -32,8 +32,12 @@ variants whose parts declare ``Needs(token_reference=True)`` (BMC, SamPO, LD-DPO
 tokens weighted unequally).
 
 TRL's loss options (``loss_type``, ``loss_weights``, ``ld_alpha``, ``f_divergence_type``,
-``label_smoothing``, ``use_weighting``) must stay at their defaults: the objective decides the loss. β comes
-from the objective; a ``DPOConfig.beta`` changed from TRL's default is used when the objective sets none.
+``label_smoothing``, ``use_weighting``) must stay at their defaults: the objective decides the loss. β follows
+unipo's one rule (:func:`unipo.objective.config.with_beta`, as ``unipo train``'s ``beta``): a ``DPOConfig.beta``
+changed from TRL's default is used when the variant sets no β, and refused when the variant sets a different one.
+
+``variant`` is the keyword of the objective, as ``--variant`` / ``variant:`` of ``unipo train``; ``objective=``, its
+former name, is still accepted.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ except ImportError as exc:  # unipo itself never imports this module
 from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.errors import ConfigError
 from unipo.objective import LossOutput, Objective
-from unipo.objective.registry import SIDE_INPUTS
+from unipo.objective.config import check_beta, with_beta
+from unipo.objective.inputs import DROP_IN, SIDE_INPUTS
 from unipo.objective.sides import ObjectiveInputs, Side
 
 #: the first TRL the drop-in runs on (docs/trl.md, "Which TRL": the versions tried; pyproject's extras say the
@@ -76,8 +81,8 @@ def check_trl_version(installed: str) -> None:
 
 check_trl_version(trl.__version__)
 
-#: the per-token objective inputs this trainer can build from TRL's batch
-SUPPLIED_INPUTS = frozenset({"ref_logps", "diff_mask"})
+#: the per-token objective inputs this trainer can build from TRL's batch (the input table's ``drop_in`` entries)
+SUPPLIED_INPUTS = DROP_IN
 #: DPOConfig fields that shape TRL's own loss; with a unipo objective they must keep their defaults
 TRL_LOSS_FIELDS = ("loss_type", "loss_weights", "ld_alpha", "f_divergence_type", "label_smoothing", "use_weighting")
 #: the keys of TRL's batch that are not model inputs (trl 1.16, DPOTrainer._compute_loss)
@@ -89,26 +94,25 @@ def _default(name: str) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def build_objective(objective: str | Mapping[str, Any] | Objective, args: Any = None) -> Objective:
-    """The objective, with ``args.beta`` where the user changed it from TRL's default and the objective sets no
-    β; TRL's loss options must be at their defaults, and the objective must need only what TRL's batch gives.
-    ``args``: the trainer's ``DPOConfig`` (None: TRL's defaults)."""
+def build_objective(variant: str | Mapping[str, Any] | Objective, args: Any = None) -> Objective:
+    """The objective of ``variant`` (a preset name, a mapping or an :class:`~unipo.objective.Objective`), with
+    ``args.beta`` by unipo's one β rule when the user changed it from TRL's default (used when the variant sets no β,
+    refused when it sets a different one); TRL's loss options must be at their defaults, and the objective must need
+    only what TRL's batch gives. ``args``: the trainer's ``DPOConfig`` (None: TRL's defaults)."""
     if args is None:
         args = SimpleNamespace(**{k: _default(k) for k in (*TRL_LOSS_FIELDS, "beta", "precompute_ref_log_probs")})
     changed = [f"{k}={getattr(args, k)!r}" for k in TRL_LOSS_FIELDS if getattr(args, k) != _default(k)]
     if changed:
         raise ConfigError(f"DPOConfig sets TRL's loss ({', '.join(changed)}), but UnipoDPOTrainer's loss is the unipo "
-                          f"objective: leave these at their defaults and say it in the objective (e.g. "
-                          f"objective={{'preset': 'ipo'}}; `unipo variants` lists them)")
-    user_beta = args.beta != _default("beta")
-    if not isinstance(objective, Objective):
-        spec = {"preset": objective} if isinstance(objective, str) else dict(objective)
-        if user_beta and "beta" not in spec:
-            spec["beta"] = args.beta
-        objective = Objective(spec)
-    if user_beta and float(objective.params["beta"]) != float(args.beta):
-        raise ConfigError(f"DPOConfig.beta={args.beta} but the objective sets beta={objective.params['beta']}: "
-                          f"give beta in one place")
+                          f"objective: leave these at their defaults and say it in the variant (e.g. "
+                          f"variant={{'preset': 'ipo'}}; `unipo variants` lists them)")
+    beta = args.beta if args.beta != _default("beta") else None
+    if isinstance(variant, Objective):
+        objective = variant
+        if beta is not None:
+            check_beta(objective.params["beta"], beta, source="DPOConfig.beta")
+    else:
+        objective = Objective(with_beta(variant, beta, source="DPOConfig.beta"))
     check_supported(objective, precomputed_reference=bool(args.precompute_ref_log_probs))
     return objective
 
@@ -148,14 +152,19 @@ def left_align(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class UnipoDPOTrainer(DPOTrainer):
-    """TRL's ``DPOTrainer`` whose loss is a unipo objective (``objective``: a preset name, a composition
-    ``{"preset": ..., part: ..., param: ...}`` or an :class:`~unipo.objective.Objective`). Every other argument
-    is ``DPOTrainer``'s. Logged metrics are the objective's, under TRL's names (``rewards/*``, ``logps/*``)."""
+    """TRL's ``DPOTrainer`` whose loss is a unipo objective (``variant``: a preset name, a composition
+    ``{"preset": ..., part: ..., param: ...}`` or an :class:`~unipo.objective.Objective`; ``objective``: its former
+    name, still accepted). Every other argument is ``DPOTrainer``'s. Logged metrics are the objective's, under TRL's
+    names (``rewards/*``, ``logps/*``)."""
 
-    def __init__(self, *args: Any, objective: str | Mapping[str, Any] | Objective = "dpo",
+    def __init__(self, *args: Any, variant: str | Mapping[str, Any] | Objective | None = None,
+                 objective: str | Mapping[str, Any] | Objective | None = None,
                  bmc_alignment: str = "levenshtein", bmc_exempt: str = "stopwords", **kwargs: Any):
+        if variant is not None and objective is not None:
+            raise ConfigError("UnipoDPOTrainer takes variant= (or its former name objective=), not both")
         config = kwargs.get("args") if "args" in kwargs else (args[2] if len(args) > 2 else None)
-        self.objective = build_objective(objective, config)  # refused here, before TRL loads or tokenises anything
+        spec = variant if variant is not None else objective if objective is not None else "dpo"
+        self.objective = build_objective(spec, config)  # refused here, before TRL loads or tokenises anything
         if bmc_alignment not in ALIGNMENTS or bmc_exempt not in EXEMPTIONS:
             raise ConfigError(f"bmc_alignment must be one of {ALIGNMENTS} and bmc_exempt one of {EXEMPTIONS}; got "
                               f"{bmc_alignment!r}, {bmc_exempt!r}")

@@ -35,6 +35,7 @@ from torch import nn
 from unipo.errors import ConfigError, UnipoError
 from unipo.layout import SIDES, PackedBatch, gather_side, scatter_tokens
 from unipo.models.forward import ReferenceOutputs
+from unipo.objective.inputs import SIGNAL_ONLY
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ SIGNAL_TYPES: dict[str, SignalType] = {
                                 ("hidden_size",)),
 }
 #: objective inputs that only a token signal can supply (the others come from the data or the models)
-SIGNAL_ONLY_INPUTS = ("kl_weights", "prior_offsets")
+SIGNAL_ONLY_INPUTS = SIGNAL_ONLY  # from the objective's input table: ("kl_weights", "prior_offsets")
 
 
 def _normalise(spec: Any, default: str | None) -> dict[str, Any] | None:

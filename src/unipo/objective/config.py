@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from unipo.errors import ConfigError
@@ -55,8 +56,10 @@ class ObjectiveConfig:
         {sigmoid: 0.8, bco_pair: 0.2}``), or the one selected part with weight 1."""
         return mixture_components(self.part(kind), self.params)
 
-    @property
+    @cached_property
     def requirements(self) -> Requirements:
+        """Gathered from the parts' :class:`Needs` once per configuration (a resolved configuration never changes:
+        ``Objective.requirements`` and every step read this one value)."""
         needs = [c.needs for kind in KINDS for c, _ in [(self.part(kind), 1.0), *self.components(kind)]]
         directions = {n.kl_direction for n in needs if n.kl_direction}
         signals = [n.signal for n in needs if n.signal and (n.signal_when is None or self.params.get(n.signal_when))]
@@ -159,6 +162,28 @@ TRAINING_BEHAVIOURS["bema"] = (
     "BEMA (arXiv 2508.00180) changes where the reference comes from, not the loss: train any variant with a reference "
     "with ref_sync: bema (ref_sync_bema, ref_sync_steps) in the training configuration (docs/objective.md, "
     "'Training behaviours')")
+
+
+def with_beta(variant: str | Mapping[str, Any], beta: float | None, *, source: str) -> dict[str, Any]:
+    """The variant as a mapping, with a β given outside it (``source``: TrainConfig's ``beta``, DPOConfig's ``beta``).
+
+    One rule wherever β can be given twice: given once, it is used (over the preset's default); given in both places
+    with different values, refused in one line naming both; the same value in both is fine."""
+    spec = {"preset": variant} if isinstance(variant, str) else dict(variant)
+    if beta is None:
+        return spec
+    check_beta(spec.get("beta"), beta, source=source)
+    return {**spec, "beta": beta}
+
+
+def check_beta(variant_beta: Any, beta: float, *, source: str) -> None:
+    """Refuse two different explicit values of β: the variant's (None: not given) and ``source``'s."""
+    if variant_beta is None:
+        return
+    number = isinstance(variant_beta, int | float) and not isinstance(variant_beta, bool)
+    if not number or float(variant_beta) != float(beta):
+        raise ConfigError(f"{source}={beta} but the variant sets beta={variant_beta}: give beta in one place (or the "
+                          f"same value in both)")
 
 
 def _params_owner() -> dict[str, str]:

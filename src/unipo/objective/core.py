@@ -10,6 +10,7 @@ no Python loop over the batch or the tokens. This module imports no transformers
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,9 +19,11 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
-from unipo.objective.listwise import check_groups, per_pair_max
-from unipo.objective.registry import KINDS, SIDE_INPUTS, StatefulPart, parts
-from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
+from unipo.objective.inputs import SIDE_INPUTS, TOKEN_INPUTS, input_keywords
+from unipo.objective.listwise import check_groups
+from unipo.objective.metrics import summarise
+from unipo.objective.registry import KINDS, StatefulPart, parts
+from unipo.objective.sides import ObjectiveInputs, PairLossOut, PairTerms, Side
 
 
 @dataclass
@@ -67,14 +70,6 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where, not multiply: padding may hold -inf or NaN
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
-def _score_weights_metrics(name: str, w: torch.Tensor | None, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    if w is None:
-        return {}
-    vals = w.detach()[mask]
-    return {f"weights/{name}_mean": vals.mean(),
-            f"weights/{name}_std": vals.std() if vals.numel() > 1 else vals.new_zeros(())}
 
 
 class Objective:
@@ -135,13 +130,13 @@ class Objective:
                              f"least one token (check truncation / max_length)")
         fields = {}
         for attr, value in side.optional().items():
-            key = KEYWORDS[attr].format(side.name)
+            key = TOKEN_INPUTS[attr].key(side.name)
             if value is not None:
                 if value.shape != logps.shape:
                     raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
                                      f"{side.name} logps")
                 value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
-                if attr == "ref_logps":  # the reference is a constant of the objective: it never gets gradient
+                if TOKEN_INPUTS[attr].constant:  # the reference is a constant of the objective: never any gradient
                     value = value.detach()
             elif attr in self.requirements.inputs:
                 who = next(f"{p.kind}={p.name}" for p in self.parts.values() if attr in p.inputs)
@@ -234,11 +229,13 @@ class Objective:
         logits = beta * inner - gamma
         if p["length_alpha"]:
             logits = logits - float(p["length_alpha"]) * (each(chosen.lengths) - rejected.lengths)
-        losses = self.fns["pair_loss"](PairTerms(
+        out = self.fns["pair_loss"](PairTerms(
             logits, beta, each(h_w), h_l, each(pol_w), pol_l, each(pri_w), pri_l, groups,
             None if groups is None else n_pairs, None if groups is not None else (chosen, rejected)), p)
-        # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
-        losses, selected = losses if isinstance(losses, tuple) else (losses, None)
+        if not isinstance(out, PairLossOut):
+            raise UnipoError(f"pair_loss={self.parts['pair_loss'].name} returned {type(out).__name__}; a pair loss "
+                             f"returns PairLossOut(losses, selected=None) (unipo.objective.protocols.PairLoss)")
+        losses = out.losses
         factor = self.fns["pair_weighting"](chosen, rejected, p)
         if factor is not None:
             losses = losses * factor.detach()
@@ -247,32 +244,14 @@ class Objective:
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
             metrics.update(fn.metrics if isinstance(fn, StatefulPart) else {})
-        rw, rl = (beta * h_w).detach(), (beta * h_l).detach()
-        if groups is not None:  # per pair: the strongest rejected response (the chosen must beat every one)
-            metrics["rewards/rejected_all"] = rl.mean()
-            rl = per_pair_max(rl, groups, n_pairs)
-        metrics.update({
-            "rewards/chosen": rw.mean(), "rewards/rejected": rl.mean(), "rewards/margins": (rw - rl).mean(),
-            "rewards/accuracies": (rw > rl).float().mean(),
-            "logps/chosen": chosen.logps.sum(-1).detach().mean(),
-            "logps/rejected": rejected.logps.sum(-1).detach().mean(), "logits": logits.detach().mean(),
-            **_score_weights_metrics("chosen", ww, chosen.mask),
-            **_score_weights_metrics("rejected", wl, rejected.mask),
-        })
-        margins = None
-        if chosen.ref_logps is not None and rejected.ref_logps is not None:
-            rho_l = (rejected.logps - rejected.ref_logps).sum(-1)
-            margins = ((chosen.logps - chosen.ref_logps).sum(-1)
-                       - (rho_l if groups is None else per_pair_max(rho_l, groups, n_pairs))).detach()
-            # the plain DPO log-ratio, comparable across variants (a transformed score, e.g. MinorDPO's, is not)
-            metrics["logratio/margins"] = margins.mean()
-            metrics["logratio/accuracies"] = (margins > 0).float().mean()
+        summary = summarise(chosen, rejected, beta=beta, h_w=h_w, h_l=h_l, logits=logits, score_weights=(ww, wl),
+                            groups=groups, n_pairs=n_pairs)
         weights = self._pair_weights(inputs.pair_weights, losses)
-        if selected is not None:
-            weights = selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
-        mean_logps = {f"mean_logps/{s.name}": (s.logps.sum(-1) / s.lengths).detach() for s in (chosen, rejected)}
-        z = logits.detach() if groups is None else -per_pair_max(-logits.detach(), groups, n_pairs)
-        return LossOutput(losses + aux, metrics, rw, rl, z, margins, weights, mean_logps)
+        if out.selected is not None:  # a pair loss that selects pairs (β-DPO's filtering) weights them 0 / 1
+            weights = out.selected.detach().to(losses.dtype) * (1.0 if weights is None else weights)
+        return LossOutput(losses + aux, {**metrics, **summary.metrics}, summary.chosen_rewards,
+                          summary.rejected_rewards, summary.logits, summary.log_ratio_margins, weights,
+                          summary.mean_logps)
 
     @staticmethod
     def _pair_weights(weights: torch.Tensor | None, losses: torch.Tensor) -> torch.Tensor | None:
@@ -297,46 +276,41 @@ class Objective:
 
 def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch.Tensor,
                  policy_rejected_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
-                 ref_chosen_logps: torch.Tensor | None = None, ref_rejected_logps: torch.Tensor | None = None,
-                 chosen_weights: torch.Tensor | None = None, rejected_weights: torch.Tensor | None = None,
-                 chosen_kl: torch.Tensor | None = None, rejected_kl: torch.Tensor | None = None,
-                 chosen_kl_weights: torch.Tensor | None = None, rejected_kl_weights: torch.Tensor | None = None,
-                 chosen_diff_mask: torch.Tensor | None = None, rejected_diff_mask: torch.Tensor | None = None,
-                 chosen_prior_offsets: torch.Tensor | None = None,
-                 rejected_prior_offsets: torch.Tensor | None = None, pair_weights: torch.Tensor | None = None,
-                 rejected_pair: torch.Tensor | None = None, chosen_log_sum_sq_probs: torch.Tensor | None = None,
-                 rejected_log_sum_sq_probs: torch.Tensor | None = None,
-                 chosen_eps_plus_logps: torch.Tensor | None = None, rejected_eps_plus_logps: torch.Tensor | None = None,
-                 chosen_eps_minus_logps: torch.Tensor | None = None,
-                 rejected_eps_minus_logps: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 **inputs_and_params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
-    ``params`` override parameters (``beta=0.2``) or parts (``link="js"``). Every tensor is
-    ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
-    tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
-    SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
+    the other keywords are either inputs of the objective (every keyword of the input table,
+    :data:`unipo.objective.inputs.INPUTS`: ``ref_chosen_logps``, ``chosen_weights``, …, ``pair_weights``,
+    ``rejected_pair``, ``pair_ids``; the signature lists them) or parameter / part overrides (``beta=0.2``,
+    ``link="js"``). Every per-token tensor is ``[batch, tokens]``, per response token: policy / reference
+    log-probabilities, masks (1 on response tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL
+    (KL(π_ref‖π_θ) for TDPO / SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and
+    learned-prior offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
     ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
     rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
     """
-    objective = Objective(variant, **params)
-    return objective(
+    keywords = input_keywords()
+    inputs = {k: v for k, v in inputs_and_params.items() if k in keywords}
+    params = {k: v for k, v in inputs_and_params.items() if k not in keywords}
+    return Objective(variant, **params)(
         policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        chosen_mask=chosen_mask, rejected_mask=rejected_mask,
-        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
-        chosen_weights=chosen_weights, rejected_weights=rejected_weights,
-        chosen_kl=chosen_kl, rejected_kl=rejected_kl,
-        chosen_kl_weights=chosen_kl_weights, rejected_kl_weights=rejected_kl_weights,
-        chosen_diff_mask=chosen_diff_mask, rejected_diff_mask=rejected_diff_mask,
-        chosen_prior_offsets=chosen_prior_offsets, rejected_prior_offsets=rejected_prior_offsets,
-        pair_weights=pair_weights, rejected_pair=rejected_pair, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
-        rejected_log_sum_sq_probs=rejected_log_sum_sq_probs, chosen_eps_plus_logps=chosen_eps_plus_logps,
-        rejected_eps_plus_logps=rejected_eps_plus_logps, chosen_eps_minus_logps=chosen_eps_minus_logps,
-        rejected_eps_minus_logps=rejected_eps_minus_logps,
-    )
+        chosen_mask=chosen_mask, rejected_mask=rejected_mask, **inputs)
+
+
+def _signature_from_table(fn: Any) -> inspect.Signature:
+    """``fn``'s signature with one keyword (default None) per input of the table, before ``**params``."""
+    sig = inspect.signature(fn)
+    head = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    table = [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation="torch.Tensor | None")
+             for key in input_keywords()]
+    params = inspect.Parameter("params", inspect.Parameter.VAR_KEYWORD, annotation="Any")
+    return sig.replace(parameters=[*head, *table, params])
+
+
+compute_loss.__signature__ = _signature_from_table(compute_loss)  # type: ignore[attr-defined]
 
 
 def variants() -> list[str]:

@@ -26,7 +26,7 @@ from unipo.errors import UnipoError
 from unipo.objective.pair_losses import nls
 from unipo.objective.protocols import Params
 from unipo.objective.registry import PresetSpec, register
-from unipo.objective.sides import PairTerms
+from unipo.objective.sides import PairLossOut, PairTerms
 
 
 def check_groups(groups: torch.Tensor, num_pairs: int, num_rows: int) -> torch.Tensor:
@@ -69,10 +69,10 @@ def listwise_nll(z: torch.Tensor, groups: torch.Tensor, num_pairs: int) -> torch
           preset=PresetSpec("listwise_dpo", "−log [exp(βρ_w) / (exp(βρ_w) + Σ_k exp(βρ_{l_k}))]",
                             "Rafailov et al. 2023 (DPO, arXiv 2305.18290), Appendix A.3 (Plackett–Luce, Eq. 18)",
                             "rows may give 'rejected' as a list of K responses (docs/data.md); K = 1 is DPO"))
-def plackett_luce_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def plackett_luce_loss(t: PairTerms, params: Params) -> PairLossOut:
     """One chosen response against every rejected response of its row at once (a softmax over the K + 1
     responses' rewards, the chosen one the target). Without several rejected responses per pair
     (``t.groups`` None) this is −log σ(z), computed exactly as DPO's sigmoid loss."""
     if t.groups is None:
-        return nls(t.logits)
-    return listwise_nll(t.logits, t.groups, int(t.num_pairs))
+        return PairLossOut(nls(t.logits))
+    return PairLossOut(listwise_nll(t.logits, t.groups, int(t.num_pairs)))

@@ -19,7 +19,7 @@ from unipo.objective.links import capped_exp
 from unipo.objective.moving import MovingStats
 from unipo.objective.protocols import Params
 from unipo.objective.registry import Needs, Param, PresetSpec, StatefulPart, get_part, register
-from unipo.objective.sides import PairTerms
+from unipo.objective.sides import PairLossOut, PairTerms
 
 
 def _eps(default: float, hi: float, **open_ends: bool) -> Param:
@@ -33,121 +33,121 @@ def nls(z: torch.Tensor) -> torch.Tensor:
 
 
 @register("pair_loss", "sigmoid", formula="−log σ(z)", source="DPO (Rafailov et al. 2023) Eq. 7")
-def sigmoid_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def sigmoid_loss(t: PairTerms, params: Params) -> PairLossOut:
     """The Bradley–Terry log-sigmoid loss."""
-    return nls(t.logits)
+    return PairLossOut(nls(t.logits))
 
 
 @register("pair_loss", "cdpo", params={"label_smoothing": _eps(0.1, 1)},
           formula="−(1−ε) log σ(z) − ε log σ(−z)", source="conservative DPO (Mitchell 2023)")
-def conservative_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def conservative_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Label smoothing: the preference label is flipped with probability ε."""
     eps = float(params["label_smoothing"])
-    return (1 - eps) * nls(t.logits) + eps * nls(-t.logits)
+    return PairLossOut((1 - eps) * nls(t.logits) + eps * nls(-t.logits))
 
 
 @register("pair_loss", "robust", params={"label_smoothing": _eps(0.1, 0.5, hi_open=True)},
           formula="[−(1−ε) log σ(z) + ε log σ(−z)] / (1 − 2ε)", source="rDPO (Chowdhury et al. 2024) Eq. 8")
-def robust_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def robust_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Unbiased loss under label noise of rate ε ∈ [0, 0.5)."""
     eps = float(params["label_smoothing"])
-    return ((1 - eps) * nls(t.logits) - eps * nls(-t.logits)) / (1 - 2 * eps)
+    return PairLossOut(((1 - eps) * nls(t.logits) - eps * nls(-t.logits)) / (1 - 2 * eps))
 
 
 @register("pair_loss", "hinge", formula="max(0, 1 − z)", source="SLiC (Zhao et al. 2023) Eq. 2")
-def hinge_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def hinge_loss(t: PairTerms, params: Params) -> PairLossOut:
     """The hinge loss on the scaled log-ratio difference."""
-    return torch.relu(1.0 - t.logits)
+    return PairLossOut(torch.relu(1.0 - t.logits))
 
 
 @register("pair_loss", "ipo", formula="(z/β − 1/(2β))²", source="IPO (Azar et al. 2023) Eq. 17")
-def ipo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def ipo_loss(t: PairTerms, params: Params) -> PairLossOut:
     """IPO's squared loss with τ = β; with the ``ipo`` preset's mean aggregation z/β is the difference of
     length-normalised log-ratios, as agreed with the authors (and as TRL does)."""
-    return (t.logits / t.beta - 1.0 / (2.0 * t.beta)) ** 2
+    return PairLossOut((t.logits / t.beta - 1.0 / (2.0 * t.beta)) ** 2)
 
 
 @register("pair_loss", "exo_pair", params={"label_smoothing": _eps(0.001, 0.5, lo_open=True, hi_open=True)},
           formula="σ(z)(log σ(z) − log(1−ε)) + σ(−z)(log σ(−z) − log ε)",
           source="EXO (Ji et al. 2024) Eq. 16, pairwise")
-def exo_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def exo_pair_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Reverse KL between the model's pairwise preference distribution and the smoothed label [1−ε, ε]."""
     eps = float(params["label_smoothing"])
     z = t.logits
-    return (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
-            + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
+    return PairLossOut(torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
+                       + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
 
 
 @register("pair_loss", "nca_pair", formula="−log σ(βh_w) − ½ log σ(−βh_w) − ½ log σ(−βh_l)",
           source="NCA (Chen et al. 2024) Eq. 11, pairwise", uses_logit=False)
-def nca_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def nca_pair_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Noise-contrastive alignment: absolute rewards per side rather than their difference."""
     rw, rl = t.beta * t.chosen, t.beta * t.rejected
-    return nls(rw) + 0.5 * nls(-rw) + 0.5 * nls(-rl)
+    return PairLossOut(nls(rw) + 0.5 * nls(-rw) + 0.5 * nls(-rl))
 
 
 @register("pair_loss", "bco_pair", formula="−log σ(βh_w) − log σ(−βh_l)",
           source="BCO (Jung et al. 2024), pairwise form as in TRL (no running reward shift)", uses_logit=False)
-def bco_pair_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def bco_pair_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Binary classifier optimisation on the pair: chosen classified as good, rejected as bad."""
-    return nls(t.beta * t.chosen) + nls(-t.beta * t.rejected)
+    return PairLossOut(nls(t.beta * t.chosen) + nls(-t.beta * t.rejected))
 
 
 @register("pair_loss", "sppo_hard", formula="(h_w − 1/(2β))² + (h_l + 1/(2β))²",
           source="SPPO (Wu et al. 2024) Eq. 4.7 with hard probabilities", uses_logit=False)
-def sppo_hard_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def sppo_hard_loss(t: PairTerms, params: Params) -> PairLossOut:
     """SPPO with P = 1 for the winner and 0 for the loser."""
-    return (t.chosen - 0.5 / t.beta) ** 2 + (t.rejected + 0.5 / t.beta) ** 2
+    return PairLossOut((t.chosen - 0.5 / t.beta) ** 2 + (t.rejected + 0.5 / t.beta) ** 2)
 
 
 @register("pair_loss", "aot", params={"label_smoothing": _eps(0.0, 1)},
           formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(π_w − π_l) − sort(ζ_w − ζ_l) over the batch",
           source="AOT (Melnyk et al. 2024), paired", uses_logit=False, uses_scores=False)
-def aot_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def aot_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Alignment via optimal transport: compares the SORTED batch distributions of the policy's and the
     prior's log-probability differences (a batch-level loss: examples interact)."""
     eps = float(params["label_smoothing"])
     pol, _ = torch.sort(t.policy_chosen - t.policy_rejected, dim=0)
     ref, _ = torch.sort(t.prior_chosen - t.prior_rejected, dim=0)
     z = t.beta * (pol - ref)
-    return (1 - eps) * nls(z) + eps * nls(-z)
+    return PairLossOut((1 - eps) * nls(z) + eps * nls(-z))
 
 
 @register("pair_loss", "aot_pair", params={"label_smoothing": _eps(0.0, 1)},
           formula="−(1−ε) log σ(βδ) − ε log σ(−βδ),  δ = sort(h_w) − sort(h_l) over the batch",
           source="AOT (Melnyk et al. 2024), unpaired", uses_logit=False)
-def aot_unpaired_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def aot_unpaired_loss(t: PairTerms, params: Params) -> PairLossOut:
     """AOT on the sorted chosen and rejected log-ratios separately (TRL's ``aot_unpaired``)."""
     eps = float(params["label_smoothing"])
     w, _ = torch.sort(t.chosen, dim=0)
     l, _ = torch.sort(t.rejected, dim=0)
     z = t.beta * (w - l)
-    return (1 - eps) * nls(z) + eps * nls(-z)
+    return PairLossOut((1 - eps) * nls(z) + eps * nls(-z))
 
 
 @register("pair_loss", "apo_zero", formula="1 − σ(βh_w) + σ(βh_l)",
           source="APO (D'Oosterlinck et al. 2024) Eq. 7", uses_logit=False)
-def apo_zero_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def apo_zero_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Anchored preference optimisation: raise the chosen, lower the rejected likelihood."""
-    return 1 - torch.sigmoid(t.beta * t.chosen) + torch.sigmoid(t.beta * t.rejected)
+    return PairLossOut(1 - torch.sigmoid(t.beta * t.chosen) + torch.sigmoid(t.beta * t.rejected))
 
 
 @register("pair_loss", "apo_down", formula="σ(βh_w) + 1 − σ(β(h_w − h_l))",
           source="APO (D'Oosterlinck et al. 2024) Eq. 8", uses_logit=False)
-def apo_down_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def apo_down_loss(t: PairTerms, params: Params) -> PairLossOut:
     """APO-down: lower the chosen likelihood, and the rejected one more."""
-    return torch.sigmoid(t.beta * t.chosen) + 1 - torch.sigmoid(t.beta * (t.chosen - t.rejected))
+    return PairLossOut(torch.sigmoid(t.beta * t.chosen) + 1 - torch.sigmoid(t.beta * (t.chosen - t.rejected)))
 
 
 @register("pair_loss", "discopop", params={
     "discopop_tau": Param(0.05, "temperature τ of the modulation", lo=0, lo_open=True)},
           formula="(1 − σ(z/τ))·(−log σ(z)) + σ(z/τ)·exp(−z)", source="DiscoPOP (Chan Lu et al. 2024) Eq. 5")
-def discopop_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def discopop_loss(t: PairTerms, params: Params) -> PairLossOut:
     """The discovered log-ratio-modulated loss: logistic for negative, exponential for positive logits.
     exp(−z) is capped at exp(80) so that very negative logits stay finite."""
     z = t.logits
     mod = torch.sigmoid(z / float(params["discopop_tau"]))
-    return nls(z) * (1 - mod) + capped_exp(-z) * mod
+    return PairLossOut(nls(z) * (1 - mod) + capped_exp(-z) * mod)
 
 
 @register("pair_loss", "cal_dpo", params={
@@ -159,14 +159,14 @@ def discopop_loss(t: PairTerms, params: Params) -> torch.Tensor:
                             "Xiao et al., NeurIPS 2024 (Cal-DPO, arXiv 2412.14516); the released code",
                             "as released: the Bradley–Terry term has no β; β sets only the calibration targets "
                             "±1/(2β) (the authors' 7B runs use β = 0.001–0.002; unipo's default is DPO's 0.1)"))
-def cal_dpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def cal_dpo_loss(t: PairTerms, params: Params) -> PairLossOut:
     """Calibrated DPO: the contrastive term plus squared errors that pull each side's log-ratio towards
     ±1/(2β), so the implicit rewards keep a scale (the chosen likelihood cannot fall while the margin grows).
     Written as in the authors' code: −log σ(Δ) with no β (z/β here), plus ``cal_weight`` (0.5) times the two
     squared errors (their batch-mean MSE, per pair)."""
     target = 0.5 / t.beta
     calibration = (t.chosen - target) ** 2 + (t.rejected + target) ** 2
-    return nls(t.logits / t.beta) + float(params["cal_weight"]) * calibration
+    return PairLossOut(nls(t.logits / t.beta) + float(params["cal_weight"]) * calibration)
 
 
 @register("pair_loss", "simper", formula="−exp(h_w) + exp(h_l)",
@@ -176,10 +176,10 @@ def cal_dpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
                             "Xiao et al., ICLR 2025 (SimPER, arXiv 2502.00883); the released code",
                             "no hyperparameter: β only scales the logged rewards; no reference model",
                             {"prior": "none", "aggregation": "mean"}))
-def simper_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def simper_loss(t: PairTerms, params: Params) -> PairLossOut:
     """SimPER: raise the chosen response's inverse perplexity exp(ā(y_w)) and lower the rejected one's. With the
     preset's constant prior and mean aggregation h = ā, the mean token log-probability (exp capped at e^80)."""
-    return capped_exp(t.rejected) - capped_exp(t.chosen)
+    return PairLossOut(capped_exp(t.rejected) - capped_exp(t.chosen))
 
 
 @register("pair_loss", "beta_dpo", params={
@@ -221,7 +221,7 @@ class BetaDPOLoss(StatefulPart):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stats.steps)
         return torch.multinomial(w, k, replacement=False, generator=g).to(margin.device)
 
-    def __call__(self, t: PairTerms, params: Params) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    def __call__(self, t: PairTerms, params: Params) -> PairLossOut:
         margin = (t.logits / t.beta).detach()  # M = Δ for DPO's parts
         if self.training:
             self.stats.update(margin)
@@ -235,9 +235,9 @@ class BetaDPOLoss(StatefulPart):
                         "beta_dpo/kept": torch.tensor(float(idx.numel()) / margin.numel())}
         losses = nls(t.logits * (beta_b / t.beta))
         if not self.training:
-            return losses
+            return PairLossOut(losses)
         selected = torch.zeros_like(losses).index_fill(0, idx, 1.0)
-        return losses, selected
+        return PairLossOut(losses, selected)
 
     def state_dict(self) -> dict[str, float]:
         return self.stats.state_dict()
@@ -275,14 +275,14 @@ class PairLossMixture(StatefulPart):
         self.components = [(name, float(w), get_part("pair_loss", name).fn)
                            for name, w in params["pair_loss_weights"].items()]
 
-    def __call__(self, t: PairTerms, params: Params) -> torch.Tensor:
+    def __call__(self, t: PairTerms, params: Params) -> PairLossOut:
         total: torch.Tensor | float = 0.0
         self.metrics = {}
         for name, weight, fn in self.components:
-            losses = fn(t, params)
+            losses = fn(t, params).losses
             self.metrics[f"mixture/{name}"] = losses.detach().mean()
             total = total + weight * losses
-        return total
+        return PairLossOut(total)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -307,13 +307,13 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
                             "batch token mean); the released code's mean log-prob also counts the first padding "
                             "position and its NLL skips every EOS (docs/family_trl.md)",
                             config={"prior": "none", "aggregation": "mean", "nll_weight": 1.0}))
-def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def orpo_loss(t: PairTerms, params: Params) -> PairLossOut:
     """The odds-ratio term of ORPO on the aggregated policy log-probs (the mean over response tokens in the
     preset: P = exp(ā) is the length-normalised sequence probability); its NLL term is the objective's
     ``nll_weight``. β plays the paper's λ and multiplies the log-sigmoid (it is not a temperature here)."""
     pw, pl = t.policy_chosen, t.policy_rejected
     log_odds = (pw - pl) - (log1mexp(pw) - log1mexp(pl))
-    return t.beta * nls(log_odds)
+    return PairLossOut(t.beta * nls(log_odds))
 
 
 @register("pair_loss", "repo", formula="max(0, −z)/β  (= max(0, γ/β − (h_w − h_l)) with a margin γ)",
@@ -326,12 +326,12 @@ def orpo_loss(t: PairTerms, params: Params) -> torch.Tensor:
                             "Gemma-2 0.4); the loss does not depend on β: β (2.5 as in that config) only scales "
                             "the logged rewards; reference-free",
                             {"prior": "none", "aggregation": "mean", "beta": 2.5, "gamma_beta_ratio": 0.6}))
-def repo_loss(t: PairTerms, params: Params) -> torch.Tensor:
+def repo_loss(t: PairTerms, params: Params) -> PairLossOut:
     """RePO: the ReLU max-margin loss, SimPO's limit β → ∞ (−log σ(z)/β → max(0, −z)/β). A pair whose margin
     already exceeds γ contributes nothing (and no gradient); the others get the same weight 1. Written on the
     combined logit divided by β, so that with ``gamma_beta_ratio`` = γ it is max(0, γ − (h_w − h_l)) whatever β is,
     as the released code computes ``relu(−(pi_logratios − gamma_beta_ratio))``."""
-    return torch.relu(-t.logits) / t.beta
+    return PairLossOut(torch.relu(-t.logits) / t.beta)
 
 
 def epsilon_steps(chosen, rejected) -> torch.Tensor:
@@ -375,7 +375,7 @@ class EpsilonDPOLoss(StatefulPart):
         self.beta_t = float(params["beta"])
         self.epsilon = float(params["edpo_epsilon"])
 
-    def __call__(self, t: PairTerms, params: Params) -> torch.Tensor:
+    def __call__(self, t: PairTerms, params: Params) -> PairLossOut:
         if t.sides is None:  # several rejected responses per pair: refused earlier (per-token inputs), kept safe here
             raise UnipoError("pair_loss=epsilon_dpo compares one chosen with one rejected response")
         chosen, rejected = t.sides
@@ -387,7 +387,7 @@ class EpsilonDPOLoss(StatefulPart):
         losses = nls(t.logits * (beta_i / t.beta))
         if self.training:
             self.beta_t = self.beta_t / (1.0 + self.epsilon * float(steps.mean()))
-        return losses
+        return PairLossOut(losses)
 
     def state_dict(self) -> dict[str, float]:
         return {"beta": self.beta_t}

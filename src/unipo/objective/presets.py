@@ -1,8 +1,13 @@
-"""Every named variant as a preset: a configuration of the objective's parts.
+"""Every named variant as a preset: a configuration of the objective's parts. This module is the presets' one home:
+:data:`PRESETS` holds every one of them.
 
-A preset only lists what differs from :data:`DEFAULT_PARTS` / the global parameter defaults. The
-formulas are the ones of ``docs/variants.md`` (and of the cited papers); the tests check each preset
-against its formula written out independently.
+A preset is declared once, as a :class:`~unipo.objective.registry.PresetSpec`, either in the table below (the
+presets that combine several parts or set parameters) or next to the part it is named after (``register(...,
+preset=PresetSpec(...))``: the part is implied). :func:`_collect` turns both into :class:`Preset` records, in
+that order, and refuses a name declared twice. A preset only lists what differs from :data:`DEFAULT_PARTS` / the
+global parameter defaults; a preset that changes exactly one part and gives no formula shows that part's formula
+(written once, on the part). The formulas are the ones of ``docs/variants.md`` (and of the cited papers); the tests
+check each preset against its formula written out independently.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from unipo.objective.registry import KINDS, PART_PRESETS, Param, parts
+from unipo.objective.registry import KINDS, PART_PRESETS, Param, PresetSpec, parts
 
 #: the plain DPO configuration that every preset starts from
 DEFAULT_PARTS: dict[str, str] = {
@@ -46,6 +51,9 @@ GLOBAL_PARAMS: dict[str, Any] = {k: p.default for k, p in GLOBAL_PARAM_SPECS.ite
 
 @dataclass(frozen=True)
 class Preset:
+    """A preset as the resolver reads it: the parts and the parameters it sets (split from its declaration's
+    ``config``), its formula, source and note."""
+
     name: str
     parts: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
@@ -54,13 +62,11 @@ class Preset:
     note: str = ""
 
 
-def _p(name: str, formula: str, source: str, note: str = "", **config: Any) -> Preset:
-    parts = {k: v for k, v in config.items() if k in DEFAULT_PARTS}
-    params = {k: v for k, v in config.items() if k not in DEFAULT_PARTS}
-    return Preset(name, parts, params, formula, source, note)
+def _p(name: str, formula: str, source: str, note: str = "", **config: Any) -> PresetSpec:
+    return PresetSpec(name, formula, source, note, config)
 
 
-_PRESETS = [
+_TABLE = [
     _p("dpo", "−log σ(βΔ)", "Rafailov et al. 2023, Eq. 7"),
     _p("reference_free", "−log σ(β(Σa(y_w) − Σa(y_l)))", "DPO paper's released code", prior="none"),
     _p("cdpo", "−(1−ε) log σ(βΔ) − ε log σ(−βΔ)", "Mitchell 2023 (conservative DPO)", pair_loss="cdpo"),
@@ -117,8 +123,7 @@ _PRESETS = [
        "open question of Tutnov et al. 2025; unipo's own construction",
        "g is a per-token log-prior offset from a small head over the reference's hidden states",
        prior="learned", prior_reg_weight=0.1),
-    _p("exo_pair", "σ(z)(log σ(z) − log(1−ε)) + σ(−z)(log σ(−z) − log ε)", "Ji et al. 2024 (EXO)",
-       pair_loss="exo_pair"),
+    _p("exo_pair", "", "Ji et al. 2024 (EXO)", pair_loss="exo_pair"),  # the formula: the part's
     _p("nca_pair", "−log σ(βρ_w) − ½ log σ(−βρ_w) − ½ log σ(−βρ_l)", "Chen et al. 2024 (NCA)",
        pair_loss="nca_pair"),
     _p("bco_pair", "−log σ(βρ_w) − log σ(−βρ_l)", "Jung et al. 2024 (BCO), TRL's pair form",
@@ -146,12 +151,31 @@ _PRESETS = [
 
 
 
-def _part_presets() -> list[Preset]:
-    """Presets declared next to their part (``register(..., preset=PresetSpec(...))``)."""
+def _record(spec: PresetSpec) -> Preset:
+    """The :class:`Preset` of a declaration; an empty formula is the formula of the one part it changes."""
+    parts_set = {k: v for k, v in spec.config.items() if k in DEFAULT_PARTS}
+    params = {k: v for k, v in spec.config.items() if k not in DEFAULT_PARTS}
+    formula = spec.formula
+    if not formula:
+        changed = [(kind, name) for kind, name in parts_set.items() if name != DEFAULT_PARTS[kind]]
+        if len(changed) != 1:
+            raise ValueError(f"preset {spec.name}: give its formula (it changes {len(changed)} parts, not one)")
+        formula = parts(changed[0][0])[changed[0][1]].formula
+    return Preset(spec.name, parts_set, params, formula, spec.source, spec.note)
+
+
+def _collect(table: list[PresetSpec]) -> dict[str, Preset]:
+    """Every preset: the table's, then those declared next to their part (in registration order)."""
     for kind in KINDS:
         parts(kind)  # loads every part module, which registers their presets
-    return [_p(spec.name, spec.formula, spec.source, spec.note, **{kind: name, **spec.config})
-            for kind, name, spec in PART_PRESETS]
+    declared = [*table, *(PresetSpec(spec.name, spec.formula, spec.source, spec.note,
+                                     {kind: name, **spec.config}) for kind, name, spec in PART_PRESETS)]
+    out: dict[str, Preset] = {}
+    for spec in declared:
+        if spec.name in out:
+            raise ValueError(f"preset {spec.name!r} is declared twice")
+        out[spec.name] = _record(spec)
+    return out
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS + _part_presets()}
+PRESETS: dict[str, Preset] = _collect(_TABLE)

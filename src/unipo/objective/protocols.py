@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
-from unipo.objective.sides import PairTerms, Side
+from unipo.objective.sides import PairLossOut, PairTerms, Side
 
 Params = Mapping[str, Any]
 Metrics = dict[str, torch.Tensor]
@@ -46,8 +46,9 @@ class KLTerm(Protocol):
 
 
 class PairLoss(Protocol):
-    def __call__(self, terms: PairTerms, params: Params) -> torch.Tensor:
-        """Per-pair losses ``[B]``."""
+    def __call__(self, terms: PairTerms, params: Params) -> PairLossOut:
+        """Per-pair losses ``[B]``, and the pairs selected when the loss selects pairs
+        (:class:`~unipo.objective.sides.PairLossOut`)."""
 
 
 class PairWeighting(Protocol):

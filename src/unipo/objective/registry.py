@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unipo.errors import ConfigError
+from unipo.objective.inputs import SIDE_INPUTS
 from unipo.objective.protocols import PROTOCOLS
 
 #: the part kinds in the order they act, with a one-line description each
@@ -42,23 +43,8 @@ KINDS: dict[str, str] = {
     "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
 }
 
-#: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
-SIDE_INPUTS: dict[str, str] = {
-    "ref_logps": "reference log-probabilities r_t of the response tokens",
-    "weights": "token weights ω_t (TIS-DPO weights from the data, SparsePO masks m^u from a token signal)",
-    "kl": "per-position KL between policy and reference over the vocabulary (direction: the KL part's)",
-    "kl_weights": "weights on the per-position KL (SparsePO masks m^d, from a token signal)",
-    "diff_mask": "BMC: 1 on tokens where the pseudo-winning and the losing response differ",
-    "prior_offsets": "learned prior: per-token offset g_t added to the reference log-prob (a token signal)",
-    "log_sum_sq_probs": "log Σ_v π_θ(v|x,y_<t)² of the policy's next-token distribution at each response position, "
-                        "no gradient (WPO's aligned weights; computed in the chunked LM head pass)",
-    "eps_plus_logps": "log-probs of the response tokens under the ε-perturbed policy "
-                      "log softmax((1 + ε)·z_θ − ε·z_ref) (the policy trained with β/(1 + ε)), no gradient "
-                      "(ε-DPO; from the policy's and the reference's logits at each position)",
-    "eps_minus_logps": "log-probs of the response tokens under log softmax((1 − ε)·z_θ + ε·z_ref) (the policy trained "
-                       "with β/(1 − ε)), no gradient (ε-DPO)",
-}
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
+#: the per-token inputs a part may read: :data:`unipo.objective.inputs.SIDE_INPUTS` (the one input table)
 #: the largest float32 magnitude: the objective computes in float32, where a larger parameter is inf
 FLOAT32_MAX = 3.4028234663852886e38
 
@@ -161,8 +147,10 @@ class Needs:
 
 @dataclass(frozen=True)
 class PresetSpec:
-    """A preset declared next to the part it is named after (see :func:`register`'s ``preset``): the other
-    parts and parameters it sets (the part itself is implied), its formula and source."""
+    """The declaration of a preset (a named variant): the parts and parameters it sets (``config``), its formula
+    and source. Declared either in the table of :mod:`unipo.objective.presets` or next to the part it is named after
+    (:func:`register`'s ``preset``; the part itself is then implied, and an empty ``formula`` is the part's own);
+    both kinds end up in the one table :data:`unipo.objective.presets.PRESETS`."""
 
     name: str
     formula: str
@@ -190,8 +178,31 @@ class StatefulPart:
 
 
 @dataclass(frozen=True)
+class PairLossTraits:
+    """What a pair loss reads and how it combines (pair losses only; every other part has the defaults).
+
+    - ``uses_logit``: it reads the combined logit z (margins and KL terms act on it);
+    - ``uses_scores``: it reads the sides' scores h (the link and the transforms act on them);
+    - ``uses_prior``: it reads the prior at all (ORPO does not: a reference or learned prior with it would be
+      computed and ignored);
+    - ``listwise``: it takes several rejected responses per pair (``PairTerms.groups``) and reduces each pair's
+      comparisons to one loss (:mod:`unipo.objective.listwise`);
+    - ``mixes``: it is a weighted mixture of other pair losses: the name of its ``weights`` parameter (name →
+      weight). A mapping given for the kind (``pair_loss: {sigmoid: 0.8, bco_pair: 0.2}``) selects it with those
+      weights.
+    """
+
+    uses_logit: bool = True
+    uses_scores: bool = True
+    uses_prior: bool = True
+    listwise: bool = False
+    mixes: str | None = None
+
+
+@dataclass(frozen=True)
 class Part:
-    """A registered part: a function plus what a user, a validator and the training layer need to know."""
+    """A registered part: a function plus what a user, a validator and the training layer need to know. Built by
+    :func:`register` (keywords only)."""
 
     kind: str
     name: str
@@ -200,21 +211,30 @@ class Part:
     formula: str = ""
     source: str = ""
     needs: Needs = field(default_factory=Needs)
-    #: for pair losses: whether the loss reads the combined logit (margins and KL terms act on it)
-    uses_logit: bool = True
-    #: for pair losses: whether the loss reads the sides' scores h (the link and the transforms act on them)
-    uses_scores: bool = True
     #: the no-op part of its kind (no KL term, no transform): nothing to combine with or to report
     neutral: bool = False
-    #: for pair losses: whether it takes several rejected responses per pair (``PairTerms.groups``) and
-    #: reduces each pair's comparisons to one loss (:mod:`unipo.objective.listwise`)
-    listwise: bool = False
-    #: for pair losses: whether the loss reads the prior at all (ORPO does not: a reference or learned prior with it
-    #: would be computed and ignored)
-    uses_prior: bool = True
-    #: a weighted mixture of other parts of its kind: the name of its ``weights`` parameter (name → weight). A
-    #: mapping given for the kind (``pair_loss: {sigmoid: 0.8, bco_pair: 0.2}``) selects this part with those weights
-    mixes: str | None = None
+    #: what a pair loss reads (defaults for every other kind)
+    traits: PairLossTraits = field(default_factory=PairLossTraits)
+
+    @property
+    def uses_logit(self) -> bool:
+        return self.traits.uses_logit
+
+    @property
+    def uses_scores(self) -> bool:
+        return self.traits.uses_scores
+
+    @property
+    def uses_prior(self) -> bool:
+        return self.traits.uses_prior
+
+    @property
+    def listwise(self) -> bool:
+        return self.traits.listwise
+
+    @property
+    def mixes(self) -> str | None:
+        return self.traits.mixes
 
     @property
     def stateful(self) -> bool:
@@ -253,19 +273,25 @@ def register(kind: str, name: str, *, params: dict[str, Param] | None = None, fo
              neutral: bool = False, preset: PresetSpec | None = None, listwise: bool = False,
              uses_prior: bool = True, mixes: str | None = None) -> Callable:
     """Decorator: register ``fn`` as part ``name`` of ``kind`` (its signature is the kind's protocol in
-    :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it."""
+    :mod:`unipo.objective.protocols`); ``preset`` also declares a named variant that uses it. ``uses_logit``,
+    ``uses_scores``, ``uses_prior``, ``listwise`` and ``mixes`` are a pair loss's :class:`PairLossTraits`."""
     if kind not in KINDS:
         raise KeyError(f"unknown part kind {kind!r}; kinds are {list(KINDS)}")
     specs = dict(params or {})
     bad = [k for k, v in specs.items() if not isinstance(v, Param)]
     if bad:
         raise TypeError(f"{kind}={name}: parameters {bad} must be declared as Param(default, ...)")
+    traits = PairLossTraits(uses_logit=uses_logit, uses_scores=uses_scores, uses_prior=uses_prior,
+                            listwise=listwise, mixes=mixes)
+    if kind != "pair_loss" and traits != PairLossTraits():
+        raise TypeError(f"{kind}={name}: uses_logit, uses_scores, uses_prior, listwise and mixes describe pair losses "
+                        f"only")
 
     def deco(fn: Callable) -> Callable:
         if name in _REGISTRY[kind]:
             raise KeyError(f"part {kind}={name} registered twice")
-        _REGISTRY[kind][name] = Part(kind, name, fn, specs, formula, source, needs or Needs(), uses_logit,
-                                     uses_scores, neutral, listwise, uses_prior, mixes)
+        _REGISTRY[kind][name] = Part(kind=kind, name=name, fn=fn, param_specs=specs, formula=formula, source=source,
+                                     needs=needs or Needs(), neutral=neutral, traits=traits)
         if preset is not None:
             PART_PRESETS.append((kind, name, preset))
         return fn

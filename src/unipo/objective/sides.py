@@ -1,60 +1,26 @@
 """The objective's typed inputs: everything known about the two responses of each pair.
 
 :class:`Side` holds one side's per-token tensors, :class:`ObjectiveInputs` the pair of them (what
-:meth:`unipo.objective.Objective.loss` takes), and :class:`PairTerms` what a pair loss receives.
+:meth:`unipo.objective.Objective.loss` takes), and :class:`PairTerms` what a pair loss receives. The optional fields
+of :class:`Side` and :class:`ObjectiveInputs` are built from the one input table, :data:`unipo.objective.inputs.INPUTS`
+(a field per input): an input is declared there, never here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, make_dataclass, replace
+from typing import Any
 
 import torch
 
 from unipo.errors import UnipoError
+from unipo.objective.inputs import KEYWORDS, PAIR_INPUTS, SIDE_NAMES, TOKEN_INPUTS, input_keywords
 
-SIDE_NAMES = ("chosen", "rejected")
-#: keyword of each optional per-token input in :func:`unipo.compute_loss`, by :class:`Side` field
-KEYWORDS = {
-    "ref_logps": "ref_{}_logps",
-    "weights": "{}_weights",
-    "kl": "{}_kl",
-    "kl_weights": "{}_kl_weights",
-    "diff_mask": "{}_diff_mask",
-    "prior_offsets": "{}_prior_offsets",
-    "log_sum_sq_probs": "{}_log_sum_sq_probs",
-    "eps_plus_logps": "{}_eps_plus_logps",
-    "eps_minus_logps": "{}_eps_minus_logps",
-}
+__all__ = ["KEYWORDS", "SIDE_NAMES", "ObjectiveInputs", "PairLossOut", "PairTerms", "Side"]
 
-
-@dataclass(frozen=True)
-class Side:
-    """Per-token tensors ``[B, T]`` (B pairs, T tokens) for the chosen or the rejected responses.
-
-    ``logps`` are the policy's log-probabilities a_t of the response tokens (with gradient), ``mask`` is True
-    on response tokens. The optional fields are read only by the parts that declare them in their
-    :class:`~unipo.objective.registry.Needs` (their meaning: :data:`unipo.objective.registry.SIDE_INPUTS`).
-    """
-
-    name: str  # "chosen" or "rejected"
-    logps: torch.Tensor
-    mask: torch.Tensor
-    ref_logps: torch.Tensor | None = None
-    weights: torch.Tensor | None = None  # token weights ω_t (TIS-DPO weights, SparsePO token masks m^u)
-    kl: torch.Tensor | None = None  # per-position KL (direction as the KL part declares)
-    kl_weights: torch.Tensor | None = None  # weights on the KL term (SparsePO m^d)
-    diff_mask: torch.Tensor | None = None  # BMC: 1 on tokens that differ from the other response
-    prior_offsets: torch.Tensor | None = None  # learned prior: per-token offset added to the reference
-    log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
-    eps_plus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 + ε) z_θ − ε z_ref)
-    eps_minus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 − ε) z_θ + ε z_ref)
-    #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's
-    #: shared length read its lengths (:attr:`other_lengths`)
-    partner_mask: torch.Tensor | None = None
-    #: each pair's identity ``[B]`` (long; set by the objective from :attr:`ObjectiveInputs.pair_ids`, not an input):
-    #: SamPO's draw is keyed by it
-    pair_ids: torch.Tensor | None = None
+class _SideMethods:
+    """The methods of :class:`Side` (its fields come from the input table)."""
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -69,48 +35,75 @@ class Side:
 
     def optional(self) -> dict[str, torch.Tensor | None]:
         """The optional per-token inputs by field name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in KEYWORDS}
+        return {name: getattr(self, name) for name in TOKEN_INPUTS}
 
 
-@dataclass(frozen=True)
-class ObjectiveInputs:
-    """The objective's inputs for one batch: one :class:`Side` per response, and optionally a weight per pair
-    (``[B]``, ≥ 0): the batch loss is then Σ w_i ℓ_i / Σ w_i instead of the mean.
+def _optional(names) -> list[tuple[str, str, Any]]:
+    return [(name, "torch.Tensor | None", field(default=None)) for name in names]
+
+
+Side = make_dataclass("Side", [
+    ("name", "str"),  # "chosen" or "rejected"
+    ("logps", "torch.Tensor"),
+    ("mask", "torch.Tensor"),
+    *_optional(TOKEN_INPUTS),
+    # the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's shared
+    # length read its lengths (other_lengths)
+    ("partner_mask", "torch.Tensor | None", field(default=None)),
+    # each pair's identity [B] (long; set by the objective from ObjectiveInputs.pair_ids, not an input): SamPO's draw
+    # is keyed by it
+    ("pair_ids", "torch.Tensor | None", field(default=None)),
+], bases=(_SideMethods,), frozen=True, namespace={"__module__": __name__, "__doc__": """\
+Per-token tensors ``[B, T]`` (B pairs, T tokens) for the chosen or the rejected responses.
+
+    ``name`` is ``chosen`` or ``rejected``; ``logps`` are the policy's log-probabilities a_t of the response tokens
+    (with gradient), ``mask`` is True on response tokens. The optional fields are the per-token inputs of
+    :data:`unipo.objective.inputs.INPUTS` (one field each, same name), read only by the parts that declare them in
+    their :class:`~unipo.objective.registry.Needs`. ``partner_mask`` (the other response's mask, for
+    :attr:`other_lengths`) and ``pair_ids`` (each pair's identity) are set by the objective, not inputs.
+    """})
+
+
+def _from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+                  chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **optional: torch.Tensor | None):
+    """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …,
+    ``pair_weights``): every keyword of :func:`~unipo.objective.inputs.input_keywords`."""
+    keywords = input_keywords()
+    unknown = set(optional) - set(keywords)
+    if unknown:
+        raise UnipoError(f"unknown inputs {sorted(unknown)}; allowed: {sorted(keywords)}")
+    per_side: dict[str, dict[str, Any]] = {"chosen": {}, "rejected": {}}
+    per_pair: dict[str, Any] = {}
+    for key, value in optional.items():
+        name, side = keywords[key]
+        (per_pair if side is None else per_side[side])[name] = value
+    return cls(Side("chosen", policy_chosen_logps, chosen_mask, **per_side["chosen"]),
+               Side("rejected", policy_rejected_logps, rejected_mask, **per_side["rejected"]), **per_pair)
+
+
+def _with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]):
+    """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
+    return replace(self, chosen=replace(self.chosen, **per_side.get("chosen", {})),
+                   rejected=replace(self.rejected, **per_side.get("rejected", {})))
+
+
+ObjectiveInputs = make_dataclass("ObjectiveInputs", [
+    ("chosen", "Side"),
+    ("rejected", "Side"),
+    *_optional(PAIR_INPUTS),
+], frozen=True, namespace={
+    "__module__": __name__, "from_tensors": classmethod(_from_tensors), "with_inputs": _with_inputs,
+    "__doc__": """\
+The objective's inputs for one batch: one :class:`Side` per response, and the per-pair inputs of
+    :data:`unipo.objective.inputs.INPUTS` (one field each): ``pair_weights`` (``[B]``, ≥ 0: the batch loss is then
+    Σ w_i ℓ_i / Σ w_i instead of the mean), ``rejected_pair`` and ``pair_ids``.
 
     Several rejected responses per pair (listwise, :mod:`unipo.objective.listwise`): ``rejected`` holds one
     row per rejected response (``[N, T]``, each pair's rows contiguous, in pair order) and ``rejected_pair``
     (long ``[N]``) the pair of each row; None means one rejected row per pair, row i for pair i.
 
     ``pair_ids`` (long ``[B]``): each pair's identity, its row in the dataset (``unipo train`` supplies it), read by
-    parts that draw at random per pair (SamPO); None: the pair's position in the batch."""
-
-    chosen: Side
-    rejected: Side
-    pair_weights: torch.Tensor | None = None
-    rejected_pair: torch.Tensor | None = None
-    pair_ids: torch.Tensor | None = None
-
-    @classmethod
-    def from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                     chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
-                     pair_weights: torch.Tensor | None = None, rejected_pair: torch.Tensor | None = None,
-                     pair_ids: torch.Tensor | None = None, **optional: torch.Tensor | None) -> ObjectiveInputs:
-        """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …)."""
-        allowed = {p.format(n) for p in KEYWORDS.values() for n in SIDE_NAMES}
-        unknown = set(optional) - allowed
-        if unknown:
-            raise UnipoError(f"unknown inputs {sorted(unknown)}; allowed: {sorted(allowed)}")
-        sides = {}
-        for name, logps, mask in (("chosen", policy_chosen_logps, chosen_mask),
-                                  ("rejected", policy_rejected_logps, rejected_mask)):
-            extra = {attr: optional.get(pattern.format(name)) for attr, pattern in KEYWORDS.items()}
-            sides[name] = Side(name, logps, mask, **extra)
-        return cls(sides["chosen"], sides["rejected"], pair_weights, rejected_pair, pair_ids)
-
-    def with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]) -> ObjectiveInputs:
-        """A copy with more optional inputs: ``{"chosen": {"weights": ...}, "rejected": {...}}``."""
-        return replace(self, chosen=replace(self.chosen, **per_side.get("chosen", {})),
-                       rejected=replace(self.rejected, **per_side.get("rejected", {})))
+    parts that draw at random per pair (SamPO); None: the pair's position in the batch."""})
 
 
 @dataclass(frozen=True)
@@ -135,3 +128,13 @@ class PairTerms:
     #: the two checked sides (per-token inputs zero on padding), for a pair loss that reads more than the scores
     #: (ε-DPO's perturbed log-probs); None with several rejected responses per pair
     sides: tuple[Side, Side] | None = None
+
+
+@dataclass(frozen=True)
+class PairLossOut:
+    """What a pair loss returns: ``losses`` ``[B]`` (one per pair, with gradient) and, for a pair loss that also
+    selects pairs (β-DPO's filtering), ``selected`` ``[B]`` in {0, 1}: the objective then weights each pair's loss
+    by it (:attr:`unipo.objective.LossOutput.pair_weights`); None keeps every pair."""
+
+    losses: torch.Tensor
+    selected: torch.Tensor | None = None

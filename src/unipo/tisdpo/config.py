@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from unipo.data.tokenize import ON_INVALID
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS
 from unipo.tisdpo.prompts import PROMPT_PAIRS
 from unipo.tisdpo.transform import EOS_CHOICES, PAPER_DEFAULTS, RANK_RANGE, RANK_TIES, TRANSFORMS
 
 DTYPES = ("float32", "bfloat16", "float16")
-ON_INVALID = ("error", "skip")
 
 
 @dataclass

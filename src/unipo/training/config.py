@@ -22,7 +22,9 @@ import yaml
 
 from unipo.data.bmc_align import ALIGNMENTS as BMC_ALIGNMENTS
 from unipo.data.bmc_align import EXEMPTIONS as BMC_EXEMPTIONS
+from unipo.data.tokenize import ON_INVALID, TRUNCATION_MODES
 from unipo.errors import ConfigError
+from unipo.objective.config import with_beta
 from unipo.training.rundir import RunDir
 from unipo.training.values import (
     AT_LEAST_1,
@@ -38,8 +40,6 @@ from unipo.training.values import (
 
 REFERENCE_MODES = ("auto", "copy", "adapter", "precomputed", "none")
 PRECISIONS = ("auto", "bf16", "fp32")
-TRUNCATION_MODES = ("keep_end", "keep_start")
-ON_INVALID = ("error", "skip")
 #: TR-DPO reference updates and BEMA (training/ref_sync.py)
 REF_SYNC = ("none", "soft", "hard", "bema")
 #: the keys of ref_sync_bema (TRL's BEMACallback arguments; ref_sync_steps is its ref_model_update_freq)
@@ -95,7 +95,8 @@ class TrainConfig:
         "help": "the objective: a preset name (see `unipo variants`) or a mapping {preset: ..., PART: ..., "
                 "PARAM: ...}, on the command line as YAML, e.g. '{preset: simpo, link: js}'"})
     beta: float | None = field(default=None, metadata={
-        "help": "shortcut for the objective's beta (null: the preset's)"})
+        "help": "shortcut for the variant's beta (null: the variant's, else the preset's); a different beta inside "
+                "the variant is refused"})
     output_dir: str = field(default="runs/unipo", metadata={
         "help": f"run directory: model, {RunDir.CONFIG}, metrics, plots and checkpoints"})
     # optimisation
@@ -276,6 +277,7 @@ class TrainConfig:
         if not isinstance(self.variant, str | dict) or not self.variant:
             raise ConfigError(f"{source}: variant must be a preset name or a mapping {{preset: ..., ...}}, "
                               f"got {self.variant!r}")
+        with_beta(self.variant, self.beta, source=f"{source}: beta")
         self._validate_lora(source)
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
             raise ConfigError(f"{source}: max_prompt_length ({self.max_prompt_length}) must be smaller than "
@@ -375,11 +377,13 @@ class TrainConfig:
         alpha = 1.0 if self.ref_sync == "hard" else float(self.ref_sync_alpha or REF_SYNC_ALPHA)
         return alpha, int(self.ref_sync_steps or REF_SYNC_STEPS)
 
-    def objective_spec(self) -> dict[str, Any]:
-        spec = dict(self.variant) if isinstance(self.variant, dict) else {"preset": self.variant}
-        if self.beta is not None:
-            spec["beta"] = self.beta
-        return spec
+    def variant_spec(self) -> dict[str, Any]:
+        """The variant as a mapping with ``beta`` merged in (one rule, :func:`unipo.objective.config.with_beta`:
+        ``beta`` and a β inside the variant that differ are refused)."""
+        return with_beta(self.variant, self.beta, source="beta")
+
+    #: the former name of :meth:`variant_spec`
+    objective_spec = variant_spec
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,8 +21,10 @@ from unipo.errors import ConfigError, UnipoError
 from unipo.io.atomic import atomic_path
 from unipo.layout import PackedBatch, Sides, gather_side
 from unipo.models.forward import ReferenceOutputs, hidden_states, response_logps, unwrap
+from unipo.training.config import REFERENCE_MODES as CONFIG_REFERENCE_MODES
 
-REFERENCE_MODES = ("copy", "adapter", "precomputed", "none")
+#: the reference modes a run resolves to (TrainConfig's choices without "auto")
+REFERENCE_MODES = tuple(mode for mode in CONFIG_REFERENCE_MODES if mode != "auto")
 
 
 def _adapter_disabled(model: torch.nn.Module):

@@ -11,34 +11,44 @@ from collections.abc import Mapping
 
 import torch
 
-from unipo.layout import PackedBatch
+from unipo.layout import PackedBatch, SideLayout
 from unipo.models.forward import ForwardOutput, ReferenceOutputs, response_logps
 from unipo.models.signals import SignalOutput
 from unipo.objective import LossOutput, Objective
+from unipo.objective.inputs import PAIR_INPUTS, TOKEN_INPUTS, InputSpec
 from unipo.objective.sides import ObjectiveInputs, Side
 from unipo.training.reference import Reference
 
 
+def _produced(spec: InputSpec, name: str, layout: SideLayout, reference: ReferenceOutputs, policy: ForwardOutput,
+              signal: SignalOutput | None) -> torch.Tensor | None:
+    """Side ``name``'s value of a per-token input, from its producers in the input table (the last one that
+    gives a value wins: a token signal over the data's column)."""
+    value = None
+    for producer in spec.producers:
+        if producer.source == "data":
+            found = getattr(layout, producer.attribute)
+        elif producer.source == "signal":
+            found = signal.inputs.get(name, {}).get(spec.name) if signal is not None else None
+        else:  # per-side outputs of a model pass
+            sides = getattr(reference if producer.source == "reference" else policy, producer.attribute)
+            found = sides[name] if sides is not None else None
+        value = found if found is not None else value
+    return value
+
+
 def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: ForwardOutput,
                      signal: SignalOutput | None = None) -> ObjectiveInputs:
-    """Assemble the objective's inputs: the policy's log-probs and masks, the reference's log-probs, the
-    per-position KL, the batch's per-token data columns (token weights, BMC diff masks) and what the token
-    signal produced."""
+    """Assemble the objective's inputs: the policy's log-probs and masks, then every input of the input table
+    (:data:`unipo.objective.inputs.INPUTS`) from its producer: the reference's log-probs, the policy pass's
+    per-position KL and statistics, the batch's per-token data columns (token weights, BMC diff masks) and per-pair
+    columns, and what the token signal produced."""
     sides = {}
     for name, layout in batch.sides.items():
-        fields = {
-            "ref_logps": reference.logps[name] if reference.logps is not None else None,
-            "kl": policy.kl[name] if policy.kl is not None else None,
-            "weights": layout.weights,
-            "diff_mask": layout.diff_mask,
-            "log_sum_sq_probs": policy.log_sum_sq[name] if policy.log_sum_sq is not None else None,
-            "eps_plus_logps": policy.eps_plus[name] if policy.eps_plus is not None else None,
-            "eps_minus_logps": policy.eps_minus[name] if policy.eps_minus is not None else None,
-            **(signal.inputs.get(name, {}) if signal is not None else {}),
-        }
+        fields = {spec.name: _produced(spec, name, layout, reference, policy, signal) for spec in TOKEN_INPUTS.values()}
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
-    return ObjectiveInputs(sides["chosen"], sides["rejected"], batch.pair_weights, batch.rejected_pair,
-                           pair_ids=batch.index)
+    per_pair = {spec.name: getattr(batch, spec.producers[0].attribute) for spec in PAIR_INPUTS.values()}
+    return ObjectiveInputs(sides["chosen"], sides["rejected"], **per_pair)
 
 
 def preference_step(policy: torch.nn.Module, reference: Reference, batch: PackedBatch | Mapping[str, torch.Tensor],

@@ -1,0 +1,125 @@
+"""unipo.objective.core: what every objective guarantees: no gradient into the reference, TRL's metric names,
+finite values at extreme log-ratios, padding never read, clear errors for missing inputs and empty responses,
+and no transformers import.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import unipo
+from tests.objective.helpers import (
+    S,
+    make_batch,
+    quantities,
+    run,
+)
+from unipo.errors import UnipoError
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_reference_never_gets_gradient_from_the_objective():
+    """The objective treats the reference log-probs as constants: even a reference tensor that carries
+    gradient (a model layer that forgot ``no_grad``) receives none, while the policy gets gradient on every
+    response token. (On a model: test_token_level_training.py::test_no_gradient_into_the_reference.)"""
+    d = make_batch()
+    for k in ("r_w", "r_l"):
+        d[k].requires_grad_(True)
+    out = run("dpo", d)
+    grads = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"], d["r_w"], d["r_l"]], allow_unused=True)
+    ga_w, ga_l, gr_w, gr_l = grads
+    assert gr_w is None and gr_l is None
+    for ga, m in ((ga_w, d["m_w"]), (ga_l, d["m_l"])):
+        assert ga[m.bool()].abs().min() > 0
+        assert torch.all(ga[~m.bool()] == 0)
+
+    for variant in ("simpo", "reference_free"):  # a constant prior: the reference is never read
+        d = make_batch()
+        d["r_w"].requires_grad_(True)
+        d["r_l"].requires_grad_(True)
+        out = run(variant, d)
+        assert torch.autograd.grad(out.losses.sum(), [d["r_w"], d["r_l"]], allow_unused=True) == (None, None)
+
+    # BMC with reference weighting reads the reference as a weight too: still no gradient into it
+    d = make_batch(seed=5)
+    d["r_w"].requires_grad_(True)
+    out = run("bmc", d, bmc_reference_weighting=True)
+    assert torch.autograd.grad(out.losses.sum(), [d["r_w"]], allow_unused=True) == (None,)
+
+
+def test_metrics_are_trl_style():
+    d = make_batch()
+    out = run("dpo", d)
+    rw, rl, _, _ = quantities(d)
+    m = out.metrics
+    torch.testing.assert_close(m["rewards/chosen"].double(), (0.1 * rw).mean().detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m["rewards/margins"].double(), (0.1 * (rw - rl)).mean().detach(), rtol=1e-5,
+                               atol=1e-6)
+    assert m["rewards/accuracies"].item() == pytest.approx((rw > rl).double().mean().item())
+    torch.testing.assert_close(m["logps/chosen"].double(), S(d["a_w"], d["m_w"]).mean().detach(), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", [v for v in unipo.variants()])
+@pytest.mark.parametrize("magnitude", [1e4, -1e4])
+def test_extreme_log_ratios_are_finite(variant, dtype, magnitude):
+    """Sequence log-ratios of ±10,000 and a one-token response: finite losses and gradients."""
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=dtype)
+    a_w = torch.full((2, 3), magnitude / 3, dtype=dtype, requires_grad=True)
+    a_l = torch.full((2, 3), -magnitude / 3, dtype=dtype, requires_grad=True)
+    zeros = torch.zeros(2, 3, dtype=dtype)
+    kw = dict(policy_chosen_logps=a_w, policy_rejected_logps=a_l, chosen_mask=mask, rejected_mask=mask,
+              ref_chosen_logps=zeros, ref_rejected_logps=zeros, chosen_weights=torch.ones_like(zeros),
+              rejected_weights=torch.ones_like(zeros), chosen_kl=torch.ones_like(zeros),
+              rejected_kl=torch.ones_like(zeros), chosen_diff_mask=torch.ones_like(zeros),
+              rejected_diff_mask=torch.ones_like(zeros), chosen_prior_offsets=zeros, rejected_prior_offsets=zeros,
+              chosen_log_sum_sq_probs=zeros, rejected_log_sum_sq_probs=zeros,
+              chosen_eps_plus_logps=a_w.detach() * 1.01, rejected_eps_plus_logps=a_l.detach() * 1.01,
+              chosen_eps_minus_logps=a_w.detach() * 0.99, rejected_eps_minus_logps=a_l.detach() * 0.99)
+    out = unipo.compute_loss(variant, **kw)
+    assert torch.isfinite(out.losses).all(), out.losses
+    ga, gb = torch.autograd.grad(out.losses.sum(), [a_w, a_l])
+    assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+
+
+def test_zero_token_response_is_a_clear_error():
+    d = make_batch()
+    d["m_l"][2] = 0
+    with pytest.raises(UnipoError, match="zero tokens at batch index \\[2\\]"):
+        run("dpo", d)
+
+
+def test_missing_input_is_named():
+    d = make_batch()
+    with pytest.raises(UnipoError, match="weights=bmc needs the input 'chosen_diff_mask'"):
+        unipo.compute_loss("bmc", policy_chosen_logps=d["a_w"], policy_rejected_logps=d["a_l"],
+                           chosen_mask=d["m_w"], rejected_mask=d["m_l"], ref_chosen_logps=d["r_w"],
+                           ref_rejected_logps=d["r_l"])
+
+
+def test_objective_module_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, unipo; unipo.variants(); unipo.resolve('tdpo2'); print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("variant", ["tdpo1", "tdpo2", "sparsepo", "tisdpo", "tisdpo_nokl", "bmc", "dpo", "simpo"])
+@pytest.mark.parametrize("junk", [float("nan"), float("-inf")])
+def test_junk_in_padding_never_reaches_loss_or_gradient(variant, junk):
+    d = make_batch()
+    clean = run(variant, d).losses.detach()
+    for k in ("w_w", "w_l", "k_w", "k_l", "r_w", "r_l"):
+        m = d["m_w"] if k.endswith("w") else d["m_l"]
+        d[k] = torch.where(m.bool(), d[k], torch.full_like(d[k], junk))
+    with torch.no_grad():
+        d["a_w"].copy_(torch.where(d["m_w"].bool(), d["a_w"], torch.full_like(d["a_w"], junk)))
+    out = run(variant, d)
+    torch.testing.assert_close(out.losses.detach(), clean)
+    g = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"]])
+    assert all(torch.isfinite(x).all() for x in g)
