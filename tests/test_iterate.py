@@ -190,6 +190,52 @@ def test_implicit_reward_is_beta_times_the_log_ratio_by_hand(tiny_model_dir, tmp
             assert g.score == pytest.approx(want.item(), abs=1e-4)
 
 
+def _count_tokens(model) -> tuple[list[int], object]:
+    """A counter of the token positions that enter ``model`` (a pre-hook on its input embeddings)."""
+    seen = [0]
+    handle = model.get_input_embeddings().register_forward_pre_hook(lambda mod, args: seen.__setitem__(
+        0, seen[0] + args[0].numel()))
+    return seen, handle
+
+
+@pytest.mark.integration
+def test_implicit_labels_with_shared_prompts_equal_per_sample_scores_and_compute_each_prompt_once(
+        tiny_model_dir, tmp_path):
+    """K = 3 samples of 2 prompts in float64: DICE's β·(log π − log π_ref) of every sample equals the one-row-
+    per-sample ground truth (:func:`tests.helpers.naive_logps`), and the tokens through each model are
+    Σ_i P_i + Σ R (each prompt once) where the per-sample path feeds K·Σ_i P_i + Σ R (counted by a hook)."""
+    from transformers import AutoModelForCausalLM
+
+    from unipo.eval.generation import score_responses
+    from unipo.iterate.labels import ImplicitLabeller, LabelBatch
+    from unipo.testing import make_tiny_model
+
+    pol = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    ref = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "ref", seed=1), dtype=torch.float64).eval()
+    k, prompts = 3, [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16]]
+    g = torch.Generator().manual_seed(0)
+    responses = [torch.randint(20, 60, (4,), generator=g).tolist() for _ in range(k * len(prompts))]
+    flat_p = [p for p in prompts for _ in range(k)]
+    lab = ImplicitLabeller(beta=0.5, batch_size=k)
+    lab.set_models(pol, ref, tokenizer=None)
+    counters = [_count_tokens(m) for m in (pol, ref)]
+    got = lab.label(LabelBatch(["a"] * len(flat_p), flat_p, [""] * len(flat_p), responses))
+    shared = [c[0][0] for c in counters]
+    for seen, _ in counters:
+        seen[0] = 0
+    score_responses(pol, None, flat_p, responses, batch_size=1, shared_prompt=False)
+    per_sample = counters[0][0][0]
+    for _, handle in counters:
+        handle.remove()
+    n_resp, n_prompt = sum(map(len, responses)), sum(map(len, prompts))
+    assert shared == [n_prompt + n_resp] * 2
+    assert per_sample == k * n_prompt + n_resp
+    with torch.no_grad():
+        for p, r, lab_ in zip(flat_p, responses, got, strict=True):
+            want = 0.5 * (naive_logps(pol, p, r).sum() - naive_logps(ref, p, r).sum())
+            assert lab_.score == pytest.approx(want.item(), abs=1e-6)
+
+
 @pytest.mark.integration
 def test_judge_ratings_come_from_the_server_and_an_unreachable_judge_fails_the_check(tiny_model_dir):
     from tests.chat_server import ChatServer

@@ -220,54 +220,85 @@ class ResponseScores:
 @torch.no_grad()
 def score_responses(
     model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-    batch_size: int = 8,
+    batch_size: int = 8, shared_prompt: bool = True,
 ) -> ResponseScores:
     """Teacher-forced log-probabilities and predictive entropies of ``responses[n]`` given ``prompts[n]``.
 
-    One forward pass per batch of prompt+response sequences of similar length, right-padded (causal
-    attention: real tokens never see the padding). Log-softmax is taken in float32, only at response positions, one
-    row at a time, so the full (batch, length, vocabulary) float32 tensor is never materialised.
+    ``shared_prompt`` (the default, where :func:`unipo.models.shared_prompt.is_supported`): the responses of
+    one prompt share one sequence ``[prompt | y_1 | … | y_K]`` and the prompt is computed once
+    (:mod:`unipo.models.shared_prompt`); a forward holds at most ``batch_size`` responses. Otherwise one forward
+    pass per batch of prompt+response sequences of similar length, right-padded (causal attention: real tokens
+    never see the padding). Log-softmax is taken in float32, only at response positions, so the full (batch,
+    length, vocabulary) float32 tensor is never materialised. Both give the same values up to float rounding.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if any(len(p) == 0 for p, r in zip(prompts, responses, strict=True) if len(r)):
+        raise ValueError("empty prompt: a prompt needs at least one token")
     was_training = getattr(model, "training", False)
     model.eval()
-    device = _device(model)
-    pad = _pad_id(tokenizer, eos_token_ids(model, tokenizer))
     n = len(responses)
     t_max = max((len(r) for r in responses), default=0)
-    logps = torch.zeros((n, t_max), dtype=torch.float32)
-    ents = torch.zeros((n, t_max), dtype=torch.float32)
-    mask = torch.zeros((n, t_max), dtype=torch.float32)
-    # batches of similar total length (longest first), so little of each forward pass is padding
-    order = sorted(range(n), key=lambda k: -(len(prompts[k]) + len(responses[k])))
+    out = ResponseScores(*(torch.zeros((n, t_max), dtype=torch.float32) for _ in range(3)))
+    from unipo.models.shared_prompt import is_supported
+
+    score = _score_shared if shared_prompt and is_supported(model) else _score_rows
     try:
-        for start in tqdm(range(0, n, batch_size), desc="scoring samples", leave=False, disable=None):
-            idx = [k for k in order[start:start + batch_size] if len(responses[k]) > 0]
-            if not idx:
-                continue
-            seqs = [list(prompts[k]) + list(responses[k]) for k in idx]
-            if any(len(prompts[k]) == 0 for k in idx):
-                raise ValueError("empty prompt: a prompt needs at least one token")
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            att = torch.zeros((len(seqs), width), dtype=torch.long)
-            for b, s in enumerate(seqs):
-                ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
-                att[b, :len(s)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits
-            for b, k in enumerate(idx):
-                p_len, r_len = len(prompts[k]), len(responses[k])
-                row = torch.log_softmax(logits[b, p_len - 1:p_len + r_len - 1].float(), dim=-1)
-                target = torch.tensor(list(responses[k]), dtype=torch.long, device=row.device)
-                logps[k, :r_len] = row.gather(-1, target[:, None])[:, 0].cpu()
-                ents[k, :r_len] = (-(row.exp() * row).sum(-1)).cpu()
-                mask[k, :r_len] = 1.0
-            del logits
+        score(model, _pad_id(tokenizer, eos_token_ids(model, tokenizer)), prompts, responses, batch_size, out)
     finally:
         if was_training:
             model.train()
-    return ResponseScores(logps=logps, entropies=ents, mask=mask)
+    return out
+
+
+def _score_shared(model: Any, pad: int, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                  batch_size: int, out: ResponseScores) -> None:
+    """:func:`score_responses` with one sequence per prompt: groups (longest first) into forwards of at most
+    ``batch_size`` responses."""
+    from unipo.models.shared_prompt import group_by_prompt, score_groups
+
+    groups = group_by_prompt(prompts, responses, batch_size)
+    groups.sort(key=lambda g: -(len(g.prompt) + sum(len(responses[k]) for k in g.members)))
+    chunks: list[list[Any]] = []
+    for g in groups:
+        if not chunks or sum(len(c.members) for c in chunks[-1]) + len(g.members) > batch_size:
+            chunks.append([])
+        chunks[-1].append(g)
+    device = _device(model)
+    for chunk in tqdm(chunks, desc="scoring samples", leave=False, disable=None):
+        members = [k for g in chunk for k in g.members]
+        for k, (lp, ent) in zip(members, score_groups(model, chunk, responses, pad, device), strict=True):
+            out.logps[k, :len(lp)], out.entropies[k, :len(lp)], out.mask[k, :len(lp)] = lp, ent, 1.0
+
+
+def _score_rows(model: Any, pad: int, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                batch_size: int, out: ResponseScores) -> None:
+    """:func:`score_responses` with one ``[prompt | response]`` row per response (the prompt K times)."""
+    device = _device(model)
+    n = len(responses)
+    logps, ents, mask = out.logps, out.entropies, out.mask
+    # batches of similar total length (longest first), so little of each forward pass is padding
+    order = sorted(range(n), key=lambda k: -(len(prompts[k]) + len(responses[k])))
+    for start in tqdm(range(0, n, batch_size), desc="scoring samples", leave=False, disable=None):
+        idx = [k for k in order[start:start + batch_size] if len(responses[k]) > 0]
+        if not idx:
+            continue
+        seqs = [list(prompts[k]) + list(responses[k]) for k in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        att = torch.zeros((len(seqs), width), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            ids[b, :len(s)] = torch.tensor(s, dtype=torch.long)
+            att[b, :len(s)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=att.to(device), use_cache=False).logits
+        for b, k in enumerate(idx):
+            p_len, r_len = len(prompts[k]), len(responses[k])
+            row = torch.log_softmax(logits[b, p_len - 1:p_len + r_len - 1].float(), dim=-1)
+            target = torch.tensor(list(responses[k]), dtype=torch.long, device=row.device)
+            logps[k, :r_len] = row.gather(-1, target[:, None])[:, 0].cpu()
+            ents[k, :r_len] = (-(row.exp() * row).sum(-1)).cpu()
+            mask[k, :r_len] = 1.0
+        del logits
 
 
 def _strip_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
