@@ -66,6 +66,7 @@ RANGES: dict[str, Range] = {
     "eval_fraction": FRACTION, "ref_sync_alpha": Range(0, 1, lo_open=True), "ref_sync_steps": AT_LEAST_1,
     "chunk_size": AT_LEAST_1, "logging_steps": AT_LEAST_1, "eval_steps": AT_LEAST_1, "save_steps": AT_LEAST_1,
     "save_total_limit": AT_LEAST_1, "nan_skip_limit": AT_LEAST_1, "data_num_proc": AT_LEAST_1,
+    "stream_buffer": Range(0, INT_MAX),
 }
 #: the keys of ``lora`` (unipo.models.loading.apply_lora): type and range of each
 LORA_KEYS: dict[str, tuple[Any, Range | None]] = {
@@ -142,6 +143,12 @@ class TrainConfig:
     data_num_proc: int | None = field(default=None, metadata={
         "help": "worker processes that tokenise the data (null: the cores available; 1: none); the prepared "
                 "pairs are the same for every value, and cached (docs/data.md)"})
+    data_streaming: bool = field(default=False, metadata={
+        "help": "read and tokenise the training data as it is consumed, with no disk cache (data larger than the "
+                "cache should hold; a local file or a Hub dataset): needs max_steps, shuffles only within "
+                "stream_buffer pairs, no eval_fraction (docs/data.md, Streaming)"})
+    stream_buffer: int = field(default=10_000, metadata={
+        "help": "data_streaming: pairs in the shuffle buffer (0: the file's order)"})
     bmc_alignment: str = field(default="levenshtein", metadata={
         "help": "BMC diff masks: how the two responses are aligned: levenshtein (the paper's minimal edit "
                 "distance) or difflib (the released code's SequenceMatcher over the padded prompt + response rows)",
@@ -295,6 +302,19 @@ class TrainConfig:
                               f"hub kernel (org/name) or null, got {attn!r}")
         self._validate_report_to(source)
         self._validate_ref_sync(source)
+        self._validate_streaming(source)
+
+    def _validate_streaming(self, source: str) -> None:
+        """``data_streaming`` has no length to count epochs or hold out pairs by, nor a table to precompute into."""
+        if not self.data_streaming:
+            return
+        for bad, why in ((self.max_steps < 1, "max_steps (a stream has no length to count epochs by)"),
+                         (self.eval_fraction > 0, "eval_data instead of eval_fraction (a stream cannot hold out "
+                                                  "a share of pairs)"),
+                         (self.reference == "precomputed", "a reference other than precomputed (it writes the "
+                                                           "reference's log-probs into every prepared pair)")):
+            if bad:
+                raise ConfigError(f"{source}: data_streaming needs {why}")
 
     def _validate_lora(self, source: str) -> None:
         """``lora``: null or a mapping of the keys apply_lora takes, each of its type and range."""

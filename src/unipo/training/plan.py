@@ -161,6 +161,18 @@ class DataSettings:
         return dataclasses.replace(defaults, **{f.name: training[f.name] for f in dataclasses.fields(cls)
                                                 if f.name in training})
 
+    def options(self, limit: int | None, weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
+                counted_in: str = RunDir.DATA_SUMMARY):
+        """The :class:`~unipo.data.tokenize.PrepOptions` of these settings (for the cache and for streaming)."""
+        from unipo.data.tokenize import PrepOptions
+
+        return PrepOptions(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
+                           truncation_mode=self.truncation_mode, bmc_masks=diff_masks,
+                           bmc_alignment=self.bmc_alignment, bmc_exempt=self.bmc_exempt,
+                           weights_columns=weights_columns, limit=limit, on_invalid=self.on_invalid,
+                           pair_weight_column=self.weight_column, invalid_counted_in=counted_in,
+                           num_proc=self.data_num_proc)
+
     def check(self, source: str = "config") -> None:
         """TrainConfig's rule on the lengths (for settings changed after the run: ``unipo eval --max-length``)."""
         if self.max_prompt_length is not None and self.max_prompt_length >= self.max_length:
@@ -179,15 +191,8 @@ def prepare_data(settings: DataSettings, tokenizer, source: str, limit: int | No
     data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
     the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
     from unipo.data.cache import prepared_table
-    from unipo.data.tokenize import PrepOptions
 
-    s = settings
-    options = PrepOptions(max_length=s.max_length, max_prompt_length=s.max_prompt_length,
-                          truncation_mode=s.truncation_mode, bmc_masks=diff_masks,
-                          bmc_alignment=s.bmc_alignment, bmc_exempt=s.bmc_exempt,
-                          weights_columns=weights_columns, limit=limit, on_invalid=s.on_invalid,
-                          pair_weight_column=s.weight_column, invalid_counted_in=counted_in,
-                          num_proc=s.data_num_proc)
+    options = settings.options(limit, weights_columns, diff_masks, counted_in)
     table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
     if not len(table):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from unipo.errors import ConfigError, UnipoError
 from unipo.io.console import log, progress_bars
@@ -76,8 +77,17 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     settings = DataSettings.of(cfg)
     columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
                "materialize": plan.reference == "precomputed"}
-    train_rows, summary = prepare_data(settings, tokenizer, cfg.data, cfg.limit, **columns)
-    check_listwise_rows(plan.objective, train_rows, cfg.data)
+    if cfg.data_streaming:  # read and tokenised as training consumes it (data/stream.py); eval_data prepared
+        from unipo.data.stream import open_stream
+
+        train_rows = open_stream(cfg.data, tokenizer, settings.options(cfg.limit, plan.weights_columns,
+                                                                       plan.diff_masks),
+                                 buffer_size=cfg.stream_buffer, seed=cfg.seed,
+                                 listwise_refusal=plan.objective.listwise_refusal(), log=log)
+        summary = train_rows.summary
+    else:
+        train_rows, summary = prepare_data(settings, tokenizer, cfg.data, cfg.limit, **columns)
+        check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
     if cfg.eval_data:
         eval_rows, _ = prepare_data(settings, tokenizer, cfg.eval_data, cfg.eval_limit, **columns)
@@ -186,7 +196,8 @@ def build_trainer(plan: TrainingPlan, models: RunModels, data: RunData, callback
         logging_nan_inf_filter=False,  # a NaN loss is logged as nan (Trainer's filter made it 0 or a past mean)
     )
     return PreferenceTrainer(
-        model=models.policy, args=args, train_dataset=PairsDataset(data.train),
+        model=models.policy, args=args,
+        train_dataset=data.train if isinstance(data.train, IterableDataset) else PairsDataset(data.train),
         eval_dataset=PairsDataset(data.eval) if data.eval else None, data_collator=models.collate,
         processing_class=models.tokenizer, objective=plan.objective, ref_model=models.ref_model,
         reference_mode=plan.reference, chunk_size=cfg.chunk_size,
@@ -300,7 +311,7 @@ def _run(plan: TrainingPlan, model_path: str, callbacks) -> TrainResult:
     data = load_data(plan, tokenizer)
     models = load_models(plan, model_path, tokenizer, data)
     log(f"model {model_path} · variant {plan.objective.config.name} · reference {plan.reference} · precision "
-        f"{models.precision} · {len(data.train)} training pairs"
+        f"{models.precision} · {len(data.train) if hasattr(data.train, '__len__') else 'streamed'} training pairs"
         + (f", {len(data.eval)} eval pairs" if data.eval else ""))
     resolved = plan.resolved()
     trainer = build_trainer(plan, models, data, [CheckpointConfigCallback(resolved), *callbacks])
