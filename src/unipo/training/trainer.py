@@ -32,6 +32,28 @@ from unipo.training.step import preference_step
 OBJECTIVE_STATE = RunDir.OBJECTIVE_STATE
 
 
+class CompactRandomSampler(torch.utils.data.Sampler[int]):
+    """The order of accelerate's ``SeedableRandomSampler`` (the one Trainer's default ``RandomSampler`` becomes):
+    epoch e is ``torch.randperm(n)`` from a generator seeded with ``seed + e``, kept as a numpy array (8 bytes a
+    pair) rather than a Python list of n ints (about 36 bytes a pair, 36 MB at a million pairs, which would
+    grow memory with the data). Not a ``RandomSampler``, so accelerate uses it as it is."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        yield from map(int, torch.randperm(self.n, generator=g).numpy())
+        self.epoch += 1  # as SeedableRandomSampler: the next pass is the next epoch unless set_epoch says
+
+
 class PreferenceTrainer(Trainer):
     def __init__(self, *args, objective: Objective, ref_model: torch.nn.Module | None = None,
                  reference_mode: str = "copy", chunk_size: int = 1024, head_dtype: torch.dtype | None = None,
@@ -215,6 +237,16 @@ class PreferenceTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self._step_losses.append(loss.detach())
         return loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Trainer's sampler; its default ``RandomSampler`` (which accelerate makes a ``SeedableRandomSampler``
+        seeded with ``data_seed``) as :class:`CompactRandomSampler`, the same order without a list of every index."""
+        sampler = super()._get_train_sampler(train_dataset)
+        seedable = self.accelerator.dataloader_config.use_seedable_sampler
+        if type(sampler) is torch.utils.data.RandomSampler and seedable and self.args.data_seed is not None \
+                and not sampler.replacement:
+            return CompactRandomSampler(len(sampler.data_source), self.args.data_seed)
+        return sampler
 
     def _get_grad_norm(self, model, grad_norm=None):
         """Trainer's gradient norm (after clipping computed it), then the guard's decision, taken alike by every
