@@ -1,15 +1,15 @@
 """Time to first step and peak memory of `unipo train --max-steps 2` at 20k, 200k and 1M pairs (first run, then a
 second run on the same data: the cache hit).
 
-    .venv/bin/python bench/scale.py                                   # 20k, 200k, 1M pairs, the built-in SmolLM2
+    .venv/bin/python bench/scale.py --source hh-rlhf-harmless-base-test.jsonl.gz   # 20k, 200k, 1M pairs, SmolLM2
     .venv/bin/python bench/scale.py --pairs 20000 200000 --out /tmp/scale
     .venv/bin/python bench/scale.py --pairs 300 --model tests-tiny     # seconds: the tiny test model (a smoke test)
 
-For each N the data is synthesised by ``bench/synth_pairs.py`` (``--source``: the HH rows it varies; default the
-full HH-RLHF harmless-base test file in /work/shared/data when it exists, else the committed 200-row slice),
-unless ``--work`` already holds it. Then, with one fresh data cache per N (``UNIPO_DATA_CACHE``), ``unipo train
---model MODEL --data FILE --max-steps 2`` runs twice in a subprocess: the first run prepares and caches, the
-second maps the cache. Measured for each run:
+For each N the data is synthesised by ``bench/synth_pairs.py`` (``--source``: the HH-RLHF rows it varies; default
+the committed 200-row slice; the full harmless-base test split, ``hh-rlhf-harmless-base-test.jsonl.gz``, gives
+more varied text), unless ``--work`` already holds it. Then, with one fresh data cache per N
+(``UNIPO_DATA_CACHE``), ``unipo train --model MODEL --data FILE --max-steps 2`` runs twice in a subprocess: the
+first run prepares and caches, the second maps the cache. Measured for each run:
 
 - ``first_step_s``: seconds from the start of the command to the first training step, i.e. until ``metrics.jsonl``
   in its output directory first holds a step (model load, data, the first step);
@@ -41,8 +41,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from synth_pairs import SLICE, synthesise  # noqa: E402 - bench/ scripts import one another
-
-FULL_HH = Path("/work/shared/data/hh-rlhf-harmless-base-test.jsonl.gz")
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -130,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct", help="a model for --model (tests-tiny: the tiny one)")
     ap.add_argument("--out", type=Path, default=Path("bench-scale"), help="where scale.json and scale.md go")
     ap.add_argument("--work", type=Path, help="where the data files are kept (default: a temporary directory)")
-    ap.add_argument("--source", type=Path, default=FULL_HH if FULL_HH.exists() else None,
-                    help="HH-RLHF rows that bench/synth_pairs.py varies")
+    ap.add_argument("--source", type=Path, default=SLICE, help="HH-RLHF rows that bench/synth_pairs.py varies")
     ap.add_argument("--interval", type=float, default=0.2, help="seconds between two RSS samples")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more unipo train arguments (last)")
     args = ap.parse_args(argv)
@@ -142,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         model = _model(args.model, work)
         for n in args.pairs:
-            data = _data(n, work, args.source or SLICE)
+            data = _data(n, work, args.source)
             env = {**os.environ, "UNIPO_DATA_CACHE": str(Path(tmp) / f"cache-{n}")}
             for run in ("first", "second"):
                 out_dir = Path(tmp) / f"run-{n}-{run}"

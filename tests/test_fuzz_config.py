@@ -208,12 +208,12 @@ TRAIN: dict[str, Oracle] = {
     "attn_implementation": attn, "share_prompt": boolean, "packing": boolean, "chunk_size": count(),
     "nan_policy": choice(("stop", "skip_step")), "nan_skip_limit": count(), "logging_steps": count(),
     "eval_steps": count(optional=True), "save_steps": count(), "save_total_limit": count(optional=True),
-    "data_num_proc": count(optional=True),
+    "data_num_proc": count(optional=True), "data_streaming": boolean, "stream_buffer": count(0),
     "report_to": report_to, "resume": boolean, "overwrite": boolean, "progress": boolean, "plots": boolean,
 }
 #: keys fuzzed on top of another key's value (they apply only there)
 TRAIN_BASE = {"ref_sync_alpha": {"ref_sync": "soft"}, "ref_sync_steps": {"ref_sync": "soft"},
-              "ref_sync_bema": {"ref_sync": "bema"}}
+              "ref_sync_bema": {"ref_sync": "bema"}, "data_streaming": {"max_steps": 2}}
 
 ITERATE: dict[str, Oracle] = {
     "out": text(), "model": text(), "task": choice(("arithmetic",)), "prompts": text(),
