@@ -142,15 +142,26 @@ def test_streaming_config_refuses_what_a_stream_cannot_do():
 
 
 @pytest.mark.integration
-def test_train_streaming_two_steps_writes_the_summary_of_the_rows_read(tiny_model_dir, data, tmp_path):
+def test_train_streaming_resumes_exactly_across_an_epoch_and_writes_the_summary(tiny_model_dir, data, tmp_path):
+    """`unipo train --data-streaming` on the 12 arithmetic rows (3 steps an epoch): 5 steps in one run, and 2 steps
+    then a resume to 5, log the same losses (the resumed run replays its epoch's stream to step 2, then crosses
+    into epoch 1 as the uninterrupted one does); data_summary.json is the prepared path's summary (one chunk)."""
     from tests.helpers import train_args
     from unipo.cli import main
 
-    out = tmp_path / "run"
-    assert main(train_args(tiny_model_dir, data, out, "--max-steps", "2", "--data-streaming",
-                           "--stream-buffer", "4")) == 0
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "loss" in m][-1] == 2
-    summary = json.loads((out / "data_summary.json").read_text())
-    want = prepare_pairs(str(data), make_tiny_tokenizer(), PrepOptions())[1].to_dict()
-    assert summary == want and summary["rows_read"] == 12  # the 12 rows are one chunk: read whole by step 1
+    common = ("--data-streaming", "--stream-buffer", "5", "--save-steps", "2", "--lr-scheduler-type", "constant",
+              "--set", "plots=false")
+
+    def losses(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(m["step"], m["loss"]) for m in rows if "loss" in m]
+
+    assert main(train_args(tiny_model_dir, data, tmp_path / "a", "--max-steps", "5", *common)) == 0
+    assert main(train_args(tiny_model_dir, data, tmp_path / "b", "--max-steps", "2", *common)) == 0
+    assert main(train_args(tiny_model_dir, data, tmp_path / "b", "--max-steps", "5", "--resume", *common)) == 0
+    want = losses(tmp_path / "a")
+    assert [s for s, _ in want] == [1, 2, 3, 4, 5]
+    assert losses(tmp_path / "b") == want
+    summary = json.loads((tmp_path / "a" / "data_summary.json").read_text())
+    assert summary == prepare_pairs(str(data), make_tiny_tokenizer(), PrepOptions())[1].to_dict()
+    assert summary["rows_read"] == 12

@@ -17,8 +17,9 @@ Trade-offs (what the map-style cache gives that a stream cannot):
   ``eval_data``);
 - the summary is known only once a pass has read every row (:attr:`PairStream.summary` counts the rows read
   so far);
-- every epoch reads and tokenises the data again; resuming (:meth:`PairStream.start_at`) replays the epoch's
-  stream up to the position, so the pairs after it are exactly those an uninterrupted run would have seen, at
+- every epoch reads and tokenises the data again; a resumed run replays the epoch's stream up to its position
+  (transformers' Trainer reads and skips the batches already trained; :meth:`PairStream.start_at` does the
+  same for other callers), so the pairs after it are exactly those an uninterrupted run would have seen, at
   the cost of tokenising the rows before it again.
 """
 
