@@ -165,3 +165,30 @@ def test_train_streaming_resumes_exactly_across_an_epoch_and_writes_the_summary(
     summary = json.loads((tmp_path / "a" / "data_summary.json").read_text())
     assert summary == prepare_pairs(str(data), make_tiny_tokenizer(), PrepOptions())[1].to_dict()
     assert summary["rows_read"] == 12
+
+
+@pytest.mark.unit
+def test_a_hub_name_is_opened_with_streaming(hh_file, tok, monkeypatch):
+    """A name that is no local path goes to ``datasets.load_dataset(name, split=..., streaming=True)`` (replaced
+    here by an iterable dataset over the HH slice's rows): the same pairs and summary as the file, bar the name."""
+    import datasets
+
+    from unipo.data.formats import load_rows
+
+    rows = [r for _, r in load_rows(hh_file)]
+    calls = []
+
+    def fake_load(name, split, streaming=False):
+        calls.append((name, split, streaming))
+        return datasets.IterableDataset.from_generator(lambda: iter(rows))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    opts = PrepOptions(on_invalid="skip", num_proc=1)
+    stream = PairStream("someone/hh-rlhf", tok, opts, buffer_size=0)
+    got = list(stream)
+    want, summary = _prepared(hh_file, tok, opts)
+    assert calls == [("someone/hh-rlhf", "train", True)]
+    assert got == want
+    named = {**summary, "source": "someone/hh-rlhf",
+             "invalid_messages": [m.replace(str(hh_file), "someone/hh-rlhf") for m in summary["invalid_messages"]]}
+    assert stream.summary.to_dict() == named and named["dropped"] == {"invalid": 1}

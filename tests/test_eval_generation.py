@@ -129,3 +129,28 @@ def test_generation_metrics_kl_differs_for_another_model(tiny, tmp_path):
     assert math.isfinite(out["kl"]) and out["kl_std_err"] > 0
     none_ref = generation_metrics(model, None, tok, prompts, n_samples=1, max_new_tokens=4)
     assert "kl" not in none_ref and math.isnan(none_ref["self_bleu"])
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["dense-mask", "segment-attention"])
+def test_shared_prompt_scores_equal_one_row_per_response(tiny_model_dir, segments):
+    """K = 4 samples of 3 prompts (one response empty, batch 3 so a prompt's samples span two forwards), in
+    float64: the shared-prompt path's log-probs and entropies equal the one-row-per-response path's, with the
+    dense 4-D mask and with segment attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unipo.models import segment_attention
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
+    if segments:
+        assert segment_attention.enable(model)
+    prompts = _prompts(tok)
+    samples = sample_responses(model, tok, prompts, n_samples=4, max_new_tokens=9, seed=5)
+    flat_p = [p for p, per in zip(prompts, samples, strict=True) for _ in per]
+    flat_r = [r for per in samples for r in per]
+    flat_r[5] = []
+    rows = score_responses(model, tok, flat_p, flat_r, batch_size=3, shared_prompt=False)
+    shared = score_responses(model, tok, flat_p, flat_r, batch_size=3)
+    assert torch.equal(shared.mask, rows.mask) and shared.mask[5].sum() == 0
+    assert torch.allclose(shared.logps, rows.logps, atol=1e-6, rtol=0)
+    assert torch.allclose(shared.entropies, rows.entropies, atol=1e-6, rtol=0)
