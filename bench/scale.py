@@ -37,6 +37,8 @@ from pathlib import Path
 
 import psutil
 
+from unipo.training.rundir import RunDir
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 argv = [sys.executable, "-m", "unipo", "train", "--model", model, "--data", str(data), "--max-steps",
                         "2", "--per-device-batch-size", "4", "--output-dir", str(out_dir), "--save-steps", "1000",
                         "--logging-steps", "1", "--no-progress", "--set", "plots=false", *args.extra]
-                r = {"pairs": n, "run": run, **run_once(argv, env, out_dir / "metrics.jsonl", args.interval)}
+                r = {"pairs": n, "run": run, **run_once(argv, env, out_dir / RunDir.METRICS, args.interval)}
                 results.append(r)
                 print("SCALE " + json.dumps({k: v for k, v in r.items() if k != "output_tail"}), flush=True)
                 if r["rc"] != 0:

@@ -147,5 +147,5 @@ def open_stream(source: str | os.PathLike, tokenizer: Any, options: PrepOptions,
     stream = PairStream(source, tokenizer, options, buffer_size=buffer_size, seed=seed,
                         listwise_refusal=listwise_refusal)
     log(f"data: {stream.source}: streamed (read and tokenised as training consumes it, no cache; shuffled within "
-        f"{buffer_size} pairs); data_summary.json counts the rows read by the end of the run")
+        f"{buffer_size} pairs); the run's data summary counts the rows read by its end")
     return stream
