@@ -103,6 +103,7 @@ class PackedBatch:
     - ``chosen`` / ``rejected``: :class:`SideLayout`;
     - ``index`` (long ``[B]``): each pair's row in its dataset, when known;
     - ``pair_weights`` (float ``[B]``): each pair's weight in the loss (a data column), when given;
+    - ``scores`` (float ``[B, 2]``): the chosen and the rejected response's scores (data columns), when given;
     - ``rejected_pair`` (long ``[N]``): with several rejected responses per pair, the pair of each row of
       ``rejected`` (whose tensors are then ``[N, T]``, N the number of rejected responses, each pair's rows
       contiguous and in pair order); None when every pair has one.
@@ -117,6 +118,7 @@ class PackedBatch:
     index: torch.Tensor | None = None
     pair_weights: torch.Tensor | None = None
     rejected_pair: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
     def side(self, name: str) -> SideLayout:
         return Sides(self.chosen, self.rejected)[name]
@@ -141,11 +143,11 @@ class PackedBatch:
                                      **columns)
         return cls(batch["input_ids"], batch["position_ids"], batch["segments"], sides["chosen"],
                    sides["rejected"], batch.get("documents"), batch.get("index"), batch.get("pair_weight"),
-                   batch.get("rejected_pair"))
+                   batch.get("rejected_pair"), batch.get("scores"))
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
-        for key in ("documents", "index", "rejected_pair"):
+        for key in ("documents", "index", "rejected_pair", "scores"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.pair_weights is not None:

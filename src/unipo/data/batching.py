@@ -160,7 +160,8 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
 
 
 def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The optional columns: per-token data columns, pair weights, dataset indices, and ``rejected_pair``."""
+    """The optional columns: per-token data columns, pair weights, the responses' scores, dataset indices, and
+    ``rejected_pair``."""
     out = {}
     counts = [len(rejected_responses(ex)) for ex in examples]
     listwise = any(k > 1 for k in counts)
@@ -180,6 +181,9 @@ def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Ten
         out["rejected_pair"] = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     if examples[0].get("pair_weight") is not None:
         out["pair_weight"] = torch.tensor([float(ex["pair_weight"]) for ex in examples], dtype=torch.float32)
+    if examples[0].get("chosen_score") is not None:  # [B, 2]: each response's score (float64: as read)
+        out["scores"] = torch.tensor([[float(ex["chosen_score"]), float(ex["rejected_score"])] for ex in examples],
+                                     dtype=torch.float64)
     if "index" in examples[0]:
         out["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
     return out

@@ -247,7 +247,8 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
         log(f"eval: {data} has no {' / '.join(plan.weights_columns)} columns: the variant's own margin needs its "
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
     pairs, summary = prepare_data(cfg, tokenizer, data, limit, weights_columns=weights_columns,
-                                  diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)")
+                                  diff_masks=plan.diff_masks, counted_in="eval.json (data_summary)",
+                                  score_columns=plan.score_columns)
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {cfg.max_length}, max_prompt_length {cfg.max_prompt_length} ({source}); "

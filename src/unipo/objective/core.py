@@ -20,7 +20,7 @@ from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
 from unipo.objective.listwise import check_groups, per_pair_max
 from unipo.objective.registry import KINDS, SIDE_INPUTS, StatefulPart, parts
-from unipo.objective.sides import KEYWORDS, ObjectiveInputs, PairTerms, Side
+from unipo.objective.sides import KEYWORDS, PER_RESPONSE, ObjectiveInputs, PairTerms, Side
 
 
 @dataclass
@@ -137,6 +137,12 @@ class Objective:
         for attr, value in side.optional().items():
             key = KEYWORDS[attr].format(side.name)
             if value is not None:
+                if attr in PER_RESPONSE:  # one value per response: [B], finite
+                    if value.shape != logps.shape[:1] or not bool(torch.isfinite(value).all()):
+                        raise UnipoError(f"{key} must be finite, one value per response: shape "
+                                         f"{tuple(logps.shape[:1])}, got {tuple(value.shape)}")
+                    fields[attr] = value.detach().to(torch.promote_types(_upcast(value).dtype, _upcast(logps).dtype))
+                    continue
                 if value.shape != logps.shape:
                     raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
                                      f"{side.name} logps")
@@ -239,10 +245,16 @@ class Objective:
             None if groups is None else n_pairs, None if groups is not None else (chosen, rejected)), p)
         # a pair loss may also select pairs (β-DPO's filtering): (losses, selection [B] in {0, 1})
         losses, selected = losses if isinstance(losses, tuple) else (losses, None)
+        # a pair weighting: a factor (with gradient only where the part keeps it: Uni-DPO's performance weight),
+        # or (factor, a term added after it: Uni-DPO's calibrated NLL)
         factor = self.fns["pair_weighting"](chosen, rejected, p)
+        factor, added = factor if isinstance(factor, tuple) else (factor, None)
         if factor is not None:
-            losses = losses * factor.detach()
+            losses = losses * factor
             metrics["pair_weighting/mean"] = factor.detach().mean()
+        if added is not None:
+            losses = losses + added
+            metrics["pair_weighting/added"] = added.detach().mean()
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
@@ -308,7 +320,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
                  rejected_log_sum_sq_probs: torch.Tensor | None = None,
                  chosen_eps_plus_logps: torch.Tensor | None = None, rejected_eps_plus_logps: torch.Tensor | None = None,
                  chosen_eps_minus_logps: torch.Tensor | None = None,
-                 rejected_eps_minus_logps: torch.Tensor | None = None, **params: Any) -> LossOutput:
+                 rejected_eps_minus_logps: torch.Tensor | None = None, chosen_score: torch.Tensor | None = None,
+                 rejected_score: torch.Tensor | None = None, **params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
     ``variant`` is a preset name (see :func:`variants`) or a mapping ``{"preset": ..., part/param: ...}``;
@@ -316,7 +329,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     ``[batch, tokens]``, per response token: policy / reference log-probabilities, masks (1 on response
     tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL (KL(π_ref‖π_θ) for TDPO /
     SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and learned-prior
-    offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
+    offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``chosen_score`` / ``rejected_score`` are ``[batch]``,
+    one score per response from the data (Uni-DPO's quality weight). ``pair_weights`` ([batch], ≥ 0) makes
     ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
     rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
@@ -335,7 +349,7 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
         pair_weights=pair_weights, rejected_pair=rejected_pair, chosen_log_sum_sq_probs=chosen_log_sum_sq_probs,
         rejected_log_sum_sq_probs=rejected_log_sum_sq_probs, chosen_eps_plus_logps=chosen_eps_plus_logps,
         rejected_eps_plus_logps=rejected_eps_plus_logps, chosen_eps_minus_logps=chosen_eps_minus_logps,
-        rejected_eps_minus_logps=rejected_eps_minus_logps,
+        rejected_eps_minus_logps=rejected_eps_minus_logps, chosen_score=chosen_score, rejected_score=rejected_score,
     )
 
 

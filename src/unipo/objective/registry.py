@@ -39,7 +39,7 @@ KINDS: dict[str, str] = {
     "rejected_transform": "one-sided transform of the rejected side",
     "kl": "term D subtracted inside the sigmoid: a sequential KL (TDPO / SparsePO / TIS-DPO) or a margin (α-DPO)",
     "pair_loss": "the shape of the pairwise loss",
-    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
+    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO, Uni-DPO)",
 }
 
 #: the per-token inputs a part may read (fields of :class:`unipo.objective.sides.Side`) and what each is
@@ -57,6 +57,8 @@ SIDE_INPUTS: dict[str, str] = {
                       "(ε-DPO; from the policy's and the reference's logits at each position)",
     "eps_minus_logps": "log-probs of the response tokens under log softmax((1 − ε)·z_θ + ε·z_ref) (the policy trained "
                        "with β/(1 − ε)), no gradient (ε-DPO)",
+    "score": "the response's score from the data, ONE number per response ([B], not per token): a reward model's or "
+             "a judge's rating (Uni-DPO's quality weight; the data's score columns, `score_columns`)",
 }
 KL_DIRECTIONS = ("ref||policy", "policy||ref")
 #: the largest float32 magnitude: the objective computes in float32, where a larger parameter is inf

@@ -25,7 +25,10 @@ KEYWORDS = {
     "log_sum_sq_probs": "{}_log_sum_sq_probs",
     "eps_plus_logps": "{}_eps_plus_logps",
     "eps_minus_logps": "{}_eps_minus_logps",
+    "score": "{}_score",
 }
+#: the optional inputs that hold one value per response (``[B]``) instead of one per token (``[B, T]``)
+PER_RESPONSE = frozenset({"score"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Side:
     log_sum_sq_probs: torch.Tensor | None = None  # WPO: log Σ_v π_θ(v)² per position (no gradient)
     eps_plus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 + ε) z_θ − ε z_ref)
     eps_minus_logps: torch.Tensor | None = None  # ε-DPO: log-probs under log softmax((1 − ε) z_θ + ε z_ref)
+    score: torch.Tensor | None = None  # [B], one per response: its score from the data (Uni-DPO's quality weight)
     #: the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's
     #: shared length read its lengths (:attr:`other_lengths`)
     partner_mask: torch.Tensor | None = None
@@ -68,7 +72,7 @@ class Side:
         return self.lengths if self.partner_mask is None else self.partner_mask.sum(-1).to(self.logps.dtype)
 
     def optional(self) -> dict[str, torch.Tensor | None]:
-        """The optional per-token inputs by field name."""
+        """The optional inputs by field name (per token ``[B, T]``, or per response ``[B]``: :data:`PER_RESPONSE`)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in KEYWORDS}
 
 

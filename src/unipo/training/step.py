@@ -22,7 +22,7 @@ from unipo.training.reference import Reference
 def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: ForwardOutput,
                      signal: SignalOutput | None = None) -> ObjectiveInputs:
     """Assemble the objective's inputs: the policy's log-probs and masks, the reference's log-probs, the
-    per-position KL, the batch's per-token data columns (token weights, BMC diff masks) and what the token
+    per-position KL, the batch's data columns (token weights, BMC diff masks, the responses' scores) and what the token
     signal produced."""
     sides = {}
     for name, layout in batch.sides.items():
@@ -34,6 +34,7 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
             "log_sum_sq_probs": policy.log_sum_sq[name] if policy.log_sum_sq is not None else None,
             "eps_plus_logps": policy.eps_plus[name] if policy.eps_plus is not None else None,
             "eps_minus_logps": policy.eps_minus[name] if policy.eps_minus is not None else None,
+            "score": batch.scores[:, 0 if name == "chosen" else 1] if batch.scores is not None else None,
             **(signal.inputs.get(name, {}) if signal is not None else {}),
         }
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)

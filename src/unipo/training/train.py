@@ -66,6 +66,8 @@ class TrainingPlan:
     diff_masks: bool
     signal: dict[str, Any] | None
     reference: str
+    #: the data columns holding each response's score (chosen, rejected), when a part reads scores
+    score_columns: tuple[str, str] | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -91,7 +93,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
     if "weights" in req.inputs and columns is None and not signal_gives_weights:
         columns = ("chosen_weights", "rejected_weights")
     reference = _reference_mode(cfg, objective, signal)
-    return TrainingPlan(cfg, objective, columns, "diff_mask" in req.inputs, signal, reference)
+    scores = None
+    if "score" in req.inputs:
+        scores = tuple(cfg.score_columns) if cfg.score_columns else ("score_chosen", "score_rejected")
+    return TrainingPlan(cfg, objective, columns, "diff_mask" in req.inputs, signal, reference, scores)
 
 
 def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
@@ -135,10 +140,12 @@ def _check_ref_sync(cfg: TrainConfig, reference: str) -> None:
 # -- 2. load ----------------------------------------------------------------------------------------------
 def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
                  weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                 counted_in: str = "data_summary.json", materialize: bool = True):
+                 counted_in: str = "data_summary.json", materialize: bool = True,
+                 score_columns: tuple[str, str] | None = None):
     """Tokenize ``source`` with ``cfg``'s lengths and truncation (token-weight columns and BMC diff masks as
-    a :class:`TrainingPlan` says); return rows for the dataset and the preparation summary. ``counted_in``:
-    the file where the calling command records skipped rows (named by an invalid-row error's way out).
+    a :class:`TrainingPlan` says, and the responses' score columns); return rows for the dataset and the
+    preparation summary. ``counted_in``: the file where the calling command records skipped rows (named by an
+    invalid-row error's way out).
 
     The pairs come from the prepared-data cache (:func:`unipo.data.cache.prepared_table`: prepared once per
     data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
@@ -150,7 +157,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, source: str, limit: int | None, *,
                           truncation_mode=cfg.truncation_mode, bmc_masks=diff_masks,
                           bmc_alignment=cfg.bmc_alignment, bmc_exempt=cfg.bmc_exempt,
                           weights_columns=weights_columns, limit=limit, on_invalid=cfg.on_invalid,
-                          pair_weight_column=cfg.weight_column, invalid_counted_in=counted_in,
+                          pair_weight_column=cfg.weight_column, score_columns=score_columns,
+                          invalid_counted_in=counted_in,
                           num_proc=cfg.data_num_proc)
     table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
@@ -190,7 +198,7 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
 
     cfg = plan.cfg
     columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
-               "materialize": plan.reference == "precomputed"}
+               "materialize": plan.reference == "precomputed", "score_columns": plan.score_columns}
     train_rows, summary = prepare_data(cfg, tokenizer, cfg.data, cfg.limit, **columns)
     check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
