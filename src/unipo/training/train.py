@@ -75,7 +75,7 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
     cfg = plan.cfg
     settings = DataSettings.of(cfg)
     columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
-               "materialize": plan.reference == "precomputed"}
+               "materialize": plan.reference == "precomputed", "score_columns": plan.score_columns}
     train_rows, summary = prepare_data(settings, tokenizer, cfg.data, cfg.limit, **columns)
     check_listwise_rows(plan.objective, train_rows, cfg.data)
     eval_rows = None
