@@ -172,6 +172,7 @@ def test_every_preset_explains_as_a_configuration_that_is_the_preset(capsys):
         inputs[f"{side}_log_sum_sq_probs"] = -torch.rand(3, 4, generator=g)
         inputs[f"{side}_eps_plus_logps"] = -torch.rand(3, 4, generator=g) * 3
         inputs[f"{side}_eps_minus_logps"] = -torch.rand(3, 4, generator=g) * 3
+        inputs[f"{side}_score"] = torch.rand(3, generator=g) * 10
     for name in PRESETS:
         rc, out, _ = run(capsys, name, "--json")
         assert rc == 0

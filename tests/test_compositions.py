@@ -44,6 +44,7 @@ def inputs(seed: int = 0) -> dict[str, torch.Tensor]:
         d[f"{side}_log_sum_sq_probs"] = -torch.rand(B, T, generator=g, dtype=torch.float64)
         d[f"{side}_eps_plus_logps"] = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
         d[f"{side}_eps_minus_logps"] = -torch.rand(B, T, generator=g, dtype=torch.float64) * 3
+        d[f"{side}_score"] = torch.rand(B, generator=g, dtype=torch.float64) * 10
     return d
 
 
@@ -76,7 +77,9 @@ def test_every_accepted_composition_moves_its_sides_and_never_the_reference():
     checked, refused = 0, 0
     for comp in compositions():
         try:
-            objective = Objective({"preset": "dpo", **comp, "beta": 0.05})
+            # RePO's loss max(0, −z)/β is flat once the margin is met (z > 0): give it a margin the inputs do not meet
+            margin = {"gamma": 1.0} if comp["pair_loss"] == "repo" else {}
+            objective = Objective({"preset": "dpo", **comp, "beta": 0.05, **margin})
         except ConfigError:
             refused += 1
             continue

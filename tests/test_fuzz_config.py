@@ -198,6 +198,7 @@ TRAIN: dict[str, Oracle] = {
     "truncation_mode": choice(TRUNCATION_MODES), "limit": count(optional=True), "eval_limit": count(optional=True),
     "eval_fraction": number(False, 0, 1, hi_open=True), "on_invalid": choice(ON_INVALID),
     "weights_columns": names(length=2, optional=True), "weight_column": text(True),
+    "score_columns": names(length=2, optional=True),
     "bmc_alignment": choice(("levenshtein", "difflib")),
     "bmc_exempt": choice(("stopwords", "stopwords_punctuation", "none")), "token_signal": token_signal,
     "precision": choice(PRECISIONS),

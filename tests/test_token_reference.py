@@ -39,6 +39,7 @@ def _inputs(spread: bool) -> dict[str, torch.Tensor]:
                      "eps_minus_logps"):
             value = torch.rand(B, T, generator=g, dtype=torch.float64)
             out[KEYWORDS[attr].format(side)] = (value > 0.5).double() if attr == "diff_mask" else -value
+        out[KEYWORDS["score"].format(side)] = torch.rand(B, generator=g, dtype=torch.float64) * 10  # one per response
     return out
 
 
@@ -81,4 +82,4 @@ def _objective_inputs(x: dict[str, torch.Tensor]):
 
 def test_the_probe_sees_every_side_input():
     assert {"weights", "diff_mask", "log_sum_sq_probs", "prior_offsets", "kl_weights", "eps_plus_logps",
-            "eps_minus_logps"} | {"ref_logps", "kl"} == set(SIDE_INPUTS)
+            "eps_minus_logps", "score"} | {"ref_logps", "kl"} == set(SIDE_INPUTS)

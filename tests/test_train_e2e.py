@@ -16,11 +16,13 @@ import yaml
 
 from tests.helpers import ROWS, train_args, write_jsonl
 from unipo.cli import main
+from unipo.objective import Objective
 from unipo.objective.presets import PRESETS
 
 SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
-                  and p.parts.get("prior") != "learned"]
+                  and p.parts.get("prior") != "learned"
+                  and "score" not in Objective(name).requirements.inputs]  # scores: tests/test_training_scores.py
 #: one preset per way the objective composes (logit loss, per-side loss, batch-level loss, mean aggregation
 #: with a margin, a one-sided transform, a link, an auxiliary term) trains in the fast tier; all of them in
 #: the slow tier (each is a tiny-model run of ~0.5 s; their losses are unit-tested against formulas)

@@ -173,6 +173,7 @@ def test_precomputed_reference_sums_give_the_same_loss(setup, variant):
     ("tisdpo_nokl", "the per-token input 'weights' (token weights"),
     ("sparsepo", "the token signal sparsepo_masks"),
     ("learned_prior", "the per-token input 'prior_offsets'"),
+    ("uni_dpo", "the per-response input 'score' (the response's score from the data"),
 ])
 def test_variants_whose_inputs_trl_cannot_give_are_refused(tmp_path, variant, missing):
     from unipo.integrations.trl import build_objective

@@ -24,7 +24,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from unipo.objective.inputs import DATA_COLUMNS
+from unipo.objective.inputs import DATA_COLUMNS, RESPONSE_COLUMNS
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -41,11 +41,14 @@ def rejected_segment(k: int) -> int:
     own id, so that every rejected response is its own branch over the shared prompt."""
     return REJECTED + k
 
-#: optional per-token data columns of a side, by :class:`SideLayout` field → batch key pattern (from the objective's
-#: input table: the inputs declared ``column``)
+#: optional data columns of a side (per token, then per response), by :class:`SideLayout` field → batch key pattern
+#: (from the objective's input table: the inputs declared ``column``)
 SIDE_COLUMNS = dict(DATA_COLUMNS)
-#: every optional per-token key a collated batch may carry
-TOKEN_COLUMNS = tuple(pattern.format(side) for side in SIDES for pattern in SIDE_COLUMNS.values())
+#: every optional per-token key a collated batch may carry (``[B, T]``, padded with 0)
+TOKEN_COLUMNS = tuple(pattern.format(side) for side in SIDES for name, pattern in SIDE_COLUMNS.items()
+                      if name not in RESPONSE_COLUMNS)
+#: every optional per-response key a collated batch may carry (``[B]``: one value per response, e.g. its score)
+RESPONSE_KEYS = tuple(pattern.format(side) for side in SIDES for pattern in RESPONSE_COLUMNS.values())
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ SideLayout = make_dataclass("SideLayout", [
     *[(name, "torch.Tensor | None", field(default=None)) for name in SIDE_COLUMNS],
 ], bases=(_SideLayoutMethods,), frozen=True, namespace={"__module__": __name__, "__doc__": """\
 Where one side's response tokens sit in the packed rows. Every tensor is ``[B, T]`` (B pairs, T the
-    longest response of this side in the batch):
+    longest response of this side in the batch) but the per-response data columns (``[B]``):
 
     - ``src`` (long): flat index into the ``[rows × L]`` positions of the position whose hidden state
       PREDICTS each token;
@@ -91,7 +94,7 @@ Where one side's response tokens sit in the packed rows. Every tensor is ``[B, T
     - the optional per-token data columns (float, padded with 0), one field each: the inputs of the objective's
       input table declared ``column`` (:data:`unipo.objective.inputs.DATA_COLUMNS`: ``ref_logps``, precomputed
       reference log-probs; ``weights``, token weights from the data (TIS-DPO); ``diff_mask``, BMC's differing
-      tokens).
+      tokens), then the per-response ones (float ``[B]``: ``score``, each response's score from the data, Uni-DPO).
     """})
 
 

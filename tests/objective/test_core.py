@@ -78,7 +78,8 @@ def test_extreme_log_ratios_are_finite(variant, dtype, magnitude):
               rejected_diff_mask=torch.ones_like(zeros), chosen_prior_offsets=zeros, rejected_prior_offsets=zeros,
               chosen_log_sum_sq_probs=zeros, rejected_log_sum_sq_probs=zeros,
               chosen_eps_plus_logps=a_w.detach() * 1.01, rejected_eps_plus_logps=a_l.detach() * 1.01,
-              chosen_eps_minus_logps=a_w.detach() * 0.99, rejected_eps_minus_logps=a_l.detach() * 0.99)
+              chosen_eps_minus_logps=a_w.detach() * 0.99, rejected_eps_minus_logps=a_l.detach() * 0.99,
+              chosen_score=torch.tensor([9.0, 1.0]), rejected_score=torch.tensor([1.0, 9.0]))
     out = unipo.compute_loss(variant, **kw)
     assert torch.isfinite(out.losses).all(), out.losses
     ga, gb = torch.autograd.grad(out.losses.sum(), [a_w, a_l])

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 import unipo
-from unipo.objective.inputs import INPUTS, KEYWORDS, PAIR_INPUTS, SIDE_INPUTS, TOKEN_INPUTS, input_keywords
+from unipo.objective.inputs import (
+    INPUTS,
+    KEYWORDS,
+    PAIR_INPUTS,
+    RESPONSE_INPUTS,
+    SIDE_INPUTS,
+    TOKEN_INPUTS,
+    input_keywords,
+)
 from unipo.objective.sides import ObjectiveInputs, Side
 
 pytestmark = pytest.mark.unit
@@ -24,24 +32,27 @@ pytestmark = pytest.mark.unit
 #: the per-token inputs as Side declared them field by field before the table
 BEFORE = ("ref_logps", "weights", "kl", "kl_weights", "diff_mask", "prior_offsets", "log_sum_sq_probs",
           "eps_plus_logps", "eps_minus_logps")
+#: the per-response inputs (one value per response, ``[B]``) added by issue 25 as table entries: Uni-DPO's scores
+RESPONSE = ("score",)
 
 
 def test_side_and_objective_inputs_have_one_field_per_entry():
-    assert tuple(TOKEN_INPUTS) == BEFORE
+    assert tuple(TOKEN_INPUTS) == BEFORE and tuple(RESPONSE_INPUTS) == RESPONSE
     names = [f.name for f in dataclasses.fields(Side)]
-    assert names == ["name", "logps", "mask", *BEFORE, "partner_mask", "pair_ids"]
+    assert names == ["name", "logps", "mask", *BEFORE, *RESPONSE, "partner_mask", "pair_ids"]
     assert [f.name for f in dataclasses.fields(ObjectiveInputs)] == ["chosen", "rejected", "pair_weights",
                                                                      "rejected_pair", "pair_ids"]
     assert Side.__dataclass_params__.frozen and ObjectiveInputs.__dataclass_params__.frozen
-    assert set(PAIR_INPUTS) | set(TOKEN_INPUTS) == {s.name for s in INPUTS}
+    assert set(PAIR_INPUTS) | set(TOKEN_INPUTS) | set(RESPONSE_INPUTS) == {s.name for s in INPUTS}
 
 
 def test_compute_loss_keywords_come_from_the_table():
     assert KEYWORDS["ref_logps"] == "ref_{}_logps" and KEYWORDS["eps_minus_logps"] == "{}_eps_minus_logps"
+    assert KEYWORDS["score"] == "{}_score"
     keywords = set(input_keywords())
     assert {"ref_chosen_logps", "rejected_log_sum_sq_probs", "chosen_kl_weights", "pair_weights", "rejected_pair",
-            "pair_ids"} <= keywords
-    assert len(keywords) == 2 * len(TOKEN_INPUTS) + len(PAIR_INPUTS)
+            "pair_ids", "chosen_score", "rejected_score"} <= keywords
+    assert len(keywords) == 2 * (len(TOKEN_INPUTS) + len(RESPONSE_INPUTS)) + len(PAIR_INPUTS)
     params = inspect.signature(unipo.compute_loss).parameters
     assert keywords <= set(params)
     assert all(params[k].default is None for k in keywords)
@@ -49,18 +60,20 @@ def test_compute_loss_keywords_come_from_the_table():
 
 def test_every_consumer_reads_the_table():
     from unipo.integrations.trl import SUPPLIED_INPUTS  # noqa: F401  (TRL installed in the dev environment)
-    from unipo.layout import SIDE_COLUMNS, TOKEN_COLUMNS, SideLayout
+    from unipo.layout import RESPONSE_KEYS, SIDE_COLUMNS, TOKEN_COLUMNS, SideLayout
     from unipo.models.signals import SIGNAL_ONLY_INPUTS
     from unipo.objective.registry import SIDE_INPUTS as REGISTRY_SIDE_INPUTS
 
     # what each had written by hand before the table
-    assert SIDE_COLUMNS == {"ref_logps": "ref_{}_logps", "weights": "{}_weights", "diff_mask": "{}_diff_mask"}
+    assert SIDE_COLUMNS == {"ref_logps": "ref_{}_logps", "weights": "{}_weights", "diff_mask": "{}_diff_mask",
+                            "score": "{}_score"}
     assert set(TOKEN_COLUMNS) == {"ref_chosen_logps", "ref_rejected_logps", "chosen_weights", "rejected_weights",
                                   "chosen_diff_mask", "rejected_diff_mask"}
+    assert RESPONSE_KEYS == ("chosen_score", "rejected_score")  # [B] each, not padded per token
     assert [f.name for f in dataclasses.fields(SideLayout)] == ["src", "labels", "mask", *SIDE_COLUMNS]
     assert SUPPLIED_INPUTS == {"ref_logps", "diff_mask"}
     assert SIGNAL_ONLY_INPUTS == ("kl_weights", "prior_offsets")
-    assert REGISTRY_SIDE_INPUTS is SIDE_INPUTS and set(SIDE_INPUTS) == set(BEFORE)
+    assert REGISTRY_SIDE_INPUTS is SIDE_INPUTS and set(SIDE_INPUTS) == set(BEFORE) | set(RESPONSE)
 
 
 def test_each_producer_names_an_attribute_that_exists():
@@ -91,7 +104,7 @@ def test_the_step_hands_every_produced_input_to_the_objective():
 
     layout = dict(src=torch.zeros(2, 3, dtype=torch.long), labels=torch.zeros(2, 3, dtype=torch.long),
                   mask=torch.ones(2, 3, dtype=torch.bool), weights=torch.full((2, 3), 4.0),
-                  diff_mask=torch.full((2, 3), 5.0))
+                  diff_mask=torch.full((2, 3), 5.0), score=torch.tensor([12.0, 13.0]))
     from unipo.layout import PackedBatch, SideLayout
 
     batch = PackedBatch(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long),
@@ -109,6 +122,7 @@ def test_the_step_hands_every_produced_input_to_the_objective():
     assert float(out.rejected.weights[0, 0]) == 4.0 and out.rejected.kl_weights is None  # no signal output there
     assert float(out.rejected.ref_logps[0, 0]) == 3.5 and out.chosen.prior_offsets is None
     assert out.pair_ids.tolist() == [7, 8] and out.pair_weights.tolist() == [1.0, 2.0] and out.rejected_pair is None
+    assert out.chosen.score.tolist() == [12.0, 13.0] and out.rejected.score.tolist() == [12.0, 13.0]  # the data's
 
 
 NEW_ENTRY = '''

@@ -154,6 +154,9 @@ FORMULA_TESTS = {
     "alpha_dpo": "test_kl_terms.py::test_alpha_dpo_equals_the_released_code_over_three_steps",
     "dpo_shift": "test_transforms.py::test_dpo_shift_equals_the_released_formula",
     "mpo": "../test_mixtures.py::test_mpo_is_the_weighted_sum_of_dpo_bco_pair_and_the_nll",
+    "uni_dpo": "test_pair_weighting.py::test_uni_dpo_is_the_released_loss_values_and_gradients",
+    "bpo_sba": "test_pair_losses.py::test_bpo_sba_preset_by_hand_one_pair",
+    "ti_dpo_w": "test_presets.py::test_ti_dpo_w_preset_is_eq_12_in_float64",
 }
 
 
@@ -244,3 +247,39 @@ def test_bmc_reference_weighting_option():
     s_w = S(lam(d["a_w"], d["diff_w"]) * d["a_w"] - lam(d["r_w"], d["diff_w"]) * d["r_w"], d["m_w"])
     s_l = S(lam(d["a_l"], d["diff_l"]) * d["a_l"] - lam(d["r_l"], d["diff_l"]) * d["r_l"], d["m_l"])
     torch.testing.assert_close(out.losses.double(), -ls(0.05 * (s_w - s_l)), rtol=1e-5, atol=1e-6)
+
+
+# TI-DPO (Yang et al., ICLR 2026, arXiv 2505.19653), Eq. 11–12 with β (Algorithm 1 line 10, Table B13):
+# −log σ(β(Σ w^w_t ρ_t(y_w) − Σ w^l_t ρ_t(y_l))), β = 0.1, per pair by hand in float64
+def _by_hand_ti_dpo_w(a_w, r_w, m_w, w_w, a_l, r_l, m_l, w_l, beta):
+    out = []
+    for i in range(a_w.shape[0]):
+        s_w = sum(w_w[i, t] * (a_w[i, t] - r_w[i, t]) for t in range(a_w.shape[1]) if m_w[i, t])
+        s_l = sum(w_l[i, t] * (a_l[i, t] - r_l[i, t]) for t in range(a_l.shape[1]) if m_l[i, t])
+        z = beta * (s_w - s_l)
+        out.append(math.log1p(math.exp(-z)) if z > -30 else -z)  # −log σ(z)
+    return out
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_ti_dpo_w_preset_is_eq_12_in_float64(scale):
+    g = torch.Generator().manual_seed(3)
+    B, T = 4, 6
+    a_w, r_w, a_l, r_l = (-torch.rand(B, T, generator=g, dtype=torch.float64) * scale for _ in range(4))
+    m_w = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] + [0] * 5, [1] * 5 + [0]], dtype=torch.bool)
+    m_l = torch.tensor([[1] * 2 + [0] * 4, [1] * 6, [1] * 4 + [0] * 2, [1] + [0] * 5], dtype=torch.bool)
+    w_w, w_l = (torch.rand(B, T, generator=g, dtype=torch.float64) for _ in range(2))
+    a_w.requires_grad_(True)
+    out = unipo.compute_loss("ti_dpo_w", policy_chosen_logps=a_w, policy_rejected_logps=a_l, chosen_mask=m_w,
+                             rejected_mask=m_l, ref_chosen_logps=r_w, ref_rejected_logps=r_l, chosen_weights=w_w,
+                             rejected_weights=w_l)
+    want = _by_hand_ti_dpo_w(a_w.detach(), r_w, m_w, w_w, a_l, r_l, m_l, w_l, beta=0.1)
+    assert out.losses.dtype == torch.float64
+    assert out.losses.tolist() == pytest.approx(want, rel=1e-12, abs=1e-15)
+    # ∂/∂a_w[i, t] = −β·w_t·σ(−z_i) on chosen tokens, 0 on padding
+    (grad,) = torch.autograd.grad(out.losses.sum(), a_w)
+    for i in range(B):
+        z = -math.log(math.expm1(want[i])) if want[i] > 0 else math.inf  # σ(z) = e^{−loss}
+        for t in range(T):
+            expect = -0.1 * w_w[i, t].item() / (1 + math.exp(z)) if m_w[i, t] else 0.0
+            assert grad[i, t].item() == pytest.approx(expect, rel=1e-9, abs=1e-15)

@@ -29,6 +29,7 @@ from unipo.tisdpo.config import (
     PromptPairArguments,
     ScoringArguments,
     ShowArguments,
+    TokenImportanceArguments,
     TransformArguments,
 )
 
@@ -76,7 +77,7 @@ def run_estimate(args: argparse.Namespace) -> int:
 
     a, tf = to_dataclass(args, EstimateArguments), to_dataclass(args, TransformArguments)
     pp, tr = to_dataclass(args, PromptPairArguments), to_dataclass(args, ContrastiveTrainingArguments)
-    sc = to_dataclass(args, ScoringArguments)
+    sc, ti = to_dataclass(args, ScoringArguments), to_dataclass(args, TokenImportanceArguments)
     if a.limit is not None and a.limit < 1:
         raise ConfigError("--limit must be at least 1")
     opts = EstimateOptions(
@@ -87,7 +88,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         dtype=sc.dtype, models_dir=tr.models_dir,
         lora=None if tr.full_finetune else {"r": tr.lora_r, "alpha": 2 * tr.lora_r},
         train_overrides=parse_train_set(tr.train_set), retrain=tr.retrain, overwrite=sc.overwrite,
-        progress=sc.progress, on_invalid=sc.on_invalid)
+        progress=sc.progress, on_invalid=sc.on_invalid, ti_lambda=ti.ti_lambda, ti_prior_norm=ti.ti_prior_norm)
     summary = estimate_weights(a.data, a.out, a.model, opts)
     print(json.dumps({k: summary[k] for k in ("pairs", "pairs_total", "complete", "chosen", "rejected")},
                      indent=1))

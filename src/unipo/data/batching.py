@@ -29,7 +29,16 @@ from typing import Any
 import torch
 
 from unipo.errors import UnipoError
-from unipo.layout import CHOSEN, MAX_REJECTED, PAD_SEGMENT, PROMPT, SEGMENT_OF, TOKEN_COLUMNS, rejected_segment
+from unipo.layout import (
+    CHOSEN,
+    MAX_REJECTED,
+    PAD_SEGMENT,
+    PROMPT,
+    RESPONSE_KEYS,
+    SEGMENT_OF,
+    TOKEN_COLUMNS,
+    rejected_segment,
+)
 
 
 def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -160,7 +169,8 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
 
 
 def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The optional columns: per-token data columns, pair weights, dataset indices, and ``rejected_pair``."""
+    """The optional columns: per-token and per-response data columns (the responses' scores), pair weights, dataset
+    indices, and ``rejected_pair``."""
     out = {}
     counts = [len(rejected_responses(ex)) for ex in examples]
     listwise = any(k > 1 for k in counts)
@@ -180,6 +190,12 @@ def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Ten
         out["rejected_pair"] = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     if examples[0].get("pair_weight") is not None:
         out["pair_weight"] = torch.tensor([float(ex["pair_weight"]) for ex in examples], dtype=torch.float32)
+    for key in RESPONSE_KEYS:  # [B]: one value per response (float64: as read); one rejected response per pair
+        if examples[0].get(key) is not None:
+            if listwise:
+                raise UnipoError(f"the per-response column {key} is not supported for pairs with several rejected "
+                                 "responses (listwise rows work with sequence-level variants)")
+            out[key] = torch.tensor([float(ex[key]) for ex in examples], dtype=torch.float64)
     if "index" in examples[0]:
         out["index"] = torch.tensor([ex["index"] for ex in examples], dtype=torch.long)
     return out

@@ -4,7 +4,8 @@ One row per :class:`~unipo.data.tokenize.TokenizedPair`. The token ids are ``lis
 (``prompt_ids``, ``chosen_ids``, ``rejected_ids``); ``row`` (int64) is the pair's row in its source; the optional
 columns exist when the preparation options can fill them: ``chosen_weights`` / ``rejected_weights``
 (``list<float64>``, TIS-DPO), ``chosen_diff_mask`` / ``rejected_diff_mask`` (``list<int8>``, BMC),
-``pair_weight`` (float64), and always ``more_rejected_ids`` (``list<list<int32>>``, null but for listwise rows).
+``pair_weight`` (float64), ``chosen_score`` / ``rejected_score`` (float64), and
+always ``more_rejected_ids`` (``list<list<int32>>``, null but for listwise rows).
 
 :class:`PairsTable` is the dataset training reads: ``table[i]`` is the dict that the collator takes (the
 pair's non-null fields and ``index``, its position in the prepared data), cut from the mapped buffers, so a
@@ -38,6 +39,8 @@ def schema_for(opts: PrepOptions) -> pa.Schema:
         fields += [pa.field(f"{side}_diff_mask", pa.list_(pa.int8())) for side in ("chosen", "rejected")]
     if opts.pair_weight_column is not None:
         fields.append(pa.field("pair_weight", pa.float64()))
+    if opts.score_columns is not None:
+        fields += [pa.field(f"{side}_score", pa.float64()) for side in ("chosen", "rejected")]
     fields.append(pa.field("more_rejected_ids", pa.list_(_IDS)))
     return pa.schema(fields)
 

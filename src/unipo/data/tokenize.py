@@ -76,6 +76,8 @@ class TokenizedPair:
     chosen_diff_mask: list[int] | None = None
     rejected_diff_mask: list[int] | None = None
     pair_weight: float | None = None  # multiplies the pair's loss (PrepOptions.pair_weight_column)
+    chosen_score: float | None = None  # the responses' scores from the data (PrepOptions.score_columns)
+    rejected_score: float | None = None
     more_rejected_ids: list[list[int]] | None = None  # a listwise row's 2nd … K-th rejected responses
 
     def to_dict(self) -> dict:
@@ -460,6 +462,9 @@ class PrepOptions:
       ``none``) say how (docs/bridge.md).
     - ``pair_weight_column``: a numeric column whose value (finite, ≥ 0) multiplies the pair's loss; a row
       without it, or with another value, is invalid (``on_invalid`` applies).
+    - ``score_columns``: the two numeric columns (chosen, rejected) holding each response's score (finite in
+      float32; e.g. UltraFeedback's ``score_chosen`` / ``score_rejected``), read by the parts that need a score
+      per response (Uni-DPO's quality weight); a row without them is invalid (``on_invalid`` applies).
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
     - ``invalid_counted_in``: the file in which the calling command counts skipped rows; the invalid-row
       error ends with the way out (:func:`unipo.errors.skip_invalid_hint`).
@@ -479,6 +484,7 @@ class PrepOptions:
     on_invalid: str = "error"
     split: str = "train"
     pair_weight_column: str | None = None
+    score_columns: tuple[str, str] | None = None
     #: where the command that reads the pairs counts skipped rows (named in the invalid-row error's way out)
     invalid_counted_in: str = "data_summary.json"
     #: worker processes that tokenise (None: the cores available; 1: this process); never changes the result
@@ -497,6 +503,9 @@ class PrepOptions:
         cols = self.weights_columns
         if cols is not None and (isinstance(cols, str) or len(cols) != 2):
             raise ConfigError(f"weights_columns must be two column names (chosen, rejected), not {cols!r}")
+        scores = self.score_columns
+        if scores is not None and (isinstance(scores, str) or len(scores) != 2):
+            raise ConfigError(f"score_columns must be two column names (chosen, rejected), not {scores!r}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must be non-negative (or None), not {self.limit}")
         if self.num_proc is not None and self.num_proc < 1:
@@ -549,8 +558,8 @@ class _PairReader:
         file, rown, summary = rec.file, rec.row, self.summary
         try:
             pair = pre[0] if pre is not None else normalize_row(rec.data, file=file, row_number=rown)
-            if pair.more_rejected and (self.opts.weights_columns or self.opts.bmc_masks):
-                raise DataError("per-token weights and BMC masks are for one rejected response; this row has "
+            if pair.more_rejected and (self.opts.weights_columns or self.opts.bmc_masks or self.opts.score_columns):
+                raise DataError("per-token weights, BMC masks and scores are for one rejected response; this row has "
                                 f"{len(pair.all_rejected)} (listwise rows work with sequence-level variants)",
                                 file=file, row=rown, field="rejected")
             if len(pair.all_rejected) > MAX_REJECTED:
@@ -559,6 +568,7 @@ class _PairReader:
             prompt_ids, responses = pre[1] if pre is not None else \
                 tokenize_responses(pair, self.tok, file=file, row=rown)
             pair_weight = self._pair_weight(pair, file, rown)
+            scores = self._scores(pair, file, rown)
         except TemplateError:
             raise
         except DataError as exc:
@@ -578,6 +588,7 @@ class _PairReader:
         out = self._truncated(prompt_ids, responses, weights, file, rown)
         if out is not None:
             out.pair_weight = pair_weight
+            out.chosen_score, out.rejected_score = scores
             if len(responses) > 2:
                 summary.listwise += 1
                 summary.listwise_rejected += len(responses) - 1
@@ -595,6 +606,20 @@ class _PairReader:
             raise DataError(f"the pair weight must be a finite number >= 0, got {got} (finite in float32, where "
                             f"the loss is computed: at most {FLOAT32_MAX:.4g})", file=file, row=rown, field=column)
         return float(value)
+
+    def _scores(self, pair: PreferencePair, file: str, rown: int) -> tuple[float | None, float | None]:
+        if self.opts.score_columns is None:
+            return None, None
+        out = []
+        for column in self.opts.score_columns:
+            value = pair.extras.get(column)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                    or abs(value) > FLOAT32_MAX:
+                got = "missing" if value is None else repr(value)
+                raise DataError(f"the response's score must be a finite number, got {got} (finite in float32, where "
+                                f"the loss is computed)", file=file, row=rown, field=column)
+            out.append(float(value))
+        return out[0], out[1]
 
     def _weights(self, pair: PreferencePair, chosen_ids: list[int], rejected_ids: list[int], file: str,
                  rown: int) -> list[list[float] | None]:

@@ -236,14 +236,16 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     settings = replace(DataSettings.saved(saved.training), **lengths, weight_column=None,
                        **({"on_invalid": on_invalid} if on_invalid else {}))
     settings.check()
-    needs = data_needs(objective, saved.training.get("weights_columns"), saved.token_signal)
+    needs = data_needs(objective, saved.training.get("weights_columns"), saved.token_signal,
+                       saved.training.get("score_columns"))
     tokenizer = load_tokenizer(str(run_dir))
     weights_columns = needs.weights_columns if _has_columns(data, needs.weights_columns) else None
     if needs.weights_columns and weights_columns is None:
         log(f"eval: {data} has no {' / '.join(needs.weights_columns)} columns: the variant's own margin needs its "
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
     pairs, summary = prepare_data(settings, tokenizer, data, limit, weights_columns=weights_columns,
-                                  diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)")
+                                  diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)",
+                                  score_columns=needs.score_columns)
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {settings.max_length}, max_prompt_length {settings.max_prompt_length} "

@@ -63,7 +63,7 @@ from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
 from unipo.errors import ConfigError
 from unipo.objective import LossOutput, Objective
 from unipo.objective.config import check_beta, with_beta
-from unipo.objective.inputs import DROP_IN, SIDE_INPUTS
+from unipo.objective.inputs import DROP_IN, SIDE_INPUTS, SIDE_SPECS
 from unipo.objective.sides import ObjectiveInputs, Side
 
 #: the first TRL the drop-in runs on (docs/trl.md, "Which TRL": the versions tried; pyproject's extras say the
@@ -120,7 +120,8 @@ def build_objective(variant: str | Mapping[str, Any] | Objective, args: Any = No
 def check_supported(objective: Objective, *, precomputed_reference: bool) -> None:
     """Refuse, naming what is missing, an objective whose inputs TRL's DPOTrainer cannot supply."""
     req, name = objective.requirements, objective.config.name
-    missing = [f"the per-token input {k!r} ({SIDE_INPUTS[k]})" for k in sorted(req.inputs - SUPPLIED_INPUTS - {"kl"})]
+    missing = [f"the per-{SIDE_SPECS[k].per} input {k!r} ({SIDE_INPUTS[k]})"
+               for k in sorted(req.inputs - SUPPLIED_INPUTS - {"kl"})]
     if req.signal is not None:
         missing.append(f"the token signal {req.signal} that supplies it during training (a network reading the "
                        f"reference model's hidden states)")

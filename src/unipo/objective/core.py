@@ -19,9 +19,9 @@ import torch
 
 from unipo.errors import UnipoError
 from unipo.objective.config import ObjectiveConfig, Requirements, resolve
-from unipo.objective.inputs import SIDE_INPUTS, TOKEN_INPUTS, input_keywords
+from unipo.objective.inputs import SIDE_INPUTS, SIDE_SPECS, input_keywords
 from unipo.objective.listwise import check_groups
-from unipo.objective.metrics import summarise
+from unipo.objective.metrics import pair_weighting_metrics, summarise
 from unipo.objective.registry import KINDS, StatefulPart, parts
 from unipo.objective.sides import ObjectiveInputs, PairLossOut, PairTerms, Side
 
@@ -70,6 +70,15 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 def _masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # where, not multiply: padding may hold -inf or NaN
     return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def _per_response(key: str, value: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+    """A per-response input (``[B]``, e.g. the data's scores) checked finite and of the batch's shape, detached (a
+    constant of the objective) and in the dtype the objective computes in."""
+    if value.shape != logps.shape[:1] or not bool(torch.isfinite(value).all()):
+        raise UnipoError(f"{key} must be finite, one value per response: shape {tuple(logps.shape[:1])}, got "
+                         f"{tuple(value.shape)}")
+    return value.detach().to(torch.promote_types(_upcast(value).dtype, _upcast(logps).dtype))
 
 
 class Objective:
@@ -130,13 +139,17 @@ class Objective:
                              f"least one token (check truncation / max_length)")
         fields = {}
         for attr, value in side.optional().items():
-            key = TOKEN_INPUTS[attr].key(side.name)
+            spec = SIDE_SPECS[attr]
+            key = spec.key(side.name)
             if value is not None:
+                if spec.per == "response":  # one value per response: [B], finite, a constant (the data's)
+                    fields[attr] = _per_response(key, value, logps)
+                    continue
                 if value.shape != logps.shape:
                     raise UnipoError(f"{key} has shape {tuple(value.shape)}, expected {tuple(logps.shape)} like "
                                      f"{side.name} logps")
                 value = value if value.dtype == torch.bool else _masked(_upcast(value), mask)
-                if TOKEN_INPUTS[attr].constant:  # the reference is a constant of the objective: never any gradient
+                if spec.constant:  # the reference is a constant of the objective: never any gradient
                     value = value.detach()
             elif attr in self.requirements.inputs:
                 who = next(f"{p.kind}={p.name}" for p in self.parts.values() if attr in p.inputs)
@@ -235,11 +248,13 @@ class Objective:
         if not isinstance(out, PairLossOut):
             raise UnipoError(f"pair_loss={self.parts['pair_loss'].name} returned {type(out).__name__}; a pair loss "
                              f"returns PairLossOut(losses, selected=None) (unipo.objective.protocols.PairLoss)")
-        losses = out.losses
-        factor = self.fns["pair_weighting"](chosen, rejected, p)
-        if factor is not None:
-            losses = losses * factor.detach()
-            metrics["pair_weighting/mean"] = factor.detach().mean()
+        # a pair weighting: a factor (with gradient only where the part keeps it: Uni-DPO's performance weight),
+        # or (factor, a term added after it: Uni-DPO's calibrated NLL)
+        weighting = self.fns["pair_weighting"](chosen, rejected, p)
+        factor, added = weighting if isinstance(weighting, tuple) else (weighting, None)
+        losses = out.losses if factor is None else out.losses * factor
+        losses = losses if added is None else losses + added
+        metrics.update(pair_weighting_metrics(factor, added))
         aux, aux_metrics = self._auxiliary(chosen, rejected)
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
@@ -286,8 +301,9 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     ``link="js"``). Every per-token tensor is ``[batch, tokens]``, per response token: policy / reference
     log-probabilities, masks (1 on response tokens), token weights (TIS-DPO weights, SparsePO m^u), per-position KL
     (KL(π_ref‖π_θ) for TDPO / SparsePO, KL(π_θ‖π_ref) for TIS-DPO), SparsePO KL masks m^d, BMC diff masks and
-    learned-prior offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``pair_weights`` ([batch], ≥ 0) makes
-    ``.loss`` the weighted mean of the pairs' losses.
+    learned-prior offsets, WPO's log Σ_v π_θ(v)², ε-DPO's perturbed log-probs. ``chosen_score`` / ``rejected_score``
+    are ``[batch]``, one score per response from the data (Uni-DPO's quality weight). ``pair_weights`` ([batch], ≥ 0)
+    makes ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
     rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.

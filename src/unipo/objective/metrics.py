@@ -1,9 +1,9 @@
 """What the objective reports about one batch besides its losses: the rewards each side gets, the plain DPO
 log-ratio margin, the mean token log-probs and the detached scalar metrics (under TRL's names: ``rewards/*``,
-``logps/*``, ``logits``, ``logratio/*``, ``weights/*``).
+``logps/*``, ``logits``, ``logratio/*``, ``weights/*``) and a pair weighting's (``pair_weighting/*``).
 
-:func:`summarise` is called by :meth:`unipo.objective.Objective.loss` once the pair losses are computed; nothing here
-has gradient.
+:func:`summarise` and :func:`pair_weighting_metrics` are called by :meth:`unipo.objective.Objective.loss` once the
+pair losses are computed; nothing here has gradient.
 """
 
 from __future__ import annotations
@@ -46,6 +46,17 @@ def _log_ratio_margins(chosen: Side, rejected: Side, groups: torch.Tensor | None
     rho_l = (rejected.logps - rejected.ref_logps).sum(-1)
     return ((chosen.logps - chosen.ref_logps).sum(-1)
             - (rho_l if groups is None else per_pair_max(rho_l, groups, n_pairs))).detach()
+
+
+def pair_weighting_metrics(factor: torch.Tensor | None, added: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """A pair weighting's metrics: the mean factor on the pair losses (``pair_weighting/mean``) and the mean term it
+    adds after the factor (``pair_weighting/added``, Uni-DPO's calibrated NLL), each when the part returns it."""
+    out = {}
+    if factor is not None:
+        out["pair_weighting/mean"] = factor.detach().mean()
+    if added is not None:
+        out["pair_weighting/added"] = added.detach().mean()
+    return out
 
 
 def summarise(chosen: Side, rejected: Side, *, beta: float, h_w: torch.Tensor, h_l: torch.Tensor,

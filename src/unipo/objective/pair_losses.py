@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from unipo.errors import UnipoError
+from unipo.errors import ConfigError, UnipoError
 from unipo.objective.links import capped_exp
 from unipo.objective.moving import MovingStats
 from unipo.objective.protocols import Params
@@ -332,6 +332,57 @@ def repo_loss(t: PairTerms, params: Params) -> PairLossOut:
     combined logit divided by β, so that with ``gamma_beta_ratio`` = γ it is max(0, γ − (h_w − h_l)) whatever β is,
     as the released code computes ``relu(−(pi_logratios − gamma_beta_ratio))``."""
     return PairLossOut(torch.relu(-t.logits) / t.beta)
+
+
+def bpo_log_ratio(z: torch.Tensor, params: Params) -> torch.Tensor:
+    """log R_θ = −z (Algorithm 1 line 4 of BPO: R_θ = [π_θ(y_l)π_ref(y_w) / (π_θ(y_w)π_ref(y_l))]^β = exp(−βΔ)),
+    clipped to [log r_min, log r_max] where those are set (the paper's runs clip R_θ, Appendix C.2); a clipped
+    pair has no gradient, as ``clamp`` of R itself would give."""
+    lo, hi = params["bpo_ratio_min"], params["bpo_ratio_max"]
+    if lo is None and hi is None:
+        return -z
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"bpo_ratio_min ({lo}) is above bpo_ratio_max ({hi}): R_θ would be clipped to one value")
+    return (-z).clamp(min=None if lo is None else math.log(lo), max=None if hi is None else math.log(hi))
+
+
+@register("pair_loss", "bpo", params={
+    "bpo_lambda": Param(-0.5, "λ of the scaled Basu's power (SBA) h(R) = (R^{1+λ} − R)/(sλ(λ+1)); λ = 0 is its KLIEP "
+                              "limit; null selects the logistic-regression h, BPO's DPO instance (the sigmoid loss)",
+                        lo=-1, lo_open=True, kind="optional_number"),
+    "bpo_scale": Param(4.0, "s of SBA: 4 matches DPO's gradient magnitude at R_θ = 1 (the paper's choice)", lo=0,
+                       lo_open=True),
+    "bpo_ratio_min": Param(None, "clip R_θ = exp(−z) from below (null: no clip, as the paper's Code 1; its runs "
+                                 "use 0.01 on HH, 0.025 on TL;DR, 0.003 on UltraFeedback)", lo=0, lo_open=True,
+                           kind="optional_number"),
+    "bpo_ratio_max": Param(None, "clip R_θ from above (null: no clip; the paper's SimPO-ratio runs use 30 or 100)",
+                           lo=0, lo_open=True, kind="optional_number")},
+          formula="SBA: R^{λ+1}/(s(λ+1)) − R^{−λ}/(sλ) (λ = 0: (R + log R)/s); logistic h: log(1 + R); R = exp(−z)",
+          source="BPO (Kim et al., NeurIPS 2025, arXiv 2505.19601): L^h_BPO = E[h′(R)R − h(R) − h′(1/R)] (Eq. 10, "
+                 "Algorithm 1 line 5), Table 2 (instances), §3.3 (SBA, s = 4), Appendix C Code 1 (BPO_loss)",
+          preset=PresetSpec("bpo_sba", "R^{λ+1}/(s(λ+1)) − R^{−λ}/(sλ), R = exp(−βΔ) clipped at 0.01 (λ = −0.5: √R)",
+                            "Kim et al., NeurIPS 2025 (BPO, arXiv 2505.19601), Table 2, §3.3, Algorithm 1, Code 1, "
+                            "Appendix C.2",
+                            "λ = −0.5 (C.2: every stated setting), s = 4 (§3.3), β = 0.1 and R_θ ≥ 0.01 (the HH "
+                            "setting); the paper's UltraFeedback runs mix it with the logistic loss: "
+                            "pair_loss: {sigmoid: 0.7, bpo: 0.3}",
+                            {"bpo_ratio_min": 0.01}))
+def bpo_loss(t: PairTerms, params: Params) -> PairLossOut:
+    """Bregman preference optimisation: ratio matching of R_θ = exp(−z) to the data's ratio under the Bregman
+    divergence of h, in the tractable form h′(R)R − h(R) − h′(1/R) (constants dropped), closed-form per h (Table 2,
+    Code 1) and computed from log R so that it stays finite (exponentials capped at e^80). With
+    ``bpo_lambda: null`` (the logistic h) it is log(1 + R) = −log σ(z), DPO's loss; the SBA instance reweights
+    pairs by λ (λ > −1; λ → −1 flattens, larger λ focuses on confident pairs). On any z: with SimPO's parts
+    R_θ is SimPO's ratio (Appendix B.3: there the authors retune s)."""
+    log_r = bpo_log_ratio(t.logits, params)
+    lam = params["bpo_lambda"]
+    if lam is None:
+        return PairLossOut(F.softplus(log_r))
+    lam, scale = float(lam), float(params["bpo_scale"])
+    if lam == 0.0:
+        return PairLossOut((capped_exp(log_r) + log_r) / scale)
+    return PairLossOut(capped_exp((lam + 1) * log_r) / (scale * (lam + 1))
+                       - capped_exp(-lam * log_r) / (scale * lam))
 
 
 def epsilon_steps(chosen, rejected) -> torch.Tensor:

@@ -52,8 +52,12 @@ class PairLoss(Protocol):
 
 
 class PairWeighting(Protocol):
-    def __call__(self, chosen: Side, rejected: Side, params: Params) -> torch.Tensor | None:
-        """A factor ``[B]`` (no gradient) that multiplies each pair's loss, or None (= 1)."""
+    def __call__(self, chosen: Side, rejected: Side, params: Params
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+        """A factor ``[B]`` that multiplies each pair's loss, or None (= 1); or (factor, term): a term ``[B]``
+        added to each pair's loss after the factor (Uni-DPO's calibrated NLL). The factor carries gradient only
+        where the part computes it with gradient (WPO's never does; Uni-DPO's performance weight does, as its
+        released code)."""
 
 
 PROTOCOLS: dict[str, type] = {

@@ -40,7 +40,7 @@ KINDS: dict[str, str] = {
     "rejected_transform": "one-sided transform of the rejected side",
     "kl": "term D subtracted inside the sigmoid: a sequential KL (TDPO / SparsePO / TIS-DPO) or a margin (α-DPO)",
     "pair_loss": "the shape of the pairwise loss",
-    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO)",
+    "pair_weighting": "a per-pair factor on the pair loss, computed from the pair itself (WPO, Uni-DPO)",
 }
 
 KL_DIRECTIONS = ("ref||policy", "policy||ref")

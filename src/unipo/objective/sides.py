@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from unipo.errors import UnipoError
-from unipo.objective.inputs import KEYWORDS, PAIR_INPUTS, SIDE_NAMES, TOKEN_INPUTS, input_keywords
+from unipo.objective.inputs import KEYWORDS, PAIR_INPUTS, SIDE_NAMES, SIDE_SPECS, input_keywords
 
 __all__ = ["KEYWORDS", "SIDE_NAMES", "ObjectiveInputs", "PairLossOut", "PairTerms", "Side"]
 
@@ -34,8 +34,9 @@ class _SideMethods:
         return self.lengths if self.partner_mask is None else self.partner_mask.sum(-1).to(self.logps.dtype)
 
     def optional(self) -> dict[str, torch.Tensor | None]:
-        """The optional per-token inputs by field name."""
-        return {name: getattr(self, name) for name in TOKEN_INPUTS}
+        """The optional inputs by field name (per token ``[B, T]``, or per response ``[B]``: the input table's
+        ``per``)."""
+        return {name: getattr(self, name) for name in SIDE_SPECS}
 
 
 def _optional(names) -> list[tuple[str, str, Any]]:
@@ -46,7 +47,7 @@ Side = make_dataclass("Side", [
     ("name", "str"),  # "chosen" or "rejected"
     ("logps", "torch.Tensor"),
     ("mask", "torch.Tensor"),
-    *_optional(TOKEN_INPUTS),
+    *_optional(SIDE_SPECS),
     # the OTHER response's mask [B, T'] (set by the objective, not an input): SamPO's sampler and LD-DPO's shared
     # length read its lengths (other_lengths)
     ("partner_mask", "torch.Tensor | None", field(default=None)),
@@ -57,10 +58,11 @@ Side = make_dataclass("Side", [
 Per-token tensors ``[B, T]`` (B pairs, T tokens) for the chosen or the rejected responses.
 
     ``name`` is ``chosen`` or ``rejected``; ``logps`` are the policy's log-probabilities a_t of the response tokens
-    (with gradient), ``mask`` is True on response tokens. The optional fields are the per-token inputs of
-    :data:`unipo.objective.inputs.INPUTS` (one field each, same name), read only by the parts that declare them in
-    their :class:`~unipo.objective.registry.Needs`. ``partner_mask`` (the other response's mask, for
-    :attr:`other_lengths`) and ``pair_ids`` (each pair's identity) are set by the objective, not inputs.
+    (with gradient), ``mask`` is True on response tokens. The optional fields are the per-token (``[B, T]``) and
+    per-response (``[B]``, e.g. ``score``) inputs of :data:`unipo.objective.inputs.INPUTS` (one field each, same
+    name), read only by the parts that declare them in their :class:`~unipo.objective.registry.Needs`.
+    ``partner_mask`` (the other response's mask, for :attr:`other_lengths`) and ``pair_ids`` (each pair's identity)
+    are set by the objective, not inputs.
     """})
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from unipo.data.tokenize import ON_INVALID
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS
+from unipo.tisdpo.importance import PRIOR_NORMS, TI_DPO, TI_LAMBDA
 from unipo.tisdpo.prompts import PROMPT_PAIRS
 from unipo.tisdpo.transform import EOS_CHOICES, PAPER_DEFAULTS, RANK_RANGE, RANK_TIES, TRANSFORMS
 
@@ -20,7 +21,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 @dataclass
 class EstimateArguments:
-    """What ``unipo weights estimate`` reads and writes, and how (π+, π−) are built."""
+    """What ``unipo weights estimate`` reads and writes, and how the weights are computed."""
 
     model: str = field(metadata={
         "help": "base model: a built-in name, a checkpoint directory or a hub name; its tokenizer is the one "
@@ -28,7 +29,9 @@ class EstimateArguments:
     data: str = field(metadata={"help": "preference pairs (any format `unipo train` reads)"})
     out: str = field(metadata={"help": "output JSONL; sidecars OUT.meta.json, OUT.summary.json"})
     method: str = field(default="dpo", metadata={
-        "help": "how to build (π+, π−): prompt (P), sft (S) or dpo (D, the paper's best)", "choices": METHODS})
+        "help": "TIS-DPO's (π+, π−): prompt (P), sft (S) or dpo (D, the paper's best); or ti_dpo: TI-DPO's "
+                "gradient attribution + Gaussian prior on --model alone (arXiv 2505.19653, Eq. 5-8)",
+        "choices": (*METHODS, TI_DPO)})
     limit: int | None = field(default=None, metadata={"help": "only the first N rows (training and scoring)"})
 
 
@@ -53,6 +56,19 @@ class TransformArguments:
         "help": "the end-of-sequence token's weight: auto (paper transform: weighted like any token; rank: 0), "
                 "zero (0 under both: the authors' code), weight (weighted under both); the paper is silent",
         "choices": EOS_CHOICES})
+
+
+@dataclass
+class TokenImportanceArguments:
+    """Method ti_dpo: TI-DPO's W = λ·I/ΣI + (1 − λ)·P, I_i = ‖∇_{e_i} max final logit‖₁ (Yang et al., ICLR 2026)."""
+
+    _argument_group_name = "method ti_dpo (TI-DPO token importance)"
+
+    ti_lambda: float = field(default=TI_LAMBDA, metadata={
+        "help": "λ of Eq. 8, the share of the gradient attribution (the paper's Table B13: 0.7)"})
+    ti_prior_norm: str = field(default="sum", metadata={
+        "help": "the Gaussian prior (Eq. 7): sum (divided by its sum, a distribution like I/ΣI) or none (its "
+                "unnormalised value, peak 1, as Eq. 7 prints it)", "choices": PRIOR_NORMS})
 
 
 @dataclass
@@ -102,8 +118,8 @@ class ScoringArguments:
 
 
 #: every option of ``unipo weights estimate``, in the order of the help
-ESTIMATE_OPTIONS = (EstimateArguments, TransformArguments, PromptPairArguments, ContrastiveTrainingArguments,
-                    ScoringArguments)
+ESTIMATE_OPTIONS = (EstimateArguments, TransformArguments, TokenImportanceArguments, PromptPairArguments,
+                    ContrastiveTrainingArguments, ScoringArguments)
 
 
 @dataclass

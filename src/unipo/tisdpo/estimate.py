@@ -1,4 +1,5 @@
-"""``unipo weights estimate``: score every response token with (π+, π−) and write TIS-DPO weights.
+"""``unipo weights estimate``: score every response token with (π+, π−) and write TIS-DPO weights, or
+(``--method ti_dpo``) with TI-DPO's gradient attribution and Gaussian prior (:mod:`unipo.tisdpo.importance`).
 
 Liu et al., ICLR 2025 (TIS-DPO), §6.1 and Eq. 19: for each token y_t of each response,
 d_t = log π+(y_t | x, y_<t) − log π−(y_t | x, y_<t), and w_t = k·exp(μ·clamp(d_t, L, U)) with μ = +1 on
@@ -40,12 +41,15 @@ from unipo.io.atomic import atomic_write_text
 from unipo.io.files import read_jsonl_repairing, sidecar_paths
 from unipo.io.resumable import Progress, ResumablePipeline, RunFiles
 from unipo.tisdpo.contrastive import DEFAULT_LORA, METHODS, ensure_pair, load_scorer, log
+from unipo.tisdpo.importance import PRIOR_NORMS, TI_DPO, TI_LAMBDA, token_importance
 from unipo.tisdpo.prompts import system_prompts, with_system
 from unipo.tisdpo.transform import PAPER_DEFAULTS, RANK_RANGE, check_transform, paper_weights, rank_weights
 
 #: columns this command writes (an input's own copies are replaced)
 OUTPUT_COLUMNS = ("chosen_weights", "rejected_weights", "tokenizer", "source_row")
 NO_TRUNCATION = 10**9
+#: every ``--method``: the TIS-DPO contrastive constructions and TI-DPO's token importance
+ESTIMATE_METHODS = (*METHODS, TI_DPO)
 
 
 @dataclass
@@ -74,6 +78,8 @@ class EstimateOptions:
     overwrite: bool = False
     progress: bool = True
     on_invalid: str = "error"
+    ti_lambda: float = TI_LAMBDA  # λ of TI-DPO's Eq. 8 (method ti_dpo)
+    ti_prior_norm: str = "sum"  # sum | none: TI-DPO's Gaussian prior divided by its sum, or Eq. 7 as printed
 
 
 @dataclass(frozen=True)
@@ -193,8 +199,12 @@ def estimate_weights(data: str, out: str | Path, model: str, opts: EstimateOptio
     new rows and returns (used to test resuming); ``on_row`` is called with each row written.
     """
     opts = opts or EstimateOptions()
-    if opts.method not in METHODS:
-        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
+    if opts.method not in ESTIMATE_METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(ESTIMATE_METHODS)}, not {opts.method!r}")
+    if not 0.0 <= opts.ti_lambda <= 1.0:
+        raise ConfigError(f"--ti-lambda must be in [0, 1], not {opts.ti_lambda}")
+    if opts.ti_prior_norm not in PRIOR_NORMS:
+        raise ConfigError(f"--ti-prior-norm must be one of {', '.join(PRIOR_NORMS)}, not {opts.ti_prior_norm!r}")
     check_transform(opts.transform, opts.lower, opts.upper, opts.k, tuple(opts.rank_range))
     if opts.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
@@ -244,11 +254,15 @@ class _EstimateRun(ResumablePipeline):
         return pairs
 
     def settings(self, items: list) -> dict[str, Any]:
-        opts, trained = self.opts, self.opts.method != "prompt"
+        opts = self.opts
+        common = {"method": opts.method, "model": self.model, "model_path": self.base, "data": self.data,
+                  "data_sha256": _fingerprint_rows(self.raw), "limit": opts.limit, "tokenizer": self.fingerprint}
+        if opts.method == TI_DPO:
+            return {**common, "ti_lambda": opts.ti_lambda, "ti_prior_norm": opts.ti_prior_norm,
+                    "paper": "Yang et al., ICLR 2026 (TI-DPO, arXiv 2505.19653), Eq. 5-8"}
+        trained = opts.method != "prompt"
         return {
-            "method": opts.method, "model": self.model, "model_path": self.base, "data": self.data,
-            "data_sha256": _fingerprint_rows(self.raw), "limit": opts.limit, "tokenizer": self.fingerprint,
-            "transform": opts.transform,
+            **common, "transform": opts.transform,
             **({"lower": opts.lower, "upper": opts.upper, "k": opts.k} if opts.transform == "paper"
                else {"rank_range": list(opts.rank_range)}),
             "system_prompts": list(self.systems) if self.systems else None,
@@ -267,8 +281,9 @@ class _EstimateRun(ResumablePipeline):
         return {int(r["source_row"]) for r in _read_rows(self.paths.out) if "source_row" in r}
 
     def start_message(self, total: int, pending: int) -> str:
+        how = "gradient attribution" if self.opts.method == TI_DPO else f"transform {self.opts.transform}"
         return (f"{total} pairs, {total - pending} already scored in {self.paths.out}, {pending} to score "
-                f"({self.opts.method}, transform {self.opts.transform})")
+                f"({self.opts.method}, {how})")
 
     def prepare(self, pending: list, meta: dict[str, Any]) -> None:
         """Train (or find in the cache) the contrastive pair (π+, π−) and load it for scoring."""
@@ -278,13 +293,17 @@ class _EstimateRun(ResumablePipeline):
         from unipo.models.loading import resolve_dtype
 
         opts = self.opts
+        self.device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = resolve_dtype(opts.dtype, "fp32")
+        if opts.method == TI_DPO:  # one model, nothing trained: the starting policy (= the reference)
+            meta["contrastive_models"] = None
+            self.pos_model = self.neg_model = load_scorer(None, self.base, dtype).to(self.device)
+            return
         models_dir = Path(opts.models_dir) if opts.models_dir else cache_dir() / "tisdpo"
         pair_models = ensure_pair(opts.method, self.base, list(self.normalized.values()), models_dir=models_dir,
                                   lora=opts.lora, overrides=opts.train_overrides, retrain=opts.retrain,
                                   progress=opts.progress)
         meta["contrastive_models"] = str(pair_models.directory) if pair_models.directory else None
-        self.device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = resolve_dtype(opts.dtype, "fp32")
         self.pos_model = load_scorer(pair_models.positive, self.base, dtype).to(self.device)
         self.neg_model = self.pos_model if pair_models.negative is None else \
             load_scorer(pair_models.negative, self.base, dtype).to(self.device)
@@ -299,17 +318,26 @@ class _EstimateRun(ResumablePipeline):
         try:
             for start in range(0, len(todo), size):
                 chunk = todo[start:start + size]
-                for p, (dc, dr) in zip(chunk, self._score(chunk), strict=True):
-                    yield "out", self._row(p, dc, dr)
+                for p, (wc, wr) in zip(chunk, self._score(chunk), strict=True):
+                    yield "out", self._row(p, wc, wr)
                 bar.update(len(chunk))
         finally:
             bar.close()
 
     def _score(self, chunk: list) -> list[tuple[list[float], list[float]]]:
+        """(chosen weights, rejected weights) of each pair of the chunk."""
+        opts = self.opts
+        if opts.method == TI_DPO:
+            return [tuple(token_importance(self.pos_model, p.prompt_ids, ids, self.device, lam=opts.ti_lambda,
+                                           prior_norm=opts.ti_prior_norm)
+                          for ids in (p.chosen_ids, p.rejected_ids)) for p in chunk]
         positive, negative = self.systems or (None, None)
-        return score_batch(self.pos_model, self.neg_model, [self._examples(p, positive) for p in chunk],
-                           [self._examples(p, negative) for p in chunk],
-                           pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+        diffs = score_batch(self.pos_model, self.neg_model, [self._examples(p, positive) for p in chunk],
+                            [self._examples(p, negative) for p in chunk],
+                            pad_token_id=self.tokenizer.pad_token_id, device=self.device)
+        return [(to_weights(dc, "chosen", p.chosen_ids, self.eos_ids, opts),
+                 to_weights(dr, "rejected", p.rejected_ids, self.eos_ids, opts))
+                for p, (dc, dr) in zip(chunk, diffs, strict=True)]
 
     def _examples(self, p, system: str | None) -> dict:
         from unipo.data.tokenize import tokenize_pair
@@ -320,11 +348,10 @@ class _EstimateRun(ResumablePipeline):
                                        row=p.row)[0]
         return {"prompt_ids": prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids}
 
-    def _row(self, p, chosen_diffs: list[float], rejected_diffs: list[float]) -> dict[str, Any]:
+    def _row(self, p, chosen: list[float], rejected: list[float]) -> dict[str, Any]:
         pair = self.normalized[p.row]
-        weights = {side: [round(w, 6) for w in to_weights(diffs, side, ids, self.eos_ids, self.opts)]
-                   for side, diffs, ids in (("chosen", chosen_diffs, p.chosen_ids),
-                                            ("rejected", rejected_diffs, p.rejected_ids))}
+        keep = (lambda w: float(f"{w:.7g}")) if self.opts.method == TI_DPO else (lambda w: round(w, 6))
+        weights = {"chosen": [keep(w) for w in chosen], "rejected": [keep(w) for w in rejected]}
         return {"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected,
                 **{k: v for k, v in pair.extras.items() if k not in OUTPUT_COLUMNS},
                 "chosen_weights": weights["chosen"], "rejected_weights": weights["rejected"],

@@ -140,6 +140,10 @@ class TrainConfig:
     weight_column: str | None = field(default=None, metadata={
         "help": "a numeric column whose value (finite, >= 0) multiplies each pair's loss: the batch loss is then "
                 "the weighted mean; a row without a valid value is invalid (on_invalid applies)"})
+    score_columns: list[str] | None = field(default=None, metadata={
+        "help": "two numeric columns holding each chosen and rejected response's score (a reward model's or a "
+                "judge's), read by variants that weight pairs by their scores (uni_dpo); null: score_chosen "
+                "score_rejected (UltraFeedback's names) for those variants; a row without them is invalid"})
     data_num_proc: int | None = field(default=None, metadata={
         "help": "worker processes that tokenise the data (null: the cores available; 1: none); the prepared "
                 "pairs are the same for every value, and cached (docs/data.md)"})
@@ -296,6 +300,9 @@ class TrainConfig:
         if self.weights_columns is not None and len(self.weights_columns) != 2:
             raise ConfigError(f"{source}: weights_columns must be two column names (chosen, rejected), "
                               f"got {self.weights_columns!r}")
+        if self.score_columns is not None and (isinstance(self.score_columns, str) or len(self.score_columns) != 2):
+            raise ConfigError(f"{source}: score_columns must be two column names (chosen, rejected), "
+                              f"got {self.score_columns!r}")
         attn = self.attn_implementation
         if attn is not None and attn not in ATTN_IMPLEMENTATIONS and "/" not in attn:
             raise ConfigError(f"{source}: attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, a "

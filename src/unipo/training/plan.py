@@ -1,8 +1,9 @@
 """What a run will do, decided before anything loads, and the data preparation every pipeline shares.
 
 * :func:`plan_training` — pure validation, no model and no data read: the objective, what it needs from the
-  data (:func:`data_needs`: token-weight columns, BMC diff masks), the token signal, the reference mode; a bad
-  combination fails here, in a second, before anything is loaded (``unipo train``, ``iterate``'s check);
+  data (:func:`data_needs`: token-weight columns, BMC diff masks, the responses' score columns), the token
+  signal, the reference mode; a bad combination fails here, in a second, before anything is loaded (``unipo
+  train``, ``iterate``'s check);
 * :class:`DataSettings` — the keys of a configuration that data preparation reads, from a
   :class:`~unipo.training.config.TrainConfig` (:meth:`DataSettings.of`) or from the configuration a run saved
   (:meth:`DataSettings.saved`: ``unipo eval`` prepares its held-out pairs as the run's training data was);
@@ -30,16 +31,25 @@ from unipo.training.rundir import RunDir
 @dataclass(frozen=True)
 class DataNeeds:
     """What an objective needs prepared with the pairs: ``weights_columns`` (the data columns holding per-token
-    weights; None: the data supplies none) and ``diff_masks`` (BMC's difference masks while tokenising)."""
+    weights; None: the data supplies none), ``diff_masks`` (BMC's difference masks while tokenising) and
+    ``score_columns`` (the data columns holding each chosen and rejected response's score; None: no part reads
+    scores)."""
 
     weights_columns: tuple[str, str] | None
     diff_masks: bool
+    score_columns: tuple[str, str] | None = None
 
 
-def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any] | None) -> DataNeeds:
+#: the score columns read when a part needs scores and none are configured (UltraFeedback's names)
+DEFAULT_SCORE_COLUMNS = ("score_chosen", "score_rejected")
+
+
+def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any] | None,
+               score_columns: Any = None) -> DataNeeds:
     """The columns an objective reads from the data (its parts' declared needs; no part names): per-token
     weights from ``weights_columns`` (or ``chosen_weights`` / ``rejected_weights`` when a part needs weights and
-    the resolved token ``signal`` does not provide them), BMC's diff masks when a part reads them."""
+    the resolved token ``signal`` does not provide them), BMC's diff masks when a part reads them, the responses'
+    scores from ``score_columns`` (or :data:`DEFAULT_SCORE_COLUMNS`) when a part reads them."""
     from unipo.models.signals import SIGNAL_TYPES
 
     req = objective.requirements
@@ -47,7 +57,8 @@ def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any
     columns = tuple(weights_columns) if weights_columns else None
     if "weights" in req.inputs and columns is None and not signal_gives_weights:
         columns = ("chosen_weights", "rejected_weights")
-    return DataNeeds(columns, "diff_mask" in req.inputs)
+    scores = (tuple(score_columns) if score_columns else DEFAULT_SCORE_COLUMNS) if "score" in req.inputs else None
+    return DataNeeds(columns, "diff_mask" in req.inputs, scores)
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,8 @@ class TrainingPlan:
     ``weights_columns``: the data columns that hold per-token weights (None: the data supplies none);
     ``diff_masks``: compute BMC's difference masks while tokenising; ``signal``: the resolved token-signal
     spec (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter |
-    precomputed | none."""
+    precomputed | none; ``score_columns``: the data columns holding each response's score (chosen, rejected), when
+    a part reads scores."""
 
     cfg: TrainConfig
     objective: Objective
@@ -65,6 +77,7 @@ class TrainingPlan:
     diff_masks: bool
     signal: dict[str, Any] | None
     reference: str
+    score_columns: tuple[str, str] | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -93,9 +106,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
         raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
     signal = resolve_signal_spec(cfg.token_signal, objective.requirements, data_weights=bool(cfg.weights_columns),
                                  name=f"variant {objective.config.name}")
-    needs = data_needs(objective, cfg.weights_columns, signal)
+    needs = data_needs(objective, cfg.weights_columns, signal, cfg.score_columns)
     reference = _reference_mode(cfg, objective, signal)
-    return TrainingPlan(cfg, objective, needs.weights_columns, needs.diff_masks, signal, reference)
+    return TrainingPlan(cfg, objective, needs.weights_columns, needs.diff_masks, signal, reference,
+                        needs.score_columns)
 
 
 def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
@@ -162,7 +176,7 @@ class DataSettings:
                                                 if f.name in training})
 
     def options(self, limit: int | None, weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                counted_in: str = RunDir.DATA_SUMMARY):
+                counted_in: str = RunDir.DATA_SUMMARY, score_columns: tuple[str, str] | None = None):
         """The :class:`~unipo.data.tokenize.PrepOptions` of these settings (for the cache and for streaming)."""
         from unipo.data.tokenize import PrepOptions
 
@@ -170,8 +184,8 @@ class DataSettings:
                            truncation_mode=self.truncation_mode, bmc_masks=diff_masks,
                            bmc_alignment=self.bmc_alignment, bmc_exempt=self.bmc_exempt,
                            weights_columns=weights_columns, limit=limit, on_invalid=self.on_invalid,
-                           pair_weight_column=self.weight_column, invalid_counted_in=counted_in,
-                           num_proc=self.data_num_proc)
+                           pair_weight_column=self.weight_column, score_columns=score_columns,
+                           invalid_counted_in=counted_in, num_proc=self.data_num_proc)
 
     def check(self, source: str = "config") -> None:
         """TrainConfig's rule on the lengths (for settings changed after the run: ``unipo eval --max-length``)."""
@@ -182,17 +196,19 @@ class DataSettings:
 
 def prepare_data(settings: DataSettings, tokenizer, source: str, limit: int | None, *,
                  weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                 counted_in: str = RunDir.DATA_SUMMARY, materialize: bool = True):
-    """Tokenize ``source`` with ``settings``' lengths and truncation (token-weight columns and BMC diff masks as
-    a :class:`DataNeeds` says); return rows for the dataset and the preparation summary. ``counted_in``: the
-    file where the calling command records skipped rows (named by an invalid-row error's way out).
+                 counted_in: str = RunDir.DATA_SUMMARY, materialize: bool = True,
+                 score_columns: tuple[str, str] | None = None):
+    """Tokenize ``source`` with ``settings``' lengths and truncation (token-weight columns, BMC diff masks and the
+    responses' score columns as a :class:`DataNeeds` says); return rows for the dataset and the preparation
+    summary. ``counted_in``: the file where the calling command records skipped rows (named by an invalid-row
+    error's way out).
 
     The pairs come from the prepared-data cache (:func:`unipo.data.cache.prepared_table`: prepared once per
     data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
     the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
     from unipo.data.cache import prepared_table
 
-    options = settings.options(limit, weights_columns, diff_masks, counted_in)
+    options = settings.options(limit, weights_columns, diff_masks, counted_in, score_columns)
     table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
     if not len(table):

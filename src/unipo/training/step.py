@@ -15,15 +15,15 @@ from unipo.layout import PackedBatch, SideLayout
 from unipo.models.forward import ForwardOutput, ReferenceOutputs, response_logps
 from unipo.models.signals import SignalOutput
 from unipo.objective import LossOutput, Objective
-from unipo.objective.inputs import PAIR_INPUTS, TOKEN_INPUTS, InputSpec
+from unipo.objective.inputs import PAIR_INPUTS, SIDE_SPECS, InputSpec
 from unipo.objective.sides import ObjectiveInputs, Side
 from unipo.training.reference import Reference
 
 
 def _produced(spec: InputSpec, name: str, layout: SideLayout, reference: ReferenceOutputs, policy: ForwardOutput,
               signal: SignalOutput | None) -> torch.Tensor | None:
-    """Side ``name``'s value of a per-token input, from its producers in the input table (the last one that
-    gives a value wins: a token signal over the data's column)."""
+    """Side ``name``'s value of a per-token or per-response input, from its producers in the input table (the last
+    one that gives a value wins: a token signal over the data's column)."""
     value = None
     for producer in spec.producers:
         if producer.source == "data":
@@ -41,11 +41,11 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
                      signal: SignalOutput | None = None) -> ObjectiveInputs:
     """Assemble the objective's inputs: the policy's log-probs and masks, then every input of the input table
     (:data:`unipo.objective.inputs.INPUTS`) from its producer: the reference's log-probs, the policy pass's
-    per-position KL and statistics, the batch's per-token data columns (token weights, BMC diff masks) and per-pair
-    columns, and what the token signal produced."""
+    per-position KL and statistics, the batch's data columns of each side (token weights, BMC diff masks, the
+    responses' scores) and per-pair columns, and what the token signal produced."""
     sides = {}
     for name, layout in batch.sides.items():
-        fields = {spec.name: _produced(spec, name, layout, reference, policy, signal) for spec in TOKEN_INPUTS.values()}
+        fields = {spec.name: _produced(spec, name, layout, reference, policy, signal) for spec in SIDE_SPECS.values()}
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
     per_pair = {spec.name: getattr(batch, spec.producers[0].attribute) for spec in PAIR_INPUTS.values()}
     return ObjectiveInputs(sides["chosen"], sides["rejected"], **per_pair)
