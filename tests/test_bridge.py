@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.helpers import read_jsonl, write_jsonl
+from unipo.bridge.config import BridgeConfig
 from unipo.bridge.editors import LocalEditor
 from unipo.bridge.pipeline import (
     BridgeOptions,
@@ -142,7 +143,7 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}])
     out = tmp_path / "out.jsonl"
     opts = BridgeOptions(keep_truncated=True, max_new_tokens=12)
-    s = run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+    s = run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
     assert s["rows_read"] == 5 and s["edited"] + s["dropped_none"] + s["failed"] == 5 and s["pending"] == 0
     assert s["edited"] >= 1
     rows = read_jsonl(out)
@@ -159,26 +160,27 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
 
     # a second run has nothing to do and changes nothing
     before = out.read_text()
-    s2 = run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+    s2 = run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
     assert s2["this_run"]["edited"] == 0 and s2["this_run"]["failed"] == 0
     assert out.read_text() == before and s2["edited"] == s["edited"]
 
     # a second run on the same output while one is writing is refused
     with RunLock(BridgePaths.for_output(out).lock, "unipo bridge"):
         with pytest.raises(UnipoError, match="another `unipo bridge`"):
-            run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+            run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
 
     # the same output on other data is refused
     other = write_jsonl(tmp_path / "other.jsonl", QA_ROWS[:2])
     with pytest.raises(DataError, match="different input"):
-        run_bridge(other, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+        run_bridge(BridgeConfig(other, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
 
 
 @pytest.mark.integration
 def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:2])
-    s = run_bridge(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
-                   options=BridgeOptions(max_new_tokens=4), log=lambda m: None)
+    s = run_bridge(BridgeConfig(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
+                                options=BridgeOptions(max_new_tokens=4)),
+                   log=lambda m: None)
     # a sampled random model never stops within 4 tokens
     assert s["failed"] == 2 and s["this_run"]["truncated"] == 2
     fails = read_jsonl(tmp_path / "o.failed.jsonl")

@@ -73,18 +73,20 @@ class _EchoEditor:
 
 @pytest.mark.unit
 def test_bridge_skips_invalid_rows_and_counts_them(tmp_path):
-    from unipo.bridge.pipeline import BridgeOptions, run_bridge
+    from unipo.bridge.config import BridgeConfig, BridgeOptions
+    from unipo.bridge.pipeline import run_bridge
     from unipo.bridge.prompts import get_template
 
     data = write_jsonl(tmp_path / "hh.jsonl", [GOOD[0], BLANK, GOOD[1]])
     out = tmp_path / "bridged.jsonl"
     template = get_template("instruct", None)
     with pytest.raises(DataError) as exc:
-        run_bridge(data, out, _EchoEditor(), template, options=BridgeOptions(plot=False, progress_every=0))
+        run_bridge(BridgeConfig(data, out, _EchoEditor(), template,
+                                options=BridgeOptions(plot=False, progress_every=0)))
     assert "row 2, field 'chosen'" in str(exc.value) and str(exc.value).endswith(
         f"{WAY_OUT} OUT.summary.json (invalid)")
-    summary = run_bridge(data, out, _EchoEditor(), template,
-                         options=BridgeOptions(plot=False, progress_every=0, on_invalid="skip", overwrite=True))
+    summary = run_bridge(BridgeConfig(data, out, _EchoEditor(), template, options=BridgeOptions(
+        plot=False, progress_every=0, on_invalid="skip", overwrite=True)))
     assert (summary["rows_read"], summary["edited"], summary["invalid"]) == (2, 2, 1)
     saved = json.loads(Path(str(out).removesuffix(".jsonl") + ".summary.json").read_text())
     assert saved["invalid"] == 1 and "row 2, field 'chosen'" in saved["invalid_messages"][0]
