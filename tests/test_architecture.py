@@ -1,6 +1,6 @@
 """The architecture's rules that a test can hold: small functions, the run directory's file names in RunDir alone,
 no sibling imports out of the training job. (The import layers are checked by
-`lint-imports`, see pyproject.toml; references to files a user's clone lacks by tests/test_docs_generated.py.)"""
+`lint-imports`, see pyproject.toml; references to files a user's clone lacks by tests/test_cli_docgen.py.)"""
 
 import ast
 from pathlib import Path

@@ -125,9 +125,9 @@ def test_unipo_trains_under_the_gpu_images_transformers(site):
                              capture_output=True, text=True, env=env, check=True).stdout.strip()
     assert version == "5.17.0"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/test_train_e2e.py::test_every_sequence_level_preset_trains[dpo]",
-                           "tests/test_segment_attention.py::test_gradient_checkpointing_recomputes_the_same",
-                           "tests/test_trl_integration.py::test_dpo_loss_and_gradient_equal_trls_and_unipos"],
+                           "tests/test_training_train.py::test_every_sequence_level_preset_trains[dpo]",
+                           "tests/test_models_segment_attention.py::test_gradient_checkpointing_recomputes_the_same",
+                           "tests/test_integrations_trl.py::test_dpo_loss_and_gradient_equal_trls_and_unipos"],
                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0 and re.search(r"^3 passed", proc.stdout, re.M), proc.stdout[-3000:]
 

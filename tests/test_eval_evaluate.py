@@ -36,20 +36,20 @@ PAIRS = [{"prompt_ids": [ord(c) for c in "1+1=2"]}, {"prompt_ids": [ord(c) for c
 
 
 def test_a_user_verifier_scores_the_decoded_held_out_prompt():
-    check = prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_verifier:contains_answer")
+    check = prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_evaluate:contains_answer")
     assert check(0, " 2 ") == 1.0 and check(1, "2") == 0.0 and check(1, "4") == 1.0
-    assert prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_verifier:half")(0, "x") == 0.5
+    assert prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_evaluate:half")(0, "x") == 0.5
 
 
 def test_a_verifier_that_fails_gets_one_line_naming_it_and_the_prompt():
     with pytest.raises(UnipoError, match=r"broken raised KeyError on held-out prompt 1"):
-        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_verifier:broken")(1, "x")
+        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_evaluate:broken")(1, "x")
     with pytest.raises(UnipoError, match=r"returned 7.0 on held-out prompt 0: expected a bool or a number in"):
-        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_verifier:out_of_range")(0, "x")
+        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_evaluate:out_of_range")(0, "x")
     with pytest.raises(ConfigError, match="expected module:function"):
         prompt_verifier(_Tok(), PAIRS, None, "no_colon")
     with pytest.raises(ConfigError, match="cannot import it"):
-        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_verifier:missing")
+        prompt_verifier(_Tok(), PAIRS, None, "tests.test_eval_evaluate:missing")
 
 
 def test_the_built_in_task_scores_one_or_zero():
