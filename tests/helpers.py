@@ -153,3 +153,11 @@ def moved_policy_and_batch(model_dir: Path, rows: list[dict], *, seed: int, scal
     batch = PackedBatch.from_dict(collate_for(policy, tok.pad_token_id)(
         [p.to_dict() for p in prepare_pairs(rows, tok)[0]]))
     return policy, reference, batch
+
+
+#: the end of every invalid-row error: the way out (issue 17, item 4)
+WAY_OUT = "pass --on-invalid skip to drop such rows; they are counted in"
+#: real HH-RLHF has pairs whose last assistant turn is blank
+BLANK = {"prompt": "What is 1 + 1?", "chosen": "", "rejected": "3"}
+GOOD = [{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "What is 3 + 3?", "chosen": "6", "rejected": "7"}]

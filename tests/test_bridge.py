@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_jsonl, write_jsonl
+from tests.helpers import BLANK, GOOD, WAY_OUT, read_jsonl, write_jsonl
 from unipo.bridge.config import BridgeConfig
 from unipo.bridge.editors import LocalEditor
 from unipo.bridge.pipeline import (
@@ -257,3 +258,45 @@ def test_bridge_hh_slice_with_smollm2(tmp_path, hh_file):
         pair = normalize_row(r, file=str(out), row_number=r["row"])
         assert pair.conversational and pair.chosen[0]["content"].strip()
     assert (tmp_path / "bridged.edit_distance.png").exists()
+
+
+# ---- invalid rows: skipped and counted (issue 17, item 4; was tests/test_first_contact.py) ----
+
+class _EchoEditor:
+    """An editor that answers every job with the same text (no model, no server)."""
+
+    name = "echo"
+
+    def edit_stream(self, jobs):
+        from unipo.bridge.editors import EditResult
+
+        for job in jobs:
+            yield job.key, EditResult(text="edited answer", finish_reason="stop")
+
+    def stop(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"type": "echo"}
+
+
+@pytest.mark.unit
+def test_bridge_skips_invalid_rows_and_counts_them(tmp_path):
+    from unipo.bridge.config import BridgeConfig, BridgeOptions
+    from unipo.bridge.pipeline import run_bridge
+    from unipo.bridge.prompts import get_template
+
+    data = write_jsonl(tmp_path / "hh.jsonl", [GOOD[0], BLANK, GOOD[1]])
+    out = tmp_path / "bridged.jsonl"
+    template = get_template("instruct", None)
+    with pytest.raises(DataError) as exc:
+        run_bridge(BridgeConfig(data, out, _EchoEditor(), template,
+                                options=BridgeOptions(plot=False, progress_every=0)))
+    assert "row 2, field 'chosen'" in str(exc.value) and str(exc.value).endswith(
+        f"{WAY_OUT} OUT.summary.json (invalid)")
+    summary = run_bridge(BridgeConfig(data, out, _EchoEditor(), template, options=BridgeOptions(
+        plot=False, progress_every=0, on_invalid="skip", overwrite=True)))
+    assert (summary["rows_read"], summary["edited"], summary["invalid"]) == (2, 2, 1)
+    saved = json.loads(Path(str(out).removesuffix(".jsonl") + ".summary.json").read_text())
+    assert saved["invalid"] == 1 and "row 2, field 'chosen'" in saved["invalid_messages"][0]
+    assert [json.loads(ln)["row"] for ln in out.read_text().splitlines()] == [1, 3]

@@ -352,3 +352,15 @@ def test_server_options_fall_back_to_the_openai_environment(monkeypatch):
     with pytest.raises(UnipoError, match="needs --editor-model"):
         _build_editor(EditorArguments(), GenerationArguments(), ServerArguments())
     assert JudgeOptions(judge_model="m").endpoint()["judge_url"] is None
+
+
+# ---- every command that reads pairs takes --on-invalid (issue 17, item 4; was tests/test_first_contact.py)
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", [["train"], ["bridge"], ["eval"], ["compare"], ["weights", "estimate"],
+                                     ["iterate"]])
+def test_every_command_that_reads_pairs_takes_on_invalid(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--on-invalid {error,skip}" in help_text or "--on_invalid {error,skip}" in help_text
