@@ -4,11 +4,13 @@ transformers' HfArgumentParser (unipo.cli.args), and values layer as default < -
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import re
 
 import pytest
 
+from tests.helpers import DISK_FULL
 from unipo.bridge.config import BRIDGE_OPTIONS
 from unipo.cli import build_parser, main
 from unipo.cli.args import is_flag
@@ -364,3 +366,34 @@ def test_every_command_that_reads_pairs_takes_on_invalid(command, capsys):
         main([*command, "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--on-invalid {error,skip}" in help_text or "--on_invalid {error,skip}" in help_text
+
+
+# ---- the last net: a file-system error that reaches the command line (issue 23, item 3; was
+# tests/test_faults_save.py) ----
+
+@pytest.mark.unit
+def test_a_file_system_error_of_any_type_that_reaches_the_command_line_isone_error_line(monkeypatch, capsys):
+    """The last net: a file-system error no save path described (here the tokenizers library's plain
+    Exception) is one line with exit status 2; any other exception is not hidden."""
+    import argparse
+
+    from unipo.cli import main
+
+    def parse_args(self, argv=None, namespace=None):
+        def fail(_args):
+            raise failure
+        return argparse.Namespace(command="variants", func=fail)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    failure = Exception(DISK_FULL)
+    assert main(["variants"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("unipo variants: error: no space left on the device")
+    failure = OSError(errno.EACCES, "Permission denied", "/data/x.jsonl")
+    assert main(["variants"]) == 2
+    assert capsys.readouterr().err == ("unipo variants: error: file-system error on /data/x.jsonl: Permission "
+                                       "denied; fix it (space, permissions, the path), then run the command "
+                                       "again\n")
+    failure = ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        main(["variants"])

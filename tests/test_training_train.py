@@ -16,7 +16,15 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ROWS, short_hh_pairs, train_args, train_two_steps_on_smollm2, write_jsonl
+from tests.helpers import (
+    ROWS,
+    one_error_line,
+    short_hh_pairs,
+    tokenizer_save_fails_in,
+    train_args,
+    train_two_steps_on_smollm2,
+    write_jsonl,
+)
 from unipo.cli import main
 from unipo.data.formats import normalize_row
 from unipo.objective.presets import PRESETS
@@ -466,3 +474,36 @@ def test_listwise_dpo_trains_on_smollm2(listwise_file, tmp_path):
     assert evals and math.isfinite(evals[-1]["eval_loss"])
     summary = json.loads((out / "data_summary.json").read_text())
     assert summary["listwise"] == 16 and summary["listwise_rejected"] == 32
+
+
+# ---- a full disk while a checkpoint or the final model is saved (issue 23, item 3; docs/faults.md;
+# was tests/test_faults_save.py) ----
+
+@pytest.mark.integration
+def test_disk_full_in_a_checkpoint_then_in_the_final_save_then_resume(tiny_model_dir, data, tmp_path, capsys,
+                                                                      monkeypatch):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, data, out, "--save-steps", "1", "--set", "plots=false")
+    # 1. the disk fills while checkpoint-2's tokenizer is saved
+    tokenizer_save_fails_in(monkeypatch, lambda d: d.name == "checkpoint-2")
+    assert main(args) == 2
+    one_error_line(capsys.readouterr().err, "no space left on the device", "--resume")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # the torn one is removed
+    assert not (out / "model.safetensors").exists()
+    # 2. resumed; now the disk fills while the final model's tokenizer is saved
+    monkeypatch.undo()
+    tokenizer_save_fails_in(monkeypatch, lambda d: d == out)
+    assert main([*args, "--resume"]) == 2
+    one_error_line(capsys.readouterr().err, "no space left on the device")
+    left = {p.name for p in out.iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", "metrics.jsonl"} <= left
+    assert not left & {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.json",
+                       "unipo_config.yaml"}, left  # the half-written final model is gone
+    # 3. resumed with room on the disk: the final model is checkpoint-2's weights
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    final, ckpt = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
+    assert final.keys() == ckpt.keys() and all(final[k].equal(ckpt[k]) for k in final)
+    assert (out / "trainer_state.json").exists() and (out / "unipo_config.yaml").exists()  # marked finished
