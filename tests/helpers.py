@@ -188,3 +188,10 @@ def one_error_line(err: str, *needles: str) -> None:
     assert len(lines) == 1 and "Traceback" not in err, err
     for n in needles:
         assert n in lines[0], err
+
+
+def train_error_line(capsys) -> str:
+    """The last ``unipo train: error:`` line on stderr (and no traceback there)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [ln for ln in err.splitlines() if ln.startswith("unipo train: error:")][-1]

@@ -1,12 +1,20 @@
 """The non-finite guard's decision rule (training/nonfinite.py), the console's NaN, and the objective parameters'
 finiteness (issue 23, items 1 and 2) — no model. The same rule under two real processes (gloo all-reduce) is the
-slow test at the end."""
+slow test after them; the guard as PreferenceTrainer applies it, end to end through ``unipo train`` on the tiny
+model, closes the module (integration; was tests/test_faults_train.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from tests.helpers import train_args, train_error_line
+from unipo.cli import main
 from unipo.training.nonfinite import (
     Decision,
     NonFiniteGuard,
@@ -157,3 +165,142 @@ def test_two_processes_agree_to_stop(tmp_path):
     mp.spawn(_gloo_worker, args=(2, f"tcp://127.0.0.1:{port}", results), nprocs=2, join=True)
     got = [open(f"{results}.{r}").read() for r in range(2)]
     assert got[0] == got[1] == repr([[True, False, None], [False, True, "loss"]])
+
+
+# ---- end to end through `unipo train` on the tiny model (issue 23, item 1; was tests/test_faults_train.py): a run
+# that goes NaN stops at that step, exit status 2, one line naming the step, the quantity, the last finite
+# checkpoint and what to try; `nan_policy: skip_step` skips and counts a bad batch and stops after
+# `nan_skip_limit` in a row; weights that are not finite are never saved; NaN is logged as nan, never 0 ----
+
+def _metrics(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def _all_finite(path) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_file(path).values())
+
+
+@pytest.mark.integration
+def test_a_run_that_diverges_stops_and_keeps_the_last_finite_checkpoint(tiny_model_dir, data, tmp_path, capsys):
+    """lr 1e20 diverges at step 2 on the tiny model (fp32): main trained on to step 6, saved NaN weights over every
+    checkpoint, printed ``loss 0.0000`` and exited 0."""
+    out = tmp_path / "run"
+    common = ("--learning-rate", "1e20", "--lr-scheduler-type", "constant", "--precision", "fp32",
+              "--set", "plots=false")
+    rc = main(train_args(tiny_model_dir, data, out, "--max-steps", "6", "--save-steps", "1",
+                         "--set", "save_total_limit=1", *common))
+    line = train_error_line(capsys)
+    assert rc == 2
+    step = int(line.split("step ")[1].split(":")[0])
+    assert step >= 2
+    assert (f"step {step}: the loss is nan" in line or f"step {step}: the loss is inf" in line
+            or f"step {step}: the gradient norm is" in line)
+    kept = out / f"checkpoint-{step - 1}"
+    assert f"the last finite checkpoint is {kept}" in line and "lower --learning-rate (now 1e+20)" in line
+    assert "--beta (now 0.1)" in line and "update was not applied" in line
+    assert not (out / "model.safetensors").exists()  # no final model: the checkpoint is the run's output
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [kept.name]  # rotation kept the finite one
+    assert _all_finite(kept / "model.safetensors")
+    # the failing step is logged as it was (NaN, never 0), under its own step number
+    last = _metrics(out)[-1]
+    assert last["step"] == step and not (math.isfinite(last["loss"]) and math.isfinite(last["grad_norm"]))
+    # the kept checkpoint is exactly the model of a run that stopped at that step
+    ref = tmp_path / "ref"
+    assert main(train_args(tiny_model_dir, data, ref, "--max-steps", str(step - 1), *common)) == 0
+    expected, got = load_file(ref / "model.safetensors"), load_file(kept / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=0)
+
+
+def _poison(monkeypatch, from_call: int, until_call: int | None = None) -> None:
+    """Make the training loss NaN (with NaN gradients) for training calls from_call..until_call (1-based)."""
+    import unipo.training.trainer as trainer_module
+
+    real = trainer_module.preference_step
+    calls = {"n": 0}
+
+    def poisoned(model, *args, **kwargs):
+        out = real(model, *args, **kwargs)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] >= from_call and (until_call is None or calls["n"] <= until_call):
+                return dataclasses.replace(out, losses=out.losses * float("nan"))
+        return out
+
+    monkeypatch.setattr(trainer_module, "preference_step", poisoned)
+
+
+@pytest.mark.integration
+def test_skip_step_skips_the_batch_counts_it_and_applies_no_update(tiny_model_dir, data, tmp_path, capsys,
+                                                                   monkeypatch):
+    _poison(monkeypatch, 2, 2)
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--max-steps", "3", "--save-steps", "1", "--set",
+                           "save_total_limit=null", "--set", "nan_policy=skip_step", "--set", "plots=false")) == 0
+    err = capsys.readouterr().err
+    line2 = next(ln for ln in err.splitlines() if ln.startswith("step 2/3"))
+    assert "loss nan" in line2 and "1 non-finite step skipped" in line2
+    steps = {h["step"]: h for h in _metrics(out) if "loss" in h}
+    assert math.isfinite(steps[1]["loss"]) and math.isnan(steps[2]["loss"]) and math.isfinite(steps[3]["loss"])
+    assert [steps[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]
+    one, two, three = (load_file(out / f"checkpoint-{s}" / "model.safetensors") for s in (1, 2, 3))
+    for k in one:  # step 2 changed nothing (not even through Adam's moments), step 3 trained
+        torch.testing.assert_close(two[k], one[k], rtol=0, atol=0)
+    assert any(not torch.equal(three[k], two[k]) for k in one)
+    opt1 = torch.load(out / "checkpoint-1" / "optimizer.pt", weights_only=False)["state"]
+    opt2 = torch.load(out / "checkpoint-2" / "optimizer.pt", weights_only=False)["state"]
+    for i in opt1:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(opt2[i][name], opt1[i][name], rtol=0, atol=0)
+    assert _all_finite(out / "model.safetensors")
+    # the count continues across a resume (one more step, finite)
+    assert main(train_args(tiny_model_dir, data, out, "--max-steps", "4", "--save-steps", "1", "--set",
+                           "save_total_limit=null", "--set", "nan_policy=skip_step", "--set", "plots=false",
+                           "--resume")) == 0
+    step4 = [h for h in _metrics(out) if h.get("step") == 4 and "loss" in h]
+    assert len(step4) == 1 and math.isfinite(step4[0]["loss"]) and step4[0]["skipped_steps"] == 1
+
+
+@pytest.mark.integration
+def test_skip_step_stops_after_the_limit_in_a_row(tiny_model_dir, data, tmp_path, capsys, monkeypatch):
+    _poison(monkeypatch, 2)
+    out = tmp_path / "run"
+    rc = main(train_args(tiny_model_dir, data, out, "--max-steps", "6", "--save-steps", "1", "--set",
+                         "nan_policy=skip_step", "--set", "nan_skip_limit=2", "--set", "plots=false"))
+    line = train_error_line(capsys)
+    assert rc == 2
+    assert "step 3: the loss is nan (2 non-finite steps in a row, the nan_skip_limit)" in line
+    assert f"the last finite checkpoint is {out / 'checkpoint-2'}" in line
+    assert not (out / "model.safetensors").exists()
+    for ckpt in out.glob("checkpoint-*"):
+        assert _all_finite(ckpt / "model.safetensors")
+
+
+@pytest.mark.integration
+def test_weights_that_are_not_finite_are_never_saved(tiny_model_dir, data, tmp_path, capsys):
+    """A finite step can still overflow the weights (a huge learning rate): the save is refused, the newest
+    checkpoint on disk stays the last finite one, rotation included."""
+    from transformers import TrainerCallback
+
+    from unipo.errors import UnipoError
+    from unipo.training.config import TrainConfig
+    from unipo.training.train import train
+
+    class Overflow(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    next(model.parameters()).view(-1)[0] = float("inf")
+
+    out = tmp_path / "run"
+    cfg = TrainConfig.from_dict({"model": str(tiny_model_dir), "data": str(data), "output_dir": str(out),
+                                 "max_steps": 3, "save_steps": 1, "save_total_limit": 1, "progress": False,
+                                 "learning_rate": 1e-3, "plots": False})
+    with pytest.raises(UnipoError, match="step 2: the weights are not finite .* after this step's update; nothing "
+                                         "of this step was saved and training stopped; the last finite checkpoint "
+                                         "is .*checkpoint-1"):
+        train(cfg, callbacks=[Overflow()])
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert _all_finite(out / "checkpoint-1" / "model.safetensors")
+    assert not (out / "model.safetensors").exists()

@@ -22,6 +22,7 @@ from tests.helpers import (
     short_hh_pairs,
     tokenizer_save_fails_in,
     train_args,
+    train_error_line,
     train_two_steps_on_smollm2,
     write_jsonl,
 )
@@ -507,3 +508,66 @@ def test_disk_full_in_a_checkpoint_then_in_the_final_save_then_resume(tiny_model
     final, ckpt = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
     assert final.keys() == ckpt.keys() and all(final[k].equal(ckpt[k]) for k in final)
     assert (out / "trainer_state.json").exists() and (out / "unipo_config.yaml").exists()  # marked finished
+
+
+# ---- refused before any model loads, naming the key, file and row; a refused run leaves no directory it
+# created (issue 23, items 2, 7, 8 and 10; was tests/test_faults_train.py) ----
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how,key", [
+    (["--beta=nan"], "beta"), (["--beta=inf"], "beta"), (["--set", "beta=.nan"], "beta"),
+    ("beta: .nan", "beta"), ("learning_rate: .nan", "learning_rate"), ("warmup_ratio: .nan", "warmup_ratio"),
+    ("variant: {preset: simpo, gamma: .inf}", "gamma"), (["--set", "variant={preset: dpo, beta: -.inf}"], "beta"),
+    ('packing: "no"', "packing"), (["--set", 'share_prompt="false"'], "share_prompt"),
+    (["--learning-rate", "1e39"], "learning_rate"),
+])
+def test_bad_numbers_and_booleans_are_refused_naming_the_key(tiny_model_dir, data, tmp_path, capsys, how, key):
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, data, out)
+    if isinstance(how, str):  # a YAML file (without the flag of the same key, which would override it)
+        (tmp_path / "run.yaml").write_text(how + "\n")
+        flag = "--" + key.replace("_", "-")
+        if flag in args:
+            i = args.index(flag)
+            del args[i:i + 2]
+        how = ["--config", str(tmp_path / "run.yaml")]
+    assert main([*args, *how]) == 2
+    line = train_error_line(capsys)
+    assert f"{key} " in line or f"'{key}'" in line
+    assert any(w in line for w in ("finite", "true or false", "out of range")), line
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_a_pair_weight_beyond_float32_is_refused_naming_file_and_row(tiny_model_dir, tmp_path, capsys):
+    rows = [{**r, "w": 1.0} for r in ROWS]
+    rows[2]["w"] = 1e308  # finite in Python (float64), inf in the float32 loss
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--weight-column", "w")) == 2
+    line = train_error_line(capsys)
+    assert f"{data}, row 3, field 'w': the pair weight must be a finite number >= 0, got 1e+308" in line
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_a_refused_run_leaves_no_directory_it_created(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [ROWS[0], {**ROWS[1], "chosen": ""}])
+    out = tmp_path / "new" / "run"
+    assert main(train_args(tiny_model_dir, data, out)) == 2
+    assert "row 2, field 'chosen'" in train_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"  # a directory the user made is left where it was
+    existing.mkdir()
+    assert main(train_args(tiny_model_dir, data, existing)) == 2
+    assert existing.is_dir()
+
+
+@pytest.mark.integration
+def test_max_length_above_the_models_positions_is_refused(tiny_model_dir, data, tmp_path, capsys):
+    limit = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--max-length", str(limit + 1))) == 2
+    line = train_error_line(capsys)
+    assert f"max_length {limit + 1} is above the position limit" in line and f"at most {limit}" in line
+    assert not out.exists()
