@@ -372,7 +372,7 @@ def test_every_command_that_reads_pairs_takes_on_invalid(command, capsys):
 # tests/test_faults_save.py) ----
 
 @pytest.mark.unit
-def test_a_file_system_error_of_any_type_that_reaches_the_command_line_isone_error_line(monkeypatch, capsys):
+def test_a_file_system_error_of_any_type_that_reaches_the_command_line_is_one_line(monkeypatch, capsys):
     """The last net: a file-system error no save path described (here the tokenizers library's plain
     Exception) is one line with exit status 2; any other exception is not hidden."""
     import argparse
