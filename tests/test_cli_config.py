@@ -251,6 +251,10 @@ def test_eval_and_compare(monkeypatch, tmp_path):
     assert seen["sweep"] == {"beta": [0.1, 0.2], "link": ["js"]}
     assert seen["evaluation"].limit == 16 and seen["evaluation"].n_prompts == EvalOptions().n_prompts
     assert seen["evaluation"].seed == 0 and seen["cfg"].judge.endpoint() is None  # compare's --seed is training's
+    # compare's own --out and --seed are not EvalOptions' out (each run's eval.json) and seed (sampling)
+    assert main(["compare", "--variants", "dpo", "--out", "r2", "--data", "d.jsonl", "--seed", "5"]) == 0
+    assert (seen["out"], seen["base"].seed) == ("r2", 5)
+    assert (seen["evaluation"].out, seen["evaluation"].seed) == (None, 0)
 
 
 @pytest.mark.parametrize("argv,message", [

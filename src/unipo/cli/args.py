@@ -156,8 +156,12 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, *dataclass_ty
 
 
 def given(args: argparse.Namespace, dtype: type) -> dict[str, Any]:
-    """The fields of ``dtype`` given on the command line (flags not given are absent from ``args``)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(dtype) if hasattr(args, f.name)}
+    """The fields of ``dtype`` given on the command line (flags not given are absent from ``args``). A field that
+    is not a flag of the command that parsed ``args`` (:func:`is_flag`; ``args.command``) is never read from it:
+    another option of the same name (``unipo compare``'s ``--out`` and ``--seed``) is not its value."""
+    command = getattr(args, "command", None)
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(dtype)
+            if hasattr(args, f.name) and is_flag(f, command)}
 
 
 def to_dataclass(args: argparse.Namespace, dtype: type) -> Any:
