@@ -24,7 +24,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unipo.compare.config import CompareConfig
 from unipo.compare.pipeline import compare
+from unipo.eval.config import EvalOptions
 from unipo.training.config import TrainConfig
 
 HH = Path(__file__).resolve().parents[1] / "tests" / "data" / "hh-rlhf-harmless-base-test-200.jsonl.gz"
@@ -46,10 +48,11 @@ def demo(out: Path, head_lrs: list[float], only: list[str], steps: int, referenc
                        per_device_batch_size=DEFAULTS["batch_size"], learning_rate=DEFAULTS["learning_rate"],
                        max_length=128, max_prompt_length=96, save_steps=steps, seed=0, progress=False,
                        warmup_ratio=0.1)
-    return compare(base, variants(head_lrs, only), out, eval_data=str(heldout_file), include_reference=reference,
-                   eval_kwargs={"task": "arithmetic", "limit": DEFAULTS["heldout"], "n_prompts": DEFAULTS["heldout"],
-                                "n_samples": 2, "max_new_tokens": 12, "batch_size": 16},
-                   title="learned prior vs DPO: the demo task")
+    evaluation = EvalOptions(task="arithmetic", limit=DEFAULTS["heldout"], n_prompts=DEFAULTS["heldout"],
+                             n_samples=2, max_new_tokens=12, batch_size=16)
+    return compare(CompareConfig(base=base, variants=variants(head_lrs, only), out=out, eval_data=str(heldout_file),
+                                 include_reference=reference, evaluation=evaluation,
+                                 title="learned prior vs DPO: the demo task"))
 
 
 def hh(out: Path, head_lrs: list[float], only: list[str], steps: int, reference: bool) -> dict[str, Any]:
@@ -60,9 +63,11 @@ def hh(out: Path, head_lrs: list[float], only: list[str], steps: int, reference:
     base = TrainConfig(model="smollm2-135m-instruct", data=str(out / "train.jsonl"), max_steps=steps,
                        per_device_batch_size=4, learning_rate=1e-5, warmup_ratio=0.1, max_length=192,
                        max_prompt_length=96, save_steps=steps, seed=0, progress=False, on_invalid="skip")
-    return compare(base, variants(head_lrs, only), out, eval_data=str(out / "heldout.jsonl"),
-                   eval_kwargs={"limit": 16, "n_prompts": 0, "n_samples": 0, "batch_size": 8},
-                   include_reference=reference, title="learned prior vs DPO: HH-RLHF harmless-base (small)")
+    return compare(CompareConfig(base=base, variants=variants(head_lrs, only), out=out,
+                                 eval_data=str(out / "heldout.jsonl"),
+                                 evaluation=EvalOptions(limit=16, n_prompts=0, n_samples=0, batch_size=8),
+                                 include_reference=reference,
+                                 title="learned prior vs DPO: HH-RLHF harmless-base (small)"))
 
 
 def main() -> None:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from unipo.compare.config import CompareConfig
 from unipo.compare.pipeline import compare, record_items, run_dir_of, run_name
 from unipo.compare.seeds import PAIRED
+from unipo.eval.config import EvalOptions
 from unipo.eval.stats import PairedDifference, mean_and_se, paired_bootstrap
 from unipo.training.rundir import EvalRecord, RunDir
 
@@ -80,9 +82,10 @@ def base_config(s: Setting, train: Path, held: Path, **over: Any):
         "eval_data": str(held), "eval_steps": s.eval_steps, **s.extra, **over}, source="claims setting")
 
 
-def eval_kwargs(s: Setting) -> dict[str, Any]:
-    return {"task": "arithmetic", "limit": s.n_heldout, "n_prompts": s.n_heldout, "n_samples": s.n_samples,
-            "max_new_tokens": s.max_new_tokens, "batch_size": s.eval_batch_size}
+def eval_options(s: Setting) -> EvalOptions:
+    """How every arm of a claim is scored: the arithmetic verifier on the held-out prompts."""
+    return EvalOptions(task="arithmetic", limit=s.n_heldout, n_prompts=s.n_heldout, n_samples=s.n_samples,
+                       max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size)
 
 
 def run_arms(out: Path, s: Setting, arms: Sequence[Any], *, train: Path, held: Path, reference: bool = True,
@@ -90,8 +93,9 @@ def run_arms(out: Path, s: Setting, arms: Sequence[Any], *, train: Path, held: P
     """Train on ``train`` and evaluate on ``held`` every arm (a variant spec; training keys allowed) under every
     seed in ``out`` (resumable per arm and seed); returns each arm's run name → its directory of seeds.
     ``over``: TrainConfig keys for these arms only."""
-    compare(base_config(s, train, held, **over), list(arms), out, eval_data=str(held), eval_kwargs=eval_kwargs(s),
-            seeds=list(s.seeds), title=title, include_reference=reference, keep_models=False)
+    compare(CompareConfig(base=base_config(s, train, held, **over), variants=list(arms), out=out, eval_data=str(held),
+                          evaluation=eval_options(s), seeds=list(s.seeds), title=title, include_reference=reference,
+                          keep_models=False))
     return {run_name(a): run_dir_of(out, run_name(a), None) for a in arms}
 
 

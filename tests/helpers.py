@@ -153,3 +153,45 @@ def moved_policy_and_batch(model_dir: Path, rows: list[dict], *, seed: int, scal
     batch = PackedBatch.from_dict(collate_for(policy, tok.pad_token_id)(
         [p.to_dict() for p in prepare_pairs(rows, tok)[0]]))
     return policy, reference, batch
+
+
+#: the end of every invalid-row error: the way out (issue 17, item 4)
+WAY_OUT = "pass --on-invalid skip to drop such rows; they are counted in"
+#: real HH-RLHF has pairs whose last assistant turn is blank
+BLANK = {"prompt": "What is 1 + 1?", "chosen": "", "rejected": "3"}
+GOOD = [{"prompt": "What is 2 + 2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "What is 3 + 3?", "chosen": "6", "rejected": "7"}]
+
+#: what the tokenizers library raises on a full disk: its Rust I/O error as a plain Exception, not an OSError
+DISK_FULL = "No space left on device (os error 28)"
+
+
+def tokenizer_save_fails_in(monkeypatch, where):
+    """The tokenizer's save into a directory for which ``where(dir)`` is true writes half a tokenizer.json,
+    then raises the tokenizers library's plain Exception."""
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    real = TokenizersBackend._save_pretrained
+
+    def save(self, save_directory, *args, **kwargs):
+        if where(Path(save_directory)):
+            Path(save_directory, "tokenizer.json").write_text('{"version": "1.0", "trunc')
+            raise Exception(DISK_FULL)  # noqa: TRY002 - what the tokenizers library raises
+        return real(self, save_directory, *args, **kwargs)
+
+    monkeypatch.setattr(TokenizersBackend, "_save_pretrained", save)
+
+
+def one_error_line(err: str, *needles: str) -> None:
+    """``err`` holds exactly one ``: error:`` line, no traceback, and that line holds every one of ``needles``."""
+    lines = [ln for ln in err.splitlines() if ": error:" in ln]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], err
+
+
+def train_error_line(capsys) -> str:
+    """The last ``unipo train: error:`` line on stderr (and no traceback there)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [ln for ln in err.splitlines() if ln.startswith("unipo train: error:")][-1]

@@ -1,4 +1,4 @@
-"""The worker of ``tests/test_metrics_ddp.py`` (not a test module): in each of two gloo processes, the pair-
+"""The worker of ``tests/test_training_metrics.py`` (not a test module): in each of two gloo processes, the pair-
 weighted means of the objective's metrics over this process's batches (unequal sizes, the last ones short),
 reduced across the processes by :class:`unipo.training.metrics.PairWeightedMeans`; written to ``OUT/rank{R}.json``.
 """

@@ -1,6 +1,6 @@
 """The architecture's rules that a test can hold: small functions, the run directory's file names in RunDir alone,
 no sibling imports out of the training job. (The import layers are checked by
-`lint-imports`, see pyproject.toml; references to files a user's clone lacks by tests/test_docs_generated.py.)"""
+`lint-imports`, see pyproject.toml; references to files a user's clone lacks by tests/test_cli_docgen.py.)"""
 
 import ast
 from pathlib import Path
@@ -100,3 +100,82 @@ def test_no_sibling_imports_anything_but_train_from_the_training_job():
                 found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name}" for a in node.names
                           if a.name not in allowed]
     assert not found, "import these from unipo.training.plan (or their own module):\n" + "\n".join(found)
+
+
+# -- one entry-point shape: each pipeline takes one typed config (issue 24, item 4) ---------------------------
+#: entry point → (its module, the config class, the parameters before the config, the optional extras after it)
+ENTRY_POINTS = {
+    "train": ("unipo.training.train", "unipo.training.config.TrainConfig", (), ("callbacks",)),
+    "run_iterate": ("unipo.iterate.pipeline", "unipo.iterate.config.IterateConfig", (), ("log",)),
+    "evaluate_run": ("unipo.eval.evaluate", "unipo.eval.config.EvalOptions", ("run_dir", "data"), ("judge",)),
+    "compare": ("unipo.compare.pipeline", "unipo.compare.config.CompareConfig", (), ()),
+    "run_bridge": ("unipo.bridge.pipeline", "unipo.bridge.config.BridgeConfig", (), ("log",)),
+}
+#: the configs built afresh for each call, never changed after: frozen (TrainConfig and IterateConfig are
+#: filled field by field from layered YAML and flags, and stay mutable)
+FROZEN = {"unipo.compare.config.CompareConfig", "unipo.bridge.config.BridgeConfig", "unipo.bridge.config.BridgeOptions",
+          "unipo.eval.config.EvalOptions", "unipo.eval.config.JudgeOptions"}
+
+
+def _resolve(dotted: str):
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_each_pipeline_entry_point_takes_one_typed_config(name):
+    import dataclasses
+    import inspect
+    import typing
+
+    module, config, before, extras = ENTRY_POINTS[name]
+    fn, config_type = _resolve(f"{module}.{name}"), _resolve(config)
+    params = list(inspect.signature(fn).parameters.values())
+    hints = typing.get_type_hints(fn)
+    assert [p.name for p in params] == [*before, params[len(before)].name, *extras], name
+    config_param = params[len(before)]
+    assert dataclasses.is_dataclass(config_type)
+    assert config_type in (hints[config_param.name], *typing.get_args(hints[config_param.name])), (name, hints)
+    # nothing after the config is another options record: the extras are hooks (callbacks, a log) or the judge
+    for p in params[len(before) + 1:]:
+        assert p.default is not inspect.Parameter.empty, (name, p.name)
+    assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params), name
+
+
+@pytest.mark.parametrize("dotted", sorted(FROZEN))
+def test_the_per_call_configs_are_frozen(dotted):
+    import dataclasses
+
+    cls = _resolve(dotted)
+    field = dataclasses.fields(cls)[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cls.__new__(cls), field.name, None)
+
+
+def test_every_call_of_an_entry_point_fits_its_signature():
+    """Every call in src/, claims/, bench/ and examples/ of an entry point imported from its module binds to
+    the one-config signature (claims/ and bench/ are not all run by the tests: a stale call would only fail
+    there)."""
+    import inspect
+
+    modules = {module: name for name, (module, *_) in ENTRY_POINTS.items()}
+    bad, seen = [], 0
+    for folder in ("src", "claims", "bench", "examples"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            local = {a.asname or a.name: a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and modules.get(node.module) in {a.name for a in node.names} for a in node.names
+                     if a.name == modules[node.module]}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in local:
+                    name = local[node.func.id]
+                    sig = inspect.signature(_resolve(f"{ENTRY_POINTS[name][0]}.{name}"))
+                    seen += 1
+                    try:
+                        sig.bind(*[None] * len(node.args), **{k.arg: None for k in node.keywords if k.arg})
+                    except TypeError as exc:
+                        bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}: {exc}")
+    assert seen >= 8, seen
+    assert not bad, "\n".join(bad)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_jsonl, write_jsonl
+from tests.helpers import BLANK, GOOD, WAY_OUT, read_jsonl, write_jsonl
+from unipo.bridge.config import BridgeConfig
 from unipo.bridge.editors import LocalEditor
 from unipo.bridge.pipeline import (
     BridgeOptions,
@@ -142,7 +144,7 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
         {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Go away."}])
     out = tmp_path / "out.jsonl"
     opts = BridgeOptions(keep_truncated=True, max_new_tokens=12)
-    s = run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+    s = run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
     assert s["rows_read"] == 5 and s["edited"] + s["dropped_none"] + s["failed"] == 5 and s["pending"] == 0
     assert s["edited"] >= 1
     rows = read_jsonl(out)
@@ -159,26 +161,27 @@ def test_local_editor_bridges_resumes_and_summarises(tmp_path, tiny_editor):
 
     # a second run has nothing to do and changes nothing
     before = out.read_text()
-    s2 = run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+    s2 = run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
     assert s2["this_run"]["edited"] == 0 and s2["this_run"]["failed"] == 0
     assert out.read_text() == before and s2["edited"] == s["edited"]
 
     # a second run on the same output while one is writing is refused
     with RunLock(BridgePaths.for_output(out).lock, "unipo bridge"):
         with pytest.raises(UnipoError, match="another `unipo bridge`"):
-            run_bridge(data, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+            run_bridge(BridgeConfig(data, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
 
     # the same output on other data is refused
     other = write_jsonl(tmp_path / "other.jsonl", QA_ROWS[:2])
     with pytest.raises(DataError, match="different input"):
-        run_bridge(other, out, tiny_editor, get_template("qa"), options=opts, log=lambda m: None)
+        run_bridge(BridgeConfig(other, out, tiny_editor, get_template("qa"), options=opts), log=lambda m: None)
 
 
 @pytest.mark.integration
 def test_truncated_edits_are_failed_unless_kept(tmp_path, tiny_editor):
     data = write_jsonl(tmp_path / "in.jsonl", QA_ROWS[:2])
-    s = run_bridge(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
-                   options=BridgeOptions(max_new_tokens=4), log=lambda m: None)
+    s = run_bridge(BridgeConfig(data, tmp_path / "o.jsonl", tiny_editor, get_template("instruct"),
+                                options=BridgeOptions(max_new_tokens=4)),
+                   log=lambda m: None)
     # a sampled random model never stops within 4 tokens
     assert s["failed"] == 2 and s["this_run"]["truncated"] == 2
     fails = read_jsonl(tmp_path / "o.failed.jsonl")
@@ -255,3 +258,45 @@ def test_bridge_hh_slice_with_smollm2(tmp_path, hh_file):
         pair = normalize_row(r, file=str(out), row_number=r["row"])
         assert pair.conversational and pair.chosen[0]["content"].strip()
     assert (tmp_path / "bridged.edit_distance.png").exists()
+
+
+# ---- invalid rows: skipped and counted (issue 17, item 4; was tests/test_first_contact.py) ----
+
+class _EchoEditor:
+    """An editor that answers every job with the same text (no model, no server)."""
+
+    name = "echo"
+
+    def edit_stream(self, jobs):
+        from unipo.bridge.editors import EditResult
+
+        for job in jobs:
+            yield job.key, EditResult(text="edited answer", finish_reason="stop")
+
+    def stop(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"type": "echo"}
+
+
+@pytest.mark.unit
+def test_bridge_skips_invalid_rows_and_counts_them(tmp_path):
+    from unipo.bridge.config import BridgeConfig, BridgeOptions
+    from unipo.bridge.pipeline import run_bridge
+    from unipo.bridge.prompts import get_template
+
+    data = write_jsonl(tmp_path / "hh.jsonl", [GOOD[0], BLANK, GOOD[1]])
+    out = tmp_path / "bridged.jsonl"
+    template = get_template("instruct", None)
+    with pytest.raises(DataError) as exc:
+        run_bridge(BridgeConfig(data, out, _EchoEditor(), template,
+                                options=BridgeOptions(plot=False, progress_every=0)))
+    assert "row 2, field 'chosen'" in str(exc.value) and str(exc.value).endswith(
+        f"{WAY_OUT} OUT.summary.json (invalid)")
+    summary = run_bridge(BridgeConfig(data, out, _EchoEditor(), template, options=BridgeOptions(
+        plot=False, progress_every=0, on_invalid="skip", overwrite=True)))
+    assert (summary["rows_read"], summary["edited"], summary["invalid"]) == (2, 2, 1)
+    saved = json.loads(Path(str(out).removesuffix(".jsonl") + ".summary.json").read_text())
+    assert saved["invalid"] == 1 and "row 2, field 'chosen'" in saved["invalid_messages"][0]
+    assert [json.loads(ln)["row"] for ln in out.read_text().splitlines()] == [1, 3]

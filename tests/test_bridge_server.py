@@ -19,8 +19,9 @@ import pytest
 
 from tests.chat_server import ChatServer
 from tests.helpers import read_jsonl, write_jsonl
+from unipo.bridge.config import BridgeConfig, BridgeOptions
 from unipo.bridge.editors import EditorFatalError, OpenAICompatEditor
-from unipo.bridge.pipeline import BridgeOptions, run_bridge
+from unipo.bridge.pipeline import run_bridge
 from unipo.bridge.prompts import get_template
 from unipo.cli import main as cli_main
 
@@ -123,8 +124,9 @@ def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_
         # timeout 2 s against 3 s stalls: tripped by the stalls, not by a loaded machine's slow answers
         ed = editor_for(srv.url, concurrency=4, timeout=2.0, max_retries=8)
         t0 = time.monotonic()
-        s = run_bridge(data, out, ed, get_template("qa"),
-                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True), log=quiet)
+        s = run_bridge(BridgeConfig(data, out, ed, get_template("qa"),
+                                    options=BridgeOptions(max_new_tokens=8, keep_truncated=True)),
+                       log=quiet)
         elapsed = time.monotonic() - t0
         codes = srv.stats["statuses"]
         assert codes.get("500", 0) + codes.get("503", 0) > 0 and codes.get("429", 0) > 0
@@ -138,8 +140,8 @@ def test_flaky_server_retries_5xx_timeouts_and_honours_429(tmp_path, tiny_model_
 
         # --retry-failed redoes exactly that row (still failing) and nothing else
         requests_before = srv.stats["requests"]
-        s2 = run_bridge(data, out, editor_for(srv.url, max_retries=1), get_template("qa"),
-                        options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True),
+        s2 = run_bridge(BridgeConfig(data, out, editor_for(srv.url, max_retries=1), get_template("qa"),
+                                     options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True)),
                         log=quiet)
         assert s2["this_run"]["failed"] == 1 and s2["this_run"]["edited"] == 0
         assert srv.stats["requests"] - requests_before >= 2  # 1 + 1 retry (+ injected failures)
@@ -157,9 +159,10 @@ def test_server_gone_mid_run_stops_the_run_then_resume_completes(tmp_path, tiny_
     out = tmp_path / "o.jsonl"
     with ChatServer(tiny_model_dir, die_after=9) as srv:
         with pytest.raises(EditorFatalError, match="could not reach the editor"):
-            run_bridge(data, out, editor_for(srv.url, concurrency=2, max_retries=2,
-                                             max_consecutive_transport_failures=3), get_template("qa"),
-                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True), log=quiet)
+            run_bridge(BridgeConfig(data, out, editor_for(srv.url, concurrency=2, max_retries=2,
+                                                          max_consecutive_transport_failures=3), get_template("qa"),
+                                    options=BridgeOptions(max_new_tokens=8, keep_truncated=True)),
+                       log=quiet)
         edited_before = {r["row"] for r in read_jsonl(out)}
         assert 4 <= len(edited_before) <= 8  # requests 1-8 were answered
         summary = json.loads((tmp_path / "o.summary.json").read_text())
@@ -167,8 +170,8 @@ def test_server_gone_mid_run_stops_the_run_then_resume_completes(tmp_path, tiny_
 
         srv.die_after = None  # the server is back
         served_before = srv.stats["requests"]
-        s = run_bridge(data, out, editor_for(srv.url, concurrency=2), get_template("qa"),
-                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True),
+        s = run_bridge(BridgeConfig(data, out, editor_for(srv.url, concurrency=2), get_template("qa"),
+                                    options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True)),
                        log=quiet)
         assert srv.stats["requests"] - served_before == n - len(edited_before)  # nothing asked twice
     assert (s["edited"], s["failed"], s["pending"]) == (n, 0, 0)
@@ -202,7 +205,7 @@ def test_interrupted_run_with_a_torn_last_line_resumes_each_row_once(tmp_path, t
     with ChatServer(tiny_model_dir) as srv:
         ed = InterruptedEditor(srv.url, "tiny", concurrency=2, after=5)
         with pytest.raises(KeyboardInterrupt):
-            run_bridge(data, out, ed, get_template("qa"), options=opts, log=quiet)
+            run_bridge(BridgeConfig(data, out, ed, get_template("qa"), options=opts), log=quiet)
         done_before = len(read_jsonl(out))
         assert done_before == 5
         first = out.read_text(encoding="utf-8").splitlines()[0]
@@ -211,7 +214,8 @@ def test_interrupted_run_with_a_torn_last_line_resumes_each_row_once(tmp_path, t
         time.sleep(0.3)  # let the requests in flight at the interruption reach the server
         served_before = srv.stats["requests"]
         messages: list[str] = []
-        s = run_bridge(data, out, editor_for(srv.url, concurrency=2), get_template("qa"), options=opts,
+        s = run_bridge(BridgeConfig(data, out, editor_for(srv.url, concurrency=2), get_template("qa"),
+                                    options=opts),
                        log=messages.append)
         assert f"{n} rows read, {done_before} already done, {n - done_before} to edit" in messages[0]
         assert srv.stats["requests"] - served_before == n - done_before
@@ -241,9 +245,10 @@ def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     proc, url = _start_server_process(tiny_model_dir, "--die-after", "9")
     try:
         with pytest.raises(EditorFatalError, match="could not reach the editor"):
-            run_bridge(data, out, editor_for(url, concurrency=2, max_retries=2,
-                                             max_consecutive_transport_failures=3), get_template("qa"),
-                       options=opts, log=quiet)
+            run_bridge(BridgeConfig(data, out, editor_for(url, concurrency=2, max_retries=2,
+                                                          max_consecutive_transport_failures=3), get_template("qa"),
+                                    options=opts),
+                       log=quiet)
         assert proc.wait(timeout=10) == 3  # it died
     finally:
         proc.kill()
@@ -256,8 +261,8 @@ def test_server_killed_mid_run_then_resumed(tmp_path, tiny_model_dir):
     port = url.rsplit(":", 1)[1].split("/")[0]
     proc2, url2 = _start_server_process(tiny_model_dir, "--port", port)
     try:
-        s = run_bridge(data, out, editor_for(url2, concurrency=2), get_template("qa"),
-                       options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True),
+        s = run_bridge(BridgeConfig(data, out, editor_for(url2, concurrency=2), get_template("qa"),
+                                    options=BridgeOptions(max_new_tokens=8, keep_truncated=True, retry_failed=True)),
                        log=quiet)
     finally:
         proc2.kill()

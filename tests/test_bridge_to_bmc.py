@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from unipo.bridge.config import BridgeConfig, BridgeOptions
 from unipo.bridge.editors import Editor, EditResult
-from unipo.bridge.pipeline import BridgeOptions, run_bridge
+from unipo.bridge.pipeline import run_bridge
 from unipo.bridge.prompts import get_template
 from unipo.cli import main
 
@@ -38,7 +39,8 @@ def test_bridged_pairs_train_with_bmc_and_dpo(tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     fixes = {r["rejected"]: r["rejected"].replace(str(2 * i + 1), str(2 * i)) for i, r in enumerate(rows, 1)}
     out = tmp_path / "bridged.jsonl"
-    summary = run_bridge(data, out, MinimalEditor(fixes), get_template("instruct"), options=BridgeOptions(),
+    summary = run_bridge(BridgeConfig(data, out, MinimalEditor(fixes), get_template("instruct"),
+                                      options=BridgeOptions()),
                          log=lambda m: None)
     assert summary["edited"] == 6
     bridged = [json.loads(ln) for ln in out.read_text().splitlines()]

@@ -4,13 +4,16 @@ transformers' HfArgumentParser (unipo.cli.args), and values layer as default < -
 from __future__ import annotations
 
 import dataclasses
+import errno
 import inspect
 import re
 
 import pytest
 
+from tests.helpers import DISK_FULL
 from unipo.bridge.config import BRIDGE_OPTIONS
 from unipo.cli import build_parser, main
+from unipo.cli.args import is_flag
 from unipo.demo.config import DemoArguments
 from unipo.eval.config import CompareArguments, EvalArguments, EvalOptions, JudgeOptions
 from unipo.tisdpo.config import ESTIMATE_OPTIONS, ShowArguments
@@ -70,6 +73,10 @@ def test_every_field_has_a_flag_with_help(command, capsys, monkeypatch):
             meta_help = f.metadata.get("help", "")
             assert meta_help.strip(), f"{dtype.__name__}.{f.name} has no help"
             hyphen, underscore = "--" + f.name.replace("_", "-"), "--" + f.name
+            if not is_flag(f, argv[-1]):  # a flag of other commands only (metadata "commands"), or of none
+                assert f.name in {"reference", "out", "max_length", "max_prompt_length", "seed", "reference_cache"}
+                assert dtype is not EvalOptions or hyphen not in entries or hyphen in ("--out", "--seed"), hyphen
+                continue
             assert hyphen in entries, f"unipo {command} --help lists no {hyphen}"
             if underscore != hyphen:
                 assert underscore in entries, f"unipo {command} --help lists no {underscore}"
@@ -213,19 +220,24 @@ def test_eval_and_compare(monkeypatch, tmp_path):
     seen = {}
     fn_defaults = _signature_defaults(evaluate_module.evaluate_run)
     monkeypatch.setattr(evaluate_module, "evaluate_run",
-                        lambda run, data, **kw: seen.update(run=run, data=data, kw=kw) or {"metrics": {}})
+                        lambda run, data, options, judge: seen.update(run=run, data=data, options=options,
+                                                                      judge=judge) or {"metrics": {}})
     monkeypatch.setattr(evaluate_module, "format_metrics", lambda m: "")
     assert main(["eval", "--model", "runs/x", "--data", "held.jsonl"]) == 0
     assert (seen["run"], seen["data"]) == ("runs/x", "held.jsonl")
-    assert seen["kw"] == {k: fn_defaults[k] for k in seen["kw"]}  # the dataclass defaults are the function's
+    # no flag given: the function's own defaults (options None: EvalOptions(); no judge)
+    assert seen["options"] == EvalOptions() and fn_defaults == {"options": None, "judge": None}
+    assert seen["judge"].endpoint() is None
 
     assert main(["eval", "--model", "runs/x", "--data", "h", "--n-samples", "0", "--judge-url", "http://h/v1",
-                 "--judge-model", "j", "--task", "arithmetic"]) == 0
-    assert seen["kw"]["n_samples"] == 0 and seen["kw"]["task"] == "arithmetic"
-    assert seen["kw"]["judge"]["judge_model"] == "j"
+                 "--judge-model", "j", "--task", "arithmetic", "--reference", "r", "--max-length", "9"]) == 0
+    assert seen["options"].n_samples == 0 and seen["options"].task == "arithmetic"
+    assert seen["judge"].endpoint()["judge_model"] == "j"
+    assert (seen["options"].reference, seen["options"].max_length, seen["options"].out) == ("r", 9, None)
 
-    def fake_compare(base, variants, out, *, eval_data=None, sweep=None, eval_kwargs=None, **kw):
-        seen.update(base=base, variants=variants, out=out, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs)
+    def fake_compare(cfg):
+        seen.update(cfg=cfg, base=cfg.base, variants=cfg.variants, out=cfg.out, eval_data=cfg.eval_data,
+                    sweep=cfg.sweep, evaluation=cfg.evaluation)
         return {}
 
     monkeypatch.setattr(compare_module, "compare", fake_compare)
@@ -237,7 +249,41 @@ def test_eval_and_compare(monkeypatch, tmp_path):
     assert seen["variants"] == ["dpo", {"preset": "simpo", "beta": 2}]
     assert (seen["base"].max_steps, seen["base"].seed, seen["base"].learning_rate) == (7, 11, 1e-5)
     assert seen["sweep"] == {"beta": [0.1, 0.2], "link": ["js"]}
-    assert seen["eval_kwargs"]["limit"] == 16 and seen["eval_kwargs"]["n_prompts"] == fn_defaults["n_prompts"]
+    assert seen["evaluation"].limit == 16 and seen["evaluation"].n_prompts == EvalOptions().n_prompts
+    assert seen["evaluation"].seed == 0 and seen["cfg"].judge.endpoint() is None  # compare's --seed is training's
+    # compare's own --out and --seed are not EvalOptions' out (each run's eval.json) and seed (sampling)
+    assert main(["compare", "--variants", "dpo", "--out", "r2", "--data", "d.jsonl", "--seed", "5"]) == 0
+    assert (seen["out"], seen["base"].seed) == ("r2", 5)
+    assert (seen["evaluation"].out, seen["evaluation"].seed) == (None, 0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--verifier", "m:f", "--task", "arithmetic"], "--verifier and --task both score the answers: give one"),
+    (["--judge-url", "http://h/v1"], "--judge-url needs --judge-model"),
+])
+def test_eval_refuses_contradicting_options_before_reading_anything(argv, message, tmp_path, capsys):
+    """The same one line as before the options became one config, from `unipo eval` and `unipo compare`
+    alike, and before any run directory is read or any model trained."""
+    assert main(["eval", "--model", str(tmp_path / "no-run"), "--data", "h.jsonl", *argv]) == 2  # ConfigError
+    assert message in capsys.readouterr().err
+    assert main(["compare", "--variants", "dpo", "--out", str(tmp_path / "c"), "--data", "d.jsonl", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_eval_only_flags_are_not_compare_flags():
+    """EvalOptions' reference/out/max_length/max_prompt_length are `unipo eval` flags only; seed and
+    reference_cache are set from Python; compare's --out and --seed stay its own."""
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--model", "m", "--data", "d", "--out", "o.json", "--max-prompt-length", "7"])
+    assert (args.out, args.max_prompt_length) == ("o.json", 7)
+    for flag in ("--reference", "--max-length", "--max-prompt-length", "--reference-cache"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["compare", "--variants", "dpo", "--out", "o", flag, "1"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--model", "m", "--data", "d", "--seed", "1"])
+    args = parser.parse_args(["compare", "--variants", "dpo", "--out", "o", "--seed", "3"])
+    assert (args.out, args.seed) == ("o", 3)
 
 
 def test_bridge_defaults_are_the_pipeline_defaults():
@@ -299,17 +345,59 @@ def test_server_options_fall_back_to_the_openai_environment(monkeypatch):
     from unipo.bridge.config import EditorArguments, GenerationArguments, ServerArguments
     from unipo.bridge.editors import OpenAICompatEditor
     from unipo.cli.bridge import _build_editor
-    from unipo.cli.eval import eval_kwargs
     from unipo.errors import UnipoError
 
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(UnipoError, match="give exactly one of --editor"):
         _build_editor(EditorArguments(editor_model="m"), GenerationArguments(), ServerArguments())
-    assert "judge" not in eval_kwargs(EvalOptions(), JudgeOptions(judge_model="m"))
+    assert JudgeOptions(judge_model="m").endpoint() is None
     monkeypatch.setenv("OPENAI_BASE_URL", "http://env-host:8000/v1")
     ed = _build_editor(EditorArguments(editor_model="m"), GenerationArguments(), ServerArguments())
     assert isinstance(ed, OpenAICompatEditor) and ed.url == "http://env-host:8000/v1/chat/completions"
     with pytest.raises(UnipoError, match="needs --editor-model"):
         _build_editor(EditorArguments(), GenerationArguments(), ServerArguments())
-    assert eval_kwargs(EvalOptions(), JudgeOptions(judge_model="m"))["judge"]["judge_url"] is None
+    assert JudgeOptions(judge_model="m").endpoint()["judge_url"] is None
+
+
+# ---- every command that reads pairs takes --on-invalid (issue 17, item 4; was tests/test_first_contact.py)
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", [["train"], ["bridge"], ["eval"], ["compare"], ["weights", "estimate"],
+                                     ["iterate"]])
+def test_every_command_that_reads_pairs_takes_on_invalid(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--on-invalid {error,skip}" in help_text or "--on_invalid {error,skip}" in help_text
+
+
+# ---- the last net: a file-system error that reaches the command line (issue 23, item 3; was
+# tests/test_faults_save.py) ----
+
+@pytest.mark.unit
+def test_a_file_system_error_of_any_type_that_reaches_the_command_line_is_one_line(monkeypatch, capsys):
+    """The last net: a file-system error no save path described (here the tokenizers library's plain
+    Exception) is one line with exit status 2; any other exception is not hidden."""
+    import argparse
+
+    from unipo.cli import main
+
+    def parse_args(self, argv=None, namespace=None):
+        def fail(_args):
+            raise failure
+        return argparse.Namespace(command="variants", func=fail)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    failure = Exception(DISK_FULL)
+    assert main(["variants"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("unipo variants: error: no space left on the device")
+    failure = OSError(errno.EACCES, "Permission denied", "/data/x.jsonl")
+    assert main(["variants"]) == 2
+    assert capsys.readouterr().err == ("unipo variants: error: file-system error on /data/x.jsonl: Permission "
+                                       "denied; fix it (space, permissions, the path), then run the command "
+                                       "again\n")
+    failure = ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        main(["variants"])

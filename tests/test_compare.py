@@ -83,13 +83,14 @@ def test_sweep_crosses_training_keys_into_each_runs_config(tmp_path):
     ({"lerning_rate": [1e-6]}, "lerning_rate"),  # neither a training key nor an objective key
 ])
 def test_bad_sweeps_fail_before_any_training(sweep, message, tmp_path):
+    from unipo.compare.config import CompareConfig
     from unipo.compare.pipeline import compare
     from unipo.errors import ConfigError
     from unipo.training.config import TrainConfig
 
     base = TrainConfig.from_dict({"data": "pairs.jsonl", "model": "/no/model/needed"})
     with pytest.raises(ConfigError, match=message):
-        compare(base, ["dpo"], tmp_path / "out", sweep=sweep)
+        compare(CompareConfig(base=base, variants=["dpo"], out=tmp_path / "out", sweep=sweep))
     assert not (tmp_path / "out" / "runs").exists()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import GOOD
 from unipo.data.formats import (
     PreferencePair,
     is_hh_format,
@@ -278,3 +279,35 @@ def test_bad_row_in_a_file_reports_the_source_line(tmp_path):
         for rec in iter_rows(path):
             normalize_row(rec.data, file=rec.file, row_number=rec.row)
     _assert_error(exc, "d.jsonl", 2, "rejected")
+
+
+# ---- files with a UTF-8 byte-order mark (issue 17, item 4; was tests/test_first_contact.py) ----
+
+BOM = "\ufeff"
+
+
+def _bom_files(tmp_path: Path) -> dict[str, Path]:
+    rows = GOOD
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows)
+    files = {"jsonl": tmp_path / "a.jsonl", "json": tmp_path / "a.json", "jsonl.gz": tmp_path / "a.jsonl.gz",
+             "csv": tmp_path / "a.csv"}
+    files["jsonl"].write_text(BOM + jsonl, encoding="utf-8")
+    files["json"].write_text(BOM + json.dumps(rows), encoding="utf-8")
+    with gzip.open(files["jsonl.gz"], "wt", encoding="utf-8") as fh:
+        fh.write(BOM + jsonl)
+    with open(files["csv"], "w", encoding="utf-8-sig", newline="") as fh:  # utf-8-sig writes the mark
+        writer = csv.DictWriter(fh, fieldnames=["prompt", "chosen", "rejected"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return files
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("kind", ["jsonl", "json", "jsonl.gz", "csv"])
+def test_files_with_a_utf8_byte_order_mark_load(tmp_path, kind):
+    from unipo.data.formats import iter_rows
+
+    path = _bom_files(tmp_path)[kind]
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf" or kind == "jsonl.gz"
+    rows = [rec.data for rec in iter_rows(str(path))]
+    assert rows == GOOD  # the first key is 'prompt', not '\ufeffprompt'

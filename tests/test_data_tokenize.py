@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BLANK, GOOD, WAY_OUT, write_jsonl
 from unipo.data.bmc_align import diff_masks
 from unipo.data.tokenize import (
     PrepSummary,
@@ -308,3 +309,24 @@ def test_real_hh_rows(hh_file: Path):
         assert p.prompt_ids[-len(header):] == header
         assert p.chosen_ids[-1] == p.rejected_ids[-1] == t.eos_token_id
         assert t.eos_token_id not in p.chosen_ids[:-1]
+
+
+# ---- the way out of an invalid row (issue 17, item 4; was tests/test_first_contact.py) ----
+
+@pytest.mark.unit
+def test_invalid_row_error_names_row_and_field_and_ends_with_the_way_out(tmp_path):
+    from unipo.data.tokenize import prepare_pairs
+    from unipo.testing import make_tiny_tokenizer
+
+    path = write_jsonl(tmp_path / "p.jsonl", [GOOD[0], BLANK, GOOD[1]])
+    tok = make_tiny_tokenizer()
+    with pytest.raises(DataError) as exc:
+        prepare_pairs(str(path), tok)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}, row 2, field 'chosen': ")
+    assert msg.endswith(f"; {WAY_OUT} data_summary.json")
+    assert (exc.value.row, exc.value.field) == (2, "chosen")
+    with pytest.raises(DataError, match=r"counted in eval.json \(data_summary\)$"):
+        prepare_pairs(str(path), tok, invalid_counted_in="eval.json (data_summary)")
+    pairs, summary = prepare_pairs(str(path), tok, on_invalid="skip")  # the way out works
+    assert len(pairs) == 2 and summary.dropped == {"invalid": 1}

@@ -3,6 +3,7 @@ replaced by stand-ins that record what they were asked to do)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -48,7 +49,7 @@ def test_each_variant_trains_with_its_own_settings(tmp_path, monkeypatch):
         (run / "unipo_config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "objective": {"preset": cfg.variant}}))
         (run / "metrics.jsonl").write_text(json.dumps({"loss": 0.5, "step": 1}) + "\n")
 
-    def fake_evaluate(run_dir, data, **kw):
+    def fake_evaluate(run_dir, data, options=None, judge=None):
         (run_dir / "eval.json").write_text(json.dumps({"metrics": {"greedy_pass_rate": 0.5}}))
 
     monkeypatch.setattr(train_module, "train", fake_train)
@@ -58,7 +59,7 @@ def test_each_variant_trains_with_its_own_settings(tmp_path, monkeypatch):
 
     real_compare = compare_module.compare  # without the starting model's evaluation (it loads the model)
     monkeypatch.setattr(compare_module, "compare",
-                        lambda *a, **kw: real_compare(*a, **{**kw, "include_reference": False}))
+                        lambda cfg: real_compare(dataclasses.replace(cfg, include_reference=False)))
     runs = pipeline.run_demo(str(tmp_path / "demo"), variants=["dpo", "simpo", "ipo"], progress=False)
     for name in ("dpo", "simpo", "ipo"):
         expected = VARIANT_SETTINGS.get(name, {}).get("learning_rate", pipeline.DEFAULTS["learning_rate"])
@@ -72,11 +73,13 @@ def test_each_variant_trains_with_its_own_settings(tmp_path, monkeypatch):
 
 
 def test_unknown_training_overrides_are_refused(tmp_path):
+    from unipo.compare.config import CompareConfig
     from unipo.compare.pipeline import compare
     from unipo.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match=r"unknown training settings \['learnig_rate'\]"):
-        compare(TrainConfig(data="x.jsonl"), ["dpo"], tmp_path, train_overrides={"dpo": {"learnig_rate": 1e-4}})
+        compare(CompareConfig(base=TrainConfig(data="x.jsonl"), variants=["dpo"], out=tmp_path,
+                              train_overrides={"dpo": {"learnig_rate": 1e-4}}))
 
 
 def test_over_seeds_the_table_shows_mean_and_se_and_every_seed_must_improve():

@@ -147,7 +147,7 @@ def test_bad_combinations_fail_before_any_work(tmp_path):
             check_config(IterateConfig(out=str(tmp_path), **kwargs))
 
 
-# -- integration: the labellers and the sampler on the tiny model (the command itself: test_slow_iterate.py) -----
+# -- integration: the labellers and the sampler on the tiny model (the command itself: test_iterate_pipeline.py) --
 
 
 @pytest.mark.integration

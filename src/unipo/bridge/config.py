@@ -2,15 +2,20 @@
 
 One dataclass per group of the help. The CLI (:mod:`unipo.cli.bridge`) maps them to the editor
 (:class:`~unipo.bridge.editors.LocalEditor` or :class:`~unipo.bridge.editors.OpenAICompatEditor`), the
-template (:func:`~unipo.bridge.prompts.get_template`) and :class:`~unipo.bridge.pipeline.BridgeOptions` of
-:func:`~unipo.bridge.pipeline.run_bridge`; the defaults are theirs.
+template (:func:`~unipo.bridge.prompts.get_template`) and :class:`BridgeOptions`, and calls
+:func:`~unipo.bridge.pipeline.run_bridge` with the :class:`BridgeConfig` holding them; the defaults are theirs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from unipo.bridge.prompts import STYLES
+from unipo.bridge.prompts import STYLES, EditTemplate
+
+if TYPE_CHECKING:
+    from unipo.bridge.editors import Editor
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -115,3 +120,32 @@ class BridgeRunArguments:
 #: every option of ``unipo bridge``, in the order of the help
 BRIDGE_OPTIONS = (BridgeArguments, EditorArguments, PromptArguments, GenerationArguments, ServerArguments,
                   BridgeRunArguments)
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    """How a bridging run goes (the run's knobs besides its input, output, editor and template)."""
+
+    limit: int | None = None
+    retry_failed: bool = False
+    overwrite: bool = False
+    keep_truncated: bool = False
+    max_new_tokens: int | None = None  # None: 1.5 × the longer response + 64, capped at max_new_tokens_cap
+    max_new_tokens_cap: int = 2048
+    progress_every: float = 10.0  # seconds between progress lines (0: none)
+    plot: bool = True
+    on_invalid: str = "error"  # a row that fails validation: error | skip (counted in the summary)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """One bridging run (:func:`unipo.bridge.pipeline.run_bridge`): the input pairs ``data``, the output JSONL
+    ``out`` (its sidecars beside it), the ``editor`` LLM, the editing prompt ``template``, the run's
+    ``options`` and the ``tokenizer`` of the edit distance (None: the editor's own, else whitespace words)."""
+
+    data: str | Path
+    out: str | Path
+    editor: Editor
+    template: EditTemplate
+    options: BridgeOptions = field(default_factory=BridgeOptions)
+    tokenizer: Any | None = None

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unipo.bridge.config import BridgeConfig, BridgeOptions
 from unipo.bridge.editors import EditJob, Editor, EditorStopped, EditResult
 from unipo.bridge.prompts import EditTemplate, clean_output, render_context
 from unipo.data.bmc_align import edit_distance
@@ -182,19 +183,6 @@ def load_state(paths: BridgePaths) -> ResumeState:
 # the run
 
 
-@dataclass
-class BridgeOptions:
-    limit: int | None = None
-    retry_failed: bool = False
-    overwrite: bool = False
-    keep_truncated: bool = False
-    max_new_tokens: int | None = None  # None: 1.5 × the longer response + 64, capped at max_new_tokens_cap
-    max_new_tokens_cap: int = 2048
-    progress_every: float = 10.0  # seconds between progress lines (0: none)
-    plot: bool = True
-    on_invalid: str = "error"  # a row that fails validation: error | skip (counted in the summary)
-
-
 def _as_message(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
@@ -206,17 +194,16 @@ def _max_tokens_for(pair: BridgePair, count: Callable[[str], int], opts: BridgeO
     return min(opts.max_new_tokens_cap, int(1.5 * longest) + 64)
 
 
-def run_bridge(data: str | Path, out: str | Path, editor: Editor, template: EditTemplate, *,
-               options: BridgeOptions | None = None, tokenizer: Any | None = None,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Bridge every pair of ``data`` into ``out`` (resuming), write the summary files, return the summary.
+def run_bridge(cfg: BridgeConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Bridge every pair of ``cfg.data`` into ``cfg.out`` with ``cfg.editor`` and ``cfg.template`` (resuming),
+    write the summary files, return the summary (:class:`~unipo.bridge.config.BridgeConfig`).
 
-    ``tokenizer`` measures the token edit distance (default: the editor's own tokenizer when it has one,
-    else whitespace words).
+    ``cfg.tokenizer`` measures the token edit distance (default: the editor's own tokenizer when it has one,
+    else whitespace words). ``log``: where progress lines go (default: ``unipo bridge: ...`` on stderr).
     """
     log = log or _log
-    return _BridgeRun(data, BridgePaths.for_output(out), editor, template, options or BridgeOptions(),
-                      tokenizer, log).run()
+    return _BridgeRun(cfg.data, BridgePaths.for_output(cfg.out), cfg.editor, cfg.template, cfg.options,
+                      cfg.tokenizer, log).run()
 
 
 class _BridgeRun(ResumablePipeline[BridgePair]):

@@ -16,7 +16,10 @@ transformers' :class:`~transformers.HfArgumentParser` turns the fields into argp
   into the help text instead;
 - a field whose type admits a mapping (``dict | str | None``) reads its value as YAML, so
   ``--variant '{preset: simpo, link: js}'`` is a mapping and ``--variant simpo`` a name;
-- the hyphenated spelling is listed first in the help (both spellings are accepted).
+- the hyphenated spelling is listed first in the help (both spellings are accepted);
+- a field whose metadata has ``commands`` is a flag of those commands only (``()``: of none; a setting given
+  from Python alone, such as :class:`unipo.eval.config.EvalOptions`'s ``seed``): one options dataclass can
+  serve two commands that expose different parts of it.
 """
 
 from __future__ import annotations
@@ -72,14 +75,37 @@ def _takes_mapping(hint: Any) -> bool:
         _takes_mapping(arg) for arg in typing.get_args(hint))
 
 
-def dataclass_parser(*dataclass_types: type) -> argparse.ArgumentParser:
-    """A parent parser (``add_help=False``) with one argument per field of ``dataclass_types``.
+def is_flag(f: dataclasses.Field, command: str | None) -> bool:
+    """Whether field ``f`` is a flag of ``command`` (every field is, unless its metadata's ``commands`` says
+    otherwise; ``command`` None: a parser for no particular command, where only unrestricted fields are)."""
+    return f.init and ("commands" not in f.metadata or command in f.metadata["commands"])
+
+
+def _flag_view(dtype: type, command: str | None) -> type:
+    """``dtype`` itself, or, when some of its fields say which commands they are flags of, a dataclass of the
+    same name and group holding only the flags of ``command``, without that key in their metadata
+    (HfArgumentParser makes a flag of every field and hands the metadata to argparse)."""
+    fields = dataclasses.fields(dtype)
+    if not any("commands" in f.metadata for f in fields):
+        return dtype
+    hints = typing.get_type_hints(dtype)
+    specs = [(f.name, hints[f.name], dataclasses.field(
+        default=f.default, default_factory=f.default_factory,
+        metadata={k: v for k, v in f.metadata.items() if k != "commands"})) for f in fields if is_flag(f, command)]
+    namespace = {k: v for k, v in vars(dtype).items() if k == "_argument_group_name"}
+    return dataclasses.make_dataclass(dtype.__name__, specs, namespace=namespace)
+
+
+def dataclass_parser(*dataclass_types: type, command: str | None = None) -> argparse.ArgumentParser:
+    """A parent parser (``add_help=False``) with one argument per field of ``dataclass_types`` that is a flag of
+    ``command`` (:func:`is_flag`).
 
     Built by :class:`transformers.HfArgumentParser`, then adapted as the module docstring says. Use it as
     ``subparsers.add_parser(NAME, parents=[dataclass_parser(...)])`` (or through :func:`add_command`).
     """
     from transformers import HfArgumentParser
 
+    dataclass_types = tuple(_flag_view(dtype, command) for dtype in dataclass_types)
     fields: dict[str, tuple[dataclasses.Field, Any]] = {}
     for dtype in dataclass_types:
         hints = typing.get_type_hints(dtype)
@@ -124,13 +150,18 @@ def dataclass_parser(*dataclass_types: type) -> argparse.ArgumentParser:
 
 def add_command(subparsers: argparse._SubParsersAction, name: str, *dataclass_types: type,
                 **kwargs: Any) -> argparse.ArgumentParser:
-    """``subparsers.add_parser(name, **kwargs)`` with the flags of ``dataclass_types``."""
-    return subparsers.add_parser(name, parents=[dataclass_parser(*dataclass_types)], **kwargs)
+    """``subparsers.add_parser(name, **kwargs)`` with the flags of ``dataclass_types`` (those of command
+    ``name``: :func:`is_flag`)."""
+    return subparsers.add_parser(name, parents=[dataclass_parser(*dataclass_types, command=name)], **kwargs)
 
 
 def given(args: argparse.Namespace, dtype: type) -> dict[str, Any]:
-    """The fields of ``dtype`` given on the command line (flags not given are absent from ``args``)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(dtype) if hasattr(args, f.name)}
+    """The fields of ``dtype`` given on the command line (flags not given are absent from ``args``). A field that
+    is not a flag of the command that parsed ``args`` (:func:`is_flag`; ``args.command``) is never read from it:
+    another option of the same name (``unipo compare``'s ``--out`` and ``--seed``) is not its value."""
+    command = getattr(args, "command", None)
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(dtype)
+            if hasattr(args, f.name) and is_flag(f, command)}
 
 
 def to_dataclass(args: argparse.Namespace, dtype: type) -> Any:

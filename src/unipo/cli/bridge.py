@@ -86,7 +86,8 @@ def _load_tokenizer(name: str | None):
 
 def run_bridge_command(args: argparse.Namespace) -> int:
     """Entry point of ``unipo bridge``; returns the exit code (1 when some rows failed)."""
-    from unipo.bridge.pipeline import BridgeOptions, run_bridge
+    from unipo.bridge.config import BridgeConfig, BridgeOptions
+    from unipo.bridge.pipeline import run_bridge
     from unipo.bridge.prompts import get_template
 
     io = to_dataclass(args, BridgeArguments)
@@ -102,6 +103,6 @@ def run_bridge_command(args: argparse.Namespace) -> int:
     options = BridgeOptions(limit=run.limit, retry_failed=run.retry_failed, overwrite=run.overwrite,
                             on_invalid=run.on_invalid,
                             keep_truncated=gen.keep_truncated, max_new_tokens=gen.max_new_tokens, plot=run.plot)
-    summary = run_bridge(io.data, io.out, editor, template, options=options,
-                         tokenizer=_load_tokenizer(run.tokenizer))
+    summary = run_bridge(BridgeConfig(io.data, io.out, editor, template, options=options,
+                                      tokenizer=_load_tokenizer(run.tokenizer)))
     return 1 if summary["failed"] or summary["pending"] else 0

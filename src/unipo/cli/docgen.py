@@ -12,7 +12,7 @@ A generated block sits between two markers, and everything outside them is handw
 Everything is read from the registry (:mod:`unipo.objective.registry`: the kinds and their parts) and the
 presets (:mod:`unipo.objective.presets`), through the same helpers as ``unipo variants``
 (:mod:`unipo.cli.explain`): a new part or preset needs no change here, only a rerun.
-``tests/test_docs_generated.py`` fails when the committed files differ from what this writes.
+``tests/test_cli_docgen.py`` fails when the committed files differ from what this writes.
 This module imports no transformers.
 """
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -18,27 +17,8 @@ from unipo.errors import ConfigError
 from unipo.eval.config import CompareArguments, EvalArguments, EvalOptions, JudgeOptions
 from unipo.training.config import ConfigSource
 
-
-def eval_kwargs(opts: EvalOptions, judge: JudgeOptions) -> dict[str, Any]:
-    """The keywords of :func:`unipo.eval.evaluate.evaluate_run` (and ``compare``'s ``eval_kwargs``)."""
-    kw: dict[str, Any] = {"limit": opts.limit, "n_prompts": opts.n_prompts, "n_samples": opts.n_samples,
-                          "max_new_tokens": opts.max_new_tokens, "batch_size": opts.batch_size, "task": opts.task}
-    if opts.verifier:
-        if opts.task not in (None, "none"):
-            raise ConfigError("--verifier and --task both score the answers: give one")
-        kw["verifier"] = opts.verifier
-    if opts.on_invalid is not None:
-        kw["on_invalid"] = opts.on_invalid
-    if judge.judge or judge.judge_url or (judge.judge_model and os.environ.get("OPENAI_BASE_URL")):
-        if not judge.judge and not judge.judge_model:
-            raise ConfigError("--judge-url needs --judge-model")
-        kw["judge"] = {"judge": judge.judge, "judge_url": judge.judge_url, "judge_model": judge.judge_model,
-                       "api_key_env": judge.api_key_env}
-    return kw
-
-
-def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return eval_kwargs(to_dataclass(args, EvalOptions), to_dataclass(args, JudgeOptions))
+if TYPE_CHECKING:
+    from unipo.compare.config import CompareConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +38,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from unipo.eval.evaluate import evaluate_run, format_metrics
 
     a = to_dataclass(args, EvalArguments)
-    result = evaluate_run(a.model, a.data, reference=a.reference, out=a.out, max_length=a.max_length,
-                          max_prompt_length=a.max_prompt_length, **_eval_kwargs(args))
+    result = evaluate_run(a.model, a.data, to_dataclass(args, EvalOptions), to_dataclass(args, JudgeOptions))
     print(format_metrics(result["metrics"]))
     return 0
 
@@ -95,22 +74,31 @@ def parse_seeds(items: list[str]) -> list[int] | None:
     return values
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    from unipo.compare.pipeline import compare
+def compare_config(args: argparse.Namespace) -> CompareConfig:
+    """The :class:`~unipo.compare.config.CompareConfig` of ``unipo compare``'s flags: the base TrainConfig
+    (``--config``, then ``--data/--model/--max-steps/--seed`` and ``--on-invalid``, then ``--set``), the
+    variants, the sweeps and seeds, how each run is evaluated."""
+    from unipo.compare.config import CompareConfig
     from unipo.training.config import TrainConfig
 
     a = to_dataclass(args, CompareArguments)
     src = to_dataclass(args, ConfigSource)
+    evaluation = to_dataclass(args, EvalOptions)
     base_keys = ("data", "model", "max_steps", "seed")
     over = {k: v for k, v in given(args, CompareArguments).items() if k in base_keys}
-    on_invalid = to_dataclass(args, EvalOptions).on_invalid
-    if on_invalid is not None:  # --on-invalid covers the training rows too
-        over["on_invalid"] = on_invalid
+    if evaluation.on_invalid is not None:  # --on-invalid covers the training rows too
+        over["on_invalid"] = evaluation.on_invalid
     base = TrainConfig.load(src.config, {**over, **parse_assignments(src.set)})
     variants = [yaml.safe_load(v) if v.strip().startswith("{") else v for v in a.variants]
-    runs = compare(base, variants, a.out, eval_data=a.eval_data, sweep=parse_sweep(a.sweep),
-                   eval_kwargs=_eval_kwargs(args), seeds=parse_seeds(a.seeds), baseline=a.baseline,
-                   keep_models=a.keep_models)
+    return CompareConfig(base=base, variants=variants, out=a.out, eval_data=a.eval_data,
+                         sweep=parse_sweep(a.sweep), evaluation=evaluation, judge=to_dataclass(args, JudgeOptions),
+                         seeds=parse_seeds(a.seeds), baseline=a.baseline, keep_models=a.keep_models)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from unipo.compare.pipeline import compare
+
+    runs = compare(compare_config(args))
     print(json.dumps({name: {k: round(v, 4) for k, v in r["metrics"].items() if isinstance(v, float)}
                       for name, r in runs.items()}, indent=1))
     return 0

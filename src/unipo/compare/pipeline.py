@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from unipo.compare.config import CompareConfig
 from unipo.errors import ConfigError
+from unipo.eval.config import EvalOptions, JudgeOptions
 from unipo.io.atomic import atomic_write_text
 from unipo.io.console import log
 from unipo.objective import resolve
@@ -84,85 +86,72 @@ def run_dir_of(out: Path, name: str, seed: int | None) -> Path:
     return out / "runs" / name if seed is None else out / "runs" / name / f"seed-{seed}"
 
 
-def compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None = None,
-            sweep: dict[str, list[Any]] | None = None, eval_kwargs: dict[str, Any] | None = None,
-            include_reference: bool = True, title: str = "unipo comparison",
-            train_overrides: dict[str, dict[str, Any]] | None = None, seeds: list[int] | None = None,
-            baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
-    """Train and evaluate each variant; write ``OUT/report.md`` and friends; return the runs' records. One
-    comparison writes ``out_dir`` at a time (:meth:`unipo.training.rundir.RunDir.lock`). ``train_overrides``: per run
-    name (:func:`run_name`), training settings that differ from ``base`` (``{"dpo": {"learning_rate": 5e-5}}``).
+def compare(cfg: CompareConfig) -> dict[str, Any]:
+    """Train and evaluate each variant of ``cfg`` (:class:`~unipo.compare.config.CompareConfig`); write
+    ``OUT/report.md`` and friends; return the runs' records. One comparison writes ``cfg.out`` at a time
+    (:meth:`unipo.training.rundir.RunDir.lock`).
 
-    ``seeds``: train and evaluate every variant under each seed (``OUT/runs/NAME/seed-S``, resumable per
-    variant and seed); the report gives each metric as mean ± standard error over the seeds and each variant's
-    paired difference from ``baseline`` (a run name or ``reference``; default the first variant) with a 95%
-    two-way bootstrap interval (:mod:`unipo.eval.stats`). None: one run per variant with ``base.seed``.
-    ``keep_models`` False: once a run is evaluated, its checkpoints and weights are deleted (its configuration,
-    metrics and ``eval.json`` stay): a sweep of many runs needs the disk of one (a checkpoint with its optimizer
-    state is about 12 bytes per parameter)."""
+    With ``cfg.seeds`` every variant is trained and evaluated under each seed (``OUT/runs/NAME/seed-S``, resumable
+    per variant and seed); the report gives each metric as mean ± standard error over the seeds and each variant's
+    paired difference from ``cfg.baseline`` (a run name or ``reference``; default the first variant) with a 95%
+    two-way bootstrap interval (:mod:`unipo.eval.stats`). ``cfg.keep_models`` False: once a run is evaluated, its
+    checkpoints and weights are deleted (its configuration, metrics and ``eval.json`` stay): a sweep of many runs
+    needs the disk of one (a checkpoint with its optimizer state is about 12 bytes per parameter)."""
     from unipo.io.disk import preflight
 
-    unknown = {k for o in (train_overrides or {}).values() for k in o} - set(TrainConfig.keys())
-    if unknown:
-        raise ConfigError(f"train_overrides: unknown training settings {sorted(unknown)}")
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"compare: seeds must be distinct and at least one, got {seeds}")
-    preflight(out_dir, what="this comparison")
-    with RunDir(out_dir).lock("unipo compare"):
-        return _compare(base, variants, out_dir, eval_data=eval_data, sweep=sweep, eval_kwargs=eval_kwargs,
-                        include_reference=include_reference, title=title, train_overrides=train_overrides or {},
-                        seeds=seeds, baseline=baseline, keep_models=keep_models)
+    cfg.check()
+    preflight(cfg.out, what="this comparison")
+    with RunDir(cfg.out).lock("unipo compare"):
+        return _compare(cfg)
 
 
-def _compare(base: TrainConfig, variants: list[Any], out_dir: str | Path, *, eval_data: str | None,
-             sweep: dict[str, list[Any]] | None, eval_kwargs: dict[str, Any] | None, include_reference: bool,
-             title: str, train_overrides: dict[str, dict[str, Any]], seeds: list[int] | None = None,
-             baseline: str | None = None, keep_models: bool = True) -> dict[str, Any]:
+def _compare(cfg: CompareConfig) -> dict[str, Any]:
     from unipo.eval.report import write_report
 
-    out = Path(out_dir)
+    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = expand_sweep(variants, sweep)
+    specs = expand_sweep(cfg.variants, cfg.sweep)
     names = [run_name(spec) for spec in specs]
-    if baseline is not None and baseline not in {*names, "reference"}:
-        raise ConfigError(f"compare: --baseline {baseline!r} is not one of the runs {names} or 'reference'")
-    per_seed = seeds if seeds is not None else [None]
-    configs = {(run_name(spec), s): run_config_for(base, spec, out, train_overrides.get(run_name(spec)), seed=s)
+    if cfg.baseline is not None and cfg.baseline not in {*names, "reference"}:
+        raise ConfigError(f"compare: --baseline {cfg.baseline!r} is not one of the runs {names} or 'reference'")
+    per_seed = cfg.seeds if cfg.seeds is not None else [None]
+    configs = {(run_name(spec), s): run_config_for(cfg.base, spec, out, cfg.train_overrides.get(run_name(spec)),
+                                                   seed=s)
                for s in per_seed for spec in specs}  # fail fast, before training
-    held_out = eval_data or base.eval_data or base.data
+    held_out = cfg.eval_data or cfg.base.eval_data or cfg.base.data
     if held_out is None:
         raise ConfigError("compare needs data (and ideally held-out eval_data)")
-    eval_kwargs = dict(eval_kwargs or {})
     records: dict[tuple[str, int | None], dict[str, Any]] = {}
     for s in per_seed:  # a seed's variants together: each finished seed is a complete paired block
         for spec in specs:
             name = run_name(spec)
             label = name if s is None else f"{name} (seed {s})"
             run_dir = run_dir_of(out, name, s)
-            _train_and_evaluate(configs[(name, s)], run_dir, label, held_out,
-                                {**eval_kwargs, **({"seed": s} if s is not None else {})})
-            if not keep_models:
+            evaluation = cfg.evaluation if s is None else dataclasses.replace(cfg.evaluation, seed=s)
+            _train_and_evaluate(configs[(name, s)], run_dir, label, held_out, evaluation, cfg.judge)
+            if not cfg.keep_models:
                 RunDir(run_dir).prune()
             records[(name, s)] = _run_record(run_dir, spec)
     reference = None
-    if include_reference and specs:
-        reference = _reference_record(base, out, run_dir_of(out, names[0], per_seed[0]), held_out, eval_kwargs)
-    if seeds is None:
+    if cfg.include_reference and specs:
+        reference = _reference_record(cfg.base, out, run_dir_of(out, names[0], per_seed[0]), held_out,
+                                      cfg.evaluation)
+    if cfg.seeds is None:
         runs = {name: records[(name, None)] for name in names}
         if reference is not None:
             runs = {"reference": reference, **runs}
-        files = write_report(out, runs, title=title)
+        files = write_report(out, runs, title=cfg.title)
     else:
         from unipo.compare.seeds import write_seeds_report
 
-        runs, files = write_seeds_report(out, records, names, seeds, reference, title=title,
-                                         baseline=baseline or names[0])
+        runs, files = write_seeds_report(out, records, names, cfg.seeds, reference, title=cfg.title,
+                                         baseline=cfg.baseline or names[0])
     log(f"report: {files['report']}")
     return runs
 
 
-def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: str,
-                        eval_kwargs: dict[str, Any]) -> None:
+def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: str, evaluation: EvalOptions,
+                        judge: JudgeOptions | None) -> None:
     """Train ``cfg`` into ``run_dir`` and evaluate it, skipping what an earlier (interrupted) call finished."""
     from unipo.eval.evaluate import evaluate_run
     from unipo.training.train import train
@@ -176,7 +165,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: s
         log(f"{label}: training")
         train(cfg)
     log(f"{label}: evaluating on {held_out}")
-    evaluate_run(run_dir, held_out, **eval_kwargs)
+    evaluate_run(run_dir, held_out, evaluation, judge)
 
 
 def prune_run(run_dir: Path) -> None:
@@ -211,7 +200,7 @@ def record_items(record: EvalRecord) -> dict[str, list[float]]:
 
 
 def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
-                      eval_kwargs: dict[str, Any]) -> dict[str, Any]:
+                      evaluation: EvalOptions) -> dict[str, Any]:
     """The starting model evaluated once on the held-out data (``OUT/reference_eval.json``): the "before" row."""
     ref_file = out / "reference_eval.json"
     if not ref_file.exists():
@@ -226,15 +215,15 @@ def _reference_record(base: TrainConfig, out: Path, first: Path, held_out: str,
         obj = Objective("dpo", beta=base.beta or 0.1)
         # held-out pairs are scored unweighted
         unweighted = dataclasses.replace(DataSettings.of(base), weight_column=None)
-        pairs, _ = prepare_data(unweighted, tok, held_out, eval_kwargs.get("limit", 256))
+        pairs, _ = prepare_data(unweighted, tok, held_out, evaluation.limit)
         ref = load_model(model_path, dtype=torch.float32, trainable=False)
         with_reference_logps(ref, model_path, tok, pairs, share_prompt=base.share_prompt,
-                             packing=base.packing, batch_size=eval_kwargs.get("batch_size", 8))
-        kw = {k: v for k, v in eval_kwargs.items() if k in ("n_prompts", "n_samples", "max_new_tokens",
-                                                             "batch_size", "seed")}
+                             packing=base.packing, batch_size=evaluation.batch_size)
         res = evaluate_models(ref, ref, tok, obj, pairs, share_prompt=base.share_prompt, packing=base.packing,
-                              verifier=prompt_verifier(tok, pairs, eval_kwargs.get("task"),
-                                                       eval_kwargs.get("verifier")), **kw)
+                              verifier=prompt_verifier(tok, pairs, evaluation.task, evaluation.verifier),
+                              n_prompts=evaluation.n_prompts, n_samples=evaluation.n_samples,
+                              max_new_tokens=evaluation.max_new_tokens, batch_size=evaluation.batch_size,
+                              seed=evaluation.seed)
         atomic_write_text(ref_file, json.dumps(res, indent=2, default=str))
     res = EvalRecord.from_dict(json.loads(ref_file.read_text()))
     return {"metrics": res.metrics, "items": record_items(res), "config": {"variant": "(starting model)"}}

@@ -65,7 +65,9 @@ def run_demo(out_dir: str = "runs/demo", *, model: str = DEFAULTS["model"], step
              seeds: list[int] | None = None, precision: str = "auto") -> dict[str, Any]:
     """Write the task's pairs (problems drawn with ``seed``), train and evaluate each variant (with ``seed``, or
     under each of ``seeds`` on the same pairs: mean ± standard error over seeds), return the runs' records."""
+    from unipo.compare.config import CompareConfig
     from unipo.compare.pipeline import compare, read_config, run_dir_of
+    from unipo.eval.config import EvalOptions
     from unipo.models.loading import choose_precision
 
     precision = choose_precision(precision)
@@ -74,12 +76,13 @@ def run_demo(out_dir: str = "runs/demo", *, model: str = DEFAULTS["model"], step
     base = TrainConfig(model=model, data=str(train_file), max_steps=steps, per_device_batch_size=batch_size,
                        learning_rate=learning_rate, max_length=128, max_prompt_length=96, save_steps=max(steps, 1),
                        seed=seed, progress=progress, warmup_ratio=0.1, precision=precision)
-    runs = compare(base, variants or list(DEFAULTS["variants"]), out, eval_data=str(heldout_file),
-                   eval_kwargs={"task": "arithmetic", "limit": heldout, "n_prompts": heldout, "n_samples": 2,
-                                "max_new_tokens": 12, "batch_size": 16},
-                   title=f"unipo demo: SmolLM2-135M-Instruct learns exact-format addition (training precision "
-                         f"{precision})",
-                   train_overrides=VARIANT_SETTINGS, seeds=seeds, baseline="reference" if seeds else None)
+    evaluation = EvalOptions(task="arithmetic", limit=heldout, n_prompts=heldout, n_samples=2, max_new_tokens=12,
+                             batch_size=16)
+    runs = compare(CompareConfig(
+        base=base, variants=variants or list(DEFAULTS["variants"]), out=out, eval_data=str(heldout_file),
+        evaluation=evaluation, train_overrides=VARIANT_SETTINGS, seeds=seeds,
+        baseline="reference" if seeds else None,
+        title=f"unipo demo: SmolLM2-135M-Instruct learns exact-format addition (training precision {precision})"))
     for name, run in runs.items():  # what each run was trained with (its saved configuration), for the table
         if name != "reference":
             config = read_config(run_dir_of(out, name, seeds[0] if seeds else None))

@@ -3,15 +3,22 @@
 - :class:`EvalArguments`: what ``unipo eval`` evaluates (the run, the data, the reference, the output);
 - :class:`CompareArguments`: what ``unipo compare`` trains and where it writes the report (the base
   TrainConfig comes from ``--config`` / ``--set``, :class:`unipo.training.config.ConfigSource`);
-- :class:`EvalOptions` and :class:`JudgeOptions`: how both score a model; their defaults are those of
-  :func:`unipo.eval.evaluate.evaluate_run`, whose keywords the CLI fills from them.
+- :class:`EvalOptions` and :class:`JudgeOptions`: how both score a model, the configuration of
+  :func:`unipo.eval.evaluate.evaluate_run` (``evaluate_run(run, data, EvalOptions, JudgeOptions | None)``) and
+  part of :class:`unipo.compare.config.CompareConfig`; the CLI builds them from the flags.
+
+A field whose metadata has ``commands`` is a flag of those commands only (``()``: of none, a Python-only
+setting such as the sampling ``seed`` that ``compare`` sets per run); :mod:`unipo.cli.args` reads it.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from unipo.data.tokenize import ON_INVALID
+from unipo.errors import ConfigError
 from unipo.training.rundir import RunDir
 
 TASKS = ("arithmetic", "none")
@@ -19,18 +26,10 @@ TASKS = ("arithmetic", "none")
 
 @dataclass
 class EvalArguments:
-    """``unipo eval``: which run to evaluate, on what, against which reference."""
+    """``unipo eval``: which run to evaluate and on what (how: :class:`EvalOptions`)."""
 
     model: str = field(metadata={"help": "a run directory written by unipo train"})
     data: str = field(metadata={"help": "held-out preference data (any format unipo train reads)"})
-    reference: str | None = field(default=None, metadata={
-        "help": "reference model (null: the run's starting model)"})
-    out: str | None = field(default=None, metadata={"help": f"where to write the JSON (null: RUN/{RunDir.EVAL})"})
-    max_length: int | None = field(default=None, metadata={
-        "help": "truncate held-out prompt + response to this many tokens (null: the run's training max_length; "
-                f"what was truncated is printed and recorded in {RunDir.EVAL})"})
-    max_prompt_length: int | None = field(default=None, metadata={
-        "help": "truncate held-out prompts to this many tokens (null: the run's training max_prompt_length)"})
 
 
 @dataclass
@@ -64,11 +63,25 @@ class CompareArguments:
                 "model); null: the first variant"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalOptions:
-    """How a model is scored (``unipo eval``, ``unipo compare``)."""
+    """How a model is scored (``unipo eval``, ``unipo compare``): the configuration of
+    :func:`unipo.eval.evaluate.evaluate_run`. The first four fields are flags of ``unipo eval`` only
+    (``compare`` evaluates each run against its own reference, into its own directory, with its training
+    truncation); ``seed`` and ``reference_cache`` are set from Python (``compare --seeds``, tests)."""
 
     _argument_group_name = "evaluation"
+
+    reference: str | None = field(default=None, metadata={
+        "help": "reference model (null: the run's starting model)", "commands": ("eval",)})
+    out: str | None = field(default=None, metadata={
+        "help": f"where to write the JSON (null: RUN/{RunDir.EVAL})", "commands": ("eval",)})
+    max_length: int | None = field(default=None, metadata={
+        "help": "truncate held-out prompt + response to this many tokens (null: the run's training max_length; "
+                f"what was truncated is printed and recorded in {RunDir.EVAL})", "commands": ("eval",)})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "truncate held-out prompts to this many tokens (null: the run's training max_prompt_length)",
+        "commands": ("eval",)})
 
     limit: int | None = field(default=256, metadata={"help": "held-out pairs to score"})
     n_prompts: int = field(default=32, metadata={"help": "held-out prompts to sample responses for"})
@@ -87,9 +100,19 @@ class EvalOptions:
                 f"in {RunDir.EVAL}'s data_summary; compare: also the training rows, counted in each run's "
                 f"{RunDir.DATA_SUMMARY}); null: the run's (compare: the base config's) on_invalid",
         "choices": ON_INVALID})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the sampled responses (compare --seeds: each run's seed)", "commands": ()})
+    reference_cache: bool = field(default=True, metadata={
+        "help": "the reference's log-probs of the held-out pairs from (or into) the reference cache, for "
+                "objectives without a live reference", "commands": ()})
+
+    def check(self) -> None:
+        """Refuse options that contradict each other, in one line naming the flags."""
+        if self.verifier and self.task not in (None, "none"):
+            raise ConfigError("--verifier and --task both score the answers: give one")
 
 
-@dataclass
+@dataclass(frozen=True)
 class JudgeOptions:
     """A judge for the win rate of the policy's greedy answers against the reference model's."""
 
@@ -104,3 +127,13 @@ class JudgeOptions:
     api_key_env: str | None = field(default=None, metadata={
         "help": "environment variable holding the judge endpoint's API key (default OPENAI_API_KEY if set)",
         "metavar": "VAR"})
+
+    def endpoint(self) -> dict[str, Any] | None:
+        """The judge's keywords (:func:`unipo.eval.judge.judge_win_rate`), or None when no judge is asked for:
+        neither ``judge`` nor ``judge_url``, and ``judge_model`` without ``OPENAI_BASE_URL`` in the environment."""
+        if not (self.judge or self.judge_url or (self.judge_model and os.environ.get("OPENAI_BASE_URL"))):
+            return None
+        if not self.judge and not self.judge_model:
+            raise ConfigError("--judge-url needs --judge-model")
+        return {"judge": self.judge, "judge_url": self.judge_url, "judge_model": self.judge_model,
+                "api_key_env": self.api_key_env}

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unipo.errors import UnipoError
+from unipo.eval.config import EvalOptions, JudgeOptions
 from unipo.eval.generation import generation_metrics
 from unipo.eval.metrics import fdpo_calibration, pairwise_calibration, reward_accuracy_and_margin
 from unipo.objective import Objective
@@ -191,36 +192,33 @@ def with_reference_logps(ref_model, ref_path: str, tokenizer, pairs: list[dict],
     return pairs
 
 
-def evaluate_run(run_dir: str | Path, data: str, *, reference: str | None = None, limit: int | None = 256,
-                 n_prompts: int = 32, n_samples: int = 4, max_new_tokens: int = 64, batch_size: int = 8,
-                 task: str | None = None, seed: int = 0, out: str | Path | None = None,
-                 judge: dict[str, Any] | None = None, reference_cache: bool = True, max_length: int | None = None,
-                 max_prompt_length: int | None = None, on_invalid: str | None = None,
-                 verifier: str | None = None) -> dict[str, Any]:
-    """Evaluate a run directory against its reference model; write ``eval.json``; return the result.
+def evaluate_run(run_dir: str | Path, data: str, options: EvalOptions | None = None,
+                 judge: JudgeOptions | None = None) -> dict[str, Any]:
+    """Evaluate a run directory on held-out ``data`` against its reference model as ``options`` say
+    (:class:`~unipo.eval.config.EvalOptions`; default: its defaults); write ``eval.json``; return the result.
 
-    With ``reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
+    ``judge``: a win rate of the policy's greedy answers against the reference's
+    (:class:`~unipo.eval.config.JudgeOptions`; None, or one naming no judge: none). With
+    ``options.reference_cache`` the reference's log-probs of the held-out pairs come from (or go to) the
     reference cache (:func:`with_reference_logps`) for variants without a per-position KL term.
-    ``max_length`` / ``max_prompt_length``: truncation of the held-out pairs (None: the run's training
+    ``options.max_length`` / ``max_prompt_length``: truncation of the held-out pairs (None: the run's training
     truncation); what was truncated is printed and recorded in ``eval.json`` (``truncation``).
-    ``on_invalid``: error | skip for held-out rows that fail validation (None: the run's setting); what was
-    dropped is recorded in ``eval.json`` (``data_summary``). ``verifier``: a user's ``module:function`` that
-    scores each held-out prompt's answers (:func:`prompt_verifier`), instead of a built-in ``task``'s."""
-    out_path = Path(out) if out else RunDir(run_dir).eval_file
+    ``options.on_invalid``: error | skip for held-out rows that fail validation (None: the run's setting); what
+    was dropped is recorded in ``eval.json`` (``data_summary``). ``options.verifier``: a user's
+    ``module:function`` that scores each held-out prompt's answers (:func:`prompt_verifier`), instead of a
+    built-in ``task``'s."""
+    options = options or EvalOptions()
+    options.check()
+    endpoint = judge.endpoint() if judge is not None else None
+    out_path = Path(options.out) if options.out else RunDir(run_dir).eval_file
     with RunDir(out_path.parent).lock("unipo eval"):
-        result = _evaluate(run_dir, data, reference=reference, limit=limit, n_prompts=n_prompts, n_samples=n_samples,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, task=task, seed=seed, judge=judge,
-                           reference_cache=reference_cache, max_length=max_length,
-                           max_prompt_length=max_prompt_length, on_invalid=on_invalid, verifier=verifier)
+        result = _evaluate(run_dir, data, options, endpoint)
         write_json(out_path, result)
     return result
 
 
-def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: int | None, n_prompts: int,
-              n_samples: int, max_new_tokens: int, batch_size: int, task: str | None, seed: int,
-              judge: dict[str, Any] | None, reference_cache: bool, max_length: int | None,
-              max_prompt_length: int | None, on_invalid: str | None = None,
-              verifier: str | None = None) -> dict[str, Any]:
+def _evaluate(run_dir: str | Path, data: str, options: EvalOptions,
+              judge: dict[str, Any] | None) -> dict[str, Any]:
     from dataclasses import replace
 
     from unipo.io.console import log
@@ -231,10 +229,11 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     saved = RunDir(run_dir).config()
     check_model_dir(run_dir, tokenizer=True)  # before the data is read
     objective = Objective(saved.objective)
-    lengths = {k: v for k, v in (("max_length", max_length), ("max_prompt_length", max_prompt_length)) if v}
+    lengths = {k: v for k, v in (("max_length", options.max_length),
+                                 ("max_prompt_length", options.max_prompt_length)) if v}
     # held-out pairs are scored unweighted: the training data's pair-weight column does not apply to them
     settings = replace(DataSettings.saved(saved.training), **lengths, weight_column=None,
-                       **({"on_invalid": on_invalid} if on_invalid else {}))
+                       **({"on_invalid": options.on_invalid} if options.on_invalid else {}))
     settings.check()
     needs = data_needs(objective, saved.training.get("weights_columns"), saved.token_signal,
                        saved.training.get("score_columns"))
@@ -243,7 +242,7 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     if needs.weights_columns and weights_columns is None:
         log(f"eval: {data} has no {' / '.join(needs.weights_columns)} columns: the variant's own margin needs its "
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
-    pairs, summary = prepare_data(settings, tokenizer, data, limit, weights_columns=weights_columns,
+    pairs, summary = prepare_data(settings, tokenizer, data, options.limit, weights_columns=weights_columns,
                                   diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)",
                                   score_columns=needs.score_columns)
     check_listwise_rows(objective, pairs, data)
@@ -251,17 +250,17 @@ def _evaluate(run_dir: str | Path, data: str, *, reference: str | None, limit: i
     log(f"eval truncation: max_length {settings.max_length}, max_prompt_length {settings.max_prompt_length} "
         f"({source}); {summary.truncated_prompt} prompts and {summary.truncated_response} pairs' responses truncated")
     policy = load_policy(run_dir)
-    ref_path = resolve_model_path(reference) if reference else saved.ref_model_path
+    ref_path = resolve_model_path(options.reference) if options.reference else saved.ref_model_path
     ref_model = load_model(ref_path, dtype=torch.float32, trainable=False)
     check_weights_finite(ref_model, ref_path, use="the reference")
-    if reference_cache and not objective.requirements.live_reference:
+    if options.reference_cache and not objective.requirements.live_reference:
         with_reference_logps(ref_model, ref_path, tokenizer, pairs, share_prompt=saved.share_prompt,
-                             packing=saved.packing, batch_size=batch_size, chunk_size=saved.chunk_size)
+                             packing=saved.packing, batch_size=options.batch_size, chunk_size=saved.chunk_size)
+    verifier = prompt_verifier(tokenizer, pairs, options.task, options.verifier)
     result = evaluate_models(policy, ref_model, tokenizer, objective, pairs, share_prompt=saved.share_prompt,
-                             packing=saved.packing,
-                             batch_size=batch_size, n_prompts=n_prompts, n_samples=n_samples,
-                             max_new_tokens=max_new_tokens, verifier=prompt_verifier(tokenizer, pairs, task, verifier),
-                             seed=seed, judge=judge)
+                             packing=saved.packing, batch_size=options.batch_size, n_prompts=options.n_prompts,
+                             n_samples=options.n_samples, max_new_tokens=options.max_new_tokens, verifier=verifier,
+                             seed=options.seed, judge=judge)
     result["run"] = str(run_dir)
     result["data"] = str(data)
     result["truncation"] = {"max_length": settings.max_length, "max_prompt_length": settings.max_prompt_length,

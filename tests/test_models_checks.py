@@ -1,4 +1,6 @@
-"""Damaged model directories and non-finite weights (issue 23, items 4 and 5; docs/faults.md).
+"""unipo.models.checks: damaged model directories and non-finite weights (issue 23, items 4 and 5;
+docs/faults.md; was tests/test_faults_models.py), refused by every command that loads a model. Two of
+``unipo eval``'s full-disk writes stay here beside the trained run they share with the non-finite checks.
 
 Each case must end in one line (exit status 2) naming the path and what is wrong, before any work; never a
 traceback, a message about installing sentencepiece, or one about the hub.

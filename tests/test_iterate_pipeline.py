@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import naive_logps, read_jsonl, write_jsonl
+from tests.helpers import naive_logps, read_jsonl, tokenizer_save_fails_in, write_jsonl
 from unipo.iterate.prompts import task_prompts
 from unipo.tasks.arithmetic import graded_score, parse_problem
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_an_arithmetic_round_on_smollm2_teaches_the_exact_format(tmp_path):
     """A reduced default run (docs/iterate.md): one round of 24 prompts × 8 samples, the task's pairs replayed,
     RPO for 6 steps. Measured: greedy exact pass rate 0 → 0.500 on 24 held-out problems (92 s) (the full default
@@ -76,6 +75,7 @@ def _hand_pairs(samples: list[dict]) -> list[tuple[int, int, int]]:
     return out
 
 
+@pytest.mark.slow
 def test_two_rounds_fixed_reference_replay_baseline_and_resume(tiny_model_dir, tmp_path):
     from unipo.tasks.arithmetic import preference_rows, problems
 
@@ -116,6 +116,7 @@ def test_two_rounds_fixed_reference_replay_baseline_and_resume(tiny_model_dir, t
     assert _iterate(tiny_model_dir, out, *args, "--samples", "4") == 2
 
 
+@pytest.mark.slow
 def test_a_task_replays_its_own_pairs_and_held_out_prompts_are_never_trained_on(tiny_model_dir, tmp_path):
     from unipo.iterate.pairs import prompt_key
     from unipo.iterate.prompts import task_pairs, task_prompts
@@ -148,6 +149,7 @@ def test_a_task_replays_its_own_pairs_and_held_out_prompts_are_never_trained_on(
         assert not {prompt_key(r["prompt"]) for r in read_jsonl(f)} & held2
 
 
+@pytest.mark.slow
 def test_reset_reference_and_failed_samples(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert _iterate(tiny_model_dir, out, "--task", "arithmetic", "--verifier",
@@ -161,6 +163,7 @@ def test_reset_reference_and_failed_samples(tiny_model_dir, tmp_path):
     assert cfg["reference"] == "copy" and cfg["ref_model"] is None  # reset: the round's own start
 
 
+@pytest.mark.slow
 def test_reward_model_labels_match_the_model_scored_by_hand(tiny_model_dir, tiny_reward_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -180,6 +183,7 @@ def test_reward_model_labels_match_the_model_scored_by_hand(tiny_model_dir, tiny
     assert not (tmp_path / "bad" / "round-1").exists()
 
 
+@pytest.mark.slow
 def test_judge_labels_come_from_the_server_and_an_unreachable_judge_stops_first(tiny_model_dir, tmp_path):
     from tests.chat_server import ChatServer
 
@@ -201,6 +205,7 @@ def test_judge_labels_come_from_the_server_and_an_unreachable_judge_stops_first(
     assert not (tmp_path / "down" / "round-1").exists()
 
 
+@pytest.mark.slow
 def test_implicit_reward_is_beta_log_ratio_and_alpha_recorded(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -226,3 +231,28 @@ def test_implicit_reward_is_beta_log_ratio_and_alpha_recorded(tiny_model_dir, tm
     assert ev["alpha"] is not None and ev["alpha"] >= 0 and ev.get("greedy_reward") is None
     assert isinstance(Path(out / "report.md").read_text(), str)
 
+
+# ---- a LoRA round's merged model on a full disk (issue 23, item 3; was tests/test_faults_save.py) ----
+
+@pytest.mark.integration
+def test_iterate_merged_lora_model_is_never_left_half_written(tiny_model_dir, tmp_path, monkeypatch):
+    """A LoRA round's merged model (the next round's policy) is saved beside and renamed when whole: a full
+    disk mid-save leaves no ``merged`` directory for a resume to load, and the rerun merges it again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unipo.errors import UnipoError
+    from unipo.iterate.pipeline import _merge_lora
+
+    adapter = tmp_path / "model"
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    peft_model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(adapter)
+    tokenizer_save_fails_in(monkeypatch, lambda d: d.name == "merged.partial")
+    with pytest.raises(UnipoError, match="no space left on the device while writing .*merged"):
+        _merge_lora(adapter, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    monkeypatch.undo()
+    _merge_lora(adapter, tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").exists() and (tmp_path / "merged" / "tokenizer.json").exists()

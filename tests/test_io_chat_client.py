@@ -1,5 +1,5 @@
-"""Faults of the chat client that ``unipo bridge``, ``unipo eval``'s judge and ``unipo iterate``'s judge share
-(issue 23, items 0 and 9; docs/faults.md).
+"""unipo.io.chat_client: the faults of the chat client that ``unipo bridge``, ``unipo eval``'s judge and
+``unipo iterate``'s judge share (issue 23, items 0 and 9; docs/faults.md; was tests/test_faults_chat.py).
 
 * A server answering status 200 with a body cut short mid-JSON (``{"choices": [{"message": ``): the openai
   SDK raises ``json.decoder.JSONDecodeError`` from its own response parsing. Every exception a request can

@@ -1,7 +1,9 @@
-"""End-to-end training on a tiny random model built in the test (no download)."""
+"""unipo.training.train: end-to-end training on a tiny random model built in the test (no download), and (slow
+tier) a few real steps on SmolLM2-135M-Instruct per variant family."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -14,8 +16,18 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import ROWS, train_args, write_jsonl
+from tests.helpers import (
+    ROWS,
+    one_error_line,
+    short_hh_pairs,
+    tokenizer_save_fails_in,
+    train_args,
+    train_error_line,
+    train_two_steps_on_smollm2,
+    write_jsonl,
+)
 from unipo.cli import main
+from unipo.data.formats import normalize_row
 from unipo.objective import Objective
 from unipo.objective.presets import PRESETS
 
@@ -324,3 +336,240 @@ def test_sampo_resumed_run_draws_what_the_uninterrupted_run_drew(tiny_model_dir,
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert abs(runs["stateless"][-2] - losses(full)[-2]) > 1e-6  # the count matters: another draw at step 3
+
+
+# ---- the slow tier: a few real training steps on SmolLM2-135M-Instruct (built-in source, converted once) and
+# real HH-RLHF pairs (the committed slice), through `unipo train` (were tests/test_slow_smollm2.py,
+# test_slow_family_more.py (issue 14), test_slow_family_trl.py and test_slow_listwise.py) ----
+
+SMOLLM2_VARIANTS = ["dpo", "simpo", "tdpo2", "tisdpo_nokl", "tisdpo", "bmc", "sparsepo", "sparsepo_activation",
+                    "learned_prior", "fdpo_js"]
+#: the rest of the family (issue 14)
+MORE_VARIANTS = ["hdpo", "beta_dpo", "sampo", "alpha_dpo", "simper"]
+#: WPO, LD-DPO, AlphaPO, CPO and ORPO: a finite loss
+TRL_VARIANTS = ["wpo", "ld_dpo", "alphapo", "cpo", "orpo"]
+
+
+@pytest.fixture(scope="module")
+def hh16_file(tmp_path_factory):
+    """16 short real HH-RLHF pairs from the committed slice (tests/data)."""
+    return short_hh_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 16)
+
+
+@pytest.fixture(scope="module")
+def hh8_file(tmp_path_factory):
+    """8 short real HH-RLHF pairs from the committed slice (tests/data)."""
+    return short_hh_pairs(tmp_path_factory.mktemp("data") / "pairs.jsonl", 8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", SMOLLM2_VARIANTS)
+def test_variant_trains_on_smollm2(hh16_file, tmp_path, variant):
+    out = tmp_path / variant
+    extra = []
+    if variant == "sparsepo_activation":
+        variant, extra = "sparsepo", ["--set", "token_signal={type: activation_masks}"]
+    if variant.startswith("tisdpo"):  # uniform importance weights: exercises the weights path end to end
+        rows = [json.loads(ln) for ln in hh16_file.read_text().splitlines()]
+        from unipo.data.tokenize import prepare_pairs, tokenizer_fingerprint
+        from unipo.models.builtin import resolve_builtin
+        from unipo.models.loading import load_tokenizer
+
+        tok = load_tokenizer(str(resolve_builtin("smollm2-135m-instruct")))
+        pairs, _ = prepare_pairs(rows, tok, max_length=100000, max_prompt_length=99999)
+        for r, p in zip(rows, pairs, strict=True):
+            r["chosen_weights"] = [1.0] * len(p.chosen_ids)
+            r["rejected_weights"] = [1.0] * len(p.rejected_ids)
+            r["tokenizer"] = tokenizer_fingerprint(tok)
+        weighted = tmp_path / "weighted.jsonl"
+        weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        extra = ["--data", str(weighted)]
+        if variant == "tisdpo":  # random weights in [0.5, 1.5]: the KL term is weighted for real
+            import random
+
+            rng = random.Random(0)
+            for r in rows:
+                r["chosen_weights"] = [rng.uniform(0.5, 1.5) for _ in r["chosen_weights"]]
+                r["rejected_weights"] = [rng.uniform(0.5, 1.5) for _ in r["rejected_weights"]]
+            weighted.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    history = train_two_steps_on_smollm2(hh16_file, out, variant, *extra)
+    if variant == "tisdpo":
+        assert math.isfinite(history[1]["kl/chosen"]) and history[0]["weights/chosen_std"] > 0.1
+    if variant == "tdpo2":
+        assert history[0]["kl/chosen"] == pytest.approx(0.0, abs=1e-3)  # policy == reference at step 0
+        assert math.isfinite(history[1]["kl/rejected"])
+    if variant == "bmc":
+        assert history[0]["weights/chosen_mean"] >= 1.0
+    if variant == "sparsepo":
+        assert "mask/mean" in history[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", MORE_VARIANTS)
+def test_more_variant_trains_on_smollm2(hh8_file, tmp_path, variant):
+    out = tmp_path / variant
+    history = train_two_steps_on_smollm2(hh8_file, out, variant)
+    if variant in ("beta_dpo", "alpha_dpo"):  # the moving statistics are saved with the model, after 2 updates
+        state = json.loads((out / "unipo_objective_state.json").read_text())
+        assert [s["steps"] for s in state.values()] == [2.0]
+        assert all(math.isfinite(v) for s in state.values() for v in s.values())
+        key = "beta_dpo/beta" if variant == "beta_dpo" else "alpha_dpo/margin_std"
+        assert all(math.isfinite(h[key]) for h in history)
+    if variant == "beta_dpo":
+        assert history[0]["beta_dpo/kept"] == pytest.approx(0.75)  # 3 of 4 pairs (ρ = 0.2)
+    if variant == "sampo":
+        assert 0 < history[0]["weights/chosen_mean"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", TRL_VARIANTS)
+def test_variant_trains_on_smollm2_and_hh_pairs(hh16_file, tmp_path, variant):
+    out = tmp_path / variant
+    history = train_two_steps_on_smollm2(hh16_file, out, variant)
+    if variant == "wpo":  # the policy's own probabilities of HH responses: weights well below 1, positive
+        assert 0 < history[0]["pair_weighting/mean"] < 1
+    if variant in ("cpo", "orpo"):
+        assert math.isfinite(history[0]["nll"]) and history[0]["nll"] > 0
+    if variant == "ld_dpo":
+        assert history[0]["weights/chosen_mean"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def listwise_file(tmp_path_factory):
+    """16 short HH-RLHF rows as explicit-prompt conversational rows with K = 2 rejected responses."""
+    from tests.conftest import HH_FILE
+
+    out = tmp_path_factory.mktemp("data") / "listwise.jsonl"
+    rows = []
+    with gzip.open(HH_FILE, "rt") as f:
+        for n, line in enumerate(f, start=1):
+            raw = json.loads(line)
+            if len(raw["chosen"]) > 600 or len(raw["rejected"]) > 600:
+                continue
+            pair = normalize_row(raw, file=str(HH_FILE), row_number=n)
+            words = pair.chosen[-1]["content"].split()
+            if len(pair.chosen) != 1 or len(words) < 6:
+                continue
+            truncated = [{"role": "assistant", "content": " ".join(words[: len(words) // 2])}]
+            rows.append({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": [pair.rejected, truncated]})
+            if len(rows) == 16:
+                break
+    assert len(rows) == 16, f"{HH_FILE}: fewer than 16 usable rows"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+@pytest.mark.slow
+def test_listwise_dpo_trains_on_smollm2(listwise_file, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(listwise_file), "--output-dir", str(out), "--variant", "listwise_dpo",
+               "--max-steps", "2", "--per-device-batch-size", "4", "--max-length", "256", "--max-prompt-length",
+               "192", "--learning-rate", "1e-5", "--no-progress", "--set", "plots=false", "--set", "eval_fraction=0.25",
+               "--set", "precision=fp32"])
+    assert rc == 0
+    history = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [h for h in history if "loss" in h]
+    assert len(train) == 2 and all(math.isfinite(h["loss"]) for h in train)
+    # step 1: the policy is the reference, every z_k = 0, so the loss is log(1 + K) = log 3 for K = 2
+    assert train[0]["loss"] == pytest.approx(math.log(3), abs=1e-3)
+    assert math.isfinite(train[1]["rewards/rejected_all"])
+    evals = [h for h in history if "eval_loss" in h]
+    assert evals and math.isfinite(evals[-1]["eval_loss"])
+    summary = json.loads((out / "data_summary.json").read_text())
+    assert summary["listwise"] == 16 and summary["listwise_rejected"] == 32
+
+
+# ---- a full disk while a checkpoint or the final model is saved (issue 23, item 3; docs/faults.md;
+# was tests/test_faults_save.py) ----
+
+@pytest.mark.integration
+def test_disk_full_in_a_checkpoint_then_in_the_final_save_then_resume(tiny_model_dir, data, tmp_path, capsys,
+                                                                      monkeypatch):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, data, out, "--save-steps", "1", "--set", "plots=false")
+    # 1. the disk fills while checkpoint-2's tokenizer is saved
+    tokenizer_save_fails_in(monkeypatch, lambda d: d.name == "checkpoint-2")
+    assert main(args) == 2
+    one_error_line(capsys.readouterr().err, "no space left on the device", "--resume")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]  # the torn one is removed
+    assert not (out / "model.safetensors").exists()
+    # 2. resumed; now the disk fills while the final model's tokenizer is saved
+    monkeypatch.undo()
+    tokenizer_save_fails_in(monkeypatch, lambda d: d == out)
+    assert main([*args, "--resume"]) == 2
+    one_error_line(capsys.readouterr().err, "no space left on the device")
+    left = {p.name for p in out.iterdir()}
+    assert {"checkpoint-1", "checkpoint-2", "metrics.jsonl"} <= left
+    assert not left & {"model.safetensors", "config.json", "tokenizer.json", "trainer_state.json",
+                       "unipo_config.yaml"}, left  # the half-written final model is gone
+    # 3. resumed with room on the disk: the final model is checkpoint-2's weights
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    final, ckpt = load_file(out / "model.safetensors"), load_file(out / "checkpoint-2" / "model.safetensors")
+    assert final.keys() == ckpt.keys() and all(final[k].equal(ckpt[k]) for k in final)
+    assert (out / "trainer_state.json").exists() and (out / "unipo_config.yaml").exists()  # marked finished
+
+
+# ---- refused before any model loads, naming the key, file and row; a refused run leaves no directory it
+# created (issue 23, items 2, 7, 8 and 10; was tests/test_faults_train.py) ----
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how,key", [
+    (["--beta=nan"], "beta"), (["--beta=inf"], "beta"), (["--set", "beta=.nan"], "beta"),
+    ("beta: .nan", "beta"), ("learning_rate: .nan", "learning_rate"), ("warmup_ratio: .nan", "warmup_ratio"),
+    ("variant: {preset: simpo, gamma: .inf}", "gamma"), (["--set", "variant={preset: dpo, beta: -.inf}"], "beta"),
+    ('packing: "no"', "packing"), (["--set", 'share_prompt="false"'], "share_prompt"),
+    (["--learning-rate", "1e39"], "learning_rate"),
+])
+def test_bad_numbers_and_booleans_are_refused_naming_the_key(tiny_model_dir, data, tmp_path, capsys, how, key):
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, data, out)
+    if isinstance(how, str):  # a YAML file (without the flag of the same key, which would override it)
+        (tmp_path / "run.yaml").write_text(how + "\n")
+        flag = "--" + key.replace("_", "-")
+        if flag in args:
+            i = args.index(flag)
+            del args[i:i + 2]
+        how = ["--config", str(tmp_path / "run.yaml")]
+    assert main([*args, *how]) == 2
+    line = train_error_line(capsys)
+    assert f"{key} " in line or f"'{key}'" in line
+    assert any(w in line for w in ("finite", "true or false", "out of range")), line
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_a_pair_weight_beyond_float32_is_refused_naming_file_and_row(tiny_model_dir, tmp_path, capsys):
+    rows = [{**r, "w": 1.0} for r in ROWS]
+    rows[2]["w"] = 1e308  # finite in Python (float64), inf in the float32 loss
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--weight-column", "w")) == 2
+    line = train_error_line(capsys)
+    assert f"{data}, row 3, field 'w': the pair weight must be a finite number >= 0, got 1e+308" in line
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_a_refused_run_leaves_no_directory_it_created(tiny_model_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", [ROWS[0], {**ROWS[1], "chosen": ""}])
+    out = tmp_path / "new" / "run"
+    assert main(train_args(tiny_model_dir, data, out)) == 2
+    assert "row 2, field 'chosen'" in train_error_line(capsys)
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "mine"  # a directory the user made is left where it was
+    existing.mkdir()
+    assert main(train_args(tiny_model_dir, data, existing)) == 2
+    assert existing.is_dir()
+
+
+@pytest.mark.integration
+def test_max_length_above_the_models_positions_is_refused(tiny_model_dir, data, tmp_path, capsys):
+    limit = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, data, out, "--max-length", str(limit + 1))) == 2
+    line = train_error_line(capsys)
+    assert f"max_length {limit + 1} is above the position limit" in line and f"at most {limit}" in line
+    assert not out.exists()

@@ -1,4 +1,5 @@
-"""TIS-DPO weights pipeline (Liu et al., ICLR 2025, Eq. 19): `unipo weights estimate` / `show` on a tiny model.
+"""unipo.tisdpo: the TIS-DPO weights pipeline (Liu et al., ICLR 2025, Eq. 19): `unipo weights estimate` / `show` on a
+tiny model.
 
 The weights are checked against log-probabilities computed here independently (plain transformers
 forward + log_softmax over each full sequence, token ids built with the chat template directly).
@@ -8,11 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
 
+import unipo.training.train as train_module
+from tests.helpers import ROWS
 from unipo.cli import main
+from unipo.data.formats import normalize_row
 from unipo.errors import ConfigError, DataError, UnipoError
 from unipo.tisdpo import contrastive
 from unipo.tisdpo.estimate import EstimateOptions, estimate_weights
@@ -349,3 +354,93 @@ def test_sft_method_trains_two_models_and_weights_equal_formula(runs, tmp_path):
     assert contrastive.TRAINING_RUNS == before + 2
     tok = AutoTokenizer.from_pretrained(runs["model"])
     _check_against(_read(out_path), _rows(), tok, *_contrastive_pair(runs["model"], tmp_path / "w_sft.meta.json"))
+
+
+# ---- a stopped estimate keeps its finished contrastive model (issue 23, item 6; docs/faults.md;
+# was tests/test_faults_weights.py) ----
+
+OVERRIDES = {"max_steps": 2, "per_device_batch_size": 4}
+
+
+@pytest.mark.integration
+def test_a_kill_while_training_the_negative_model_keeps_the_positive(tiny_model_dir, tmp_path, monkeypatch):
+    pairs = [normalize_row(r, file="rows", row_number=i + 1) for i, r in enumerate(ROWS[:8])]
+    real, trained, killed = train_module.train, [], []
+
+    def killed_on_the_second(cfg, *args, **kwargs):
+        trained.append(cfg.output_dir)
+        if len(trained) == 2 and not killed:  # the kill lands while π− trains: its .partial is half-written
+            killed.append(cfg.output_dir)
+            Path(cfg.output_dir, "checkpoint-1").mkdir(parents=True)
+            raise KeyboardInterrupt
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        contrastive.ensure_pair("dpo", str(tiny_model_dir), pairs, models_dir=tmp_path, overrides=OVERRIDES,
+                                progress=False)
+    (positive,) = tmp_path.glob("dpo-*/positive")
+    files = sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in positive.iterdir())
+    assert any(name.endswith(".safetensors") for name, _, _ in files)
+
+    trained.clear()
+    pair = contrastive.ensure_pair("dpo", str(tiny_model_dir), pairs, models_dir=tmp_path, overrides=OVERRIDES,
+                                   progress=False)
+    assert [d.rsplit("/", 1)[-1] for d in trained] == ["negative.partial"]  # π− alone
+    assert sorted((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in positive.iterdir()) == files
+    assert pair.positive == positive and pair.negative.is_dir() and pair.trained
+    assert (pair.directory / contrastive.MANIFEST).exists() and not (pair.directory / "negative.partial").exists()
+
+
+@pytest.mark.unit
+def test_a_damaged_finished_model_is_trained_again(tmp_path):
+    """What counts as finished: a directory that passes the model-directory check (no training here)."""
+    done = tmp_path / "positive"
+    done.mkdir()
+    (done / "adapter_config.json").write_text("{}")
+    (done / "adapter_model.safetensors").write_bytes(b"\x00" * 10)  # truncated
+    assert not contrastive._finished(done) and not contrastive._finished(tmp_path / "negative")
+
+
+# ---- the slow tier: end to end on smollm2-135m-instruct and real HH-RLHF pairs, (P) and (D) estimates on
+# 16 pairs, the picture, and `unipo train --variant tisdpo` on the output (was tests/test_weights_slow.py) ----
+
+N_PAIRS = 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["prompt", "dpo"])
+def test_smollm2_hh_weights_show_and_train(method, hh_file, tmp_path):
+    from unipo.models.builtin import resolve_builtin
+
+    model = str(resolve_builtin("smollm2-135m-instruct"))
+    out = tmp_path / f"w_{method}.jsonl"
+    t0 = time.time()
+    rc = main(["weights", "estimate", "--method", method, "--model", model, "--data", str(hh_file),
+               "--out", str(out), "--limit", str(N_PAIRS), "--models-dir", str(tmp_path / "models"),
+               "--batch-size", "4", "--no-progress", "--train-set", "per_device_batch_size=4",
+               "--train-set", "max_length=384", "--train-set", "max_prompt_length=256"])
+    t_estimate = time.time() - t0
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == N_PAIRS and len({r["source_row"] for r in rows}) == N_PAIRS
+    summary = json.loads((tmp_path / f"w_{method}.summary.json").read_text())
+    mean_c, mean_r = summary["chosen"]["mean"], summary["rejected"]["mean"]
+    print(f"\n[{method}] {N_PAIRS} pairs in {t_estimate:.0f}s: chosen mean {mean_c:.4f} "
+          f"(std {summary['chosen']['std']:.4f}), rejected mean {mean_r:.4f} (std {summary['rejected']['std']:.4f})")
+    assert summary["chosen"]["std"] > 0 and summary["rejected"]["std"] > 0
+    assert abs(mean_c - mean_r) > 1e-3  # the two sides are weighted differently
+
+    show = tmp_path / "show"
+    assert main(["weights", "show", str(out), "--n", "4", "--out", str(show)]) == 0
+    for name in ("weights.html", "weights_tokens.png", "weights_hist.png"):
+        assert (show / name).stat().st_size > 5000
+
+    t0 = time.time()
+    rc = main(["train", "--model", model, "--data", str(out), "--variant", "tisdpo", "--output-dir",
+               str(tmp_path / "run"), "--max-steps", "2", "--per-device-batch-size", "2", "--max-length", "384",
+               "--no-progress", "--lora", "--set", "plots=false"])
+    assert rc == 0
+    print(f"[{method}] tisdpo training, 2 steps: {time.time() - t0:.0f}s")
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("weights/chosen_mean" in m for m in metrics)

@@ -10,8 +10,6 @@ import pytest
 
 from unipo.cli import main
 
-pytestmark = pytest.mark.integration
-
 ROWS = [{"prompt": f"What is {i} + {i}?", "chosen": f"{2 * i}", "rejected": f"{2 * i + 1} maybe"} for i in range(8)]
 
 
@@ -32,6 +30,7 @@ def first_step(out: Path) -> dict:
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("variant,reference", [("dpo", "copy"), ("dpo", "precomputed"), ("tdpo2", "copy")])
 def test_bf16_rewards_start_at_exactly_zero(tiny_model_dir, data, tmp_path, variant, reference, monkeypatch):
     monkeypatch.setenv("UNIPO_CACHE", str(tmp_path / "cache"))
@@ -44,6 +43,7 @@ def test_bf16_rewards_start_at_exactly_zero(tiny_model_dir, data, tmp_path, vari
         assert abs(step["kl/chosen"]) < 1e-6 and abs(step["kl/rejected"]) < 1e-6
 
 
+@pytest.mark.integration
 def test_a_bfloat16_reference_copy_stays_available_and_is_offset(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
     assert run(tiny_model_dir, data, out, "--precision", "bf16", "--set", "ref_dtype=bfloat16") == 0
@@ -70,6 +70,7 @@ def _holder(directory: Path):
     return proc
 
 
+@pytest.mark.integration
 def test_a_second_writer_is_refused_with_the_holder_named(tiny_model_dir, data, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
@@ -87,6 +88,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tiny_model_dir, data, 
     assert "taking over the lock" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_finished_run_is_neither_overwritten_nor_retrained(tiny_model_dir, data, tmp_path, capsys):
     out = tmp_path / "run"
     assert run(tiny_model_dir, data, out, "--max-steps", "2", "--set", "save_steps=1") == 0
@@ -113,6 +115,7 @@ def yaml_load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.integration
 def test_resume_continues_and_train_loss_covers_every_step(tiny_model_dir, data, tmp_path, capsys):
     import logging
 
@@ -151,6 +154,7 @@ def _no_model_load(monkeypatch):
     monkeypatch.setattr(loading, "load_model", refuse)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("out,message", [("/proc/unipo-test/run", "cannot create the output directory"),
                                          ("/proc/self", "is not writable")])
 def test_unwritable_output_is_refused_before_any_model_loads(tiny_model_dir, data, out, message, monkeypatch,
@@ -161,6 +165,7 @@ def test_unwritable_output_is_refused_before_any_model_loads(tiny_model_dir, dat
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_too_little_disk_is_refused_before_any_model_loads(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
     import shutil
     from collections import namedtuple
@@ -172,6 +177,7 @@ def test_too_little_disk_is_refused_before_any_model_loads(tiny_model_dir, data,
     assert "not enough disk space" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_checkpoint(tiny_model_dir, data, tmp_path,
                                                                                monkeypatch, capsys):
     import errno
@@ -190,3 +196,25 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_checkpoint(t
     err = capsys.readouterr().err
     assert "no space left on the device while writing" in err and "Traceback" not in err
     assert "removed the partial checkpoint-1" in err and not (out / "checkpoint-1").exists()
+
+
+# ---- a torn checkpoint is not resumed from (issue 23, item 3; was tests/test_faults_save.py) ----
+
+@pytest.mark.unit
+def test_resume_skips_a_checkpoint_whose_weights_are_torn(tmp_path):
+    """A checkpoint with its trainer_state.json but a weights file shorter than its header says is skipped."""
+    import torch
+    from safetensors.torch import save_file
+
+    from unipo.training.rundir import last_complete_checkpoint
+
+    for step in (1, 2):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        save_file({"w": torch.ones(64)}, ckpt / "model.safetensors")
+        (ckpt / "trainer_state.json").write_text("{}")
+    torn = tmp_path / "checkpoint-2" / "model.safetensors"
+    torn.write_bytes(torn.read_bytes()[:-16])
+    logged: list[str] = []
+    assert last_complete_checkpoint(tmp_path, logged.append) == str(tmp_path / "checkpoint-1")
+    assert "checkpoint-2 is torn (model.safetensors is truncated" in logged[0]
