@@ -108,14 +108,14 @@ def test_explain_simpo_by_hand(capsys):
     assert "formula: −log σ(z)" in parts_["pair_loss"][2]
     assert params == {"beta": ("*", "2"), "gamma": ("*", "0.5"), "gamma_beta_ratio": (" ", "none"),
                       "length_alpha": (" ", "0"), "nll_weight": (" ", "0"), "nll_token_mean": (" ", "false"),
-                      "l1_weight": (" ", "0"), "prior_reg_weight": (" ", "0")}
+                      "gold_nll_weight": (" ", "0"), "l1_weight": (" ", "0"), "prior_reg_weight": (" ", "0")}
     assert "\nNeeds a reference model: no\n" in out
     assert "\nInputs: policy_chosen_logps, policy_rejected_logps, chosen_mask, rejected_mask\n" in out
     assert "\n  loss:   −log σ(β(ā(y_w) − ā(y_l)) − γ)\n" in out
     assert ("\n  preset=simpo, prior=none, weights=none, aggregation=mean, link=reverse_kl, chosen_transform=none, "
             "rejected_transform=none, kl=none, pair_loss=sigmoid, pair_weighting=none, beta=2, gamma=0.5, "
-            "gamma_beta_ratio=none, length_alpha=0, nll_weight=0, nll_token_mean=false, l1_weight=0, "
-            "prior_reg_weight=0\n") in out
+            "gamma_beta_ratio=none, length_alpha=0, nll_weight=0, nll_token_mean=false, gold_nll_weight=0, "
+            "l1_weight=0, prior_reg_weight=0\n") in out
 
 
 def test_explain_tdpo2_by_hand(capsys):
@@ -173,6 +173,7 @@ def test_every_preset_explains_as_a_configuration_that_is_the_preset(capsys):
         inputs[f"{side}_eps_plus_logps"] = -torch.rand(3, 4, generator=g) * 3
         inputs[f"{side}_eps_minus_logps"] = -torch.rand(3, 4, generator=g) * 3
         inputs[f"{side}_score"] = torch.rand(3, generator=g) * 10
+    inputs["policy_gold_logps"], inputs["gold_mask"] = -torch.rand(3, 4, generator=g) * 3, mask  # TPO's gold
     for name in PRESETS:
         rc, out, _ = run(capsys, name, "--json")
         assert rc == 0

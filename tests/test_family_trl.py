@@ -30,6 +30,7 @@ DPOTrainer = pytest.importorskip("trl.trainer.dpo_trainer").DPOTrainer
 CPOTrainer = pytest.importorskip("trl.experimental.cpo").CPOTrainer
 ORPOTrainer = pytest.importorskip("trl.experimental.orpo").ORPOTrainer
 ChunkedLogProbFunction = pytest.importorskip("trl.kernels").ChunkedLogProbFunction
+TPOTrainer = pytest.importorskip("trl.experimental.tpo").TPOTrainer
 
 pytestmark = pytest.mark.unit
 
@@ -441,3 +442,72 @@ def test_wpo_clamp_is_the_authors_released_weight():
     torch.testing.assert_close(clamped / dpo, released, rtol=1e-12, atol=0)
     unclamped = unipo.compute_loss("wpo", **kw).losses / dpo
     assert float(unclamped[0]) > 1.0  # TRL's form (the default) does not clamp
+
+
+# ------------------------------------------------------------------------------------------- TRL: TPOTrainer
+
+
+def _tpo_batch(seed: int, vocab: int = 13, length: int = 9):
+    """TRL's TPO batch on a stub model: [chosen; rejected; gold] rows (B each) of input ids with a completion mask
+    (a prompt of 1..3 tokens, then 1.. completion tokens, then padding), and random logits [3B, L, V]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (3 * B, length), generator=g)
+    completion = torch.zeros(3 * B, length, dtype=torch.long)
+    attention = torch.zeros(3 * B, length, dtype=torch.long)
+    for i in range(3 * B):
+        prompt = int(torch.randint(1, 4, (1,), generator=g))
+        end = prompt + 1 + int(torch.randint(0, length - prompt, (1,), generator=g))
+        completion[i, prompt:end] = 1
+        attention[i, :end] = 1
+    return 3.0 * torch.randn(3 * B, length, vocab, generator=g), ids, completion, attention
+
+
+def _trl_tpo(logits, ids, completion, attention, **attrs) -> torch.Tensor:
+    """TRL's own ``TPOTrainer._compute_loss`` (tpo_alpha 0 drops the gold rows, as TRL's collator does)."""
+    trainer = object.__new__(TPOTrainer)
+    trainer.__dict__.update(accelerator=CPUAccelerator(), _metrics={"train": defaultdict(list)},
+                            _total_train_tokens=0, _tp_size=1, model=SimpleNamespace(training=True), **attrs)
+    rows = slice(None) if attrs["tpo_alpha"] else slice(0, 2 * B)
+    inputs = {"input_ids": ids[rows], "attention_mask": attention[rows], "completion_mask": completion[rows]}
+    return trainer._compute_loss(lambda **kw: SimpleNamespace(logits=logits[rows]), inputs, return_outputs=False)
+
+
+def _unipo_tpo(logits, ids, completion, variant) -> unipo.LossOutput:
+    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    (pc, pr, pg), (mc, mr, mg) = logps.chunk(3), completion[:, 1:].bool().chunk(3)
+    return unipo.compute_loss(variant, policy_chosen_logps=pc, policy_rejected_logps=pr, chosen_mask=mc,
+                              rejected_mask=mr, policy_gold_logps=pg, gold_mask=mg)
+
+
+TPO_DEFAULTS = dict(beta=0.01, loss_type="sigmoid", label_smoothing=0.0, tpo_alpha=1.0, tpo_l_gamma=0.5)
+TPO_CASES = [  # (id, TRL's attributes over TPOConfig's defaults, unipo variant)
+    ("tpo", {}, "tpo"),
+    ("tpo_l", dict(loss_type="tpo-l"), "tpo_l"),
+    ("tpo_l-beta2-gamma1", dict(loss_type="tpo-l", beta=2.0, tpo_l_gamma=1.0),
+     {"preset": "tpo_l", "beta": 2.0, "gamma": 1.0}),
+    ("beta0.5-alpha0.3", dict(beta=0.5, tpo_alpha=0.3), {"preset": "tpo", "beta": 0.5, "gold_nll_weight": 0.3}),
+    ("label_smoothing", dict(beta=0.5, label_smoothing=0.2),
+     {"preset": "tpo", "beta": 0.5, "pair_loss": "cdpo", "label_smoothing": 0.2}),
+    ("hinge", dict(beta=0.3, loss_type="hinge"), {"preset": "tpo", "beta": 0.3, "pair_loss": "hinge"}),
+    ("ipo", dict(beta=0.3, loss_type="ipo"), {"preset": "tpo", "beta": 0.3, "pair_loss": "ipo", "aggregation": "mean"}),
+    ("alpha0", dict(beta=0.5, tpo_alpha=0.0), {"preset": "tpo", "beta": 0.5, "gold_nll_weight": 0.0}),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", TPO_CASES, ids=[c[0] for c in TPO_CASES])
+def test_tpo_agrees_with_trls_tpo_trainer(case):
+    """TRL's whole ``TPOTrainer._compute_loss`` (its log-softmax, the four loss types, label smoothing, the gold
+    response's cross-entropy) on a stub model's logits: the same loss and the same gradient into every logit of
+    the chosen, rejected and gold rows."""
+    _, attrs, variant = case
+    logits, ids, completion, attention = _tpo_batch(21)
+    l_t, l_u = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss_t = _trl_tpo(l_t, ids, completion, attention, **{**TPO_DEFAULTS, **attrs})
+    out = _unipo_tpo(l_u, ids, completion, variant)
+    torch.testing.assert_close(out.loss, loss_t, rtol=RTOL, atol=ATOL)
+    loss_t.backward()
+    out.loss.backward()
+    if attrs.get("tpo_alpha", 1.0):
+        assert l_u.grad[2 * B:].abs().sum() > 0  # the gold rows get gradient
+    torch.testing.assert_close(l_u.grad, l_t.grad, rtol=1e-4, atol=1e-6)

@@ -211,6 +211,8 @@ TRAIN: dict[str, Oracle] = {
     "eval_steps": count(optional=True), "save_steps": count(), "save_total_limit": count(optional=True),
     "data_num_proc": count(optional=True), "data_streaming": boolean, "stream_buffer": count(0),
     "report_to": report_to, "resume": boolean, "overwrite": boolean, "progress": boolean, "plots": boolean,
+    # last: a key added in the middle shifts the shared random draws of every later key
+    "gold_column": text(),
 }
 #: keys fuzzed on top of another key's value (they apply only there)
 TRAIN_BASE = {"ref_sync_alpha": {"ref_sync": "soft"}, "ref_sync_steps": {"ref_sync": "soft"},

@@ -174,6 +174,8 @@ def test_precomputed_reference_sums_give_the_same_loss(setup, variant):
     ("sparsepo", "the token signal sparsepo_masks"),
     ("learned_prior", "the per-token input 'prior_offsets'"),
     ("uni_dpo", "the per-response input 'score' (the response's score from the data"),
+    ("tpo", "a third, gold response per pair (gold_nll_weight = 1: TPO's NLL term)"),
+    ("tpo_l", "a third, gold response per pair"),
 ])
 def test_variants_whose_inputs_trl_cannot_give_are_refused(tmp_path, variant, missing):
     from unipo.integrations.trl import build_objective
@@ -181,6 +183,7 @@ def test_variants_whose_inputs_trl_cannot_give_are_refused(tmp_path, variant, mi
     with pytest.raises(ConfigError, match="TRL's DPOTrainer gives per-token log-probs") as err:
         build_objective(variant, _config(tmp_path))
     assert missing in str(err.value) and f"unipo train --variant {variant}" in str(err.value)
+    assert "\n" not in str(err.value)  # one line
 
 
 @pytest.mark.unit

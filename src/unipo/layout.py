@@ -4,7 +4,8 @@ This module sits below ``unipo.data``, ``unipo.models`` and ``unipo.training`` (
 objective's input table, :mod:`unipo.objective.inputs`) and holds the contract between them:
 
 * the segment ids of every position (:data:`PAD_SEGMENT`, :data:`PROMPT`, :data:`CHOSEN`, :data:`REJECTED`;
-  with several rejected responses per pair the k-th is ``REJECTED + k``, :func:`rejected_segment`);
+  with several rejected responses per pair the k-th is ``REJECTED + k``, :func:`rejected_segment`; a gold
+  response, TPO's third one, :data:`GOLD`);
 * :class:`PackedBatch` (with one :class:`SideLayout` per response side): what
   :func:`unipo.data.batching.collate_pairs` produces and what the model forward consumes;
 * :func:`gather_side` / :func:`scatter_tokens`: between the packed ``[rows × L]`` positions and the
@@ -34,6 +35,10 @@ SIDES = ("chosen", "rejected")
 SEGMENT_OF = {"chosen": CHOSEN, "rejected": REJECTED}
 #: the most rejected responses one pair may have (segment ids are int8)
 MAX_REJECTED = 100
+
+
+#: the segment id of a pair's gold response (TPO's third response; after every possible rejected one)
+GOLD = REJECTED + MAX_REJECTED
 
 
 def rejected_segment(k: int) -> int:
@@ -110,7 +115,9 @@ class PackedBatch:
     - ``pair_weights`` (float ``[B]``): each pair's weight in the loss (a data column), when given;
     - ``rejected_pair`` (long ``[N]``): with several rejected responses per pair, the pair of each row of
       ``rejected`` (whose tensors are then ``[N, T]``, N the number of rejected responses, each pair's rows
-      contiguous and in pair order); None when every pair has one.
+      contiguous and in pair order); None when every pair has one;
+    - ``gold``: the :class:`SideLayout` of a third, gold response per pair (TPO; ``[B, T'']``, no data columns),
+      packed in its pair's sequence; None unless the data carries one (``gold_*`` keys).
     """
 
     input_ids: torch.Tensor
@@ -122,6 +129,7 @@ class PackedBatch:
     index: torch.Tensor | None = None
     pair_weights: torch.Tensor | None = None
     rejected_pair: torch.Tensor | None = None
+    gold: SideLayout | None = None
 
     def side(self, name: str) -> SideLayout:
         return Sides(self.chosen, self.rejected)[name]
@@ -144,9 +152,10 @@ class PackedBatch:
             columns = {name: batch.get(pattern.format(side)) for name, pattern in SIDE_COLUMNS.items()}
             sides[side] = SideLayout(batch[f"{side}_src"], batch[f"{side}_labels"], batch[f"{side}_mask"],
                                      **columns)
+        gold = SideLayout(batch["gold_src"], batch["gold_labels"], batch["gold_mask"]) if "gold_src" in batch else None
         return cls(batch["input_ids"], batch["position_ids"], batch["segments"], sides["chosen"],
                    sides["rejected"], batch.get("documents"), batch.get("index"), batch.get("pair_weight"),
-                   batch.get("rejected_pair"))
+                   batch.get("rejected_pair"), gold)
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         out = {"input_ids": self.input_ids, "position_ids": self.position_ids, "segments": self.segments}
@@ -155,6 +164,8 @@ class PackedBatch:
                 out[key] = getattr(self, key)
         if self.pair_weights is not None:
             out["pair_weight"] = self.pair_weights
+        if self.gold is not None:
+            out.update({"gold_src": self.gold.src, "gold_labels": self.gold.labels, "gold_mask": self.gold.mask})
         for side in SIDES:
             layout = self.side(side)
             out.update({f"{side}_src": layout.src, f"{side}_labels": layout.labels, f"{side}_mask": layout.mask})

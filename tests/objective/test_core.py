@@ -79,7 +79,8 @@ def test_extreme_log_ratios_are_finite(variant, dtype, magnitude):
               chosen_log_sum_sq_probs=zeros, rejected_log_sum_sq_probs=zeros,
               chosen_eps_plus_logps=a_w.detach() * 1.01, rejected_eps_plus_logps=a_l.detach() * 1.01,
               chosen_eps_minus_logps=a_w.detach() * 0.99, rejected_eps_minus_logps=a_l.detach() * 0.99,
-              chosen_score=torch.tensor([9.0, 1.0]), rejected_score=torch.tensor([1.0, 9.0]))
+              chosen_score=torch.tensor([9.0, 1.0]), rejected_score=torch.tensor([1.0, 9.0]),
+              policy_gold_logps=a_w, gold_mask=mask)
     out = unipo.compute_loss(variant, **kw)
     assert torch.isfinite(out.losses).all(), out.losses
     ga, gb = torch.autograd.grad(out.losses.sum(), [a_w, a_l])
@@ -124,3 +125,66 @@ def test_junk_in_padding_never_reaches_loss_or_gradient(variant, junk):
     torch.testing.assert_close(out.losses.detach(), clean)
     g = torch.autograd.grad(out.losses.sum(), [d["a_w"], d["a_l"]])
     assert all(torch.isfinite(x).all() for x in g)
+
+
+# ------------------------------------------------------------------ TPO: the gold response's NLL (gold_nll_weight)
+
+
+def _gold(seed: int = 5, dtype=torch.float64):
+    """A gold response per pair: ragged lengths (1 token included), garbage in the padding."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([4, 1, 6, 2, 3])
+    mask = (torch.arange(6)[None] < lengths[:, None]).to(dtype)
+    logps = torch.where(mask.bool(), -torch.rand(5, 6, generator=g, dtype=dtype) * 4,
+                        torch.full((5, 6), -1e9, dtype=dtype))
+    return logps.requires_grad_(True), mask
+
+
+def _tpo_by_hand(d, gold, gold_mask, loss_type: str, beta: float = 0.01, alpha: float = 1.0, gamma: float = 0.5):
+    """TRL's TPOTrainer._compute_loss written out again (trl/experimental/tpo/tpo_trainer.py, lines 637–712), with
+    no label smoothing: a(y) the summed response log-prob, ā(y) its mean for tpo-l; the NLL one mean over every gold
+    token of the batch (F.cross_entropy over the gold completion tokens)."""
+    def total(x, m):
+        return torch.where(m.bool(), x, torch.zeros_like(x)).sum(-1)
+
+    if loss_type == "tpo-l":
+        delta = total(d["a_w"], d["m_w"]) / d["m_w"].sum(-1) - total(d["a_l"], d["m_l"]) / d["m_l"].sum(-1)
+        pair = torch.log1p(torch.exp(-beta * (delta - gamma / beta)))
+    else:
+        pair = torch.log1p(torch.exp(-beta * (total(d["a_w"], d["m_w"]) - total(d["a_l"], d["m_l"]))))
+    nll = -total(gold, gold_mask).sum() / gold_mask.sum()
+    return pair.mean() + alpha * nll
+
+
+@pytest.mark.parametrize(("preset", "loss_type"), [("tpo", "sigmoid"), ("tpo_l", "tpo-l")])
+def test_tpo_equals_trls_formula_in_float64(preset, loss_type):
+    """tpo / tpo_l = TRL's TPO loss (pair term on the policy alone + tpo_alpha · NLL(y_gold)), values and gradients
+    into the chosen, rejected and gold log-probs, in float64; the per-pair losses spread the batch NLL evenly."""
+    d, (gold, gm) = make_batch(), _gold()
+    out = run(preset, d, policy_gold_logps=gold, gold_mask=gm)
+    d2, (gold2, gm2) = make_batch(), _gold()
+    expected = _tpo_by_hand(d2, gold2, gm2, loss_type)
+    assert out.loss.dtype == torch.float64
+    torch.testing.assert_close(out.loss, expected, rtol=1e-12, atol=1e-12)
+    nll = float(-S(gold2, gm2).sum().detach() / gm2.sum())
+    assert float(out.metrics["gold_nll"]) == pytest.approx(nll, rel=1e-12)
+    for x, y in zip(torch.autograd.grad(out.loss, [d["a_w"], d["a_l"], gold]),
+                    torch.autograd.grad(expected, [d2["a_w"], d2["a_l"], gold2]), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    g_gold = torch.autograd.grad(run(preset, make_batch(), policy_gold_logps=gold, gold_mask=gm).loss, gold)[0]
+    assert torch.all(g_gold[~gm.bool()] == 0) and torch.allclose(g_gold[gm.bool()], -1 / gm.sum())
+
+
+def test_gold_nll_weight_scales_and_per_pair_reduction():
+    """gold_nll_weight λ adds λ·NLL(y_gold); nll_token_mean false makes it each pair's token mean; weight 0 never
+    reads the gold response (none needed), and a weight > 0 without one is refused naming the input."""
+    d, (gold, gm) = make_batch(), _gold()
+    base = run("reference_free", d).losses.detach()
+    per_pair = run("reference_free", d, gold_nll_weight=0.3, policy_gold_logps=gold, gold_mask=gm).losses.detach()
+    torch.testing.assert_close(per_pair - base, 0.3 * (-S(gold, gm) / gm.sum(-1)).detach(), rtol=1e-12, atol=1e-12)
+    assert not unipo.Objective("tpo", gold_nll_weight=0.0).requirements.gold
+    assert unipo.Objective("tpo").requirements.gold and not unipo.Objective("cpo").requirements.gold
+    with pytest.raises(UnipoError, match="gold_nll_weight > 0 needs .*gold_column"):
+        run("tpo", d)
+    with pytest.raises(UnipoError, match="gold response has zero tokens at batch index \\[1\\]"):
+        run("tpo", d, policy_gold_logps=gold, gold_mask=gm * (torch.arange(5) != 1)[:, None])

@@ -40,8 +40,9 @@ def test_side_and_objective_inputs_have_one_field_per_entry():
     assert tuple(TOKEN_INPUTS) == BEFORE and tuple(RESPONSE_INPUTS) == RESPONSE
     names = [f.name for f in dataclasses.fields(Side)]
     assert names == ["name", "logps", "mask", *BEFORE, *RESPONSE, "partner_mask", "pair_ids"]
+    # gold: TPO's third response, a whole Side (its own log-probs and mask), not an input of the chosen / rejected
     assert [f.name for f in dataclasses.fields(ObjectiveInputs)] == ["chosen", "rejected", "pair_weights",
-                                                                     "rejected_pair", "pair_ids"]
+                                                                     "rejected_pair", "pair_ids", "gold"]
     assert Side.__dataclass_params__.frozen and ObjectiveInputs.__dataclass_params__.frozen
     assert set(PAIR_INPUTS) | set(TOKEN_INPUTS) | set(RESPONSE_INPUTS) == {s.name for s in INPUTS}
 

@@ -157,6 +157,8 @@ FORMULA_TESTS = {
     "uni_dpo": "test_pair_weighting.py::test_uni_dpo_is_the_released_loss_values_and_gradients",
     "bpo_sba": "test_pair_losses.py::test_bpo_sba_preset_by_hand_one_pair",
     "ti_dpo_w": "test_presets.py::test_ti_dpo_w_preset_is_eq_12_in_float64",
+    "tpo": "test_core.py::test_tpo_equals_trls_formula_in_float64",
+    "tpo_l": "test_core.py::test_tpo_equals_trls_formula_in_float64",
 }
 
 

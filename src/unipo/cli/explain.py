@@ -115,6 +115,8 @@ def explain(variant: str | Mapping[str, Any] | ObjectiveConfig,
                 key = KEYWORDS[field].format(side)
                 if key not in inputs:
                     inputs.append(key)
+    if cfg.requirements.gold:  # TPO's gold NLL term: a third response's log-probs (compute_loss's keywords)
+        inputs += ["policy_gold_logps", "gold_mask"]
     return {
         "name": cfg.name,
         "composition": bool(changed_parts or changed_params),

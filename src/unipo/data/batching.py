@@ -31,6 +31,7 @@ import torch
 from unipo.errors import UnipoError
 from unipo.layout import (
     CHOSEN,
+    GOLD,
     MAX_REJECTED,
     PAD_SEGMENT,
     PROMPT,
@@ -82,21 +83,31 @@ def _sequences(examples: Sequence[dict[str, Any]], share_prompt: bool) -> list[_
         seq = _Sequence(ids=p + c, segments=[PROMPT] * n_p + [CHOSEN] * len(c), positions=list(range(n_p + len(c))),
                         src=[("chosen", i, [n_p - 1 + j for j in range(len(c))])])
         for k, r in enumerate(rs):
-            start = len(seq.ids)
-            seq.src.append(("rejected", rejected[-1][k][0], [n_p - 1] + [start + j - 1 for j in range(1, len(r))]))
-            seq.ids += r
-            seq.segments += [rejected_segment(k)] * len(r)
-            seq.positions += list(range(n_p, n_p + len(r)))
+            _branch(seq, "rejected", rejected[-1][k][0], n_p, r, rejected_segment(k))
+        if ex.get("gold_ids") is not None:  # TPO's gold response: one more branch over the prompt
+            _branch(seq, "gold", i, n_p, list(ex["gold_ids"]), GOLD)
         seqs.append(seq)
-    if not share_prompt:  # rejected sequences after all chosen ones
+    if not share_prompt:  # rejected sequences after all chosen ones, then the gold ones
         seqs += [_plain_sequence(j, p, r, "rejected") for group in rejected for j, p, r in group]
+        seqs += [_plain_sequence(i, list(ex["prompt_ids"]), list(ex["gold_ids"]), "gold")
+                 for i, ex in enumerate(examples) if ex.get("gold_ids") is not None]
     return seqs
+
+
+def _branch(seq: _Sequence, side: str, row: int, n_p: int, response: list[int], segment: int) -> None:
+    """Append ``response`` to ``seq`` as a branch over its prompt (``n_p`` tokens): its own ``segment``, positions
+    that continue from the prompt, its first token predicted from the prompt's last position."""
+    start = len(seq.ids)
+    seq.src.append((side, row, [n_p - 1] + [start + j - 1 for j in range(1, len(response))]))
+    seq.ids += response
+    seq.segments += [segment] * len(response)
+    seq.positions += list(range(n_p, n_p + len(response)))
 
 
 def _plain_sequence(row: int, prompt: list[int], response: list[int], side: str) -> _Sequence:
     """``[prompt | response]``: response token j is predicted from position len(prompt) - 1 + j."""
     n_p, n_r = len(prompt), len(response)
-    return _Sequence(ids=prompt + response, segments=[PROMPT] * n_p + [SEGMENT_OF[side]] * n_r,
+    return _Sequence(ids=prompt + response, segments=[PROMPT] * n_p + [SEGMENT_OF.get(side, GOLD)] * n_r,
                      positions=list(range(n_p + n_r)), src=[(side, row, list(range(n_p - 1, n_p - 1 + n_r)))])
 
 
@@ -137,6 +148,12 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
         layout = pack_rows(lengths, length) if packing else [[j] for j in range(len(seqs))]
     responses = {"chosen": [list(ex["chosen_ids"]) for ex in examples],
                  "rejected": [r for ex in examples for r in rejected_responses(ex)]}
+    golds = [ex.get("gold_ids") for ex in examples]
+    if any(g is not None for g in golds):
+        if any(g is None for g in golds):
+            raise UnipoError("some pairs of this batch have a gold response (gold_ids) and some do not: every pair "
+                             "of a batch needs one, or none")
+        responses["gold"] = [list(g) for g in golds]
     flat_src: dict[str, list[list[int]]] = {side: [[] for _ in labels] for side, labels in responses.items()}
     rows, segs, poss, docs = [], [], [], []
     for r, members in enumerate(layout):

@@ -33,7 +33,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -91,6 +91,9 @@ class PreferencePair:
     #: a listwise row's further rejected responses (its 'rejected' was a list of K > 1): ``rejected`` is the
     #: first, these the others, in the row's order
     more_rejected: list = field(default_factory=list)
+    #: a third, gold response (TPO: the data's gold column, :func:`with_gold`), in the shape of ``chosen``; None
+    #: unless the objective reads one
+    gold: Any = None
 
     @property
     def all_rejected(self) -> list:
@@ -474,6 +477,34 @@ def _explicit_prompt(prompt: Any, chosen: Any, rejecteds: list[tuple[str, Any]],
         _check_response_messages(resp, name, f, r)
         responses.append(resp)
     return PreferencePair(msgs, responses[0], responses[1], True, extras, responses[2:])
+
+
+def with_gold(pair: PreferencePair, row: dict, column: str, *, file: str, row_number: int) -> PreferencePair:
+    """``pair`` with its gold response (TPO, Saeidi et al. 2024, arXiv 2405.16681: a third response per prompt)
+    read from ``row[column]``: in the shape of ``chosen`` (text for a text pair; messages, or text as one assistant
+    message, for a conversational pair). In a row without a ``prompt`` column the gold response may repeat the
+    prompt, as chosen does (TRL's implicit-prompt ``reference``): the pair's prompt is then split off it."""
+    f, r = file, row_number
+    value = row.get(column)
+    if value is None:
+        raise DataError(f"missing the gold response: this variant reads a third, gold response per pair from the "
+                        f"column {column!r} (set gold_column to the column that holds it)", file=f, row=r,
+                        field=column)
+    implicit = row.get("prompt") is None
+    if not pair.conversational:
+        if not isinstance(value, str):
+            raise DataError(f"the pair is text but the gold response is a {type(value).__name__}; use text",
+                            file=f, row=r, field=column)
+        if implicit and isinstance(pair.prompt, str) and value.startswith(pair.prompt):
+            value = value[len(pair.prompt):]
+        if not value.strip():
+            raise DataError("empty gold response", file=f, row=r, field=column)
+        return replace(pair, gold=value)
+    resp = _as_response_messages(value, column, f, r)
+    if implicit and resp[:len(pair.prompt)] == pair.prompt:
+        resp = resp[len(pair.prompt):]
+    _check_response_messages(resp, column, f, r)
+    return replace(pair, gold=resp)
 
 
 def normalize_row(row: dict, *, file: str, row_number: int) -> PreferencePair:

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from unipo.data.formats import PreferencePair, SourceRow, normalize_row
+from unipo.data.formats import PreferencePair, SourceRow
 from unipo.data.tokenize import (
     PrepOptions,
     PrepSummary,
@@ -42,6 +42,7 @@ from unipo.data.tokenize import (
     _Tok,
     check_prefix,
     conversational_response,
+    normalized_row,
     text_prompt_ids,
     text_response,
 )
@@ -145,14 +146,16 @@ def _plan_text(pair: PreferencePair, texts: _Texts) -> tuple[str, list[tuple[str
     return prompt, [(texts.add(prompt + r), r) for _, r in _named_responses(pair)]  # type: ignore[operator]
 
 
-def _batched_ids(recs: list[SourceRow], tok: _Tok) -> list[tuple[PreferencePair, _Ids] | None]:
-    """Each row's normalised pair and ids from one batched tokenizer call; None for a row the per-row path
-    must do (it raises or counts that row's error exactly as before)."""
+def _batched_ids(recs: list[SourceRow], tok: _Tok, gold_column: str | None = None
+                 ) -> list[tuple[PreferencePair, _Ids] | None]:
+    """Each row's normalised pair (with its gold response when ``gold_column`` is set) and ids from one batched
+    tokenizer call; None for a row the per-row path must do (it raises or counts that row's error exactly as
+    before)."""
     texts, prompts = _Texts(split=tok.split_ok is not False, check=tok.split_ok is None), {}
     plans: list[tuple[PreferencePair, Any] | None] = []
     for rec in recs:
         try:
-            pair = normalize_row(rec.data, file=rec.file, row_number=rec.row)
+            pair = normalized_row(rec, gold_column)
             plan = (_plan_conversational(pair, tok, texts, prompts, rec.file, rec.row) if pair.conversational
                     else _plan_text(pair, texts))
             plans.append((pair, plan) if plan is not None else None)
@@ -162,7 +165,7 @@ def _batched_ids(recs: list[SourceRow], tok: _Tok) -> list[tuple[PreferencePair,
     if texts.checked:  # the first conversations: is the split exact for this tokenizer?
         tok.split_ok = texts.split_agrees()
         if not tok.split_ok:
-            return _batched_ids(recs, tok)  # this chunk again, every text whole
+            return _batched_ids(recs, tok, gold_column)  # this chunk again, every text whole
     out: list[tuple[PreferencePair, _Ids] | None] = []
     for item in plans:
         if item is None:
@@ -185,7 +188,7 @@ def _batched_ids(recs: list[SourceRow], tok: _Tok) -> list[tuple[PreferencePair,
 def prepare_chunk(reader: _PairReader, recs: list[SourceRow]) -> list[TokenizedPair]:
     """The kept pairs of ``recs`` (in order); ``reader.summary`` counts what happened to every row."""
     pairs = []
-    for rec, pre in zip(recs, _batched_ids(recs, reader.tok), strict=True):
+    for rec, pre in zip(recs, _batched_ids(recs, reader.tok, reader.opts.gold_column), strict=True):
         reader.summary.rows_read += 1
         pair = reader.read(rec, pre)
         if pair is not None:

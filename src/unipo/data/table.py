@@ -4,8 +4,9 @@ One row per :class:`~unipo.data.tokenize.TokenizedPair`. The token ids are ``lis
 (``prompt_ids``, ``chosen_ids``, ``rejected_ids``); ``row`` (int64) is the pair's row in its source; the optional
 columns exist when the preparation options can fill them: ``chosen_weights`` / ``rejected_weights``
 (``list<float64>``, TIS-DPO), ``chosen_diff_mask`` / ``rejected_diff_mask`` (``list<int8>``, BMC),
-``pair_weight`` (float64), ``chosen_score`` / ``rejected_score`` (float64), and
-always ``more_rejected_ids`` (``list<list<int32>>``, null but for listwise rows).
+``pair_weight`` (float64), ``chosen_score`` / ``rejected_score`` (float64), ``gold_ids`` (``list<int32>``, a
+third, gold response per pair: TPO's, with ``PrepOptions.gold_column``), and always ``more_rejected_ids``
+(``list<list<int32>>``, null but for listwise rows).
 
 :class:`PairsTable` is the dataset training reads: ``table[i]`` is the dict that the collator takes (the
 pair's non-null fields and ``index``, its position in the prepared data), cut from the mapped buffers, so a
@@ -42,6 +43,8 @@ def schema_for(opts: PrepOptions) -> pa.Schema:
     if opts.score_columns is not None:
         fields += [pa.field(f"{side}_score", pa.float64()) for side in ("chosen", "rejected")]
     fields.append(pa.field("more_rejected_ids", pa.list_(_IDS)))
+    if opts.gold_column is not None:
+        fields.append(pa.field("gold_ids", _IDS, nullable=False))
     return pa.schema(fields)
 
 
@@ -58,7 +61,7 @@ def record_batch(pairs: Sequence[TokenizedPair], schema: pa.Schema) -> pa.Record
     columns = []
     for f in schema:
         values = [getattr(p, f.name) for p in pairs]
-        if f.name in ID_COLUMNS:
+        if f.name in ID_COLUMNS or f.name == "gold_ids":
             columns.append(_list_array(values, np.int32))
         elif f.name == "row":
             columns.append(pa.array(values, type=pa.int64()))

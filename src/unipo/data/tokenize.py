@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from unipo.data.bmc_align import ALIGNMENTS, EXEMPTIONS, StopTokens, diff_masks
-from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row
+from unipo.data.formats import PreferencePair, SourceRow, iter_rows, normalize_row, with_gold
 from unipo.errors import ConfigError, DataError, skip_invalid_hint
 from unipo.layout import MAX_REJECTED
 
@@ -79,6 +79,7 @@ class TokenizedPair:
     chosen_score: float | None = None  # the responses' scores from the data (PrepOptions.score_columns)
     rejected_score: float | None = None
     more_rejected_ids: list[list[int]] | None = None  # a listwise row's 2nd … K-th rejected responses
+    gold_ids: list[int] | None = None  # a third, gold response (TPO; PrepOptions.gold_column)
 
     def to_dict(self) -> dict:
         """The pair as a dict (the collator's input: ``prompt_ids``, ``chosen_ids``, ... and ``row``)."""
@@ -330,10 +331,12 @@ def check_prefix(prompt_text: str, full_text: str, file: str, row: int, name: st
 
 
 def _named_responses(pair: PreferencePair) -> list[tuple[str, Any]]:
-    """``(field, response)`` for the chosen and every rejected response of ``pair``."""
+    """``(field, response)`` for the chosen and every rejected response of ``pair``, then its gold response (TPO)
+    when it has one."""
     rejected = [("rejected", pair.rejected)] if not pair.more_rejected else \
         [(f"rejected[{k}]", r) for k, r in enumerate(pair.all_rejected)]
-    return [("chosen", pair.chosen), *rejected]
+    gold = [] if pair.gold is None else [("gold", pair.gold)]
+    return [("chosen", pair.chosen), *rejected, *gold]
 
 
 def _text_ids(pair: PreferencePair, tok: _Tok) -> tuple[list, list[list]]:
@@ -434,6 +437,15 @@ def source_rows(source: str | os.PathLike | Sequence[dict] | Iterable[dict],
     return "<rows>", (SourceRow("<rows>", i, r) for i, r in enumerate(source, start=1))
 
 
+def normalized_row(rec: SourceRow, gold_column: str | None) -> PreferencePair:
+    """One raw row as a :class:`~unipo.data.formats.PreferencePair`, with its gold response (TPO) when
+    ``gold_column`` is set (:func:`unipo.data.formats.with_gold`)."""
+    pair = normalize_row(rec.data, file=rec.file, row_number=rec.row)
+    if gold_column is None:
+        return pair
+    return with_gold(pair, rec.data, gold_column, file=rec.file, row_number=rec.row)
+
+
 def _truncate(ids: list[int], n: int, mode: str) -> list[int]:
     return ids[-n:] if mode == "keep_end" else ids[:n]
 
@@ -465,6 +477,9 @@ class PrepOptions:
     - ``score_columns``: the two numeric columns (chosen, rejected) holding each response's score (finite in
       float32; e.g. UltraFeedback's ``score_chosen`` / ``score_rejected``), read by the parts that need a score
       per response (Uni-DPO's quality weight); a row without them is invalid (``on_invalid`` applies).
+    - ``gold_column``: the column holding a third, gold response per pair (TPO), tokenised like chosen with the
+      shared prompt and truncated alongside (``TokenizedPair.gold_ids``); a row without it is invalid
+      (``on_invalid`` applies). None: no gold response is read.
     - ``limit``: read at most this many rows; ``split``: the split of a hub dataset.
     - ``invalid_counted_in``: the file in which the calling command counts skipped rows; the invalid-row
       error ends with the way out (:func:`unipo.errors.skip_invalid_hint`).
@@ -485,6 +500,9 @@ class PrepOptions:
     split: str = "train"
     pair_weight_column: str | None = None
     score_columns: tuple[str, str] | None = None
+    #: the column holding a third, gold response per pair (TPO; TRL's ``reference``), tokenised with the shared prompt
+    #: like chosen and truncated alongside; None: not read (only an objective with a gold NLL term reads it)
+    gold_column: str | None = None
     #: where the command that reads the pairs counts skipped rows (named in the invalid-row error's way out)
     invalid_counted_in: str = "data_summary.json"
     #: worker processes that tokenise (None: the cores available; 1: this process); never changes the result
@@ -557,7 +575,7 @@ class _PairReader:
         :mod:`unipo.data.prepare`), else normalised and tokenised here."""
         file, rown, summary = rec.file, rec.row, self.summary
         try:
-            pair = pre[0] if pre is not None else normalize_row(rec.data, file=file, row_number=rown)
+            pair = pre[0] if pre is not None else normalized_row(rec, self.opts.gold_column)
             if pair.more_rejected and (self.opts.weights_columns or self.opts.bmc_masks or self.opts.score_columns):
                 raise DataError("per-token weights, BMC masks and scores are for one rejected response; this row has "
                                 f"{len(pair.all_rejected)} (listwise rows work with sequence-level variants)",
@@ -578,6 +596,8 @@ class _PairReader:
             if len(summary.invalid_messages) < 5:
                 summary.invalid_messages.append(str(exc))
             return None
+        gold = responses[-1] if pair.gold is not None else None
+        responses = responses[:-1] if gold is not None else responses
         summary.conversational += pair.conversational
         summary.text += not pair.conversational
         weights = self._weights(pair, responses[0], responses[1], file, rown)
@@ -585,7 +605,7 @@ class _PairReader:
         summary.response_tokens_total += len(responses[0]) + len(responses[1])
         summary.prompt_tokens_max = max(summary.prompt_tokens_max, len(prompt_ids))
         summary.response_tokens_max = max(summary.response_tokens_max, *map(len, responses))
-        out = self._truncated(prompt_ids, responses, weights, file, rown)
+        out = self._truncated(prompt_ids, responses, weights, file, rown, gold)
         if out is not None:
             out.pair_weight = pair_weight
             out.chosen_score, out.rejected_score = scores
@@ -638,14 +658,16 @@ class _PairReader:
                 for col, ids in zip(columns, (chosen_ids, rejected_ids), strict=True)]
 
     def _truncated(self, prompt_ids: list[int], responses: list[list[int]], weights: list[list[float] | None],
-                   file: str, rown: int) -> TokenizedPair | None:
-        """``responses``: the chosen, then every rejected response; each keeps its start to fit max_length."""
+                   file: str, rown: int, gold: list[int] | None = None) -> TokenizedPair | None:
+        """``responses``: the chosen, then every rejected response; ``gold``: the gold response (TPO) or None; each
+        keeps its start to fit max_length."""
         opts, summary = self.opts, self.summary
         prompt_cut = opts.max_prompt_length is not None and len(prompt_ids) > opts.max_prompt_length
         if prompt_cut:
             prompt_ids = _truncate(prompt_ids, opts.max_prompt_length, opts.truncation_mode)  # type: ignore[arg-type]
         room = opts.max_length - len(prompt_ids)
-        response_cut = any(len(ids) > room for ids in responses)
+        every = responses if gold is None else [*responses, gold]
+        response_cut = any(len(ids) > room for ids in every)
         if opts.on_too_long == "drop" and (prompt_cut or response_cut):
             summary._drop("too_long", rown)
             return None
@@ -656,7 +678,7 @@ class _PairReader:
                                 f"within max_length={opts.max_length}", file=file, row=rown, field="prompt")
             summary._drop("prompt_too_long", rown)
             return None
-        if not all(ids[:room] for ids in responses):
+        if not all(ids[:room] for ids in every):
             summary._drop("empty_response", rown)
             return None
         chosen_ids, rejected_ids = responses[0], responses[1]
@@ -671,4 +693,5 @@ class _PairReader:
         summary.truncated_response += response_cut
         more = [ids[:room] for ids in responses[2:]] or None
         return TokenizedPair(prompt_ids, chosen_ids[:room], rejected_ids[:room], rown, weights[0], weights[1],
-                             masks[0], masks[1], more_rejected_ids=more)
+                             masks[0], masks[1], more_rejected_ids=more,
+                             gold_ids=None if gold is None else gold[:room])

@@ -236,7 +236,7 @@ def _evaluate(run_dir: str | Path, data: str, options: EvalOptions,
                        **({"on_invalid": options.on_invalid} if options.on_invalid else {}))
     settings.check()
     needs = data_needs(objective, saved.training.get("weights_columns"), saved.token_signal,
-                       saved.training.get("score_columns"))
+                       saved.training.get("score_columns"), saved.training.get("gold_column"))
     tokenizer = load_tokenizer(str(run_dir))
     weights_columns = needs.weights_columns if _has_columns(data, needs.weights_columns) else None
     if needs.weights_columns and weights_columns is None:
@@ -244,7 +244,7 @@ def _evaluate(run_dir: str | Path, data: str, options: EvalOptions,
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
     pairs, summary = prepare_data(settings, tokenizer, data, options.limit, weights_columns=weights_columns,
                                   diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)",
-                                  score_columns=needs.score_columns)
+                                  score_columns=needs.score_columns, gold_column=needs.gold_column)
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {settings.max_length}, max_prompt_length {settings.max_prompt_length} "

@@ -24,7 +24,8 @@ response masks, and BMC's difference masks (computed here from the response toke
 :func:`unipo.data.bmc_align.diff_masks`, as ``unipo train`` does while tokenising). What it cannot: per-token
 data columns (TIS-DPO weights; TRL's collator keeps no extra column), per-position KL over the vocabulary
 (TDPO, SparsePO, TIS-DPO: both models' full next-token distributions at each response position) and token
-signals (SparsePO's mask network, the learned prior). A variant that needs one of those is refused when the
+signals (SparsePO's mask network, the learned prior), and a third, gold response per pair (TPO's NLL term). A
+variant that needs one of those is refused when the
 trainer is built, naming what is missing. ``precompute_ref_log_probs=True`` stores one summed reference
 log-prob per response; it serves the variants whose reference term is aggregated with uniform token weights
 (spread evenly over the response tokens, which leaves every sum and mean unchanged), and is refused for the
@@ -128,6 +129,10 @@ def check_supported(objective: Objective, *, precomputed_reference: bool) -> Non
     if req.kl_direction is not None:
         missing.append(f"the per-position KL over the vocabulary ({req.kl_direction}), which needs both models' "
                        f"hidden states at every response position")
+    if req.gold:
+        missing.append(f"a third, gold response per pair (gold_nll_weight = {objective.params['gold_nll_weight']:g}: "
+                       f"TPO's NLL term), which a DPO batch does not hold (TRL has TPO in its own experimental "
+                       f"TPOTrainer)")
     if missing:
         raise ConfigError(f"variant {name} needs {'; and '.join(missing)}. TRL's DPOTrainer gives per-token "
                           f"log-probs and masks only (its collator keeps no other data column): train this variant "

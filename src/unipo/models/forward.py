@@ -146,7 +146,8 @@ class ForwardOutput:
     - ``output``: the model's own output (``.hidden_states`` of every layer when requested);
     - ``log_sum_sq``: log Σ_v p_v² of the next-token distribution ``[B, T]`` (no gradient), when asked for;
     - ``eps_plus`` / ``eps_minus``: ε-DPO's perturbed log-probs ``[B, T]`` (no gradient), when asked for
-      (:func:`unipo.models.logprobs.perturbed_logps`).
+      (:func:`unipo.models.logprobs.perturbed_logps`);
+    - ``gold_logps``: per-token log-probs of the batch's gold responses ``[B, T'']`` (TPO), when it has them.
     """
 
     logps: Sides[torch.Tensor]
@@ -156,13 +157,24 @@ class ForwardOutput:
     log_sum_sq: Sides[torch.Tensor] | None = None
     eps_plus: Sides[torch.Tensor] | None = None
     eps_minus: Sides[torch.Tensor] | None = None
+    gold_logps: torch.Tensor | None = None
+
+
+def _layout_logps(hidden: torch.Tensor, head: torch.nn.Module, layout: SideLayout, chunk_size: int,
+                  head_dtype: torch.dtype | None) -> torch.Tensor:
+    """``[B, T]``: the log-probs of ``layout``'s tokens from the packed ``hidden`` states (zeros on padding)."""
+    h = gather_side(hidden, layout)
+    h = h if head_dtype is None else h.to(head_dtype)
+    lp, _kl, *_ = token_logps(h, head, layout.labels[layout.mask], chunk_size=chunk_size)
+    return scatter_tokens(lp, layout.mask)
 
 
 def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, torch.Tensor], *,
                    chunk_size: int = 1024, reference: ReferenceOutputs | None = None,
                    kl_direction: str | None = None, head_dtype: torch.dtype | None = None,
                    log_sum_sq: bool = False, perturbation: float | None = None, **extra: Any) -> ForwardOutput:
-    """Per-token log-probs of the chosen and rejected responses of ``batch``.
+    """Per-token log-probs of the chosen and rejected responses of ``batch`` (and of its gold responses, TPO, when
+    it carries them: ``gold_logps``).
 
     With ``kl_direction`` (and ``reference`` holding the reference's ``hidden`` and ``head``), also the
     per-position KL over the vocabulary in that direction. ``head_dtype`` casts the hidden states before
@@ -197,6 +209,7 @@ def response_logps(model: torch.nn.Module, batch: PackedBatch | Mapping[str, tor
             up, down = perturbed_logps(h, head, labels, reference.hidden[side].to(h.dtype), reference.head,
                                        perturbation, chunk_size)
             plus[side], minus[side] = scatter_tokens(up, layout.mask), scatter_tokens(down, layout.mask)
+    gold = None if batch.gold is None else _layout_logps(hidden, head, batch.gold, chunk_size, head_dtype)
     return ForwardOutput(Sides(**logps), Sides(**hiddens), Sides(**kls) if kls else None, out,
                          Sides(**sqs) if sqs else None, Sides(**plus) if plus else None,
-                         Sides(**minus) if minus else None)
+                         Sides(**minus) if minus else None, gold)

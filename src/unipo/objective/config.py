@@ -29,6 +29,8 @@ class Requirements:
     model at every step; ``signal``: the default token signal that supplies an input when the data does not;
     ``perturbation``: ε of the perturbed policies whose log-probs a part reads (ε-DPO), else None.
     ``token_reference``: a part treats the reference's tokens unequally (a summed reference cannot serve it).
+    ``gold``: the policy's log-probs of a third, gold response per pair (TPO's NLL term, ``gold_nll_weight`` > 0):
+    the data's gold column is tokenised and forwarded only then.
     """
 
     inputs: frozenset[str]
@@ -38,6 +40,7 @@ class Requirements:
     signal: str | None
     perturbation: float | None = None
     token_reference: bool = False
+    gold: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class ObjectiveConfig:
                             live_reference=any(n.live_reference for n in needs),
                             signal=signals[0] if signals else None,
                             perturbation=perturbations[0] if perturbations else None,
-                            token_reference=any(n.token_reference for n in needs))
+                            token_reference=any(n.token_reference for n in needs),
+                            gold=bool(self.params.get("gold_nll_weight")))
 
     @property
     def needs_reference(self) -> bool:

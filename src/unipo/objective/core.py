@@ -167,17 +167,44 @@ class Objective:
         s = pol - pri
         return s, self.fns["link"](s, self.params), pol, pri, pw
 
-    def _auxiliary(self, chosen: Side, rejected: Side) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-        """The terms added to the pair loss: NLL of the chosen response, L1 on token masks, the learned
-        prior's regulariser (each only when its weight is non-zero)."""
+    def _nll(self, side: Side) -> torch.Tensor:
+        """``[B]``: the NLL of ``side``'s responses, each pair's mean over its tokens, or with ``nll_token_mean`` one
+        mean over the batch's tokens (TRL's CPO / ORPO / "sft" / TPO), spread over the pairs so that their mean is
+        it."""
+        if self.params["nll_token_mean"]:
+            return -side.logps.sum(-1) * (side.lengths.numel() / side.lengths.sum())
+        return -side.logps.sum(-1) / side.lengths
+
+    def _gold_nll(self, gold: Side | None, n_pairs: int) -> torch.Tensor:
+        """``[B]``: NLL(y_gold), TPO's term on a third, gold response (Saeidi et al. 2024, arXiv 2405.16681; read in
+        TRL's ``TPOTrainer._compute_loss``: ``F.cross_entropy`` over every gold token of the batch, which
+        ``nll_token_mean: true`` gives)."""
+        if gold is None:
+            raise UnipoError("gold_nll_weight > 0 needs the policy's log-probs of a gold response per pair "
+                             "(ObjectiveInputs.gold; in training the data's gold_column, default 'reference')")
+        logps, mask = gold.logps, gold.mask.bool()
+        if logps.dim() != 2 or mask.shape != logps.shape or logps.shape[0] != n_pairs:
+            raise UnipoError(f"gold: logps and mask must both be [pairs, tokens] with one row per pair ({n_pairs}); "
+                             f"got {tuple(logps.shape)} and {tuple(mask.shape)}")
+        if bool((mask.sum(-1) == 0).any()):
+            bad = torch.nonzero(mask.sum(-1) == 0).flatten().tolist()
+            raise UnipoError(f"gold response has zero tokens at batch index {bad}: every response needs at least one "
+                             f"token (check truncation / max_length)")
+        return self._nll(Side("gold", _masked(_upcast(logps), mask), mask))
+
+    def _auxiliary(self, chosen: Side, rejected: Side, gold: Side | None = None
+                   ) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+        """The terms added to the pair loss: NLL of the chosen response, NLL of the gold response (TPO), L1 on
+        token masks, the learned prior's regulariser (each only when its weight is non-zero)."""
         p, total, metrics = self.params, 0.0, {}
         if p["nll_weight"]:
-            if p["nll_token_mean"]:  # one mean over the batch's chosen tokens (TRL's CPO / ORPO / "sft"), spread so
-                nll = -chosen.logps.sum(-1) * (chosen.lengths.numel() / chosen.lengths.sum())  # its mean is it
-            else:
-                nll = -chosen.logps.sum(-1) / chosen.lengths
+            nll = self._nll(chosen)
             total = total + float(p["nll_weight"]) * nll
             metrics["nll"] = nll.detach().mean()
+        if p["gold_nll_weight"]:
+            gold_nll = self._gold_nll(gold, chosen.logps.shape[0])
+            total = total + float(p["gold_nll_weight"]) * gold_nll
+            metrics["gold_nll"] = gold_nll.detach().mean()
         if p["l1_weight"]:
             l1 = sum(m.abs().sum(-1) / side.lengths
                      for side in (chosen, rejected) for m in {id(x): x for x in (side.weights, side.kl_weights)
@@ -255,7 +282,7 @@ class Objective:
         losses = out.losses if factor is None else out.losses * factor
         losses = losses if added is None else losses + added
         metrics.update(pair_weighting_metrics(factor, added))
-        aux, aux_metrics = self._auxiliary(chosen, rejected)
+        aux, aux_metrics = self._auxiliary(chosen, rejected, inputs.gold)
         metrics = {**metrics, **aux_metrics}
         for fn in self.fns.values():
             metrics.update(fn.metrics if isinstance(fn, StatefulPart) else {})
@@ -281,16 +308,18 @@ class Objective:
         return weights
 
     def __call__(self, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                 chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **inputs: torch.Tensor | None
-                 ) -> LossOutput:
+                 chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, policy_gold_logps: torch.Tensor | None = None,
+                 gold_mask: torch.Tensor | None = None, **inputs: torch.Tensor | None) -> LossOutput:
         """The keyword form: :func:`compute_loss`'s tensors (``ref_chosen_logps``, ``chosen_weights``, …)."""
         return self.loss(ObjectiveInputs.from_tensors(
             policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-            chosen_mask=chosen_mask, rejected_mask=rejected_mask, **inputs))
+            chosen_mask=chosen_mask, rejected_mask=rejected_mask, policy_gold_logps=policy_gold_logps,
+            gold_mask=gold_mask, **inputs))
 
 
 def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch.Tensor,
                  policy_rejected_logps: torch.Tensor, chosen_mask: torch.Tensor, rejected_mask: torch.Tensor,
+                 policy_gold_logps: torch.Tensor | None = None, gold_mask: torch.Tensor | None = None,
                  **inputs_and_params: Any) -> LossOutput:
     """Compute the unified objective for one batch.
 
@@ -305,7 +334,9 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     are ``[batch]``, one score per response from the data (Uni-DPO's quality weight). ``pair_weights`` ([batch], ≥ 0)
     makes ``.loss`` the weighted mean of the pairs' losses.
     ``rejected_pair`` (long [rows of the rejected tensors]): several rejected responses per pair, the pair of each
-    rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). Returns a
+    rejected row (listwise pair losses only, :mod:`unipo.objective.listwise`). ``policy_gold_logps`` /
+    ``gold_mask`` (``[batch, tokens']``): the policy's log-probs of a third, gold response per pair, read only by the
+    gold NLL term (``gold_nll_weight``, TPO). Returns a
     :class:`LossOutput` with ``.losses`` ([batch], with gradient), ``.loss`` and ``.metrics``.
     """
     keywords = input_keywords()
@@ -313,7 +344,8 @@ def compute_loss(variant: str | Mapping[str, Any], *, policy_chosen_logps: torch
     params = {k: v for k, v in inputs_and_params.items() if k not in keywords}
     return Objective(variant, **params)(
         policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        chosen_mask=chosen_mask, rejected_mask=rejected_mask, **inputs)
+        chosen_mask=chosen_mask, rejected_mask=rejected_mask, policy_gold_logps=policy_gold_logps,
+        gold_mask=gold_mask, **inputs)
 
 
 def _signature_from_table(fn: Any) -> inspect.Signature:

@@ -42,6 +42,8 @@ GLOBAL_PARAM_SPECS: dict[str, Param] = {
     "nll_token_mean": Param(False, "NLL reduction: false = each pair's mean over its chosen tokens, then the mean over "
                                    "pairs; true = one mean over every chosen token of the batch (TRL's CPO / ORPO / "
                                    "'sft' terms; depends on how the batch is split)", kind="bool"),
+    "gold_nll_weight": Param(0.0, "λ_gold, + λ·NLL(y_gold) of a third, gold response per pair (TPO's tpo_alpha; the "
+                                  "data's gold_column, default 'reference'); same reduction as nll_token_mean", lo=0),
     "l1_weight": Param(0.0, "λ_L1, + λ·mean|m| on SparsePO masks (token and KL masks, both sides)", lo=0),
     "prior_reg_weight": Param(0.0, "λ_g, + λ·(mean g²(y_w) + mean g²(y_l)) on the learned prior's offsets",
                               lo=0),
@@ -60,6 +62,11 @@ class Preset:
     formula: str = ""
     source: str = ""
     note: str = ""
+
+
+#: where TPO's formulas and defaults were read
+_TRL_TPO = ("TRL 1.16 trl/experimental/tpo/tpo_trainer.py TPOTrainer._compute_loss (lines 637–712; defaults "
+            "tpo_config.py)")
 
 
 def _p(name: str, formula: str, source: str, note: str = "", **config: Any) -> PresetSpec:
@@ -152,6 +159,19 @@ _TABLE = [
        "(loss_type alphapo)", "SimPO with the f-DPO α link on the mean log-prob (f_alpha = AlphaPO's α, "
        "0 < α < 1 here; α → 0 is SimPO); β, γ as simpo; α = 0.25 (TRL's default α = 0 is plain SimPO)",
        prior="none", aggregation="mean", link="alpha", f_alpha=0.25, beta=2.0, gamma=0.5),
+    _p("tpo", "−log σ(β(Σa(y_w) − Σa(y_l))) + λ·NLL(y_gold)",
+       "Saeidi et al. 2024 (TPO, arXiv 2405.16681); formula and defaults read from " + _TRL_TPO + ": loss_type "
+       "sigmoid, "
+       "β = 0.01, tpo_alpha = λ = 1",
+       "reference-free; rows carry a third, gold response (the data's gold_column, default 'reference', TRL's "
+       "name); NLL(y_gold) one mean over the batch's gold tokens (TRL's F.cross_entropy)",
+       prior="none", beta=0.01, gold_nll_weight=1.0, nll_token_mean=True),
+    _p("tpo_l", "−log σ(β(ā(y_w) − ā(y_l)) − γ) + λ·NLL(y_gold)",
+       "Saeidi et al. 2024 (TPO-L, arXiv 2405.16681); formula and defaults read from " + _TRL_TPO + ": loss_type "
+       "tpo-l, "
+       "β = 0.01, tpo_l_gamma = γ = 0.5, tpo_alpha = λ = 1",
+       "tpo on the mean log-prob with SimPO's absolute margin γ (TRL's β(ā_w − ā_l − γ/β) = β(ā_w − ā_l) − γ)",
+       prior="none", aggregation="mean", beta=0.01, gamma=0.5, gold_nll_weight=1.0, nll_token_mean=True),
 ]
 
 

@@ -67,9 +67,13 @@ Per-token tensors ``[B, T]`` (B pairs, T tokens) for the chosen or the rejected 
 
 
 def _from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                  chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, **optional: torch.Tensor | None):
+                  chosen_mask: torch.Tensor, rejected_mask: torch.Tensor, policy_gold_logps: torch.Tensor | None = None,
+                  gold_mask: torch.Tensor | None = None, **optional: torch.Tensor | None):
     """From the keyword form of :func:`unipo.compute_loss` (``ref_chosen_logps``, ``chosen_weights``, …,
-    ``pair_weights``): every keyword of :func:`~unipo.objective.inputs.input_keywords`."""
+    ``pair_weights``): every keyword of :func:`~unipo.objective.inputs.input_keywords`, and the gold response's
+    ``policy_gold_logps`` / ``gold_mask`` (TPO; both or neither)."""
+    if (policy_gold_logps is None) != (gold_mask is None):
+        raise UnipoError("give policy_gold_logps and gold_mask together (the gold response's log-probs and mask)")
     keywords = input_keywords()
     unknown = set(optional) - set(keywords)
     if unknown:
@@ -80,7 +84,8 @@ def _from_tensors(cls, *, policy_chosen_logps: torch.Tensor, policy_rejected_log
         name, side = keywords[key]
         (per_pair if side is None else per_side[side])[name] = value
     return cls(Side("chosen", policy_chosen_logps, chosen_mask, **per_side["chosen"]),
-               Side("rejected", policy_rejected_logps, rejected_mask, **per_side["rejected"]), **per_pair)
+               Side("rejected", policy_rejected_logps, rejected_mask, **per_side["rejected"]), **per_pair,
+               gold=None if gold_mask is None else Side("gold", policy_gold_logps, gold_mask))
 
 
 def _with_inputs(self, per_side: Mapping[str, Mapping[str, torch.Tensor]]):
@@ -93,6 +98,9 @@ ObjectiveInputs = make_dataclass("ObjectiveInputs", [
     ("chosen", "Side"),
     ("rejected", "Side"),
     *_optional(PAIR_INPUTS),
+    # a third, gold response per pair (TPO): its policy log-probs and mask [B, T''] (name "gold"); read only by the
+    # gold NLL term (gold_nll_weight), None for every other objective
+    ("gold", "Side | None", field(default=None)),
 ], frozen=True, namespace={
     "__module__": __name__, "from_tensors": classmethod(_from_tensors), "with_inputs": _with_inputs,
     "__doc__": """\
@@ -105,7 +113,10 @@ The objective's inputs for one batch: one :class:`Side` per response, and the pe
     (long ``[N]``) the pair of each row; None means one rejected row per pair, row i for pair i.
 
     ``pair_ids`` (long ``[B]``): each pair's identity, its row in the dataset (``unipo train`` supplies it), read by
-    parts that draw at random per pair (SamPO); None: the pair's position in the batch."""})
+    parts that draw at random per pair (SamPO); None: the pair's position in the batch.
+
+    ``gold`` (a :class:`Side` named ``gold``, ``[B, T'']``): the policy's log-probs of a third, gold response per
+    pair (TPO, Saeidi et al. 2024, arXiv 2405.16681), read only by the objective's gold NLL term."""})
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,10 @@ class TrainConfig:
         "help": "two numeric columns holding each chosen and rejected response's score (a reward model's or a "
                 "judge's), read by variants that weight pairs by their scores (uni_dpo); null: score_chosen "
                 "score_rejected (UltraFeedback's names) for those variants; a row without them is invalid"})
+    gold_column: str = field(default="reference", metadata={
+        "help": "the column holding a third, gold response per pair (text, or messages for conversational rows), "
+                "read only by variants with a gold NLL term (tpo, tpo_l: gold_nll_weight > 0); TRL's TPO name; a "
+                "row without it is invalid"})
     data_num_proc: int | None = field(default=None, metadata={
         "help": "worker processes that tokenise the data (null: the cores available; 1: none); the prepared "
                 "pairs are the same for every value, and cached (docs/data.md)"})

@@ -33,23 +33,28 @@ class DataNeeds:
     """What an objective needs prepared with the pairs: ``weights_columns`` (the data columns holding per-token
     weights; None: the data supplies none), ``diff_masks`` (BMC's difference masks while tokenising) and
     ``score_columns`` (the data columns holding each chosen and rejected response's score; None: no part reads
-    scores)."""
+    scores) and ``gold_column`` (the column holding a third, gold response per pair, TPO; None: the objective has
+    no gold NLL term and the column is never read)."""
 
     weights_columns: tuple[str, str] | None
     diff_masks: bool
     score_columns: tuple[str, str] | None = None
+    gold_column: str | None = None
 
 
 #: the score columns read when a part needs scores and none are configured (UltraFeedback's names)
 DEFAULT_SCORE_COLUMNS = ("score_chosen", "score_rejected")
+#: the gold-response column read when the objective has a gold NLL term and none is configured (TRL's TPO name)
+DEFAULT_GOLD_COLUMN = "reference"
 
 
 def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any] | None,
-               score_columns: Any = None) -> DataNeeds:
+               score_columns: Any = None, gold_column: str | None = None) -> DataNeeds:
     """The columns an objective reads from the data (its parts' declared needs; no part names): per-token
     weights from ``weights_columns`` (or ``chosen_weights`` / ``rejected_weights`` when a part needs weights and
     the resolved token ``signal`` does not provide them), BMC's diff masks when a part reads them, the responses'
-    scores from ``score_columns`` (or :data:`DEFAULT_SCORE_COLUMNS`) when a part reads them."""
+    scores from ``score_columns`` (or :data:`DEFAULT_SCORE_COLUMNS`) when a part reads them, the gold response from
+    ``gold_column`` (or :data:`DEFAULT_GOLD_COLUMN`) when the objective has a gold NLL term (TPO)."""
     from unipo.models.signals import SIGNAL_TYPES
 
     req = objective.requirements
@@ -58,7 +63,8 @@ def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any
     if "weights" in req.inputs and columns is None and not signal_gives_weights:
         columns = ("chosen_weights", "rejected_weights")
     scores = (tuple(score_columns) if score_columns else DEFAULT_SCORE_COLUMNS) if "score" in req.inputs else None
-    return DataNeeds(columns, "diff_mask" in req.inputs, scores)
+    gold = (gold_column or DEFAULT_GOLD_COLUMN) if req.gold else None
+    return DataNeeds(columns, "diff_mask" in req.inputs, scores, gold)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,8 @@ class TrainingPlan:
     ``diff_masks``: compute BMC's difference masks while tokenising; ``signal``: the resolved token-signal
     spec (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter |
     precomputed | none; ``score_columns``: the data columns holding each response's score (chosen, rejected), when
-    a part reads scores."""
+    a part reads scores; ``gold_column``: the column holding a third, gold response per pair, when the objective
+    reads one (TPO)."""
 
     cfg: TrainConfig
     objective: Objective
@@ -78,6 +85,7 @@ class TrainingPlan:
     signal: dict[str, Any] | None
     reference: str
     score_columns: tuple[str, str] | None = None
+    gold_column: str | None = None
 
     @property
     def out_dir(self) -> Path:
@@ -106,10 +114,10 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
         raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
     signal = resolve_signal_spec(cfg.token_signal, objective.requirements, data_weights=bool(cfg.weights_columns),
                                  name=f"variant {objective.config.name}")
-    needs = data_needs(objective, cfg.weights_columns, signal, cfg.score_columns)
+    needs = data_needs(objective, cfg.weights_columns, signal, cfg.score_columns, cfg.gold_column)
     reference = _reference_mode(cfg, objective, signal)
     return TrainingPlan(cfg, objective, needs.weights_columns, needs.diff_masks, signal, reference,
-                        needs.score_columns)
+                        needs.score_columns, needs.gold_column)
 
 
 def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
@@ -176,7 +184,8 @@ class DataSettings:
                                                 if f.name in training})
 
     def options(self, limit: int | None, weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                counted_in: str = RunDir.DATA_SUMMARY, score_columns: tuple[str, str] | None = None):
+                counted_in: str = RunDir.DATA_SUMMARY, score_columns: tuple[str, str] | None = None,
+                gold_column: str | None = None):
         """The :class:`~unipo.data.tokenize.PrepOptions` of these settings (for the cache and for streaming)."""
         from unipo.data.tokenize import PrepOptions
 
@@ -185,7 +194,7 @@ class DataSettings:
                            bmc_alignment=self.bmc_alignment, bmc_exempt=self.bmc_exempt,
                            weights_columns=weights_columns, limit=limit, on_invalid=self.on_invalid,
                            pair_weight_column=self.weight_column, score_columns=score_columns,
-                           invalid_counted_in=counted_in, num_proc=self.data_num_proc)
+                           invalid_counted_in=counted_in, num_proc=self.data_num_proc, gold_column=gold_column)
 
     def check(self, source: str = "config") -> None:
         """TrainConfig's rule on the lengths (for settings changed after the run: ``unipo eval --max-length``)."""
@@ -197,7 +206,7 @@ class DataSettings:
 def prepare_data(settings: DataSettings, tokenizer, source: str, limit: int | None, *,
                  weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
                  counted_in: str = RunDir.DATA_SUMMARY, materialize: bool = True,
-                 score_columns: tuple[str, str] | None = None):
+                 score_columns: tuple[str, str] | None = None, gold_column: str | None = None):
     """Tokenize ``source`` with ``settings``' lengths and truncation (token-weight columns, BMC diff masks and the
     responses' score columns as a :class:`DataNeeds` says); return rows for the dataset and the preparation
     summary. ``counted_in``: the file where the calling command records skipped rows (named by an invalid-row
@@ -208,7 +217,7 @@ def prepare_data(settings: DataSettings, tokenizer, source: str, limit: int | No
     the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
     from unipo.data.cache import prepared_table
 
-    options = settings.options(limit, weights_columns, diff_masks, counted_in, score_columns)
+    options = settings.options(limit, weights_columns, diff_masks, counted_in, score_columns, gold_column)
     table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
     if not len(table):

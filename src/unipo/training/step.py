@@ -48,7 +48,9 @@ def objective_inputs(batch: PackedBatch, reference: ReferenceOutputs, policy: Fo
         fields = {spec.name: _produced(spec, name, layout, reference, policy, signal) for spec in SIDE_SPECS.values()}
         sides[name] = Side(name, policy.logps[name], layout.mask, **fields)
     per_pair = {spec.name: getattr(batch, spec.producers[0].attribute) for spec in PAIR_INPUTS.values()}
-    return ObjectiveInputs(sides["chosen"], sides["rejected"], **per_pair)
+    gold = None if policy.gold_logps is None or batch.gold is None else Side("gold", policy.gold_logps,
+                                                                             batch.gold.mask)
+    return ObjectiveInputs(sides["chosen"], sides["rejected"], **per_pair, gold=gold)
 
 
 def preference_step(policy: torch.nn.Module, reference: Reference, batch: PackedBatch | Mapping[str, torch.Tensor],
