@@ -53,8 +53,9 @@ def test_a_row_without_its_gold_response_is_invalid_naming_the_column():
     assert len(pairs) == 1 and summary.dropped == {"invalid": 1}
 
 
-@pytest.mark.parametrize(("share_prompt", "packing"), [(True, False), (True, True), (False, False)])
-def test_tpo_step_is_trls_loss_on_the_model(tiny_model_dir, share_prompt, packing):
+@pytest.mark.parametrize(("share_prompt", "packing", "one_row"),
+                         [(True, False, False), (True, True, False), (True, True, True), (False, False, False)])
+def test_tpo_step_is_trls_loss_on_the_model(tiny_model_dir, share_prompt, packing, one_row):
     """preference_step with tpo on the packed batch (gold in the pair's row, a branch over the shared prompt) equals
     TRL's TPO loss on log-probs computed one unpadded response at a time: −log σ(β(Σa_w − Σa_l)) averaged over pairs
     plus the mean NLL over every gold token of the batch; the gold response gets gradient."""
@@ -71,7 +72,7 @@ def test_tpo_step_is_trls_loss_on_the_model(tiny_model_dir, share_prompt, packin
     policy = load_model(str(tiny_model_dir), trainable=False)
     pairs, _ = prepare_pairs(ROWS, tok, gold_column="reference")
     batch = PackedBatch.from_dict(collate_pairs([p.to_dict() for p in pairs], tok.pad_token_id,
-                                                share_prompt=share_prompt, packing=packing))
+                                                share_prompt=share_prompt, packing=packing, one_row=one_row))
     assert batch.gold is not None and int((batch.segments == GOLD).sum()) == sum(len(p.gold_ids) for p in pairs)
     assert PackedBatch.from_dict(batch.to_dict()).gold.labels.equal(batch.gold.labels)
     out = preference_step(policy, Reference("none"), batch, Objective("tpo").train(False))
@@ -82,6 +83,35 @@ def test_tpo_step_is_trls_loss_on_the_model(tiny_model_dir, share_prompt, packin
     expected = -F.logsigmoid(0.01 * (chosen - rejected)).mean() - gold.mean()
     torch.testing.assert_close(out.loss.double(), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.metrics["gold_nll"].double(), -gold.mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_gold_beside_several_rejected_responses(tiny_model_dir):
+    """A listwise row ([prompt | y_w | y_l1 | y_l2 | y_gold]) with the gold term: the gold NLL is the mean over every
+    gold token of per-response unpadded forwards, and the listwise loss is unchanged by the gold branch."""
+    from unipo.data.batching import collate_pairs
+    from unipo.data.tokenize import prepare_pairs
+    from unipo.layout import PackedBatch
+    from unipo.models.loading import load_model
+    from unipo.objective import Objective
+    from unipo.testing import make_tiny_tokenizer
+    from unipo.training.reference import Reference
+    from unipo.training.step import preference_step
+
+    tok = make_tiny_tokenizer()
+    policy = load_model(str(tiny_model_dir), trainable=False)
+    rows = [{**r, "rejected": [r["rejected"], f"maybe {i}"]} for i, r in enumerate(ROWS)]
+    pairs, _ = prepare_pairs(rows, tok, gold_column="reference")
+    variant = {"preset": "listwise_dpo", "prior": "none", "gold_nll_weight": 1.0, "nll_token_mean": True}
+    batch = PackedBatch.from_dict(collate_pairs([p.to_dict() for p in pairs], tok.pad_token_id))
+    out = preference_step(policy, Reference("none"), batch, Objective(variant).train(False))
+    plain = PackedBatch.from_dict(collate_pairs([{**p.to_dict(), "gold_ids": None} for p in pairs],
+                                                tok.pad_token_id))
+    without = preference_step(policy, Reference("none"), plain, Objective({**variant, "gold_nll_weight": 0.0}))
+    with torch.no_grad():
+        gold = torch.cat([naive_logps(policy, p.prompt_ids, p.gold_ids).double() for p in pairs])
+    assert batch.rejected_pair is not None and plain.gold is None
+    torch.testing.assert_close(out.metrics["gold_nll"].double(), -gold.mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.loss.double(), without.loss.double() - gold.mean(), rtol=1e-4, atol=1e-5)
 
 
 def test_a_variant_without_gold_never_reads_the_column(tiny_model_dir, tmp_path):

@@ -10,7 +10,9 @@ position. ``share_prompt=False`` gives that plain two-sequence layout (used to t
 A pair with several rejected responses (listwise rows, :mod:`unipo.objective.listwise`) is ONE sequence
 ``[prompt | chosen | rejected_1 | … | rejected_K]``: each rejected response has its own segment id
 (:func:`unipo.layout.rejected_segment`) and positions that restart at the end of the prompt, and sees only the
-prompt and itself, so the prompt is computed once for all K + 1 responses.
+prompt and itself, so the prompt is computed once for all K + 1 responses. A pair with a gold response (TPO,
+``gold_ids``) has it as one more such branch, last, with the segment id :data:`unipo.layout.GOLD`
+(``[prompt | chosen | rejected | gold]``); ``share_prompt=False`` gives it its own ``[prompt | gold]`` sequence.
 
 Without packing every sequence is a row, padded to the longest. With ``packing=True`` several sequences
 share a row (first-fit decreasing into rows no longer than the longest sequence, :func:`pack_rows`): each
@@ -134,7 +136,8 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_prompt: bool = True,
                   packing: bool = False, one_row: bool = False) -> dict[str, torch.Tensor]:
     """Collate tokenized pairs (dicts with ``prompt_ids``, ``chosen_ids``, ``rejected_ids``, for listwise rows
-    ``more_rejected_ids``, and optional per-token columns) into the layout described in the module docstring;
+    ``more_rejected_ids``, for TPO ``gold_ids`` (every pair or none: the batch then has ``gold_src`` /
+    ``gold_labels`` / ``gold_mask``), and optional per-token columns) into the layout described in the module docstring;
     ``packing`` puts several sequences in one row (:func:`pack_rows`), ``one_row`` all of them in a single row
     with no padding at all (for segment attention, :mod:`unipo.models.segment_attention`, whose cost does not
     grow with the row). When some pair has several rejected responses, the rejected tensors have one row per
