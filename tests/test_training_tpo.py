@@ -41,6 +41,32 @@ def test_the_gold_column_is_tokenised_like_chosen_and_truncated_alongside():
     assert len(pairs[0].gold_ids) > 3
 
 
+def test_conversational_and_implicit_prompt_rows_carry_the_gold_response():
+    """Conversational rows (gold as messages, or as text: one assistant message) and rows without a prompt column
+    whose gold response repeats the prompt (TRL's implicit-prompt ``reference``) give the ids of the gold response
+    as the pair's chosen response."""
+    from unipo.data.tokenize import prepare_pairs
+    from unipo.testing import make_tiny_tokenizer
+
+    tok = make_tiny_tokenizer()
+    user = [{"role": "user", "content": "What is 2 + 2?"}]
+
+    def say(text):
+        return [{"role": "assistant", "content": text}]
+
+    chat = {"prompt": user, "chosen": say("4"), "rejected": say("5"), "reference": say("It is 4.")}
+    for gold in (say("It is 4."), "It is 4."):
+        pairs, _ = prepare_pairs([{**chat, "reference": gold}], tok, gold_column="reference")
+        assert pairs[0].gold_ids == prepare_pairs([{**chat, "chosen": say("It is 4.")}], tok)[0][0].chosen_ids
+    implicit = {"chosen": user + say("4"), "rejected": user + say("5"), "reference": user + say("It is 4.")}
+    pairs, _ = prepare_pairs([implicit], tok, gold_column="reference")
+    assert pairs[0].gold_ids == prepare_pairs([{**chat, "chosen": say("It is 4.")}], tok)[0][0].chosen_ids
+    text = {"chosen": "Q: 2 + 2? A: 4", "rejected": "Q: 2 + 2? A: 5", "reference": "Q: 2 + 2? A: it is 4"}
+    pairs, _ = prepare_pairs([text], tok, gold_column="reference")
+    decoded = tok.decode(pairs[0].gold_ids, skip_special_tokens=True)
+    assert decoded.strip() == "it is 4" and tok.decode(pairs[0].prompt_ids, skip_special_tokens=True).startswith("Q:")
+
+
 def test_a_row_without_its_gold_response_is_invalid_naming_the_column():
     from unipo.data.tokenize import prepare_pairs
     from unipo.errors import DataError
