@@ -83,3 +83,13 @@ def tiny_reward_model_dir(tmp_path_factory) -> Path:
     LlamaForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 16 rows and workers from 32 rows on, so that the 200-row slice crosses chunks and workers
+    (data/prepare.py's batching; tests/test_data_prepare.py and tests/test_data_stream.py)."""
+    from unipo.data import prepare
+
+    monkeypatch.setattr(prepare, "CHUNK_ROWS", 16)
+    monkeypatch.setattr(prepare, "MIN_ROWS_FOR_WORKERS", 32)

@@ -62,13 +62,6 @@ def tok():
     return make_tiny_tokenizer()
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of 16 rows and workers from 32 rows on, so that the 200-row slice crosses chunks and workers."""
-    monkeypatch.setattr(prepare, "CHUNK_ROWS", 16)
-    monkeypatch.setattr(prepare, "MIN_ROWS_FOR_WORKERS", 32)
-
-
 HH_CASES = [  # (options, worker processes): every option once, the common ones also through workers
     ({"on_invalid": "skip"}, 2),
     ({"on_invalid": "skip", "max_length": 64, "max_prompt_length": 40}, 1),

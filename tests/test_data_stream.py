@@ -9,7 +9,6 @@ import random
 import pytest
 
 from tests.row_fuzz import defective_row, valid_row
-from unipo.data import prepare
 from unipo.data.stream import PairStream, shuffle_buffer
 from unipo.data.tokenize import PrepOptions, prepare_pairs
 from unipo.errors import ConfigError, DataError
@@ -19,13 +18,6 @@ from unipo.testing import make_tiny_tokenizer
 @pytest.fixture(scope="module")
 def tok():
     return make_tiny_tokenizer()
-
-
-@pytest.fixture
-def small_chunks(monkeypatch):
-    """Chunks of 16 rows and workers from 32 rows on, so that the 200-row slice crosses chunks and workers."""
-    monkeypatch.setattr(prepare, "CHUNK_ROWS", 16)
-    monkeypatch.setattr(prepare, "MIN_ROWS_FOR_WORKERS", 32)
 
 
 def _prepared(source, tok, opts):

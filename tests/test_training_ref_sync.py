@@ -121,15 +121,7 @@ def test_soft_sync_twice_and_resume_with_the_reference_reached(tiny_model_dir, t
     _check_soft_updates(tiny_model_dir, out, 4)
 
     # a run stopped after checkpoint-2 resumes with the reference reached at step 2 (from the checkpoint)
-    resumed = tmp_path / "resumed"
-    shutil.copytree(out, resumed)
-    for f in resumed.iterdir():
-        if f.is_file() and f.name != "metrics.jsonl":
-            f.unlink()
-    shutil.rmtree(resumed / "checkpoint-3")
-    shutil.rmtree(resumed / "checkpoint-4")
-    broken = tmp_path / "broken"
-    shutil.copytree(resumed, broken)
+    resumed, broken = _stopped_after_checkpoint_2(out, tmp_path)
     assert main(_soft_args(tiny_model_dir, data, resumed, 4, "--resume")) == 0
     a, b = _weights(out / "model.safetensors"), _weights(resumed / "model.safetensors")
     for k in a:
@@ -342,7 +334,6 @@ def test_unipo_train_with_bema_moves_and_checkpoints_the_reference(tiny_model_di
 def test_unipo_train_with_bema_resumes_with_its_state(tiny_model_dir, tmp_path, capsys):
     """A run stopped after checkpoint-2 resumes with the reference and BEMA's θ₀ / EMA / weights from the checkpoint
     and ends where the uninterrupted run ends; a checkpoint without the BEMA file is refused."""
-    import shutil
 
     from safetensors.torch import load_file
 
@@ -356,15 +347,7 @@ def test_unipo_train_with_bema_resumes_with_its_state(tiny_model_dir, tmp_path, 
 
     full = tmp_path / "full"
     assert main(args(full)) == 0
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    for f in resumed.iterdir():
-        if f.is_file() and f.name != "metrics.jsonl":
-            f.unlink()
-    shutil.rmtree(resumed / "checkpoint-3")
-    shutil.rmtree(resumed / "checkpoint-4")
-    broken = tmp_path / "broken"
-    shutil.copytree(resumed, broken)
+    resumed, broken = _stopped_after_checkpoint_2(full, tmp_path)
     assert main(args(resumed, "--resume")) == 0
     for name in ("model.safetensors", f"checkpoint-4/{REFERENCE_FILE}", f"checkpoint-4/{BEMA_FILE}"):
         a, b = load_file(full / name), load_file(resumed / name)
@@ -382,3 +365,18 @@ def test_bema_is_not_a_preset_and_says_where_it_is(name):
 
     with pytest.raises(ConfigError, match="not a preset: .*ref_sync: bema"):
         resolve(name)
+
+
+def _stopped_after_checkpoint_2(run, tmp_path):
+    """Copies of a finished 4-step run as if stopped after checkpoint-2 (its final files and later checkpoints
+    removed, metrics.jsonl kept): ``(resumed, broken)``, the one to resume and a spare to break."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    for f in resumed.iterdir():
+        if f.is_file() and f.name != "metrics.jsonl":
+            f.unlink()
+    shutil.rmtree(resumed / "checkpoint-3")
+    shutil.rmtree(resumed / "checkpoint-4")
+    broken = tmp_path / "broken"
+    shutil.copytree(resumed, broken)
+    return resumed, broken

@@ -19,7 +19,7 @@ and :meth:`PackedBatch.to_dict` back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from typing import Generic, TypeVar
 
@@ -214,3 +214,11 @@ def attention_mask_4d(segments: torch.Tensor, documents: torch.Tensor | None = N
     zero = torch.zeros((), dtype=dtype, device=segments.device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
+
+def pad_rows(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
+    """``[len(rows), width]``: each row's values at its start, ``value`` after them (the collated batch's padding)."""
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out

@@ -40,16 +40,9 @@ from unipo.layout import (
     RESPONSE_KEYS,
     SEGMENT_OF,
     TOKEN_COLUMNS,
+    pad_rows,
     rejected_segment,
 )
-
-
-def _pad2d(rows: Sequence[Sequence[float]], width: int, value: float, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        if len(r):
-            out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
 
 
 @dataclass
@@ -174,16 +167,16 @@ def collate_pairs(examples: Sequence[dict[str, Any]], pad_token_id: int, share_p
         poss.append(pos)
         docs.append(doc)
     batch = {
-        "input_ids": _pad2d(rows, length, pad_token_id, torch.long),
-        "position_ids": _pad2d(poss, length, 0, torch.long),
-        "segments": _pad2d(segs, length, PAD_SEGMENT, torch.int8),
-        "documents": _pad2d(docs, length, -1, torch.int32),
+        "input_ids": pad_rows(rows, length, pad_token_id, torch.long),
+        "position_ids": pad_rows(poss, length, 0, torch.long),
+        "segments": pad_rows(segs, length, PAD_SEGMENT, torch.int8),
+        "documents": pad_rows(docs, length, -1, torch.int32),
     }
     for side, labels in responses.items():
         t = max(len(x) for x in labels)
-        batch[f"{side}_src"] = _pad2d(flat_src[side], t, 0, torch.long)
-        batch[f"{side}_labels"] = _pad2d(labels, t, 0, torch.long)
-        batch[f"{side}_mask"] = _pad2d([[1] * len(x) for x in labels], t, 0, torch.bool)
+        batch[f"{side}_src"] = pad_rows(flat_src[side], t, 0, torch.long)
+        batch[f"{side}_labels"] = pad_rows(labels, t, 0, torch.long)
+        batch[f"{side}_mask"] = pad_rows([[1] * len(x) for x in labels], t, 0, torch.bool)
     batch.update(_pair_columns(examples, batch))
     return batch
 
@@ -205,7 +198,7 @@ def _pair_columns(examples: Sequence[dict[str, Any]], batch: dict[str, torch.Ten
                     raise UnipoError(f"the per-token column {key} is not supported for pairs with several rejected "
                                      "responses (listwise rows work with sequence-level variants)")
                 values = [v for ex in examples for v in [ex[key], *(ex.get("ref_more_rejected_logps") or [])]]
-            out[key] = _pad2d(values, batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
+            out[key] = pad_rows(values, batch[f"{side}_labels"].shape[1], 0.0, torch.float32)
     if listwise:
         out["rejected_pair"] = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     if examples[0].get("pair_weight") is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from unipo.layout import CHOSEN, MAX_REJECTED, PAD_SEGMENT, PROMPT, PackedBatch, SideLayout, gather_side
+from unipo.layout import CHOSEN, MAX_REJECTED, PAD_SEGMENT, PROMPT, PackedBatch, SideLayout, gather_side, pad_rows
 from unipo.models.forward import hidden_states, unwrap
 
 #: the most responses one sequence holds (segment ids are int8; the rest go to another sequence)
@@ -77,20 +77,13 @@ def group_batch(groups: Sequence[Group], responses: Sequence[Sequence[int]], pad
         segs.append(seg)
         poss.append(pos)
     t = max(len(x) for x in labels)
-    chosen = SideLayout(_pad(srcs, t, 0, torch.long), _pad(labels, t, 0, torch.long),
-                        _pad([[1] * len(x) for x in labels], t, 0, torch.bool))
+    chosen = SideLayout(pad_rows(srcs, t, 0, torch.long), pad_rows(labels, t, 0, torch.long),
+                        pad_rows([[1] * len(x) for x in labels], t, 0, torch.bool))
     empty = SideLayout(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long),
                        torch.zeros(0, 0, dtype=torch.bool))
-    return PackedBatch(_pad(rows, width, pad, torch.long), _pad(poss, width, 0, torch.long),
-                       _pad(segs, width, PAD_SEGMENT, torch.int8), chosen, empty)
+    return PackedBatch(pad_rows(rows, width, pad, torch.long), pad_rows(poss, width, 0, torch.long),
+                       pad_rows(segs, width, PAD_SEGMENT, torch.int8), chosen, empty)
 
-
-def _pad(rows: Sequence[Sequence[int]], width: int, value: int, dtype: torch.dtype) -> torch.Tensor:
-    out = torch.full((len(rows), width), value, dtype=dtype)
-    for i, r in enumerate(rows):
-        if len(r):
-            out[i, :len(r)] = torch.as_tensor(r, dtype=dtype)
-    return out
 
 
 @torch.no_grad()
