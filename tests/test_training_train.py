@@ -34,7 +34,8 @@ from unipo.objective.presets import PRESETS
 SEQUENCE_LEVEL = [name for name, p in PRESETS.items()
                   if p.parts.get("weights", "none") == "none" and p.parts.get("kl", "none") == "none"
                   and p.parts.get("prior") != "learned"
-                  and "score" not in Objective(name).requirements.inputs]  # scores: tests/test_training_scores.py
+                  and "score" not in Objective(name).requirements.inputs  # scores: tests/test_training_scores.py
+                  and not Objective(name).requirements.gold]  # a gold response (tpo, tpo_l): tests/test_training_tpo.py
 #: one preset per way the objective composes (logit loss, per-side loss, batch-level loss, mean aggregation
 #: with a margin, a one-sided transform, a link, an auxiliary term) trains in the fast tier; all of them in
 #: the slow tier (each is a tiny-model run of ~0.5 s; their losses are unit-tested against formulas)
