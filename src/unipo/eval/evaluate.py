@@ -242,9 +242,9 @@ def _evaluate(run_dir: str | Path, data: str, options: EvalOptions,
     if needs.weights_columns and weights_columns is None:
         log(f"eval: {data} has no {' / '.join(needs.weights_columns)} columns: the variant's own margin needs its "
             f"token weights, so the pair metrics use the plain DPO margin (reward_accuracy = dpo_reward_accuracy)")
-    pairs, summary = prepare_data(settings, tokenizer, data, options.limit, weights_columns=weights_columns,
-                                  diff_masks=needs.diff_masks, counted_in=f"{RunDir.EVAL} (data_summary)",
-                                  score_columns=needs.score_columns, gold_column=needs.gold_column)
+    pairs, summary = prepare_data(settings, tokenizer, data, options.limit,
+                                  needs=replace(needs, weights_columns=weights_columns),
+                                  counted_in=f"{RunDir.EVAL} (data_summary)")
     check_listwise_rows(objective, pairs, data)
     source = "given" if lengths else "the run's training truncation; --max-length / --max-prompt-length change it"
     log(f"eval truncation: max_length {settings.max_length}, max_prompt_length {settings.max_prompt_length} "

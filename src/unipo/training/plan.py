@@ -71,21 +71,32 @@ def data_needs(objective: Objective, weights_columns: Any, signal: dict[str, Any
 class TrainingPlan:
     """What a run will do, decided from the configuration alone.
 
-    ``weights_columns``: the data columns that hold per-token weights (None: the data supplies none);
-    ``diff_masks``: compute BMC's difference masks while tokenising; ``signal``: the resolved token-signal
-    spec (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter |
-    precomputed | none; ``score_columns``: the data columns holding each response's score (chosen, rejected), when
-    a part reads scores; ``gold_column``: the column holding a third, gold response per pair, when the objective
-    reads one (TPO)."""
+    ``needs``: the columns the objective reads from the data (:class:`DataNeeds`: per-token weights, BMC's
+    difference masks, the responses' scores, a gold response); ``signal``: the resolved token-signal spec
+    (:func:`unipo.models.signals.resolve_signal_spec`) or None; ``reference``: copy | adapter | precomputed |
+    none."""
 
     cfg: TrainConfig
     objective: Objective
-    weights_columns: tuple[str, str] | None
-    diff_masks: bool
+    needs: DataNeeds
     signal: dict[str, Any] | None
     reference: str
-    score_columns: tuple[str, str] | None = None
-    gold_column: str | None = None
+
+    @property
+    def weights_columns(self) -> tuple[str, str] | None:
+        return self.needs.weights_columns
+
+    @property
+    def diff_masks(self) -> bool:
+        return self.needs.diff_masks
+
+    @property
+    def score_columns(self) -> tuple[str, str] | None:
+        return self.needs.score_columns
+
+    @property
+    def gold_column(self) -> str | None:
+        return self.needs.gold_column
 
     @property
     def out_dir(self) -> Path:
@@ -116,8 +127,7 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
                                  name=f"variant {objective.config.name}")
     needs = data_needs(objective, cfg.weights_columns, signal, cfg.score_columns, cfg.gold_column)
     reference = _reference_mode(cfg, objective, signal)
-    return TrainingPlan(cfg, objective, needs.weights_columns, needs.diff_masks, signal, reference,
-                        needs.score_columns, needs.gold_column)
+    return TrainingPlan(cfg, objective, needs, signal, reference)
 
 
 def _reference_mode(cfg: TrainConfig, objective: Objective, signal: dict[str, Any] | None) -> str:
@@ -183,18 +193,19 @@ class DataSettings:
         return dataclasses.replace(defaults, **{f.name: training[f.name] for f in dataclasses.fields(cls)
                                                 if f.name in training})
 
-    def options(self, limit: int | None, weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                counted_in: str = RunDir.DATA_SUMMARY, score_columns: tuple[str, str] | None = None,
-                gold_column: str | None = None):
-        """The :class:`~unipo.data.tokenize.PrepOptions` of these settings (for the cache and for streaming)."""
+    def options(self, limit: int | None, needs: DataNeeds | None = None, counted_in: str = RunDir.DATA_SUMMARY):
+        """The :class:`~unipo.data.tokenize.PrepOptions` of these settings and the columns ``needs`` names (None:
+        none of them) (for the cache and for streaming)."""
         from unipo.data.tokenize import PrepOptions
 
+        needs = needs or DataNeeds(None, False)
         return PrepOptions(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
-                           truncation_mode=self.truncation_mode, bmc_masks=diff_masks,
+                           truncation_mode=self.truncation_mode, bmc_masks=needs.diff_masks,
                            bmc_alignment=self.bmc_alignment, bmc_exempt=self.bmc_exempt,
-                           weights_columns=weights_columns, limit=limit, on_invalid=self.on_invalid,
-                           pair_weight_column=self.weight_column, score_columns=score_columns,
-                           invalid_counted_in=counted_in, num_proc=self.data_num_proc, gold_column=gold_column)
+                           weights_columns=needs.weights_columns, limit=limit, on_invalid=self.on_invalid,
+                           pair_weight_column=self.weight_column, score_columns=needs.score_columns,
+                           invalid_counted_in=counted_in, num_proc=self.data_num_proc,
+                           gold_column=needs.gold_column)
 
     def check(self, source: str = "config") -> None:
         """TrainConfig's rule on the lengths (for settings changed after the run: ``unipo eval --max-length``)."""
@@ -204,20 +215,18 @@ class DataSettings:
 
 
 def prepare_data(settings: DataSettings, tokenizer, source: str, limit: int | None, *,
-                 weights_columns: tuple[str, str] | None = None, diff_masks: bool = False,
-                 counted_in: str = RunDir.DATA_SUMMARY, materialize: bool = True,
-                 score_columns: tuple[str, str] | None = None, gold_column: str | None = None):
-    """Tokenize ``source`` with ``settings``' lengths and truncation (token-weight columns, BMC diff masks and the
-    responses' score columns as a :class:`DataNeeds` says); return rows for the dataset and the preparation
-    summary. ``counted_in``: the file where the calling command records skipped rows (named by an invalid-row
-    error's way out).
+                 needs: DataNeeds | None = None, counted_in: str = RunDir.DATA_SUMMARY, materialize: bool = True):
+    """Tokenize ``source`` with ``settings``' lengths and truncation (token-weight columns, BMC diff masks, the
+    responses' score columns and a gold response as ``needs`` says; None: none of them); return rows for the
+    dataset and the preparation summary. ``counted_in``: the file where the calling command records skipped rows
+    (named by an invalid-row error's way out).
 
     The pairs come from the prepared-data cache (:func:`unipo.data.cache.prepared_table`: prepared once per
     data file, tokenizer and options, then memory-mapped). ``materialize``: the rows as a list of dicts (for
     the callers that add columns to them); else the memory-mapped :class:`~unipo.data.table.PairsTable`."""
     from unipo.data.cache import prepared_table
 
-    options = settings.options(limit, weights_columns, diff_masks, counted_in, score_columns, gold_column)
+    options = settings.options(limit, needs, counted_in)
     table, summary = prepared_table(source, tokenizer, options, log=log)
     log(summary.format())
     if not len(table):

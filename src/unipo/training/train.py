@@ -75,15 +75,11 @@ def load_data(plan: TrainingPlan, tokenizer) -> RunData:
 
     cfg = plan.cfg
     settings = DataSettings.of(cfg)
-    columns = {"weights_columns": plan.weights_columns, "diff_masks": plan.diff_masks,
-               "materialize": plan.reference == "precomputed", "score_columns": plan.score_columns,
-               "gold_column": plan.gold_column}
+    columns = {"needs": plan.needs, "materialize": plan.reference == "precomputed"}
     if cfg.data_streaming:  # read and tokenised as training consumes it (data/stream.py); eval_data prepared
         from unipo.data.stream import open_stream
 
-        options = settings.options(cfg.limit, plan.weights_columns, plan.diff_masks,
-                                   score_columns=plan.score_columns, gold_column=plan.gold_column)
-        train_rows = open_stream(cfg.data, tokenizer, options,
+        train_rows = open_stream(cfg.data, tokenizer, settings.options(cfg.limit, plan.needs),
                                  buffer_size=cfg.stream_buffer, seed=cfg.seed,
                                  listwise_refusal=plan.objective.listwise_refusal(), log=log)
         summary = train_rows.summary
