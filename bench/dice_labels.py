@@ -40,6 +40,15 @@ def small_llama(vocab: int, hidden: int, layers: int, seed: int):
     return LlamaForCausalLM(cfg).eval()
 
 
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The random model's shape, the repetitions and the torch threads (this script's and bench/generation.py's)."""
+    ap.add_argument("--hidden", type=int, default=384)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--vocab", type=int, default=16384)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
 def _round(pol, ref, prompts, responses, batch_size: int, shared: bool) -> tuple[float, list[float], int]:
     from unipo.eval.generation import score_responses
 
@@ -62,11 +71,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--response-len", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8, help="responses per forward (the labeller's default)")
-    ap.add_argument("--hidden", type=int, default=384)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--vocab", type=int, default=16384)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_model_args(ap)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model, 4 prompts: a smoke test")
     args = ap.parse_args()
     if args.tiny:

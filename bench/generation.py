@@ -23,7 +23,7 @@ import json
 import time
 
 import torch
-from dice_labels import small_llama
+from dice_labels import add_model_args, small_llama
 
 
 def _unipo(model, prompts, k: int, new: int, batch_size: int) -> int:
@@ -55,11 +55,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=8, help="sequences generated together")
-    ap.add_argument("--hidden", type=int, default=384)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--vocab", type=int, default=16384)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    add_model_args(ap)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model: a smoke test")
     args = ap.parse_args()
     if args.tiny:

@@ -43,17 +43,21 @@ ROOT = HERE.parent
 
 def row_at_a_time(source, tokenizer, **overrides):
     """unipo's preparation before batching: each row read, normalised, tokenised (its own tokenizer calls and
-    template renderings), validated and truncated in turn."""
+    template renderings), validated and truncated in turn (also the reference that tests/test_data_prepare.py
+    compares the batched preparation with, pair by pair)."""
     from dataclasses import replace
 
     from unipo.data.tokenize import PrepOptions, _PairReader, new_summary, source_rows
 
     opts = replace(PrepOptions(), **overrides)
+    opts.validate()
     name, rows = source_rows(source, opts.split)
     summary = new_summary(name, opts)
     reader = _PairReader(tokenizer, opts, summary)
     pairs = []
     for rec in rows:
+        if opts.limit is not None and summary.rows_read >= opts.limit:
+            break
         summary.rows_read += 1
         pair = reader.read(rec)
         if pair is not None:

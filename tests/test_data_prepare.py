@@ -1,41 +1,30 @@
 """The batched preparation (unipo.data.prepare: chunks, one tokenizer call per chunk, templates rendered once per
-distinct prompt, worker processes) against the preparation it replaced, one row at a time (``row_at_a_time``
-below, kept here as the reference): the same pairs, pair by pair, the same summary, the same errors, on the
-committed HH-RLHF slice and on the row-fuzz corpus."""
+distinct prompt, worker processes) against the preparation it replaced, one row at a time (``row_at_a_time`` in
+bench/prep.py, which also times it: kept there as the reference): the same pairs, pair by pair, the same summary,
+the same errors, on the committed HH-RLHF slice and on the row-fuzz corpus."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
-from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from tests.row_fuzz import defective_row, valid_row
 from unipo.data import prepare
-from unipo.data.tokenize import PrepOptions, _PairReader, new_summary, prepare_pairs, source_rows
+from unipo.data.tokenize import prepare_pairs
 from unipo.errors import DataError, UnipoError
 from unipo.testing import make_tiny_tokenizer
 
+_BENCH = Path(__file__).resolve().parents[1] / "bench"
+_spec = importlib.util.spec_from_file_location("bench_prep", _BENCH / "prep.py")
+_prep = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_prep)
+row_at_a_time = _prep.row_at_a_time  # the preparation as it was before batching, one row at a time
 
-def row_at_a_time(source, tokenizer, **overrides):
-    """The preparation as it was before batching: every row normalised, tokenised (its own tokenizer calls,
-    its own template renderings), validated and truncated in turn."""
-    opts = replace(PrepOptions(), **overrides)
-    opts.validate()
-    name, rows = source_rows(source, opts.split)
-    summary = new_summary(name, opts)
-    reader = _PairReader(tokenizer, opts, summary)
-    pairs = []
-    for rec in rows:
-        if opts.limit is not None and summary.rows_read >= opts.limit:
-            break
-        summary.rows_read += 1
-        pair = reader.read(rec)
-        if pair is not None:
-            pairs.append(pair)
-            summary.pairs_kept += 1
-    return pairs, summary
+
 
 
 def outcome(fn, source, tok, **kw):
@@ -187,12 +176,11 @@ def test_smollm2_tokenizer_on_synthesised_hh_pairs(hh_file, tmp_path):
     """The real tokenizer and chat template (SmolLM2's ChatML, a 49k vocabulary): the 200-row slice and 3,000
     synthesised HH pairs (bench/synth_pairs.py), with the default chunks, in one process and in two."""
     import sys
-    from pathlib import Path
 
     from unipo.models.builtin import resolve_builtin
     from unipo.models.loading import load_tokenizer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(_BENCH))
     from synth_pairs import synthesise
 
     smol = load_tokenizer(str(resolve_builtin("smollm2-135m-instruct")))
