@@ -28,7 +28,8 @@ from unipo.cli import main
 from unipo.errors import ConfigError
 from unipo.training.config import TrainConfig
 from unipo.training.plan import plan_training
-from unipo.training.ref_sync import BEMA_FILE, REFERENCE_FILE, BEMAReferenceCallback, BEMASchedule
+from unipo.training.ref_sync import BEMAReferenceCallback, BEMASchedule
+from unipo.training.rundir import RunDir
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -96,7 +97,7 @@ def _check_soft_updates(model_dir, out, steps: int) -> None:
     start = _weights(model_dir / "model.safetensors")
     previous = start
     for step in range(1, steps + 1):
-        ref = _weights(out / f"checkpoint-{step}" / REFERENCE_FILE)
+        ref = _weights(out / f"checkpoint-{step}" / RunDir.REFERENCE_WEIGHTS)
         policy = _weights(out / f"checkpoint-{step}" / "model.safetensors")
         expected = ({k: ALPHA * policy[k] + (1 - ALPHA) * previous[k] for k in previous}
                     if step % TAU == 0 else previous)
@@ -126,7 +127,7 @@ def test_soft_sync_twice_and_resume_with_the_reference_reached(tiny_model_dir, t
     a, b = _weights(out / "model.safetensors"), _weights(resumed / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
-    (broken / "checkpoint-2" / REFERENCE_FILE).unlink()  # without it the run cannot resume exactly
+    (broken / "checkpoint-2" / RunDir.REFERENCE_WEIGHTS).unlink()  # without it the run cannot resume exactly
     assert main(_soft_args(tiny_model_dir, data, broken, 4, "--resume")) != 0
     assert "does not hold the synced reference" in capsys.readouterr().err
 
@@ -301,9 +302,9 @@ def test_bema_state_survives_a_checkpoint(tiny, tmp_path):
     policy = tiny()
     first = BEMAReferenceCallback(tiny(), schedule)
     _run(first, policy, 3, trl=False)
-    save_file(first.state_dict(), tmp_path / BEMA_FILE)
+    save_file(first.state_dict(), tmp_path / RunDir.BEMA_STATE)
     resumed = BEMAReferenceCallback(first.reference, schedule)
-    resumed.load_state_dict(load_file(tmp_path / BEMA_FILE))
+    resumed.load_state_dict(load_file(tmp_path / RunDir.BEMA_STATE))
     resumed.on_train_begin(None, SimpleNamespace(global_step=3), None, model=policy)  # must not re-snapshot
     rest = _run(resumed, policy, 6, trl=False, start=3)
     for a, b in zip(full[3:], rest, strict=True):
@@ -324,7 +325,7 @@ def test_unipo_train_with_bema_moves_and_checkpoints_the_reference(tiny_model_di
     start = load_file(tiny_model_dir / "model.safetensors")
     for step in (1, 2):
         ckpt = out / f"checkpoint-{step}"
-        ref, state = load_file(ckpt / REFERENCE_FILE), load_file(ckpt / BEMA_FILE)
+        ref, state = load_file(ckpt / RunDir.REFERENCE_WEIGHTS), load_file(ckpt / RunDir.BEMA_STATE)
         assert torch.equal(ref["model.norm.weight"], state["bema/model.norm.weight"])
         assert torch.equal(state["theta0/model.norm.weight"], start["model.norm.weight"])
         assert not torch.equal(ref["model.norm.weight"], start["model.norm.weight"])
@@ -349,11 +350,11 @@ def test_unipo_train_with_bema_resumes_with_its_state(tiny_model_dir, tmp_path, 
     assert main(args(full)) == 0
     resumed, broken = _stopped_after_checkpoint_2(full, tmp_path)
     assert main(args(resumed, "--resume")) == 0
-    for name in ("model.safetensors", f"checkpoint-4/{REFERENCE_FILE}", f"checkpoint-4/{BEMA_FILE}"):
+    for name in ("model.safetensors", f"checkpoint-4/{RunDir.REFERENCE_WEIGHTS}", f"checkpoint-4/{RunDir.BEMA_STATE}"):
         a, b = load_file(full / name), load_file(resumed / name)
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{name} {k}")
-    (broken / "checkpoint-2" / BEMA_FILE).unlink()
+    (broken / "checkpoint-2" / RunDir.BEMA_STATE).unlink()
     assert main(args(broken, "--resume")) != 0
     assert "BEMA" in capsys.readouterr().err
 

@@ -28,10 +28,6 @@ import torch
 from transformers import TrainerCallback
 
 from unipo.models.forward import unwrap
-from unipo.training.rundir import RunDir
-
-#: the reference's parameters inside a checkpoint of a run with ref_sync
-REFERENCE_FILE = RunDir.REFERENCE_WEIGHTS
 
 
 @torch.no_grad()
@@ -66,8 +62,6 @@ class ReferenceSyncCallback(TrainerCallback):
 
 
 # -- BEMA: the reference follows a bias-corrected EMA of the policy ---------------------------------------------
-#: BEMA's state inside a checkpoint of a run with ref_sync: bema (θ₀, the EMA and the BEMA weights, by parameter)
-BEMA_FILE = RunDir.BEMA_STATE
 
 
 @dataclass(frozen=True)

@@ -17,19 +17,10 @@ from unipo.objective import Objective
 from unipo.training.console import use_console
 from unipo.training.metrics import PairWeightedMeans
 from unipo.training.nonfinite import NonFiniteError, NonFiniteGuard, as_float, local_flags, nonfinite_parameters
-from unipo.training.ref_sync import (
-    BEMA_FILE,
-    REFERENCE_FILE,
-    BEMAReferenceCallback,
-    BEMASchedule,
-    ReferenceSyncCallback,
-)
+from unipo.training.ref_sync import BEMAReferenceCallback, BEMASchedule, ReferenceSyncCallback
 from unipo.training.reference import Reference, check_reference_mode
 from unipo.training.rundir import RunDir
 from unipo.training.step import preference_step
-
-#: the objective's stateful parts' state in a checkpoint (β-DPO / α-DPO moving statistics), when there is any
-OBJECTIVE_STATE = RunDir.OBJECTIVE_STATE
 
 
 class CompactRandomSampler(torch.utils.data.Sampler[int]):
@@ -152,7 +143,7 @@ class PreferenceTrainer(Trainer):
 
             out = output_dir or self.args.output_dir
             os.makedirs(out, exist_ok=True)
-            with open(f"{out}/{OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
+            with open(f"{out}/{RunDir.OBJECTIVE_STATE}", "w", encoding="utf-8") as f:
                 json.dump(objective_state, f)
 
     def _save_checkpoint(self, model, trial):
@@ -167,9 +158,9 @@ class PreferenceTrainer(Trainer):
 
             ckpt = str(RunDir(self._get_output_dir(trial=trial)).checkpoint(self.state.global_step))
             os.makedirs(ckpt, exist_ok=True)
-            save_model(self.ref_model, os.path.join(ckpt, REFERENCE_FILE))  # tied weights stored once
+            save_model(self.ref_model, os.path.join(ckpt, RunDir.REFERENCE_WEIGHTS))  # tied weights stored once
             if self.bema is not None:  # θ₀, the EMA and the BEMA weights: resume continues the same average
-                save_file(self.bema.state_dict(), os.path.join(ckpt, BEMA_FILE))
+                save_file(self.bema.state_dict(), os.path.join(ckpt, RunDir.BEMA_STATE))
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -179,7 +170,7 @@ class PreferenceTrainer(Trainer):
         self._load_reference(resume_from_checkpoint)
         import os
 
-        state_path = f"{resume_from_checkpoint}/{OBJECTIVE_STATE}"
+        state_path = f"{resume_from_checkpoint}/{RunDir.OBJECTIVE_STATE}"
         if os.path.exists(state_path):  # every process resumes from the saving process's statistics
             import json
 
@@ -208,7 +199,7 @@ class PreferenceTrainer(Trainer):
 
         from unipo.errors import UnipoError
 
-        names = [REFERENCE_FILE] + ([BEMA_FILE] if self.bema is not None else [])
+        names = [RunDir.REFERENCE_WEIGHTS] + ([RunDir.BEMA_STATE] if self.bema is not None else [])
         paths = [os.path.join(checkpoint, name) for name in names]
         for path in paths:
             if not os.path.exists(path):
