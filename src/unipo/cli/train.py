@@ -32,7 +32,7 @@ def run_train(args: argparse.Namespace) -> int:
     from unipo.training.train import train
 
     cfg = TrainConfig.load(getattr(args, "config", None), parse_overrides(args))
-    label = str(cfg.objective_spec().get("preset", "dpo"))
+    label = str(cfg.variant_spec().get("preset", "dpo"))
     result = train(cfg, callbacks=[TrainingCurvesCallback(label)] if cfg.plots else [])
     # 4 significant digits: a learning rate of 5e-7 must not print as 0.0
     final = {k: float(f"{v:.4g}") for k, v in result.final_metrics.items() if isinstance(v, float)}

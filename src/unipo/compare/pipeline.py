@@ -168,11 +168,6 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, label: str, held_out: s
     evaluate_run(run_dir, held_out, evaluation, judge)
 
 
-def prune_run(run_dir: Path) -> None:
-    """Delete an evaluated run's checkpoints and weights (:meth:`RunDir.prune`)."""
-    RunDir(run_dir).prune()
-
-
 def _run_record(run_dir: Path, spec: Any) -> dict[str, Any]:
     """What the report needs of one finished run: its metrics, per-item results, history and configuration."""
     run = RunDir(run_dir)

@@ -120,7 +120,7 @@ def plan_training(cfg: TrainConfig) -> TrainingPlan:
     if not cfg.data:
         raise ConfigError("no training data: give --data FILE (or `data:` in the config)")
     try:
-        objective = Objective(cfg.objective_spec())
+        objective = Objective(cfg.variant_spec())
     except ConfigError as exc:  # name the key the objective came from
         raise ConfigError(str(exc) if str(exc).startswith("variant") else f"variant: {exc}") from None
     signal = resolve_signal_spec(cfg.token_signal, objective.requirements, data_weights=bool(cfg.weights_columns),
