@@ -14,8 +14,8 @@ import torch
 
 from unipo.errors import ConfigError
 from unipo.objective import Objective
-from unipo.objective.registry import KINDS, SIDE_INPUTS, parts
-from unipo.objective.sides import KEYWORDS
+from unipo.objective.inputs import KEYWORDS, SIDE_INPUTS
+from unipo.objective.registry import KINDS, parts
 
 pytestmark = pytest.mark.unit
 

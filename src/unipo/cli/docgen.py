@@ -29,9 +29,9 @@ from typing import Any
 
 from unipo.cli.explain import _fmt, part_info
 from unipo.objective.config import resolve
+from unipo.objective.inputs import KEYWORDS
 from unipo.objective.presets import DEFAULT_PARTS, PRESETS
 from unipo.objective.registry import KINDS, Part, parts
-from unipo.objective.sides import KEYWORDS
 
 #: which generated blocks each file holds (paths relative to the repository root)
 FILES: dict[str, tuple[str, ...]] = {

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from unipo.objective.config import ObjectiveConfig, resolve
+from unipo.objective.inputs import KEYWORDS
 from unipo.objective.presets import DEFAULT_PARTS, GLOBAL_PARAM_SPECS, GLOBAL_PARAMS, PRESETS, Preset
 from unipo.objective.registry import KINDS, Part, parts
-from unipo.objective.sides import KEYWORDS
 
 #: the general objective, as ``unipo variants NAME`` prints it
 GENERAL_FORMULA = [
